@@ -1,0 +1,1 @@
+"""iptables mode: kube-proxy's iptables-restore payload."""

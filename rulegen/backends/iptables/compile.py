@@ -1,0 +1,270 @@
+"""Plan → iptables IR, rule for rule as kube-proxy's iptables proxier writes a full sync.
+
+Owns kube-proxy's `syncProxyRules` (pkg/proxy/iptables/proxier.go): the
+fixed chains and rules, then per service port the capture rules in
+KUBE-SERVICES / KUBE-NODEPORTS / KUBE-EXTERNAL-SERVICES / KUBE-PROXY-FIREWALL,
+the masquerade rule, the EXT, FW, SVC, SVL and SEP chains, and the
+KUBE-NODEPORTS tail rule. Rule bodies are built by string formatting in the
+hot loop (a 10k-Service cluster writes ~350k lines); everything else is
+records. The section numbers in comments refer to
+shared/spec/kube-proxy-iptables.md.
+"""
+
+from __future__ import annotations
+
+from ...naming import IptablesNames
+from ...plan import Plan, PortPlan, node_ip_in_ranges
+from ...settings import Settings
+from .ir import Rule, Ruleset, Table
+
+LARGE_CLUSTER_THRESHOLD = 1000  # kube-proxy's largeClusterEndpointsThreshold
+
+FILTER_CHAINS = ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS", "KUBE-PROXY-FIREWALL")
+NAT_CHAINS = ("KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ")
+NODEPORTS_COMMENT = '"kubernetes service nodeports; NOTE: this must be the last rule in this chain"'
+
+# Jumps from the built-in chains, installed outside the payload (section 9):
+# (table, built-in chain, rule args). Each is inserted at position 1 when
+# missing, in this order, so the last one listed for a chain ends up first.
+JUMP_RULES: tuple[tuple[str, str, str], ...] = (
+    ("filter", "INPUT", '-m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" -j KUBE-EXTERNAL-SERVICES'),
+    ("filter", "FORWARD", '-m conntrack --ctstate NEW -m comment --comment "kubernetes externally-visible service portals" -j KUBE-EXTERNAL-SERVICES'),
+    ("filter", "INPUT", '-m comment --comment "kubernetes health check service ports" -j KUBE-NODEPORTS'),
+    ("filter", "FORWARD", '-m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES'),
+    ("filter", "OUTPUT", '-m conntrack --ctstate NEW -m comment --comment "kubernetes service portals" -j KUBE-SERVICES'),
+    ("filter", "FORWARD", '-m comment --comment "kubernetes forwarding rules" -j KUBE-FORWARD'),
+    ("filter", "INPUT", '-m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL'),
+    ("filter", "OUTPUT", '-m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL'),
+    ("filter", "FORWARD", '-m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" -j KUBE-PROXY-FIREWALL'),
+    ("nat", "OUTPUT", '-m comment --comment "kubernetes service portals" -j KUBE-SERVICES'),
+    ("nat", "PREROUTING", '-m comment --comment "kubernetes service portals" -j KUBE-SERVICES'),
+    ("nat", "POSTROUTING", '-m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING'),
+)
+# kubelet's KUBE-FIREWALL jumps, recreated by kube-proxy (IPv4 with localhost NodePorts).
+FIREWALL_JUMPS: tuple[tuple[str, str, str], ...] = (
+    ("filter", "INPUT", "-j KUBE-FIREWALL"),
+    ("filter", "OUTPUT", "-j KUBE-FIREWALL"),
+)
+
+
+def jump_rules(settings: Settings) -> tuple[tuple[str, str, str], ...]:
+    if settings.family == 4 and settings.localhost_nodeports_effective():
+        return JUMP_RULES + FIREWALL_JUMPS
+    return JUMP_RULES
+
+
+_prob_cache: dict[int, str] = {}
+
+
+def probability(n: int) -> str:
+    """1/n with exactly 10 decimals, as Go's %0.10f prints it."""
+    p = _prob_cache.get(n)
+    if p is None:
+        p = _prob_cache[n] = f"{1.0 / n:.10f}"
+    return p
+
+
+def compile_plan(plan: Plan, settings: Settings) -> Ruleset:
+    fam = plan.family
+    is4 = fam == 4
+    mark = settings.mark
+    masked = f"{mark}/{mark}"
+    detector = settings.local_detector(fam)
+    localhost_np = is4 and settings.localhost_nodeports_effective(fam)
+    large = plan.endpoint_total > LARGE_CLUSTER_THRESHOLD
+    masq_all = settings.masquerade_all
+    node_ip = settings.primary_ip(fam)
+
+    fchains: list[str] = list(FILTER_CHAINS)
+    frules: list[Rule] = []
+    nchains: list[str] = list(NAT_CHAINS)
+    nrules: list[Rule] = []
+    F = frules.append
+    N = nrules.append
+
+    # 4.1 fixed nat rules
+    N(Rule("KUBE-POSTROUTING", f"-m mark ! --mark {masked} -j RETURN"))
+    N(Rule("KUBE-POSTROUTING", f"-j MARK --xor-mark {mark}"))
+    masq = '-m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE'
+    N(Rule("KUBE-POSTROUTING", masq + (" --random-fully" if settings.random_fully else "")))
+    N(Rule("KUBE-MARK-MASQ", f"-j MARK --or-mark {mark}"))
+
+    # 4.2 KUBE-FIREWALL
+    if localhost_np:
+        fchains.append("KUBE-FIREWALL")
+        F(Rule("KUBE-FIREWALL", '-m comment --comment "block incoming localnet connections" -d 127.0.0.0/8 '
+               "! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"))
+
+    nfacct_np = localhost_np and settings.nfacct
+    for p in plan.ports:
+        _service_port(p, N, F, nchains, detector, masq_all, large, nfacct_np, node_ip)
+
+    # 4.5 the last KUBE-SERVICES rule
+    match_all, addrs = settings.nodeport_ips(fam)
+    if match_all:
+        if not is4:
+            tail = "-m addrtype --dst-type LOCAL ! -d ::1/128"
+        elif localhost_np:
+            tail = "-m addrtype --dst-type LOCAL"
+        else:
+            tail = "-m addrtype --dst-type LOCAL ! -d 127.0.0.0/8"
+        N(Rule("KUBE-SERVICES", f"-m comment --comment {NODEPORTS_COMMENT} {tail} -j KUBE-NODEPORTS"))
+    else:
+        for ip in addrs:
+            if ip in ("127.0.0.1", "::1") and (not is4 or not localhost_np):
+                continue
+            N(Rule("KUBE-SERVICES", f"-m comment --comment {NODEPORTS_COMMENT} -d {ip} -j KUBE-NODEPORTS"))
+
+    # 4.3 KUBE-FORWARD, always last in filter
+    if not settings.tcp_be_liberal:
+        acct = " -m nfacct --nfacct-name ct_state_invalid_dropped_pkts" if settings.nfacct else ""
+        F(Rule("KUBE-FORWARD", f"-m conntrack --ctstate INVALID{acct} -j DROP"))
+    F(Rule("KUBE-FORWARD", f'-m comment --comment "kubernetes forwarding rules" -m mark --mark {masked} -j ACCEPT'))
+    F(Rule("KUBE-FORWARD", '-m comment --comment "kubernetes forwarding conntrack rule" '
+           "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"))
+
+    return Ruleset(fam, (
+        Table("filter", tuple(fchains), tuple(frules)),
+        Table("nat", tuple(nchains), tuple(nrules)),
+    ))
+
+
+def _service_port(p: PortPlan, N, F, nchains: list[str], detector, masq_all: bool, large: bool,
+                  nfacct_np: bool, node_ip: str | None) -> None:
+    spn = p.spn
+    proto = p.proto
+    names = IptablesNames(spn, proto)
+    sel = p.sel
+    has_eps = sel.has_any
+    has_int = p.has_internal
+    has_ext = p.has_external
+    internal_chain = names.svl if p.int_local else names.svc
+    ext_policy_chain = names.svl if p.ext_local else names.svc
+    ext_chain = names.ext
+    uses_ext = has_eps and p.externally_accessible
+    uses_fw = has_eps and bool(p.lb_ips) and bool(p.source_ranges)
+    lb_chain = names.fw if uses_fw else ext_chain
+    if not has_eps:
+        int_target = ext_target = "REJECT"
+        int_comment = ext_comment = f'"{spn} has no endpoints"'
+    else:
+        int_target = ext_target = "DROP"
+        int_comment = ext_comment = f'"{spn} has no local endpoints"'
+
+    pp = f"-m {proto} -p {proto}"
+    cip = p.cluster_ip
+    port = p.port.port
+    dport = f"--dport {port}"
+
+    # 5.2 capture rules
+    if has_int:
+        N(Rule("KUBE-SERVICES", f'-m comment --comment "{spn} cluster IP" {pp} -d {cip} {dport} -j {internal_chain}'))
+    else:
+        F(Rule("KUBE-SERVICES", f"-m comment --comment {int_comment} {pp} -d {cip} {dport} -j {int_target}"))
+    for eip in p.external_ips:
+        if has_eps:
+            N(Rule("KUBE-SERVICES", f'-m comment --comment "{spn} external IP" {pp} -d {eip} {dport} -j {ext_chain}'))
+        if not has_ext:
+            F(Rule("KUBE-EXTERNAL-SERVICES", f"-m comment --comment {ext_comment} {pp} -d {eip} {dport} -j {ext_target}"))
+    for lbip in p.lb_ips:
+        if has_eps:
+            N(Rule("KUBE-SERVICES", f'-m comment --comment "{spn} loadbalancer IP" {pp} -d {lbip} {dport} -j {lb_chain}'))
+        if uses_fw:
+            F(Rule("KUBE-PROXY-FIREWALL", f'-m comment --comment "{spn} traffic not accepted by {names.fw}" '
+                   f"{pp} -d {lbip} {dport} -j DROP"))
+    if not has_ext:
+        for lbip in p.lb_ips:
+            F(Rule("KUBE-EXTERNAL-SERVICES", f"-m comment --comment {ext_comment} {pp} -d {lbip} {dport} -j {ext_target}"))
+
+    # 5.3 NodePort
+    np_ = p.node_port
+    if np_:
+        if has_eps:
+            if nfacct_np:
+                N(Rule("KUBE-NODEPORTS", f"-m comment --comment {spn} {pp} -d 127.0.0.0/8 --dport {np_} "
+                       f"-m nfacct --nfacct-name localhost_nps_accepted_pkts -j {ext_chain}"))
+            N(Rule("KUBE-NODEPORTS", f"-m comment --comment {spn} {pp} --dport {np_} -j {ext_chain}"))
+        if not has_ext:
+            F(Rule("KUBE-EXTERNAL-SERVICES", f"-m comment --comment {ext_comment} -m addrtype --dst-type LOCAL "
+                   f"{pp} --dport {np_} -j {ext_target}"))
+    if p.hc_node_port:
+        F(Rule("KUBE-NODEPORTS", f'-m comment --comment "{spn} health check node port" -m tcp -p tcp '
+               f"--dport {p.hc_node_port} -j ACCEPT"))
+
+    # 5.4 cluster-IP masquerade rule
+    if has_int:
+        head = f'-m comment --comment "{spn} cluster IP" {pp} -d {cip} {dport}'
+        if masq_all:
+            N(Rule(internal_chain, f"{head} -j KUBE-MARK-MASQ"))
+        elif detector.implemented:
+            N(Rule(internal_chain, f"{head} {detector.if_not_local} -j KUBE-MARK-MASQ"))
+
+    # 5.5 EXT chain
+    if uses_ext:
+        nchains.append(ext_chain)
+        if not p.ext_local:
+            N(Rule(ext_chain, f'-m comment --comment "masquerade traffic for {spn} external destinations" -j KUBE-MARK-MASQ'))
+        else:
+            if detector.implemented:
+                N(Rule(ext_chain, f'-m comment --comment "pod traffic for {spn} external destinations" '
+                       f"{detector.if_local} -j {names.svc}"))
+            N(Rule(ext_chain, f'-m comment --comment "masquerade LOCAL traffic for {spn} external destinations" '
+                   "-m addrtype --src-type LOCAL -j KUBE-MARK-MASQ"))
+            N(Rule(ext_chain, f'-m comment --comment "route LOCAL traffic for {spn} external destinations" '
+                   f"-m addrtype --src-type LOCAL -j {names.svc}"))
+        if has_ext:
+            N(Rule(ext_chain, f"-j {ext_policy_chain}"))
+
+    # 5.6 FW chain
+    if uses_fw:
+        fw = names.fw
+        nchains.append(fw)
+        head = f'-m comment --comment "{spn} loadbalancer IP"'
+        for r in p.source_ranges:
+            N(Rule(fw, f"{head} -s {r} -j {ext_chain}"))
+        if node_ip_in_ranges(p.source_ranges, node_ip):
+            for lbip in p.lb_ips:
+                N(Rule(fw, f"{head} -s {lbip} -j {ext_chain}"))
+        N(Rule(fw, f'-m comment --comment "other traffic to {spn} will be dropped by KUBE-PROXY-FIREWALL"'))
+
+    # 5.7 SVC / SVL chains
+    seps: dict[str, str] = {}
+
+    def sep_of(ep: str) -> str:
+        s = seps.get(ep)
+        if s is None:
+            s = seps[ep] = names.sep(ep)
+        return s
+
+    if sel.cluster and p.uses_cluster:
+        nchains.append(names.svc)
+        _to_endpoints(N, names.svc, spn, sel.cluster, p.affinity, large, sep_of)
+    if sel.local and p.uses_local:
+        nchains.append(names.svl)
+        _to_endpoints(N, names.svl, spn, sel.local, p.affinity, large, sep_of)
+
+    # 5.8 SEP chains
+    recent = p.affinity
+    for e in sel.all_reachable:
+        sep = sep_of(e.ep)
+        nchains.append(sep)
+        c = "" if large else f"-m comment --comment {spn} "
+        N(Rule(sep, f"{c}-s {e.ip} -j KUBE-MARK-MASQ"))
+        r = f"-m recent --name {sep} --set " if recent else ""
+        N(Rule(sep, f"{c}{r}{pp} -j DNAT --to-destination {e.ep}"))
+
+
+def _to_endpoints(N, chain: str, spn: str, eps, affinity: int, large: bool, sep_of) -> None:
+    if affinity:
+        for e in eps:
+            sep = sep_of(e.ep)
+            c = "" if large else f'-m comment --comment "{spn} -> {e.ep}" '
+            N(Rule(chain, f"{c}-m recent --name {sep} --rcheck --seconds {affinity} --reap -j {sep}"))
+    n = len(eps)
+    last = n - 1
+    for i, e in enumerate(eps):
+        c = "" if large else f'-m comment --comment "{spn} -> {e.ep}" '
+        if i < last:
+            N(Rule(chain, f"{c}-m statistic --mode random --probability {probability(n - i)} -j {sep_of(e.ep)}"))
+        else:
+            N(Rule(chain, f"{c}-j {sep_of(e.ep)}"))

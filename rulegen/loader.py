@@ -1,0 +1,673 @@
+"""Files → model: read YAML/JSON, check every field rulegen uses, report the rest.
+
+Owns the step from user files to `model.Inputs`. Accepts files, directories
+(their `*.yaml`, `*.yml`, `*.json`, sorted by name) and `-` for standard
+input; multi-document YAML and `kind: List`. JSON goes through `json` (the
+fast path for `kubectl get -o json`), YAML through PyYAML's C loader.
+
+kube-proxy only ever sees objects the API server validated, and it still
+drops what it cannot use (an unparsable IP, an other-family address). The
+loader does the same and reports each thing it leaves out with its place
+(`svc.yaml: document 2 (Service default/web): spec.ports[0].nodePort: 99999
+is not a valid port`), never raising. Only a file that cannot be read or is
+not YAML/JSON at all raises `UsageError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import yaml
+
+from .diagnostics import Place, Report, UsageError
+from .ipaddr import parse_cidr, parse_ip
+from .model import (
+    Endpoint,
+    EndpointSlice,
+    Inputs,
+    LBIngress,
+    Node,
+    Pod,
+    ProxyConfig,
+    Service,
+    ServiceCIDR,
+    ServicePort,
+    SlicePort,
+)
+
+try:  # the C loader is ~10x faster; fall back so a build without libyaml still works
+    _YamlLoader = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover
+    _YamlLoader = yaml.SafeLoader
+
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+INPUT_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+# --------------------------------------------------------------------------- files
+
+
+def expand_paths(paths: Iterable[str]) -> list[str]:
+    """Files in the order given; a directory contributes its inputs sorted by name."""
+    out: list[str] = []
+    for p in paths:
+        if p == "-":
+            out.append(p)
+            continue
+        path = Path(p)
+        if path.is_dir():
+            out.extend(
+                str(c) for c in sorted(path.iterdir()) if c.is_file() and c.suffix in INPUT_SUFFIXES
+            )
+        elif path.exists():
+            out.append(p)
+        else:
+            raise UsageError(f"{p}: no such file or directory")
+    return out
+
+
+def read_documents(name: str, text: str) -> list[Any]:
+    """Parse one file's text into its documents; UsageError when it is not YAML/JSON."""
+    stripped = text.lstrip()
+    if name.endswith(".json") or stripped[:1] in ("{", "["):
+        try:
+            doc = json.loads(text)
+            return doc if isinstance(doc, list) and name.endswith(".jsonl") else [doc]
+        except ValueError as e:
+            if name.endswith(".json"):
+                raise UsageError(f"{name}: not valid JSON: {e}") from None
+    try:
+        return [d for d in yaml.load_all(text, Loader=_YamlLoader) if d is not None]
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UsageError(f"{name}: not valid YAML{where}: {problem}") from None
+
+
+def _read_text(name: str) -> str:
+    if name == "-":
+        return sys.stdin.read()
+    try:
+        with open(name, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError:
+        raise UsageError(f"{name}: not a text file (YAML or JSON expected)") from None
+    except OSError as e:
+        raise UsageError(f"{name}: cannot read: {e.strerror}") from None
+
+
+def iter_objects(paths: Iterable[str]) -> Iterator[tuple[Place, Any]]:
+    """Every top-level object with its place; `kind: List` items are unpacked."""
+    for name in expand_paths(paths):
+        shown = "<stdin>" if name == "-" else name
+        for i, doc in enumerate(read_documents(shown, _read_text(name)), 1):
+            if isinstance(doc, dict) and doc.get("kind") == "List" or (
+                isinstance(doc, dict) and str(doc.get("kind", "")).endswith("List") and "items" in doc
+            ):
+                items = doc.get("items") or []
+                if not isinstance(items, list):
+                    yield Place(shown, i, "List"), {"__bad__": "items is not a list"}
+                    continue
+                for j, item in enumerate(items, 1):
+                    yield Place(shown, i, item=j), item
+            else:
+                yield Place(shown, i), doc
+
+
+# --------------------------------------------------------------------------- checks
+
+
+class _Bad(Exception):
+    """A field so wrong that the object it belongs to is left out."""
+
+    def __init__(self, fld: str, message: str):
+        super().__init__(message)
+        self.field = fld
+        self.message = message
+
+
+def _type_name(v: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number", type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def _map(v: Any, fld: str) -> dict:
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise _Bad(fld, f"expected a mapping, got {_type_name(v)}")
+    return v
+
+
+def _list(v: Any, fld: str) -> list:
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        raise _Bad(fld, f"expected a list, got {_type_name(v)}")
+    return v
+
+
+def _str(v: Any, fld: str, default: str | None = None) -> str | None:
+    if v is None:
+        return default
+    if not isinstance(v, str):
+        raise _Bad(fld, f"expected a string, got {_type_name(v)}")
+    return v
+
+
+def _int(v: Any, fld: str) -> int | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, str) and v.strip().isdigit():
+            raise _Bad(fld, f"expected an integer, got the string {v!r}")
+        raise _Bad(fld, f"expected an integer, got {_type_name(v)}")
+    return v
+
+
+def _bool(v: Any, fld: str) -> bool | None:
+    if v is None:
+        return None
+    if not isinstance(v, bool):
+        raise _Bad(fld, f"expected true or false, got {_type_name(v)}")
+    return v
+
+
+class _Ctx:
+    """Reports problems for one object at one place."""
+
+    __slots__ = ("place", "report")
+
+    def __init__(self, place: Place, report: Report):
+        self.place = place
+        self.report = report
+
+    def warn(self, fld: str, message: str) -> None:
+        self.report.add(self.place, fld, message)
+
+
+def _meta(doc: dict, namespaced: bool = True) -> tuple[str, str]:
+    meta = _map(doc.get("metadata"), "metadata")
+    name = _str(meta.get("name"), "metadata.name")
+    if not name:
+        raise _Bad("metadata.name", "missing")
+    ns = _str(meta.get("namespace"), "metadata.namespace", "default") or "default"
+    return (ns if namespaced else ""), name
+
+
+# --------------------------------------------------------------------------- kinds
+
+
+def _service(doc: dict, cx: _Ctx) -> Service | None:
+    ns, name = _meta(doc)
+    spec = _map(doc.get("spec"), "spec")
+    status = _map(doc.get("status"), "status")
+
+    stype = _str(spec.get("type"), "spec.type", "ClusterIP")
+    if stype not in SERVICE_TYPES:
+        raise _Bad("spec.type", f"{stype!r} is not one of {', '.join(SERVICE_TYPES)}")
+
+    raw_cip = _str(spec.get("clusterIP"), "spec.clusterIP", "") or ""
+    raw_cips = [_str(x, f"spec.clusterIPs[{i}]", "") or "" for i, x in enumerate(_list(spec.get("clusterIPs"), "spec.clusterIPs"))]
+    headless = raw_cip == "None" or raw_cips[:1] == ["None"]
+    cluster_ip = ""
+    cluster_ips: list[str] = []
+    if not headless and stype != "ExternalName":
+        if raw_cip:
+            cluster_ip = parse_ip(raw_cip) or ""
+            if not cluster_ip:
+                cx.warn("spec.clusterIP", f"{raw_cip!r} is not a valid IP address")
+        for i, ip in enumerate(raw_cips):
+            canon = parse_ip(ip)
+            if canon is None:
+                if ip != raw_cip:
+                    cx.warn(f"spec.clusterIPs[{i}]", f"{ip!r} is not a valid IP address")
+                cluster_ips.append("")  # keep positions aligned with ipFamilies
+            else:
+                cluster_ips.append(canon)
+    families = []
+    for i, f in enumerate(_list(spec.get("ipFamilies"), "spec.ipFamilies")):
+        f = _str(f, f"spec.ipFamilies[{i}]")
+        if f not in ("IPv4", "IPv6"):
+            raise _Bad(f"spec.ipFamilies[{i}]", f"{f!r} is not IPv4 or IPv6")
+        families.append(f)
+
+    ports: list[ServicePort] = []
+    seen_ports: set[tuple[str, str]] = set()
+    for i, p in enumerate(_list(spec.get("ports"), "spec.ports")):
+        fld = f"spec.ports[{i}]"
+        try:
+            p = _map(p, fld)
+            pname = _str(p.get("name"), f"{fld}.name", "") or ""
+            proto = _str(p.get("protocol"), f"{fld}.protocol", "TCP")
+            if proto not in PROTOCOLS:
+                raise _Bad(f"{fld}.protocol", f"{proto!r} is not TCP, UDP or SCTP")
+            port = _int(p.get("port"), f"{fld}.port")
+            if port is None:
+                raise _Bad(f"{fld}.port", "missing")
+            if not 1 <= port <= 65535:
+                raise _Bad(f"{fld}.port", f"{port} is not a valid port")
+            np_ = 0
+            try:
+                np_ = _int(p.get("nodePort"), f"{fld}.nodePort") or 0
+                if not 0 <= np_ <= 65535:
+                    raise _Bad(f"{fld}.nodePort", f"{np_} is not a valid port")
+            except _Bad as e:
+                cx.warn(e.field, e.message + " (node port left out)")
+                np_ = 0
+            tp = p.get("targetPort")
+            if tp is not None and not isinstance(tp, (int, str)) or isinstance(tp, bool):
+                cx.warn(f"{fld}.targetPort", f"expected a port number or name, got {_type_name(tp)}")
+                tp = None
+            if (pname, proto) in seen_ports:
+                raise _Bad(f"{fld}", f"duplicate port name {pname!r} for {proto}")
+            seen_ports.add((pname, proto))
+            ports.append(ServicePort(pname, proto, port, np_, tp, i))
+        except _Bad as e:
+            cx.warn(e.field, e.message + " (port left out)")
+
+    ext_ips = []
+    for i, ip in enumerate(_list(spec.get("externalIPs"), "spec.externalIPs")):
+        canon = parse_ip(ip) if isinstance(ip, str) else None
+        if canon is None:
+            cx.warn(f"spec.externalIPs[{i}]", f"{ip!r} is not a valid IP address (left out)")
+        else:
+            ext_ips.append(canon)
+
+    ingress = []
+    lb = _map(status.get("loadBalancer"), "status.loadBalancer")
+    for i, ing in enumerate(_list(lb.get("ingress"), "status.loadBalancer.ingress")):
+        fld = f"status.loadBalancer.ingress[{i}]"
+        ing = _map(ing, fld)
+        ip = ing.get("ip")
+        if not ip:
+            continue  # hostname-only ingress: nothing for kube-proxy
+        canon = parse_ip(ip) if isinstance(ip, str) else None
+        if canon is None:
+            cx.warn(f"{fld}.ip", f"{ip!r} is not a valid IP address (left out)")
+            continue
+        mode = _str(ing.get("ipMode"), f"{fld}.ipMode")
+        if mode not in (None, "VIP", "Proxy"):
+            cx.warn(f"{fld}.ipMode", f"{mode!r} is not VIP or Proxy (read as VIP)")
+            mode = None
+        ingress.append(LBIngress(canon, mode))
+
+    ranges = []
+    for i, r in enumerate(_list(spec.get("loadBalancerSourceRanges"), "spec.loadBalancerSourceRanges")):
+        canon = parse_cidr(r.strip()) if isinstance(r, str) else None
+        if canon is None:
+            cx.warn(f"spec.loadBalancerSourceRanges[{i}]", f"{r!r} is not a valid CIDR (left out)")
+        else:
+            ranges.append(canon)
+
+    def policy(key: str) -> str:
+        v = _str(spec.get(key), f"spec.{key}", "Cluster") or "Cluster"
+        if v == "Global":  # the pre-1.22 spelling of Cluster
+            v = "Cluster"
+        if v not in ("Cluster", "Local"):
+            cx.warn(f"spec.{key}", f"{v!r} is not Cluster or Local (read as Cluster)")
+            v = "Cluster"
+        return v
+
+    etp = policy("externalTrafficPolicy")
+    itp = policy("internalTrafficPolicy")
+    hc = 0
+    try:
+        hc = _int(spec.get("healthCheckNodePort"), "spec.healthCheckNodePort") or 0
+        if not 0 <= hc <= 65535:
+            raise _Bad("spec.healthCheckNodePort", f"{hc} is not a valid port")
+    except _Bad as e:
+        cx.warn(e.field, e.message + " (left out)")
+        hc = 0
+
+    aff = _str(spec.get("sessionAffinity"), "spec.sessionAffinity", "None") or "None"
+    if aff not in ("None", "ClientIP"):
+        cx.warn("spec.sessionAffinity", f"{aff!r} is not None or ClientIP (read as None)")
+        aff = "None"
+    timeout = 10800
+    sac = _map(spec.get("sessionAffinityConfig"), "spec.sessionAffinityConfig")
+    cip = _map(sac.get("clientIP"), "spec.sessionAffinityConfig.clientIP")
+    fld = "spec.sessionAffinityConfig.clientIP.timeoutSeconds"
+    try:
+        t = _int(cip.get("timeoutSeconds"), fld)
+        if t is not None:
+            if not 1 <= t <= 86400:
+                raise _Bad(fld, f"{t} is not between 1 and 86400")
+            timeout = t
+    except _Bad as e:
+        cx.warn(e.field, e.message + " (default 10800 used)")
+
+    selector = spec.get("selector")
+    if selector is not None and not (isinstance(selector, dict) and all(isinstance(v, str) for v in selector.values())):
+        cx.warn("spec.selector", "expected a mapping of strings (ignored)")
+        selector = None
+
+    return Service(
+        namespace=ns, name=name, type=stype, cluster_ip=cluster_ip, cluster_ips=tuple(cluster_ips), headless=headless,
+        ip_families=tuple(families), ports=tuple(ports), external_ips=tuple(ext_ips),
+        lb_ingress=tuple(ingress), source_ranges=tuple(ranges), external_traffic_policy=etp,
+        internal_traffic_policy=itp, health_check_node_port=hc, session_affinity=aff,
+        affinity_timeout=timeout, selector=selector, place=cx.place,
+    )
+
+
+def _cond(v: Any, fld: str, default: bool) -> bool:
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise _Bad(fld, f"expected true or false, got {_type_name(v)}")
+    return v
+
+
+def _hints(h: dict, key: str, fld: str) -> tuple[str, ...] | None:
+    items = h.get(key)
+    if items is None:
+        return None
+    out = []
+    for i, it in enumerate(_list(items, f"{fld}.{key}")):
+        n = _str(_map(it, f"{fld}.{key}[{i}]").get("name"), f"{fld}.{key}[{i}].name")
+        if n:
+            out.append(n)
+    return tuple(out)
+
+
+def _slice_port(p: Any, fld: str) -> SlicePort:
+    p = _map(p, fld)
+    name = p.get("name")
+    if name is not None and not isinstance(name, str):
+        raise _Bad(f"{fld}.name", f"expected a string, got {_type_name(name)}")
+    proto = _str(p.get("protocol"), f"{fld}.protocol", "TCP")
+    if proto not in PROTOCOLS:
+        raise _Bad(f"{fld}.protocol", f"{proto!r} is not TCP, UDP or SCTP")
+    port = _int(p.get("port"), f"{fld}.port")
+    if port is not None and not 0 <= port <= 65535:
+        raise _Bad(f"{fld}.port", f"{port} is not a valid port")
+    return SlicePort(name, proto, port)
+
+
+def _endpoint_slice(doc: dict, cx: _Ctx) -> EndpointSlice:
+    ns, name = _meta(doc)
+    labels = _map(_map(doc.get("metadata"), "metadata").get("labels"), "metadata.labels")
+    svc = labels.get(SERVICE_NAME_LABEL)
+    if svc is not None and not isinstance(svc, str):
+        raise _Bad(f"metadata.labels[{SERVICE_NAME_LABEL}]", "expected a string")
+    atype = _str(doc.get("addressType"), "addressType")
+    if atype not in ("IPv4", "IPv6", "FQDN"):
+        raise _Bad("addressType", f"{atype!r} is not IPv4, IPv6 or FQDN")
+    ports = []
+    for i, p in enumerate(_list(doc.get("ports"), "ports")):
+        try:
+            ports.append(_slice_port(p, f"ports[{i}]"))
+        except _Bad as e:
+            cx.warn(e.field, e.message + " (port left out)")
+    eps = []
+    raw_eps = _list(doc.get("endpoints"), "endpoints")
+    want6 = atype == "IPv6"
+    for i, e in enumerate(raw_eps):
+        fld = f"endpoints[{i}]"
+        try:
+            if not isinstance(e, dict):
+                raise _Bad(fld, f"expected a mapping, got {_type_name(e)}")
+            addrs = e.get("addresses")
+            if not addrs or not isinstance(addrs, list):
+                raise _Bad(f"{fld}.addresses", "missing or empty")
+            if atype == "FQDN":
+                continue
+            a0 = addrs[0]
+            ip = parse_ip(a0) if isinstance(a0, str) else None
+            if ip is None:
+                raise _Bad(f"{fld}.addresses[0]", f"{a0!r} is not a valid IP address")
+            if (":" in ip) != want6:
+                raise _Bad(f"{fld}.addresses[0]", f"{a0!r} is not an {atype} address")
+            c = e.get("conditions")
+            if c:
+                if not isinstance(c, dict):
+                    raise _Bad(f"{fld}.conditions", f"expected a mapping, got {_type_name(c)}")
+                ready = _cond(c.get("ready"), f"{fld}.conditions.ready", True)
+                serving = _cond(c.get("serving"), f"{fld}.conditions.serving", True)
+                term = _cond(c.get("terminating"), f"{fld}.conditions.terminating", False)
+            else:
+                ready, serving, term = True, True, False
+            node = e.get("nodeName")
+            if node is not None and not isinstance(node, str):
+                raise _Bad(f"{fld}.nodeName", f"expected a string, got {_type_name(node)}")
+            zone = e.get("zone")
+            h = e.get("hints")
+            zh = nh = None
+            if h:
+                h = _map(h, f"{fld}.hints")
+                zh = _hints(h, "forZones", f"{fld}.hints")
+                nh = _hints(h, "forNodes", f"{fld}.hints")
+            tref = e.get("targetRef")
+            target = None
+            if isinstance(tref, dict) and tref.get("name"):
+                target = f"{tref.get('namespace') or ns}/{tref.get('name')}"
+            eps.append(Endpoint(ip, ready, serving, term, node or None,
+                                zone if isinstance(zone, str) else None, zh, nh, target))
+        except _Bad as b:
+            cx.warn(b.field, b.message + " (endpoint left out)")
+    return EndpointSlice(ns, name, svc, atype, tuple(ports), tuple(eps), cx.place)
+
+
+def _legacy_endpoints(doc: dict, cx: _Ctx) -> list[EndpointSlice]:
+    """v1 Endpoints → one slice per subset and family, as the mirroring controller does."""
+    ns, name = _meta(doc)
+    out = []
+    for si, sub in enumerate(_list(doc.get("subsets"), "subsets")):
+        sub = _map(sub, f"subsets[{si}]")
+        ports = []
+        for pi, p in enumerate(_list(sub.get("ports"), f"subsets[{si}].ports")):
+            try:
+                sp = _slice_port(p, f"subsets[{si}].ports[{pi}]")
+                ports.append(SlicePort(sp.name or "", sp.protocol, sp.port))
+            except _Bad as e:
+                cx.warn(e.field, e.message + " (port left out)")
+        by_family: dict[str, list[Endpoint]] = {"IPv4": [], "IPv6": []}
+        for key, ready in (("addresses", True), ("notReadyAddresses", False)):
+            for ai, a in enumerate(_list(sub.get(key), f"subsets[{si}].{key}")):
+                fld = f"subsets[{si}].{key}[{ai}]"
+                a = _map(a, fld)
+                ip = parse_ip(a.get("ip")) if isinstance(a.get("ip"), str) else None
+                if ip is None:
+                    cx.warn(f"{fld}.ip", f"{a.get('ip')!r} is not a valid IP address (endpoint left out)")
+                    continue
+                node = a.get("nodeName") if isinstance(a.get("nodeName"), str) else None
+                by_family["IPv6" if ":" in ip else "IPv4"].append(Endpoint(ip, ready, True, False, node))
+        for fam, eps in by_family.items():
+            if eps:
+                out.append(EndpointSlice(ns, f"{name}-{si}-{fam.lower()}", name, fam, tuple(ports), tuple(eps), cx.place))
+    return out
+
+
+def _node(doc: dict, cx: _Ctx) -> Node:
+    _, name = _meta(doc, namespaced=False)
+    meta = _map(doc.get("metadata"), "metadata")
+    labels = {k: v for k, v in _map(meta.get("labels"), "metadata.labels").items() if isinstance(v, str)}
+    spec = _map(doc.get("spec"), "spec")
+    status = _map(doc.get("status"), "status")
+    addrs = []
+    for i, a in enumerate(_list(status.get("addresses"), "status.addresses")):
+        a = _map(a, f"status.addresses[{i}]")
+        if a.get("type") not in ("InternalIP", "ExternalIP"):
+            continue
+        ip = parse_ip(a.get("address")) if isinstance(a.get("address"), str) else None
+        if ip is None:
+            cx.warn(f"status.addresses[{i}].address", f"{a.get('address')!r} is not a valid IP address (left out)")
+        elif ip not in addrs:
+            addrs.append(ip)
+    cidrs = []
+    raw = _list(spec.get("podCIDRs"), "spec.podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
+    for i, c in enumerate(raw):
+        canon = parse_cidr(c) if isinstance(c, str) else None
+        if canon is None:
+            cx.warn(f"spec.podCIDRs[{i}]", f"{c!r} is not a valid CIDR (left out)")
+        else:
+            cidrs.append(canon)
+    return Node(name, tuple(addrs), tuple(cidrs), labels.get(ZONE_LABEL), labels)
+
+
+def _service_cidr(doc: dict, cx: _Ctx) -> ServiceCIDR:
+    _, name = _meta(doc, namespaced=False)
+    spec = _map(doc.get("spec"), "spec")
+    cidrs = []
+    for i, c in enumerate(_list(spec.get("cidrs"), "spec.cidrs")):
+        canon = parse_cidr(c) if isinstance(c, str) else None
+        if canon is None:
+            cx.warn(f"spec.cidrs[{i}]", f"{c!r} is not a valid CIDR (left out)")
+        else:
+            cidrs.append(canon)
+    return ServiceCIDR(name, tuple(cidrs))
+
+
+def _pod(doc: dict, cx: _Ctx) -> Pod:
+    ns, name = _meta(doc)
+    meta = _map(doc.get("metadata"), "metadata")
+    labels = {k: v for k, v in _map(meta.get("labels"), "metadata.labels").items() if isinstance(v, str)}
+    spec = _map(doc.get("spec"), "spec")
+    status = _map(doc.get("status"), "status")
+    ports = []
+    for c in _list(spec.get("containers"), "spec.containers"):
+        if isinstance(c, dict):
+            for p in c.get("ports") or []:
+                if isinstance(p, dict) and isinstance(p.get("containerPort"), int):
+                    ports.append((str(p.get("name") or ""), p["containerPort"], str(p.get("protocol") or "TCP")))
+    ip = parse_ip(status["podIP"]) if isinstance(status.get("podIP"), str) else None
+    node = spec.get("nodeName") if isinstance(spec.get("nodeName"), str) else None
+    return Pod(ns, name, labels, ip, node, tuple(ports))
+
+
+def split_cidr_list(v: Any, fld: str, cx: _Ctx) -> tuple[str, ...]:
+    """`a,b` strings and lists alike; bad entries reported and left out."""
+    items: list[Any]
+    if isinstance(v, str):
+        items = [x.strip() for x in v.split(",") if x.strip()]
+    else:
+        items = _list(v, fld)
+    out = []
+    for i, c in enumerate(items):
+        canon = parse_cidr(c) if isinstance(c, str) else None
+        if canon is None:
+            cx.warn(fld, f"{c!r} is not a valid CIDR (left out)")
+        else:
+            out.append(canon)
+    return tuple(out)
+
+
+def config_from_dict(doc: dict, cx: _Ctx) -> ProxyConfig:
+    ipt = _map(doc.get("iptables"), "iptables")
+    ipvs = _map(doc.get("ipvs"), "ipvs")
+    nft = _map(doc.get("nftables"), "nftables")
+    det = _map(doc.get("detectLocal"), "detectLocal")
+    mode = _str(doc.get("mode"), "mode")
+    if mode == "":
+        mode = None
+    if mode not in (None, "iptables", "ipvs", "nftables"):
+        cx.warn("mode", f"{mode!r} is not iptables, ipvs or nftables (ignored)")
+        mode = None
+    cc = doc.get("clusterCIDR")
+    npa = doc.get("nodePortAddresses")
+    npa_t = None
+    if npa is not None:
+        npa_t = tuple(x.strip() for x in (npa.split(",") if isinstance(npa, str) else _list(npa, "nodePortAddresses")) if isinstance(x, str) and x.strip())
+    bit = _int(ipt.get("masqueradeBit"), "iptables.masqueradeBit")
+    if bit is not None and not 0 <= bit <= 31:
+        cx.warn("iptables.masqueradeBit", f"{bit} is not between 0 and 31 (default 14 used)")
+        bit = None
+    top_masq = _bool(doc.get("masqueradeAll"), "masqueradeAll")
+    return ProxyConfig(
+        mode=mode,
+        cluster_cidr=split_cidr_list(cc, "clusterCIDR", cx) if cc else None,
+        hostname_override=_str(doc.get("hostnameOverride"), "hostnameOverride") or None,
+        nodeport_addresses=npa_t,
+        detect_local_mode=_str(doc.get("detectLocalMode"), "detectLocalMode") or None,
+        bridge_interface=_str(det.get("bridgeInterface"), "detectLocal.bridgeInterface") or None,
+        interface_name_prefix=_str(det.get("interfaceNamePrefix"), "detectLocal.interfaceNamePrefix") or None,
+        masquerade_all=_bool(ipt.get("masqueradeAll"), "iptables.masqueradeAll") if ipt.get("masqueradeAll") is not None else top_masq,
+        masquerade_bit=bit,
+        localhost_nodeports=_bool(ipt.get("localhostNodePorts"), "iptables.localhostNodePorts"),
+        scheduler=_str(ipvs.get("scheduler"), "ipvs.scheduler") or None,
+        strict_arp=_bool(ipvs.get("strictARP"), "ipvs.strictARP"),
+        nft_masquerade_all=_bool(nft.get("masqueradeAll"), "nftables.masqueradeAll") if nft.get("masqueradeAll") is not None else top_masq,
+        nft_masquerade_bit=_int(nft.get("masqueradeBit"), "nftables.masqueradeBit"),
+    )
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def _name_of(doc: dict, namespaced: bool) -> str:
+    meta = doc.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    name = meta.get("name") if isinstance(meta.get("name"), str) else "?"
+    if not namespaced:
+        return name
+    ns = meta.get("namespace")
+    return f"{ns if isinstance(ns, str) and ns else 'default'}/{name}"
+
+
+_CLUSTER_SCOPED = ("Node", "ServiceCIDR", "KubeProxyConfiguration")
+
+
+def load(paths: Iterable[str], report: Report) -> Inputs:
+    """Read every object from `paths`; problems go to `report`."""
+    inputs = Inputs([], [], [], [], [], [])
+    for place, doc in iter_objects(paths):
+        if not isinstance(doc, dict):
+            report.add(place, "", f"expected a Kubernetes object (a mapping), got {_type_name(doc)} (left out)")
+            continue
+        if "__bad__" in doc:
+            report.add(place, "items", doc["__bad__"])
+            continue
+        kind = doc.get("kind")
+        if not isinstance(kind, str) or not kind:
+            report.add(place, "kind", "missing (object left out)")
+            continue
+        name = _name_of(doc, kind not in _CLUSTER_SCOPED)
+        cx = _Ctx(Place(place.file, place.document, kind, name, place.item), report)
+        try:
+            if kind == "Service":
+                svc = _service(doc, cx)
+                if svc is not None:
+                    inputs.services.append(svc)
+            elif kind == "EndpointSlice":
+                inputs.slices.append(_endpoint_slice(doc, cx))
+            elif kind == "Endpoints":
+                inputs.slices.extend(_legacy_endpoints(doc, cx))
+            elif kind == "Node":
+                inputs.nodes.append(_node(doc, cx))
+            elif kind == "ServiceCIDR":
+                inputs.service_cidrs.append(_service_cidr(doc, cx))
+            elif kind == "KubeProxyConfiguration":
+                inputs.configs.append(config_from_dict(doc, cx))
+            elif kind == "Pod":
+                inputs.pods.append(_pod(doc, cx))
+            else:
+                report.add(place, "", f"kind {kind} is not used by rulegen (skipped)", notice=True)
+        except _Bad as e:
+            report.add(cx.place, e.field, e.message + " (object left out)")
+    return inputs
+
+
+def load_config_file(path: str, report: Report) -> ProxyConfig:
+    """`--config FILE`: a KubeProxyConfiguration document."""
+    configs = [doc for _, doc in iter_objects([path]) if isinstance(doc, dict)]
+    for i, doc in enumerate(configs, 1):
+        if doc.get("kind") in (None, "KubeProxyConfiguration"):
+            cx = _Ctx(Place(path, i, "KubeProxyConfiguration", "config"), report)
+            try:
+                return config_from_dict(doc, cx)
+            except _Bad as e:
+                raise UsageError(f"{cx.place}: {e.field}: {e.message}") from None
+    raise UsageError(f"{path}: no KubeProxyConfiguration document")
+
+
+def stdin_is_tty() -> bool:
+    return os.isatty(0)

@@ -1,0 +1,134 @@
+"""Frozen typed records for the Kubernetes subset rulegen reads.
+
+These hold what the loader accepted, already checked: addresses in
+canonical form (both families; the plan picks one), ports in range, enums
+spelt as the API spells them. They are msgspec Structs because a 10,000
+Service cluster has 100,000 endpoints and Struct construction is several
+times cheaper than a frozen dataclass. Nothing here knows about a data
+plane.
+"""
+
+from __future__ import annotations
+
+from msgspec import Struct
+
+from .diagnostics import Place
+
+
+class ServicePort(Struct, frozen=True):
+    name: str
+    protocol: str  # TCP | UDP | SCTP
+    port: int
+    node_port: int = 0
+    target_port: int | str | None = None
+    index: int = 0  # position in spec.ports, for messages
+
+
+class LBIngress(Struct, frozen=True):
+    ip: str  # canonical address
+    ip_mode: str | None = None
+
+
+class Service(Struct, frozen=True):
+    namespace: str
+    name: str
+    type: str = "ClusterIP"
+    cluster_ip: str = ""  # canonical spec.clusterIP ("" when unset, bad or None)
+    cluster_ips: tuple[str, ...] = ()  # canonical spec.clusterIPs, "" where an entry was bad
+    headless: bool = False
+    ip_families: tuple[str, ...] = ()
+    ports: tuple[ServicePort, ...] = ()
+    external_ips: tuple[str, ...] = ()
+    lb_ingress: tuple[LBIngress, ...] = ()
+    source_ranges: tuple[str, ...] = ()  # canonical networks
+    external_traffic_policy: str = "Cluster"
+    internal_traffic_policy: str = "Cluster"
+    health_check_node_port: int = 0
+    session_affinity: str = "None"
+    affinity_timeout: int = 10800
+    selector: dict[str, str] | None = None
+    place: Place | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class Endpoint(Struct, frozen=True):
+    ip: str  # canonical first address
+    ready: bool = True
+    serving: bool = True
+    terminating: bool = False
+    node_name: str | None = None
+    zone: str | None = None
+    zone_hints: tuple[str, ...] | None = None
+    node_hints: tuple[str, ...] | None = None
+    target_name: str | None = None  # targetRef "ns/name" (lint)
+
+
+class SlicePort(Struct, frozen=True):
+    name: str | None
+    protocol: str
+    port: int | None
+
+
+class EndpointSlice(Struct, frozen=True):
+    namespace: str
+    name: str
+    service_name: str | None
+    address_type: str
+    ports: tuple[SlicePort, ...] = ()
+    endpoints: tuple[Endpoint, ...] = ()
+    place: Place | None = None
+
+
+class Node(Struct, frozen=True):
+    name: str
+    addresses: tuple[str, ...] = ()  # canonical InternalIP/ExternalIP, in status order
+    pod_cidrs: tuple[str, ...] = ()
+    zone: str | None = None
+    labels: dict[str, str] = {}
+
+
+class ServiceCIDR(Struct, frozen=True):
+    name: str
+    cidrs: tuple[str, ...]
+
+
+class Pod(Struct, frozen=True):
+    namespace: str
+    name: str
+    labels: dict[str, str] = {}
+    ip: str | None = None
+    node_name: str | None = None
+    container_ports: tuple[tuple[str, int, str], ...] = ()  # (name, port, protocol)
+
+
+class ProxyConfig(Struct, frozen=True):
+    """The KubeProxyConfiguration fields rulegen uses; None = not set."""
+
+    mode: str | None = None
+    cluster_cidr: tuple[str, ...] | None = None
+    hostname_override: str | None = None
+    nodeport_addresses: tuple[str, ...] | None = None
+    detect_local_mode: str | None = None
+    bridge_interface: str | None = None
+    interface_name_prefix: str | None = None
+    masquerade_all: bool | None = None
+    masquerade_bit: int | None = None
+    localhost_nodeports: bool | None = None
+    scheduler: str | None = None
+    strict_arp: bool | None = None
+    nft_masquerade_all: bool | None = None
+    nft_masquerade_bit: int | None = None
+
+
+class Inputs(Struct):
+    """Everything the loader read, in input order."""
+
+    services: list[Service]
+    slices: list[EndpointSlice]
+    nodes: list[Node]
+    service_cidrs: list[ServiceCIDR]
+    configs: list[ProxyConfig]
+    pods: list[Pod]

@@ -1,0 +1,81 @@
+"""The one direction every command follows: files → model → settings → plan → IR → text.
+
+Each stage is timed (`--timings` prints them), so users see where a large
+cluster's time goes. Commands call `compile_files` and then use the IR
+(apply, diff, trace) or the text (compile, golden).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from . import backends, loader, plan as planmod
+from .diagnostics import Report
+from .model import Inputs
+from .settings import Settings, resolve
+
+
+@dataclass
+class Timings:
+    stages: list[tuple[str, float]] = field(default_factory=list)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages.append((name, time.perf_counter() - t0))
+
+    def lines(self) -> list[str]:
+        total = sum(t for _, t in self.stages)
+        out = [f"{name:<10} {t * 1000:9.1f} ms" for name, t in self.stages]
+        out.append(f"{'total':<10} {total * 1000:9.1f} ms")
+        return out
+
+
+@dataclass
+class Compiled:
+    inputs: Inputs
+    settings: Settings
+    plan: planmod.Plan
+    ir: Any
+    timings: Timings
+    report: Report
+    _text: str | None = None
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            _, render = backends.get(self.settings.mode)
+            with self.timings.stage("render"):
+                self._text = render.render(self.ir)
+        return self._text
+
+
+def load_inputs(paths: list[str], report: Report, timings: Timings) -> Inputs:
+    with timings.stage("load"):
+        return loader.load(paths, report)
+
+
+def compile_inputs(inputs: Inputs, flags: dict[str, Any], report: Report, timings: Timings,
+                   config_path: str | None = None) -> Compiled:
+    file_cfg = loader.load_config_file(config_path, report) if config_path else None
+    settings = resolve(flags, inputs, report, file_cfg)
+    comp, _ = backends.get(settings.mode)
+    with timings.stage("plan"):
+        p = planmod.build(inputs, settings)
+    with timings.stage("compile"):
+        ir = comp.compile_plan(p, settings)
+    return Compiled(inputs, settings, p, ir, timings, report)
+
+
+def compile_files(paths: list[str], flags: dict[str, Any], report: Report | None = None,
+                  config_path: str | None = None) -> Compiled:
+    report = report if report is not None else Report()
+    timings = Timings()
+    inputs = load_inputs(paths, report, timings)
+    return compile_inputs(inputs, flags, report, timings, config_path)

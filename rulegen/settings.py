@@ -1,0 +1,261 @@
+"""The proxy settings for one compile, resolved once from flags, config and objects.
+
+Precedence, as CONTRACT.md sets it: a command-line flag, then `--config
+FILE`, then a KubeProxyConfiguration document among the inputs, then the
+Node object, then kube-proxy's default. `Settings` is frozen; per-family
+views (`node_ips_of`, `local_detector`, `nodeport_addresses`) are small
+pure functions on it, so every backend reads the same answers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .diagnostics import Report, UsageError
+from .ipaddr import cidr_contains, parse_cidr, parse_ip
+from .model import Inputs, Node, ProxyConfig
+
+MODES = ("iptables", "ipvs", "nftables")
+DETECT_MODES = ("ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix", "None")
+LOOPBACK = {4: "127.0.0.1", 6: "::1"}
+
+
+@dataclass(frozen=True)
+class LocalDetector:
+    """kube-proxy's local-traffic detector: iptables args for "local" and "not local"."""
+
+    if_local: str = ""
+    if_not_local: str = ""
+    cidr: str = ""  # the pod CIDR in ClusterCIDR/NodeCIDR mode
+    iface: str = ""  # interface (or prefix with '+') in the interface modes
+
+    @property
+    def implemented(self) -> bool:
+        return bool(self.if_local)
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: str = "iptables"
+    family: int = 4
+    hostname: str | None = None
+    node_ips: tuple[str, ...] = ()  # every node address, both families, canonical
+    cluster_cidrs: tuple[str, ...] = ()
+    service_cidrs: tuple[str, ...] = ()
+    nodeport_addresses: tuple[str, ...] | None = None  # raw, may include "primary"
+    masquerade_all: bool = False
+    masquerade_bit: int = 14
+    random_fully: bool = True
+    nfacct: bool = True
+    tcp_be_liberal: bool = False
+    localhost_nodeports: bool = True
+    strict: bool = False
+    detect_local_mode: str = "ClusterCIDR"
+    bridge_interface: str | None = None
+    interface_name_prefix: str | None = None
+    scheduler: str = "rr"
+    strict_arp: bool = False
+    node_zone: str | None = None
+    node_labels: dict[str, str] = field(default_factory=dict)
+    prefer_same_node: bool = True  # PreferSameTrafficDistribution (beta, on since 1.34)
+
+    # ------------------------------------------------------------ per-family views
+
+    def node_ips_of(self, fam: int | None = None) -> tuple[str, ...]:
+        fam = fam or self.family
+        return tuple(ip for ip in self.node_ips if (":" in ip) == (fam == 6))
+
+    def primary_ip(self, fam: int | None = None) -> str | None:
+        ips = self.node_ips_of(fam)
+        return ips[0] if ips else None
+
+    def cidrs_of(self, cidrs: tuple[str, ...], fam: int | None = None) -> tuple[str, ...]:
+        fam = fam or self.family
+        return tuple(c for c in cidrs if (":" in c) == (fam == 6))
+
+    @property
+    def mark(self) -> str:
+        """The masquerade mark as kube-proxy's iptables mode writes it (Go `%#08x`)."""
+        return "0x" + format(1 << self.masquerade_bit, "08x")
+
+    @property
+    def mark_short(self) -> str:
+        return hex(1 << self.masquerade_bit)
+
+    def local_detector(self, fam: int | None = None) -> LocalDetector:
+        fam = fam or self.family
+        mode = self.detect_local_mode
+        if mode in ("ClusterCIDR", "NodeCIDR"):
+            cidrs = self.cidrs_of(self.cluster_cidrs, fam)
+            if not cidrs:
+                return LocalDetector()
+            c = cidrs[0]
+            return LocalDetector(f"-s {c}", f"! -s {c}", cidr=c)
+        if mode == "BridgeInterface" and self.bridge_interface:
+            i = self.bridge_interface
+            return LocalDetector(f"-i {i}", f"! -i {i}", iface=i)
+        if mode == "InterfaceNamePrefix" and self.interface_name_prefix:
+            i = self.interface_name_prefix + "+"
+            return LocalDetector(f"-i {i}", f"! -i {i}", iface=i)
+        return LocalDetector()
+
+    def nodeport_cidrs(self, fam: int | None = None) -> tuple[bool, tuple[str, ...]]:
+        """(matches all, CIDRs of the family) for nodePortAddresses, `primary` expanded."""
+        fam = fam or self.family
+        raw = self.nodeport_addresses or ()
+        cidrs: list[str] = []
+        for c in raw:
+            if c == "primary":
+                ip = self.primary_ip(fam)
+                if ip:
+                    cidrs.append(f"{ip}/{128 if fam == 6 else 32}")
+                continue
+            canon = parse_cidr(c)
+            if canon and (":" in canon) == (fam == 6):
+                cidrs.append(canon)
+        if not cidrs:
+            return True, ()
+        if any(c in ("0.0.0.0/0", "::/0") for c in cidrs):
+            return True, tuple(cidrs)
+        return False, tuple(cidrs)
+
+    def localhost_nodeports_effective(self, fam: int | None = None) -> bool:
+        """kube-proxy turns localhost NodePorts off unless the CIDRs contain 127.x (IPv4 only)."""
+        fam = fam or self.family
+        if fam == 6 or not self.localhost_nodeports:
+            return False
+        _, cidrs = self.nodeport_cidrs(4)
+        if not cidrs:
+            return True
+        # kube-proxy: a CIDR whose network is loopback, or that contains 127.0.0.0.
+        return any(c.startswith("127.") or cidr_contains(c, "127.0.0.0") for c in cidrs)
+
+    def nodeport_ips(self, fam: int | None = None) -> tuple[bool, tuple[str, ...]]:
+        """(matches all, node addresses inside the CIDRs): kube-proxy's GetNodeIPs.
+
+        The node's interface addresses are its node IPs plus loopback.
+        """
+        fam = fam or self.family
+        match_all, cidrs = self.nodeport_cidrs(fam)
+        if match_all:
+            return True, ()
+        out: list[str] = []
+        for ip in (*self.node_ips_of(fam), LOOPBACK[fam]):
+            if ip not in out and any(cidr_contains(c, ip) for c in cidrs):
+                out.append(ip)
+        return False, tuple(out)
+
+
+# ---------------------------------------------------------------------- resolving
+
+
+def _pick(*values: Any) -> Any:
+    for v in values:
+        if v is not None:
+            return v
+    return None
+
+
+def resolve(flags: dict[str, Any], inputs: Inputs, report: Report, file_config: ProxyConfig | None = None) -> Settings:
+    """Build Settings from CLI flags (None = not given), configs and objects."""
+    configs = ([file_config] if file_config else []) + list(inputs.configs)
+    cfg = configs[0] if configs else ProxyConfig()
+
+    mode = _pick(flags.get("mode"), cfg.mode, "iptables")
+    if mode not in MODES:
+        raise UsageError(f"--mode: {mode!r} is not one of {', '.join(MODES)}")
+    fam_flag = flags.get("ip_family") or "ipv4"
+    if fam_flag not in ("ipv4", "ipv6"):
+        raise UsageError(f"--ip-family: {fam_flag!r} is not ipv4 or ipv6")
+    family = 6 if fam_flag == "ipv6" else 4
+
+    hostname = _pick(flags.get("hostname"), cfg.hostname_override)
+    node: Node | None = None
+    if hostname:
+        node = next((n for n in inputs.nodes if n.name == hostname), None)
+    elif len(inputs.nodes) == 1:
+        node = inputs.nodes[0]
+        hostname = node.name
+
+    node_ips: tuple[str, ...]
+    if flags.get("node_ip"):
+        ips = []
+        for raw in flags["node_ip"]:
+            ip = parse_ip(raw)
+            if ip is None:
+                raise UsageError(f"--node-ip: {raw!r} is not a valid IP address")
+            if ip not in ips:
+                ips.append(ip)
+        node_ips = tuple(ips)
+    else:
+        node_ips = node.addresses if node else ()
+
+    detect = _pick(flags.get("detect_local_mode"), cfg.detect_local_mode, "ClusterCIDR")
+    if detect not in DETECT_MODES:
+        raise UsageError(f"detectLocalMode: {detect!r} is not one of {', '.join(DETECT_MODES)}")
+
+    if flags.get("cluster_cidr"):
+        cc = []
+        for raw in flags["cluster_cidr"]:
+            for part in raw.split(","):
+                canon = parse_cidr(part.strip())
+                if canon is None:
+                    raise UsageError(f"--cluster-cidr: {part!r} is not a valid CIDR")
+                cc.append(canon)
+        cluster_cidrs = tuple(cc)
+    elif detect == "NodeCIDR":
+        cluster_cidrs = node.pod_cidrs if node else ()
+    else:
+        cluster_cidrs = cfg.cluster_cidr or ()
+
+    if flags.get("service_cidr"):
+        sc = []
+        for raw in flags["service_cidr"]:
+            for part in raw.split(","):
+                canon = parse_cidr(part.strip())
+                if canon is None:
+                    raise UsageError(f"--service-cidr: {part!r} is not a valid CIDR")
+                sc.append(canon)
+        service_cidrs = tuple(sc)
+    else:
+        service_cidrs = tuple(c for s in inputs.service_cidrs for c in s.cidrs)
+
+    npa = flags.get("nodeport_addresses")
+    if npa is not None:
+        npa = tuple(x.strip() for x in npa.split(",") if x.strip())
+    else:
+        npa = cfg.nodeport_addresses
+    for c in npa or ():
+        if c != "primary" and parse_cidr(c) is None:
+            raise UsageError(f"nodePortAddresses: {c!r} is not a valid CIDR or 'primary'")
+    if npa and "primary" in npa and not node_ips:
+        raise UsageError("nodePortAddresses 'primary' needs the node's IP (--node-ip or a Node object)")
+
+    bit = _pick(flags.get("masquerade_bit"), cfg.masquerade_bit, 14)
+    if not 0 <= bit <= 31:
+        raise UsageError(f"--masquerade-bit: {bit} is not between 0 and 31")
+
+    return Settings(
+        mode=mode,
+        family=family,
+        hostname=hostname,
+        node_ips=node_ips,
+        cluster_cidrs=cluster_cidrs,
+        service_cidrs=service_cidrs,
+        nodeport_addresses=npa,
+        masquerade_all=bool(_pick(flags.get("masquerade_all") or None, cfg.masquerade_all, False)),
+        masquerade_bit=bit,
+        random_fully=_pick(flags.get("random_fully"), True),
+        nfacct=_pick(flags.get("nfacct"), True),
+        tcp_be_liberal=bool(flags.get("tcp_be_liberal")),
+        localhost_nodeports=_pick(flags.get("localhost_nodeports"), cfg.localhost_nodeports, True),
+        strict=bool(flags.get("strict")),
+        detect_local_mode=detect,
+        bridge_interface=cfg.bridge_interface,
+        interface_name_prefix=cfg.interface_name_prefix,
+        scheduler=_pick(flags.get("scheduler"), cfg.scheduler, "rr"),
+        strict_arp=bool(cfg.strict_arp),
+        node_zone=node.zone if node else None,
+        node_labels=dict(node.labels) if node else {},
+    )

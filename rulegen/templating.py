@@ -1,0 +1,28 @@
+"""Jinja2 environment for the layout templates in `templates/`.
+
+Templates lay out whole outputs (tables, headers, COMMIT, reports). The hot
+per-rule lines are joined in code before they reach a template.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
+
+
+@lru_cache(maxsize=1)
+def environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+        keep_trailing_newline=True,
+        autoescape=False,
+        undefined=jinja2.StrictUndefined,
+    )
+
+
+def render(name: str, **context) -> str:
+    return environment().get_template(name).render(**context)
