@@ -142,5 +142,22 @@ def parse_args_line(line: str) -> tuple[dict[str, Any], str | None]:
     return flags_of(params), config
 
 
+def _register() -> None:
+    import importlib
+
+    from .commands import COMMANDS
+
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"rulegen.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"rulegen.commands.{name}":
+                continue
+            raise
+        main.add_command(mod.command)
+
+
+_register()
+
 if __name__ == "__main__":  # pragma: no cover
     main()
