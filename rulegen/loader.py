@@ -618,8 +618,13 @@ _CLUSTER_SCOPED = ("Node", "ServiceCIDR", "KubeProxyConfiguration")
 
 def load(paths: Iterable[str], report: Report) -> Inputs:
     """Read every object from `paths`; problems go to `report`."""
+    return load_objects(iter_objects(paths), report)
+
+
+def load_objects(objects: Iterable[tuple[Place, Any]], report: Report) -> Inputs:
+    """Check and convert already-parsed objects (each with its place)."""
     inputs = Inputs([], [], [], [], [], [])
-    for place, doc in iter_objects(paths):
+    for place, doc in objects:
         if not isinstance(doc, dict):
             report.add(place, "", f"expected a Kubernetes object (a mapping), got {_type_name(doc)} (left out)")
             continue

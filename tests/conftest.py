@@ -1,0 +1,21 @@
+"""Shared test set-up: the `root` marker skips with a reason off-root or without the tools."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = None
+    if os.geteuid() != 0:
+        reason = "needs root (network namespaces and iptables)"
+    elif not shutil.which("iptables-restore") or not shutil.which("ip"):
+        reason = "needs iptables-restore and iproute2 (make test installs them)"
+    if reason:
+        skip = pytest.mark.skip(reason=reason)
+        for item in items:
+            if "root" in item.keywords:
+                item.add_marker(skip)
