@@ -11,7 +11,11 @@ address (`::ffff:1.2.3.4`) is IPv4 to Go, and so it is here.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from functools import lru_cache
+
+_pton = socket.inet_pton
+_AF4 = socket.AF_INET
 
 
 def _v4(text: str) -> str | None:
@@ -35,7 +39,13 @@ def parse_ip(text: str) -> str | None:
     if not isinstance(text, str):
         return None
     if ":" not in text:
-        return _v4(text)
+        # Fast path: inet_pton accepts exactly canonical dotted decimal (no
+        # leading zeros), which is then its own canonical form.
+        try:
+            _pton(_AF4, text)
+            return text
+        except (OSError, ValueError):
+            return _v4(text)
     if "%" in text:  # zones are not IPs to ParseIP
         return None
     try:

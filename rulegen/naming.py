@@ -20,17 +20,30 @@ from functools import lru_cache
 
 _sha = hashlib.sha256
 _b32 = base64.b32encode
+_ALPHA = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+# Two base32 characters per 10 bits: 16 characters are 80 bits = 8 lookups.
+# CPython's base64.b32encode is pure Python (~7 us a call); this is ~10x less.
+_PAIRS = [a + b for a in _ALPHA for b in _ALPHA]
+_from_bytes = int.from_bytes
+
+
+def b32_16(data: bytes) -> str:
+    """First 16 characters of the standard base32 encoding of sha256(data)."""
+    n = _from_bytes(_sha(data).digest()[:10], "big")
+    P = _PAIRS
+    return (P[n >> 70] + P[(n >> 60) & 1023] + P[(n >> 50) & 1023] + P[(n >> 40) & 1023]
+            + P[(n >> 30) & 1023] + P[(n >> 20) & 1023] + P[(n >> 10) & 1023] + P[n & 1023])
 
 
 @lru_cache(maxsize=1 << 20)
 def port_hash(spn_proto: str) -> str:
     """The 16 characters shared by a service port's SVC/SVL/EXT/FW chains."""
-    return _b32(_sha(spn_proto.encode()).digest())[:16].decode()
+    return b32_16(spn_proto.encode())
 
 
 def sep_hash(spn_proto: str, endpoint: str) -> str:
     # Not cached: each endpoint chain name is computed exactly once per compile.
-    return _b32(_sha((spn_proto + endpoint).encode()).digest())[:16].decode()
+    return b32_16((spn_proto + endpoint).encode())
 
 
 def service_port_name(namespace: str, name: str, port_name: str) -> str:

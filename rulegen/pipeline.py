@@ -7,6 +7,7 @@ cluster's time goes. Commands call `compile_files` and then use the IR
 
 from __future__ import annotations
 
+import gc
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,6 +38,23 @@ class Timings:
         return out
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a compile allocates.
+
+    A 10k-Service compile allocates ~1M small acyclic objects (records, rule
+    strings); each allocation burst triggers full GC passes that cost ~40% of
+    the run and free nothing. Reference counting still frees everything.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 @dataclass
 class Compiled:
     inputs: Inputs
@@ -51,13 +69,13 @@ class Compiled:
     def text(self) -> str:
         if self._text is None:
             _, render = backends.get(self.settings.mode)
-            with self.timings.stage("render"):
+            with self.timings.stage("render"), gc_paused():
                 self._text = render.render(self.ir)
         return self._text
 
 
 def load_inputs(paths: list[str], report: Report, timings: Timings) -> Inputs:
-    with timings.stage("load"):
+    with timings.stage("load"), gc_paused():
         return loader.load(paths, report)
 
 
@@ -66,10 +84,11 @@ def compile_inputs(inputs: Inputs, flags: dict[str, Any], report: Report, timing
     file_cfg = loader.load_config_file(config_path, report) if config_path else None
     settings = resolve(flags, inputs, report, file_cfg)
     comp, _ = backends.get(settings.mode)
-    with timings.stage("plan"):
-        p = planmod.build(inputs, settings)
-    with timings.stage("compile"):
-        ir = comp.compile_plan(p, settings)
+    with gc_paused():
+        with timings.stage("plan"):
+            p = planmod.build(inputs, settings)
+        with timings.stage("compile"):
+            ir = comp.compile_plan(p, settings)
     return Compiled(inputs, settings, p, ir, timings, report)
 
 
