@@ -79,6 +79,15 @@ def load_inputs(paths: list[str], report: Report, timings: Timings) -> Inputs:
         return loader.load(paths, report)
 
 
+def plan_inputs(inputs: Inputs, flags: dict[str, Any], report: Report, timings: Timings,
+                config_path: str | None = None) -> tuple[Settings, planmod.Plan]:
+    """Settings and the backend-neutral plan, without any backend (lint uses this)."""
+    file_cfg = loader.load_config_file(config_path, report) if config_path else None
+    settings = resolve(flags, inputs, report, file_cfg)
+    with timings.stage("plan"), gc_paused():
+        return settings, planmod.build(inputs, settings)
+
+
 def compile_inputs(inputs: Inputs, flags: dict[str, Any], report: Report, timings: Timings,
                    config_path: str | None = None) -> Compiled:
     file_cfg = loader.load_config_file(config_path, report) if config_path else None

@@ -1,0 +1,54 @@
+"""`rulegen lint FILES... [settings] [--json]`: what will break Service traffic, with codes and fixes.
+
+Parses options, runs `rulegen.lint.lint_files`, prints the findings (text
+via templates/lint.j2, or a JSON list) and sets the exit status: 1 when any
+finding is an error, 0 otherwise, 2 for unusable input or arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import click
+
+from ..cli import emit_report, flags_of, guarded, settings_options
+from ..diagnostics import Report
+from ..lint import check_codes, lint_files, parse_nodeport_range
+from ..lint.report import render_text, to_json
+
+
+def _scope(linted) -> dict[str, str]:
+    s = linted.settings
+    inp = linted.inputs
+    node = f"node {s.hostname}" if s.hostname else "no node given: node-local checks skipped"
+    counts = f"{len(inp.services)} Services, {len(inp.slices)} EndpointSlices"
+    if inp.pods:
+        counts += f", {len(inp.pods)} Pods"
+    return {"node": node, "counts": counts, "family": f"IPv{s.family}"}
+
+
+@click.command("lint")
+@click.argument("files", nargs=-1)
+@settings_options
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {code, severity, object, message, hint}.")
+@click.option("--service-node-port-range", "nodeport_range", default="30000-32767", show_default=True,
+              help="The apiserver's node-port range (FROM-TO or FROM+SIZE).")
+@click.option("--ignore", multiple=True, metavar="CODE",
+              help="Leave out findings with this code (repeatable, or comma-separated).")
+@guarded
+def command(files, as_json, nodeport_range, ignore, config_path, **kw):
+    """Check FILES for what will break Service traffic; exit 1 when any finding is an error."""
+    flags = flags_of(kw)
+    rng = parse_nodeport_range(nodeport_range)
+    skip = check_codes(ignore)
+    report = Report()
+    linted = lint_files(list(files), flags, report, config_path, rng, skip)
+    emit_report(report, bool(flags.get("strict")))
+    if as_json:
+        click.echo(json.dumps(to_json(linted.findings), indent=2))
+    else:
+        width = shutil.get_terminal_size((100, 24)).columns if sys.stdout.isatty() else None
+        click.echo(render_text(linted.findings, _scope(linted), width), nl=False)
+    sys.exit(1 if linted.has_errors else 0)

@@ -1,0 +1,145 @@
+"""The lint vocabulary: every finding code with its fixed severity, and the Finding record.
+
+`CODES` is the one table of what `rulegen lint` can say; `docs/lint.md`,
+`--ignore` validation and the fixture tests all read it, so a code cannot
+exist in one place and be missing in another. A code's severity never
+depends on the case: where the same symptom is harmless in one setup and
+fatal in another (a Local-policy Service without a local endpoint behind a
+health-checked load balancer, or on a bare NodePort), the two cases get two
+codes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SEVERITIES = ("error", "warning", "info")
+SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    code: str
+    severity: str
+    slug: str
+    meaning: str  # one line for docs/lint.md
+    fix: str  # one line for docs/lint.md
+
+
+_TABLE = (
+    Code("RG001", "warning", "no-cluster-ip",
+         "the Service has no usable clusterIP, so kube-proxy writes no rules for it",
+         "give spec.clusterIP (take the live object from `kubectl get svc -o yaml`)"),
+    Code("RG101", "error", "nodeport-out-of-range",
+         "a nodePort or healthCheckNodePort lies outside the node-port range (default 30000-32767); the apiserver rejects it",
+         "pick a port inside the range, leave nodePort out to get one allocated, or pass the cluster's --service-node-port-range"),
+    Code("RG102", "error", "nodeport-duplicate",
+         "two Service ports (or a health-check port) share one nodePort and protocol; only one of them gets the traffic",
+         "give each Service port its own nodePort, or leave nodePort out to get one allocated"),
+    Code("RG103", "error", "port-not-in-slices",
+         "the Service has EndpointSlices, but none carries this Service port (name + protocol); the port has no endpoints and is rejected",
+         "EndpointSlice ports must carry the Service port's name and protocol (not the targetPort's name)"),
+    Code("RG104", "error", "targetport-name-unknown",
+         "a named targetPort that no selected Pod declares as a container port; the port gets no endpoints",
+         "name the container port in the Pod template, or use a port number as targetPort"),
+    Code("RG105", "warning", "targetport-mismatch",
+         "the EndpointSlices carry a different port number than the Service's numeric targetPort (stale or hand-written slices)",
+         "regenerate the slices, or correct targetPort; kube-proxy sends traffic to the slice's port"),
+    Code("RG201", "error", "no-endpoints",
+         "the Service port has no endpoints; every connection is rejected",
+         "make Pods match the selector and become ready, or provide EndpointSlices for a selector-less Service"),
+    Code("RG202", "error", "no-ready-endpoints",
+         "the Service port has endpoints but none is ready or serving; every connection is rejected",
+         "fix the Pods' readiness (kubectl describe pod; readiness probes)"),
+    Code("RG203", "warning", "only-terminating-endpoints",
+         "no ready endpoint; only terminating Pods that still serve take the traffic, until they exit",
+         "check why the replacement Pods are not ready before the old ones are gone"),
+    Code("RG204", "error", "local-policy-no-local-endpoint",
+         "externalTrafficPolicy Local and no endpoint on this node: external traffic to this node's NodePort / external IPs is dropped",
+         "run an endpoint on every node that receives external traffic (DaemonSet / spread), or use externalTrafficPolicy Cluster"),
+    Code("RG205", "warning", "lb-local-policy-no-local-endpoint",
+         "LoadBalancer with externalTrafficPolicy Local and no endpoint on this node: the LB health check steers away, direct NodePort traffic is dropped",
+         "make sure the load balancer health-checks healthCheckNodePort and clients do not use NodePorts directly"),
+    Code("RG206", "warning", "local-policy-uneven",
+         "externalTrafficPolicy Local with endpoints on only some nodes or unevenly spread: load per endpoint is uneven, nodes without one drop traffic",
+         "spread replicas evenly over nodes (topologySpreadConstraints or a DaemonSet)"),
+    Code("RG207", "warning", "internal-local-no-local-endpoint",
+         "internalTrafficPolicy Local and no endpoint on this node: this node's Pods get their connections to the ClusterIP dropped",
+         "run an endpoint on every node whose Pods use the Service (DaemonSet), or use internalTrafficPolicy Cluster"),
+    Code("RG301", "error", "selector-matches-nothing",
+         "the selector matches no Pod in the Service's namespace (names the closest Pod when one almost matches)",
+         "fix the selector or the Pod labels (kubectl get pods --show-labels)"),
+    Code("RG302", "warning", "selector-near-miss",
+         "the selector matches some Pods, but another Pod's labels almost match (one label off by a small edit): it gets no traffic",
+         "correct the mistyped label on that Pod (or its template)"),
+    Code("RG401", "warning", "source-ranges-ignored",
+         "loadBalancerSourceRanges on a Service that is not type LoadBalancer: nothing is filtered",
+         "use type LoadBalancer, or restrict sources with a NetworkPolicy or node firewall"),
+    Code("RG402", "error", "external-ip-node-address",
+         "an externalIP is an address of a node: kube-proxy captures that port on the node's own address",
+         "use an address no node owns (routed to the nodes), or a NodePort / LoadBalancer Service"),
+    Code("RG403", "error", "external-ip-pod-range",
+         "an externalIP lies inside the pod network (cluster CIDR or a node's podCIDR): traffic to that Pod address is hijacked",
+         "use an address outside the pod network"),
+    Code("RG404", "error", "external-ip-service-range",
+         "an externalIP lies inside a service range (ServiceCIDR / --service-cidr): it can collide with an allocated ClusterIP",
+         "use an address outside the service ranges"),
+    Code("RG501", "warning", "affinity-masqueraded",
+         "sessionAffinity ClientIP while clients arrive masqueraded or through a proxy (the message names the condition): clients look alike",
+         "use externalTrafficPolicy Local, do affinity at the load balancer / ingress, or drop sessionAffinity"),
+    Code("RG502", "error", "udp-no-ready-endpoints",
+         "a UDP Service port without ready endpoints: datagrams are rejected, and conntrack entries made meanwhile keep black-holing the flow after it recovers",
+         "once endpoints are back: `conntrack -D -p udp --orig-dst CLUSTER_IP --orig-port-dst PORT` (and the NodePort / external IPs)"),
+    Code("RG601", "warning", "slice-without-service-label",
+         "an EndpointSlice without the kubernetes.io/service-name label: kube-proxy ignores it",
+         "label it `kubernetes.io/service-name: SERVICE`"),
+    Code("RG602", "warning", "slice-service-missing",
+         "an EndpointSlice (or Endpoints) whose Service is not in the input: kube-proxy writes no rules for it",
+         "include the Service in the input, or delete the stale slice"),
+    Code("RG701", "info", "nodeport-exposure",
+         "a NodePort opens that port on every listed node address (localhost included when localhost NodePorts are on)",
+         "if that is more than intended: restrict nodePortAddresses, firewall the port, or use ClusterIP behind an ingress"),
+)
+
+CODES: dict[str, Code] = {c.code: c for c in _TABLE}
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One problem with one object; `port` narrows it to Service ports ("http:80/TCP")."""
+
+    code: str
+    kind: str
+    name: str  # "namespace/name" or a cluster-scoped name
+    message: str
+    hint: str
+    port: str = ""
+    where: str = ""  # the object's file place, for the text output
+
+    @property
+    def severity(self) -> str:
+        return CODES[self.code].severity
+
+    @property
+    def object(self) -> str:
+        base = f"{self.kind} {self.name}"
+        if not self.port:
+            return base
+        return f"{base} {'ports' if ', ' in self.port else 'port'} {self.port}"
+
+    def sort_key(self) -> tuple:
+        return (SEVERITY_RANK[self.severity], self.code, self.kind, self.name, self.port, self.message)
+
+    def to_json(self) -> dict[str, str]:
+        return {"code": self.code, "severity": self.severity, "object": self.object,
+                "message": self.message, "hint": self.hint}
+
+
+def port_label(name: str, port: int, protocol: str) -> str:
+    """A Service port as findings name it: `http:80/TCP`, or `80/TCP` when unnamed."""
+    return f"{name}:{port}/{protocol}" if name else f"{port}/{protocol}"
+
+
+def docs_lines() -> list[str]:
+    """The docs/lint.md table rows, one per code."""
+    return [f"| {c.code} | {c.severity} | {c.meaning} | {c.fix} |" for c in _TABLE]
