@@ -24,12 +24,17 @@ def _v4(text: str) -> str | None:
         return None
     out = []
     for p in parts:
-        if not p or len(p) > 3 or not p.isascii() or not p.isdigit():
+        if not p or not p.isascii() or not p.isdigit():
+            return None
+        # ParseIPSloppy strips any number of leading zeros before parsing, so
+        # "0010" is 10; only what is left has to be a 1-3 digit octet.
+        p = p.lstrip("0") or "0"
+        if len(p) > 3:
             return None
         v = int(p)
         if v > 255:
             return None
-        out.append(str(v))
+        out.append(p)
     return ".".join(out)
 
 
@@ -71,7 +76,10 @@ def parse_cidr(text: str) -> str | None:
     if not isinstance(text, str) or "/" not in text:
         return None
     addr, _, prefix = text.partition("/")
-    if not prefix or not prefix.isascii() or not prefix.isdigit() or len(prefix) > 3:
+    if not prefix or not prefix.isascii() or not prefix.isdigit():
+        return None
+    prefix = prefix.lstrip("0") or "0"  # leading zeros, any number of them, as in ParseCIDRSloppy
+    if len(prefix) > 3:
         return None
     ip = parse_ip(addr)
     if ip is None:

@@ -493,7 +493,8 @@ def _node(doc: dict, cx: _Ctx) -> Node:
     labels = {k: v for k, v in _map(meta.get("labels"), "metadata.labels").items() if isinstance(v, str)}
     spec = _map(doc.get("spec"), "spec")
     status = _map(doc.get("status"), "status")
-    addrs = []
+    internal: list[str] = []
+    external: list[str] = []
     for i, a in enumerate(_list(status.get("addresses"), "status.addresses")):
         a = _map(a, f"status.addresses[{i}]")
         if a.get("type") not in ("InternalIP", "ExternalIP"):
@@ -501,7 +502,13 @@ def _node(doc: dict, cx: _Ctx) -> Node:
         ip = parse_ip(a.get("address")) if isinstance(a.get("address"), str) else None
         if ip is None:
             cx.warn(f"status.addresses[{i}].address", f"{a.get('address')!r} is not a valid IP address (left out)")
-        elif ip not in addrs:
+        else:
+            (internal if a.get("type") == "InternalIP" else external).append(ip)
+    # kube-proxy's primary node IP of a family (utilnode.GetNodeHostIPs) is the
+    # first InternalIP of it, an ExternalIP only when there is none: keep that order.
+    addrs: list[str] = []
+    for ip in internal + external:
+        if ip not in addrs:
             addrs.append(ip)
     cidrs = []
     raw = _list(spec.get("podCIDRs"), "spec.podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])

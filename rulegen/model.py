@@ -84,7 +84,7 @@ class EndpointSlice(Struct, frozen=True):
 
 class Node(Struct, frozen=True):
     name: str
-    addresses: tuple[str, ...] = ()  # canonical InternalIP/ExternalIP, in status order
+    addresses: tuple[str, ...] = ()  # canonical; InternalIPs first, then ExternalIPs (kube-proxy primary IP order)
     pod_cidrs: tuple[str, ...] = ()
     zone: str | None = None
     labels: dict[str, str] = {}

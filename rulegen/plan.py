@@ -59,7 +59,9 @@ class Plan(Struct, frozen=True):
 
 def cluster_ip_for(svc: Service, fam: int) -> str:
     """kube-proxy's GetClusterIPByFamily."""
-    if svc.headless or svc.type == "ExternalName":
+    if svc.headless or svc.type == "ExternalName" or not svc.cluster_ip:
+        # kube-proxy's ShouldSkipService looks at spec.clusterIP alone: unset
+        # means not proxied, whatever spec.clusterIPs says.
         return ""
     want = "IPv6" if fam == 6 else "IPv4"
     if not svc.ip_families:

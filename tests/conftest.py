@@ -19,3 +19,10 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "root" in item.keywords:
                 item.add_marker(skip)
+
+
+def pytest_addoption(parser):
+    # tests/test_golden.py: rewrite fixtures/*/expected.* from the compiler
+    # (review the result with `git diff` before committing it).
+    parser.addoption("--update-golden", action="store_true", default=False,
+                     help="rewrite the golden fixtures' expected files instead of comparing")
