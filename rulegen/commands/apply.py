@@ -1,0 +1,44 @@
+"""`rulegen apply FILES... --netns NAME`: compile, then load into a network namespace.
+
+Parses options, compiles, calls `rulegen.apply.apply` and prints its
+summary (or, with `--dry-run`, the payload it would send on stdout and the
+summary on stderr). Errors (no root, no such namespace, a refused payload)
+are one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..apply import apply
+from ..cli import flags_of, guarded, run_compile, settings_options
+
+
+@click.command("apply")
+@click.argument("files", nargs=-1)
+@click.option("--netns", required=True, help="The network namespace to load the rules into.")
+@click.option("--create", is_flag=True, help="Create the namespace when it does not exist.")
+@click.option("--dry-run", is_flag=True, help="Print the payload that would be sent; send nothing.")
+@click.option("--timings", is_flag=True, help="Per-stage times on stderr.")
+@settings_options
+@guarded
+def command(files, netns, create, dry_run, timings, config_path, **kw):
+    """Load the compiled rules into namespace NETNS, sending only what changed."""
+    flags = flags_of(kw)
+    c = run_compile(files, flags, config_path)
+    res = apply(c, netns, create=create, dry_run=dry_run)
+    if dry_run:
+        sys.stdout.write(res.payload)
+        sys.stdout.flush()
+        click.echo(res.summary(), err=True)
+    else:
+        click.echo(res.summary())
+    if timings:
+        for name, t in c.timings.stages:
+            click.echo(f"timing: {name:<10} {t * 1000:9.1f} ms", err=True)
+        for name, t in res.timings:
+            click.echo(f"timing: {name:<10} {t * 1000:9.1f} ms", err=True)
+        total = sum(t for _, t in c.timings.stages) + res.seconds
+        click.echo(f"timing: {'total':<10} {total * 1000:9.1f} ms", err=True)
