@@ -81,6 +81,48 @@ _BASE = ("-s", "-d", "-p", "-i", "-o")
 
 def tokenize(spec: str) -> list[str]:
     """Split like iptables-restore does: whitespace, double quotes, backslash escapes."""
+    if "\\" in spec:
+        return _tokenize_chars(spec)
+    if '"' not in spec:
+        return [t for t in spec.replace("\t", " ").split(" ") if t]
+    return _tokenize_quoted(spec)
+
+
+def _tokenize_quoted(spec: str) -> list[str]:
+    """Quotes without escapes (every kube-proxy comment): split at the quotes, then at blanks.
+
+    Diff and apply canonicalise every rule of a 350k-line dump, so this is
+    the hot path; it gives exactly `_tokenize_chars`'s answer (a test holds
+    them together).
+    """
+    parts = spec.split('"')
+    if len(parts) % 2 == 0:
+        raise SpecError("unbalanced double quote")
+    out: list[str] = []
+    cur: str | None = None  # the token being built; "" is a real (empty quoted) token
+    for k, seg in enumerate(parts):
+        if k % 2:
+            cur = seg if cur is None else cur + seg
+            continue
+        if not seg:
+            continue
+        fields = seg.replace("\t", " ").split(" ")
+        if len(fields) == 1:
+            cur = seg if cur is None else cur + seg
+            continue
+        first = fields[0]
+        if cur is not None:
+            out.append(cur + first)
+        elif first:
+            out.append(first)
+        out.extend(f for f in fields[1:-1] if f)
+        cur = fields[-1] or None
+    if cur is not None:
+        out.append(cur)
+    return out
+
+
+def _tokenize_chars(spec: str) -> list[str]:
     out: list[str] = []
     cur: list[str] = []
     in_q = False
@@ -111,8 +153,7 @@ def tokenize(spec: str) -> list[str]:
     return out
 
 
-def _is_opt(tok: str) -> bool:
-    return tok.startswith("-") and len(tok) > 1 and not tok[1].isdigit()
+_new = tuple.__new__  # Opt(...) without NamedTuple's Python-level __new__ (hot path)
 
 
 @lru_cache(maxsize=1 << 16)
@@ -126,6 +167,8 @@ def parse_spec(spec: str) -> Spec:
     neg = False
     proto: str | None = None
     i, n = 0, len(toks)
+    # where an option's values end: at the next option or "!" (computed once per token)
+    stop = [t == "!" or (len(t) > 1 and t[0] == "-" and not t[1].isdigit()) for t in toks]
     while i < n:
         t = toks[i]
         if t == "!":
@@ -135,14 +178,18 @@ def parse_spec(spec: str) -> Spec:
             i += 1
             continue
         t = _BASE_LONG.get(t, t)
-        if not _is_opt(t):
+        if not stop[i]:
             raise SpecError(f"unexpected {t!r}")
         j = i + 1
-        while j < n and not _is_opt(toks[j]) and toks[j] != "!":
+        while j < n and not stop[j]:
             j += 1
         vals = tuple(toks[i + 1:j])
+        if t in ("-c", "--set-counters") and target is None and not neg and len(vals) == 2:
+            # iptables-restore's in-rule counters (`-A X -c 10 840 ...`): state, not meaning
+            i = j
+            continue
         if target is not None:
-            target_opts.append(Opt(t, vals, neg))
+            target_opts.append(_new(Opt, (t, vals, neg)))
         elif t == "-m":
             if not vals:
                 raise SpecError("-m without a module")
@@ -158,12 +205,12 @@ def parse_spec(spec: str) -> Spec:
                 raise SpecError(f"{t} needs one value")
             if t == "-p":
                 proto = vals[0].lower()
-            base.append(Opt(t, vals, neg))
+            base.append(_new(Opt, (t, vals, neg)))
         else:
             if matches:
-                matches[-1][1].append(Opt(t, vals, neg))
+                matches[-1][1].append(_new(Opt, (t, vals, neg)))
             elif proto:  # `-p tcp --dport 80` loads the tcp match implicitly
-                matches.append((proto, [Opt(t, vals, neg)]))
+                matches.append((proto, [_new(Opt, (t, vals, neg))]))
             else:
                 raise SpecError(f"option {t} outside any match")
         neg = False
@@ -176,8 +223,13 @@ def parse_spec(spec: str) -> Spec:
 # ------------------------------------------------------------------ canonical form
 
 
+_ANY = ("0.0.0.0/0", "::/0")
+
+
 def _addr(v: str) -> str:
     if "/" in v:
+        if v.endswith("/32") and ":" not in v:  # iptables-save's host /32: skip the network arithmetic
+            return parse_ip(v[:-3]) or v
         c = parse_cidr(v)
         if c is None:
             return v
@@ -215,8 +267,8 @@ def _canon_opt(module: str, o: Opt) -> Opt | None:
     if module == "mark" and name == "--mark" and vals:
         vals = (_mark(vals[0]),)
     elif module == "statistic" and name == "--probability" and vals:
-        try:  # the kernel keeps probability as a 31-bit fraction
-            vals = (str(round(float(vals[0]) * 0x80000000)),)
+        try:  # the kernel keeps probability as a 31-bit fraction; printed as iptables-save does
+            vals = (f"{round(float(vals[0]) * 0x80000000) / 0x80000000:.11f}",)
         except ValueError:
             pass
     elif module in ("conntrack", "state") and name in ("--ctstate", "--state") and vals:
@@ -225,7 +277,7 @@ def _canon_opt(module: str, o: Opt) -> Opt | None:
         name = "--ctstate"
     elif module in ("tcp", "udp", "sctp") and name in ("--destination-port", "--source-port"):
         name = "--dport" if name == "--destination-port" else "--sport"
-    return Opt(name, vals, o.negated)
+    return _new(Opt, (name, vals, o.negated))
 
 
 def _canon_target(target: str | None, opts: tuple[Opt, ...]) -> tuple[Opt, ...]:
@@ -250,27 +302,37 @@ def _canon_target(target: str | None, opts: tuple[Opt, ...]) -> tuple[Opt, ...]:
             ("icmp-port-unreachable",), ("icmp6-port-unreachable",)
         ):
             continue
-        out.append(Opt(name, vals, o.negated))
+        out.append(_new(Opt, (name, vals, o.negated)))
     return tuple(out)
 
 
 def _quote(v: str) -> str:
-    if v == "" or any(c in v for c in ' \t"\\'):
+    if not v or " " in v or "\t" in v or '"' in v or "\\" in v:
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return v
 
 
 def _fmt(o: Opt) -> str:
     s = ("! " if o.negated else "") + o.name
-    return s + "".join(" " + _quote(v) for v in o.values)
+    vals = o.values
+    if len(vals) == 1:  # the common case, without a generator
+        return s + " " + _quote(vals[0])
+    return s + "".join(" " + _quote(v) for v in vals)
 
 
 def canonical_of(sp: Spec) -> str:
-    base = sorted(
-        (Opt(o.name, (_addr(o.values[0]),) if o.name in ("-s", "-d") else
-             ((o.values[0].lower(),) if o.name == "-p" else o.values), o.negated) for o in sp.base),
-        key=lambda o: _BASE.index(o.name),
-    )
+    base = []
+    for o in sp.base:
+        name, vals = o.name, o.values
+        if name == "-s" or name == "-d":
+            vals = (_addr(vals[0]),)
+            if vals[0] in _ANY and not o.negated:  # `-s 0.0.0.0/0` matches all; iptables-save omits it
+                continue
+        elif name == "-p":
+            vals = (vals[0].lower(),)
+        base.append(_new(Opt, (name, vals, o.negated)))
+    if len(base) > 1:
+        base.sort(key=lambda o: _BASE.index(o.name))
     parts = [_fmt(o) for o in base]
     ms = []
     for m in sp.matches:
