@@ -1,0 +1,127 @@
+"""`rulegen trace`: follow one new connection through the rules, hop by hop.
+
+`rulegen trace FILES... --dst IP:PORT [--src IP] [--proto P] [--json]`
+compiles FILES (iptables mode) and traces the payload plus kube-proxy's
+jumps from the built-in chains. `rulegen trace --rules SAVED --dst ...`
+traces a saved rule file (a node's iptables-save, or rulegen's own
+output); FILES may be given too, then they only name the destination and
+the endpoints' nodes, and supply the settings. Exit 0 for any finished
+trace whatever its verdict, 2 for unusable input, including a rule the
+tracer does not understand on the packet's way (named in the message).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..backends.iptables.parse import ParseError, parse
+from ..cli import emit_report, flags_of, guarded, run_compile, settings_options
+from ..diagnostics import Report, UsageError
+from ..ipaddr import parse_ip
+from ..model import Inputs
+from ..settings import resolve
+from ..trace import TraceError, trace_compiled, trace_ruleset
+from ..trace.render import render_json, render_text
+
+
+def parse_dst(value: str) -> tuple[str, int]:
+    """`IP:PORT` or `[IPv6]:PORT`."""
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        port = rest[1:] if sep and rest.startswith(":") else ""
+    else:
+        host, _, port = value.rpartition(":")
+        if ":" in host and not host.startswith("["):
+            raise UsageError(f"--dst: {value!r}: write an IPv6 destination as [ADDRESS]:PORT")
+    ip = parse_ip(host) if host else None
+    if ip is None:
+        raise UsageError(f"--dst: {value!r} is not IP:PORT")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--dst: {value!r}: the port must be a number between 1 and 65535")
+    return ip, int(port)
+
+
+def _read(path: str) -> tuple[str, str]:
+    if path == "-":
+        return sys.stdin.read(), "<stdin>"
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read(), path
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+@click.command("trace")
+@click.argument("files", nargs=-1)
+@click.option("--dst", required=True, help="Destination IP:PORT ([IPv6]:PORT).")
+@click.option("--src", default=None,
+              help="Source address (default: 203.0.113.10, a client outside the cluster). A node address "
+                   "or 127.0.0.1 means the node itself.")
+@click.option("--proto", type=click.Choice(["tcp", "udp", "sctp"], case_sensitive=False), default="tcp",
+              show_default=True)
+@click.option("--rules", "rules_path", default=None,
+              help="Trace this saved rule file (iptables-save output, or rulegen's) instead of compiling.")
+@click.option("--in-iface", default=None,
+              help="Interface the packet arrives on (default eth0 from outside, cni0 or the detector's "
+                   "interface from a pod).")
+@click.option("--out-iface", default="eth0", show_default=True, help="Interface forwarded packets leave on.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@settings_options
+@guarded
+def command(files, dst, src, proto, rules_path, in_iface, out_iface, as_json, config_path, **kw):
+    """Follow one new connection to --dst through the rules, as the kernel would.
+
+    Prints every hop (table, chain, rule, what it did), then every possible
+    destination with its exact chance, the node it runs on and whether the
+    client address is kept or masqueraded. Exit 0 whatever the verdict.
+
+    \b
+    rulegen trace cluster.yaml --dst 192.168.56.10:30080
+    rulegen trace cluster.yaml --dst 10.96.120.15:80 --src 10.244.1.11 --json
+    rulegen trace --rules node.save --node-ip 192.168.56.10 --dst 192.168.56.10:30080
+    rulegen trace cluster.yaml --rules node.save --dst 127.0.0.1:30080 --src 127.0.0.1
+    """
+    flags = flags_of(kw)
+    dst_ip, dst_port = parse_dst(dst)
+    try:
+        if rules_path is None:
+            c = run_compile(files, flags, config_path)
+            result = trace_compiled(c, src, dst_ip, dst_port, proto.lower(), in_iface=in_iface,
+                                    out_iface=out_iface, pod_cidrs=_pod_cidrs(c.inputs, c.settings.hostname),
+                                    source="compiled from " + " ".join(files))
+        else:
+            fam = {"ipv4": 4, "ipv6": 6}.get(flags.get("ip_family") or "", None)
+            text, name = _read(rules_path)
+            try:
+                rs = parse(text, name, fam)
+            except ParseError as e:
+                raise UsageError(str(e)) from None
+            if files:
+                c = run_compile(files, flags, config_path)
+                settings, plan, inputs = c.settings, c.plan, c.inputs
+            else:
+                report = Report()
+                file_cfg = None
+                if config_path:
+                    from ..loader import load_config_file
+
+                    file_cfg = load_config_file(config_path, report)
+                inputs = Inputs([], [], [], [], [], [])
+                settings = resolve(flags, inputs, report, file_cfg)
+                emit_report(report, bool(flags.get("strict")))
+                plan = None
+            result = trace_ruleset(rs, settings, src, dst_ip, dst_port, proto.lower(), plan=plan, source=name,
+                                   in_iface=in_iface, out_iface=out_iface,
+                                   pod_cidrs=_pod_cidrs(inputs, settings.hostname))
+    except TraceError as e:
+        raise UsageError(f"cannot trace: {e}") from None
+    sys.stdout.write(render_json(result) if as_json else render_text(result))
+
+
+def _pod_cidrs(inputs, hostname) -> tuple[str, ...]:
+    for n in inputs.nodes:
+        if n.name == hostname:
+            return tuple(n.pod_cidrs)
+    return ()
