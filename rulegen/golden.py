@@ -23,10 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .diagnostics import Report, UsageError
-
-INPUT_SUFFIXES = (".yaml", ".yml", ".json")
-# Files in a case folder that look like inputs but are not Kubernetes objects.
-NOT_INPUTS = frozenset({"trace.yaml", "trace.yml", "trace.json"})
+from .loader import INPUT_SUFFIXES, NOT_INPUTS
 ARGS_FILE = "args"
 EXPECTED_PREFIX = "expected."
 DEFAULT_MODE = "iptables"

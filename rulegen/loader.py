@@ -49,6 +49,8 @@ SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 INPUT_SUFFIXES = (".yaml", ".yml", ".json")
+# Files that live beside inputs in fixture folders but are not Kubernetes objects.
+NOT_INPUTS = frozenset({"trace.yaml", "trace.yml", "trace.json"})
 
 
 # --------------------------------------------------------------------------- files
@@ -64,7 +66,8 @@ def expand_paths(paths: Iterable[str]) -> list[str]:
         path = Path(p)
         if path.is_dir():
             out.extend(
-                str(c) for c in sorted(path.iterdir()) if c.is_file() and c.suffix in INPUT_SUFFIXES
+                str(c) for c in sorted(path.iterdir())
+                if c.is_file() and c.suffix in INPUT_SUFFIXES and c.name not in NOT_INPUTS
             )
         elif path.exists():
             out.append(p)
