@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-SYS_TOOLS := iptables-restore:iptables nft:nftables ip:iproute2 ipset:ipset ipvsadm:ipvsadm conntrack:conntrack
+SYS_TOOLS := iptables-restore:iptables nft:nftables ip:iproute2 ipset:ipset ipvsadm:ipvsadm conntrack:conntrack sysctl:procps
 
 .PHONY: demo test bench sysdeps venv clean
 

@@ -1,0 +1,5 @@
+"""`python -m rulegen ...` runs the command line."""
+
+from rulegen.cli import main
+
+main()
