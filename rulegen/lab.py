@@ -441,13 +441,23 @@ def _probes(compiled: Any, ports, node_ips: tuple[str, ...], client_ip: str, cpo
                         sel.local, "client")
             return ("answer", "externalTrafficPolicy Cluster: masqueraded to the node", sel.cluster, "node")
 
+        def uncaptured(why: str) -> tuple:
+            # nat does not capture this address, but the filter rule for a NodePort without
+            # (external) endpoints matches every LOCAL address, whatever nodePortAddresses
+            # says (5.3), so it still REJECTs or DROPs; only otherwise nothing listens.
+            if not sel.has_any:
+                return ("reject", f"{why}, but no endpoints: REJECT on every node address", (), None)
+            if not p.has_external:
+                return ("drop", f"{why}, but externalTrafficPolicy Local and no local endpoints: "
+                                "DROP on every node address", (), None)
+            return ("refuse", f"{why}: nothing listens, refused", (), None)
+
         if p.node_port:
             for ip in node_ips:
                 if match_all or ip in np_ips:
                     add(p, "node-port", "client", client_ip, ip, p.node_port, external(client_ip, False))
                 else:
-                    add(p, "node-port", "client", client_ip, ip, p.node_port,
-                        ("refuse", "not in nodePortAddresses: nothing listens, refused", (), None))
+                    add(p, "node-port", "client", client_ip, ip, p.node_port, uncaptured("not in nodePortAddresses"))
             if localhost:
                 if not sel.has_any:
                     lo = ("reject", "no endpoints: REJECT", (), None)
@@ -457,7 +467,7 @@ def _probes(compiled: Any, ports, node_ips: tuple[str, ...], client_ip: str, cpo
                 add(p, "localhost-node-port", "node", "127.0.0.1", "127.0.0.1", p.node_port, lo)
             else:
                 add(p, "localhost-node-port", "node", "127.0.0.1", "127.0.0.1", p.node_port,
-                    ("refuse", "localhost NodePorts off: not captured, refused", (), None))
+                    uncaptured("localhost NodePorts off: not captured"))
         for eip in p.external_ips:
             add(p, "external-ip", "client", client_ip, eip, port, external(client_ip, False))
         for lb in p.lb_ips:
@@ -482,6 +492,8 @@ class PathResult:
     masquerade: str  # kept | masqueraded | mixed | none
     problems: list[str]
     notes: list[str]
+    # endpoint → source addresses it saw: masquerade per destination (tests compare it with the tracer's)
+    peers_by_endpoint: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -501,7 +513,9 @@ class PathResult:
             "endpoints": dict(sorted(self.hits.items())), "expected_shares": shares,
             "affinity": pr.affinity, "p_value": self.p_value,
             "refused": self.refused, "timeout": self.timeouts + self.dropped_local, "errors": self.errors,
-            "masquerade": {"expected": pr.masq, "observed": self.masquerade, "peers": dict(sorted(self.peers.items()))},
+            "masquerade": {"expected": pr.masq, "observed": self.masquerade, "peers": dict(sorted(self.peers.items())),
+                           "by_endpoint": {ep: dict(sorted(seen.items()))
+                                           for ep, seen in sorted(self.peers_by_endpoint.items())}},
             "verdict": "ok" if self.ok else "fail", "problems": self.problems, "notes": self.notes,
         }
 
@@ -517,8 +531,10 @@ def _shares(pr: Probe) -> dict[str, float]:
 def judge(pr: Probe, raw: dict, node_ips: tuple[str, ...]) -> PathResult:
     hits: dict[str, int] = {}
     peers: dict[str, int] = {}
+    by_ep: dict[str, dict[str, int]] = {}
     for ep, seen in (raw.get("answers") or {}).items():
         hits[ep] = sum(seen.values())
+        by_ep[ep] = dict(seen)
         for peer, n in seen.items():
             peers[peer] = peers.get(peer, 0) + n
     errors = dict(raw.get("errors") or {})
@@ -583,7 +599,7 @@ def judge(pr: Probe, raw: dict, node_ips: tuple[str, ...]) -> PathResult:
                             + ", ".join(sorted(peers)))
         elif pr.masq == "node" and not all(p in node_ips for p in peers):
             problems.append("the source should be a node address; servers saw " + ", ".join(sorted(peers)))
-    return PathResult(pr, sent, hits, peers, refused, timeouts, eperm, errors, p_value, masq, problems, notes)
+    return PathResult(pr, sent, hits, peers, refused, timeouts, eperm, errors, p_value, masq, problems, notes, by_ep)
 
 
 def _masquerade_seen(peers: dict[str, int], src_ip: str, node_ips: tuple[str, ...]) -> str:
