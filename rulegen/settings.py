@@ -157,6 +157,18 @@ def _pick(*values: Any) -> Any:
     return None
 
 
+def _cidr_flag(values: list[str], flag: str) -> tuple[str, ...]:
+    """A repeatable CIDR flag whose values may also be comma-separated lists."""
+    out = []
+    for raw in values:
+        for part in raw.split(","):
+            canon = parse_cidr(part.strip())
+            if canon is None:
+                raise UsageError(f"{flag}: {part!r} is not a valid CIDR")
+            out.append(canon)
+    return tuple(out)
+
+
 def resolve(flags: dict[str, Any], inputs: Inputs, report: Report, file_config: ProxyConfig | None = None) -> Settings:
     """Build Settings from CLI flags (None = not given), configs and objects."""
     configs = ([file_config] if file_config else []) + list(inputs.configs)
@@ -196,28 +208,14 @@ def resolve(flags: dict[str, Any], inputs: Inputs, report: Report, file_config: 
         raise UsageError(f"detectLocalMode: {detect!r} is not one of {', '.join(DETECT_MODES)}")
 
     if flags.get("cluster_cidr"):
-        cc = []
-        for raw in flags["cluster_cidr"]:
-            for part in raw.split(","):
-                canon = parse_cidr(part.strip())
-                if canon is None:
-                    raise UsageError(f"--cluster-cidr: {part!r} is not a valid CIDR")
-                cc.append(canon)
-        cluster_cidrs = tuple(cc)
+        cluster_cidrs = _cidr_flag(flags["cluster_cidr"], "--cluster-cidr")
     elif detect == "NodeCIDR":
         cluster_cidrs = node.pod_cidrs if node else ()
     else:
         cluster_cidrs = cfg.cluster_cidr or ()
 
     if flags.get("service_cidr"):
-        sc = []
-        for raw in flags["service_cidr"]:
-            for part in raw.split(","):
-                canon = parse_cidr(part.strip())
-                if canon is None:
-                    raise UsageError(f"--service-cidr: {part!r} is not a valid CIDR")
-                sc.append(canon)
-        service_cidrs = tuple(sc)
+        service_cidrs = _cidr_flag(flags["service_cidr"], "--service-cidr")
     else:
         service_cidrs = tuple(c for s in inputs.service_cidrs for c in s.cidrs)
 

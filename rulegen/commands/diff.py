@@ -22,7 +22,7 @@ import click
 
 from ..backends.iptables.compile import jump_rules
 from ..backends.iptables.ir import Ruleset
-from ..backends.iptables.parse import ParseError, parse
+from ..backends.iptables.parse import ParseError, parse, read_source
 from ..cli import flags_of, guarded, run_compile, settings_options
 from ..diagnostics import UsageError
 from ..diff import DiffResult, diff_rulesets, has_kube_jumps, render_text, with_jumps
@@ -30,18 +30,9 @@ from ..diff import DiffResult, diff_rulesets, has_kube_jumps, render_text, with_
 _FAMILY = {"ipv4": 4, "ipv6": 6}
 
 
-def _read(path: str) -> tuple[str, str]:
-    if path == "-":
-        return sys.stdin.read(), "<stdin>"
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read(), path
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read: {e.strerror or e}") from None
-
 
 def _parse_file(path: str, family: int | None) -> tuple[Ruleset, str]:
-    text, name = _read(path)
+    text, name = read_source(path)
     try:
         return parse(text, name, family), name
     except ParseError as e:

@@ -16,7 +16,7 @@ import sys
 
 import click
 
-from ..backends.iptables.parse import ParseError, parse
+from ..backends.iptables.parse import ParseError, parse, read_source
 from ..cli import emit_report, flags_of, guarded, run_compile, settings_options
 from ..diagnostics import Report, UsageError
 from ..ipaddr import parse_ip
@@ -42,15 +42,6 @@ def parse_dst(value: str) -> tuple[str, int]:
         raise UsageError(f"--dst: {value!r}: the port must be a number between 1 and 65535")
     return ip, int(port)
 
-
-def _read(path: str) -> tuple[str, str]:
-    if path == "-":
-        return sys.stdin.read(), "<stdin>"
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read(), path
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read: {e.strerror or e}") from None
 
 
 @click.command("trace")
@@ -93,7 +84,7 @@ def command(files, dst, src, proto, rules_path, in_iface, out_iface, as_json, co
                                     source="compiled from " + " ".join(files))
         else:
             fam = {"ipv4": 4, "ipv6": 6}.get(flags.get("ip_family") or "", None)
-            text, name = _read(rules_path)
+            text, name = read_source(rules_path)
             try:
                 rs = parse(text, name, fam)
             except ParseError as e:

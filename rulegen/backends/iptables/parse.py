@@ -19,6 +19,7 @@ expressions, and the garbage collector paused while the records are made.
 from __future__ import annotations
 
 import gc
+import sys
 
 from ...diagnostics import UsageError
 from .ir import BUILTIN_CHAINS, Rule, Ruleset, Table
@@ -81,6 +82,17 @@ def _checked_rule(cur: _Section, chain: str, spec: str, lineno: int, raw: str, s
     if '"' in spec or "\\" in spec:
         _check_quotes(spec, lineno, raw, source)
     return spec.rstrip(" \t")
+
+
+def read_source(path: str) -> tuple[str, str]:
+    """A rules file's text and the name to show for it (`-` is standard input)."""
+    if path == "-":
+        return sys.stdin.read(), "<stdin>"
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read(), path
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read: {e.strerror or e}") from None
 
 
 def parse(text: str, source: str = "<input>", family: int | None = None) -> Ruleset:
