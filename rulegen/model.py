@@ -15,7 +15,7 @@ from msgspec import Struct
 from .diagnostics import Place
 
 
-class ServicePort(Struct, frozen=True):
+class ServicePort(Struct, frozen=True, gc=False):
     name: str
     protocol: str  # TCP | UDP | SCTP
     port: int
@@ -24,12 +24,12 @@ class ServicePort(Struct, frozen=True):
     index: int = 0  # position in spec.ports, for messages
 
 
-class LBIngress(Struct, frozen=True):
+class LBIngress(Struct, frozen=True, gc=False):
     ip: str  # canonical address
     ip_mode: str | None = None
 
 
-class Service(Struct, frozen=True):
+class Service(Struct, frozen=True, gc=False):
     namespace: str
     name: str
     type: str = "ClusterIP"
@@ -54,7 +54,7 @@ class Service(Struct, frozen=True):
         return f"{self.namespace}/{self.name}"
 
 
-class Endpoint(Struct, frozen=True):
+class Endpoint(Struct, frozen=True, gc=False):
     ip: str  # canonical first address
     ready: bool = True
     serving: bool = True
@@ -66,13 +66,13 @@ class Endpoint(Struct, frozen=True):
     target_name: str | None = None  # targetRef "ns/name" (lint)
 
 
-class SlicePort(Struct, frozen=True):
+class SlicePort(Struct, frozen=True, gc=False):
     name: str | None
     protocol: str
     port: int | None
 
 
-class EndpointSlice(Struct, frozen=True):
+class EndpointSlice(Struct, frozen=True, gc=False):
     namespace: str
     name: str
     service_name: str | None
@@ -82,7 +82,7 @@ class EndpointSlice(Struct, frozen=True):
     place: Place | None = None
 
 
-class Node(Struct, frozen=True):
+class Node(Struct, frozen=True, gc=False):
     name: str
     addresses: tuple[str, ...] = ()  # canonical; InternalIPs first, then ExternalIPs (kube-proxy primary IP order)
     pod_cidrs: tuple[str, ...] = ()
@@ -90,12 +90,12 @@ class Node(Struct, frozen=True):
     labels: dict[str, str] = {}
 
 
-class ServiceCIDR(Struct, frozen=True):
+class ServiceCIDR(Struct, frozen=True, gc=False):
     name: str
     cidrs: tuple[str, ...]
 
 
-class Pod(Struct, frozen=True):
+class Pod(Struct, frozen=True, gc=False):
     namespace: str
     name: str
     labels: dict[str, str] = {}
@@ -104,7 +104,7 @@ class Pod(Struct, frozen=True):
     container_ports: tuple[tuple[str, int, str], ...] = ()  # (name, port, protocol)
 
 
-class ProxyConfig(Struct, frozen=True):
+class ProxyConfig(Struct, frozen=True, gc=False):
     """The KubeProxyConfiguration fields rulegen uses; None = not set."""
 
     mode: str | None = None

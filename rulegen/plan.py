@@ -22,7 +22,7 @@ from .selection import EndpointInfo, Selection, categorize
 from .settings import Settings
 
 
-class PortPlan(Struct, frozen=True):
+class PortPlan(Struct, frozen=True, gc=False):
     service: Service
     port: ServicePort
     spn: str  # "ns/name:port" or "ns/name"
@@ -51,7 +51,7 @@ class PortPlan(Struct, frozen=True):
         return self.sel.has_any and not (self.ext_local and not self.sel.local)
 
 
-class Plan(Struct, frozen=True):
+class Plan(Struct, frozen=True, gc=False):
     family: int
     ports: tuple[PortPlan, ...]
     endpoint_total: int  # for large-cluster mode
@@ -92,19 +92,20 @@ def _endpoints_for(
             if sp.name is None or not sp.port or sp.name != pname or sp.protocol != proto:
                 continue
             num = sp.port
+            suffix = f":{num}"
             for e in sl.endpoints:
                 ip = e.ip
-                ep = f"[{ip}]:{num}" if fam == 6 else f"{ip}:{num}"
-                if ep in found and e.terminating:
+                ep = f"[{ip}]{suffix}" if fam == 6 else ip + suffix
+                if e.terminating and ep in found:
                     continue
                 found[ep] = EndpointInfo(
                     ip, num, ep, e.ready, e.serving, e.terminating,
-                    hostname is not None and e.node_name == hostname,
+                    e.node_name == hostname and hostname is not None,
                     e.node_name, e.zone_hints, e.node_hints,
                 )
     if not found:
         return ()
-    return tuple(found[k] for k in sorted(found))
+    return tuple(map(found.__getitem__, sorted(found)))
 
 
 def build(inputs: Inputs, settings: Settings) -> Plan:

@@ -11,10 +11,18 @@ lint share one answer.
 
 from __future__ import annotations
 
+from itertools import compress
+from operator import attrgetter
+
 from msgspec import Struct
 
+# C-level scans: a 10k-Service cluster runs these over ~130k endpoints.
+_ready = attrgetter("ready")
+_zone_hints = attrgetter("zone_hints")
+_node_hints = attrgetter("node_hints")
 
-class EndpointInfo(Struct, frozen=True):
+
+class EndpointInfo(Struct, frozen=True, gc=False):
     """One endpoint of one service port, as the backends use it."""
 
     ip: str
@@ -29,7 +37,7 @@ class EndpointInfo(Struct, frozen=True):
     node_hints: tuple[str, ...] | None = None
 
 
-class Selection(Struct, frozen=True):
+class Selection(Struct, frozen=True, gc=False):
     cluster: tuple[EndpointInfo, ...]
     local: tuple[EndpointInfo, ...]
     all_reachable: tuple[EndpointInfo, ...]
@@ -40,6 +48,8 @@ class Selection(Struct, frozen=True):
 
 def topology_mode(endpoints, node_name: str | None, zone: str | None, prefer_same_node: bool) -> str:
     """kube-proxy's topologyModeFromHints: only when every Ready endpoint carries hints."""
+    if not any(map(_zone_hints, endpoints)) and not any(map(_node_hints, endpoints)):
+        return ""  # the common case: no hints anywhere, so no Ready endpoint has them
     has_node = has_zone = False
     all_node = all_zone = True
     any_ready = False
@@ -82,7 +92,7 @@ def categorize(
         elif mode == "PreferSameZone":
             cluster = tuple(e for e in endpoints if e.ready and zone in (e.zone_hints or ()))
         else:
-            cluster = tuple(e for e in endpoints if e.ready)
+            cluster = tuple(compress(endpoints, map(_ready, endpoints)))
         if not cluster:
             cluster = tuple(e for e in endpoints if e.serving and e.terminating)
         has_any = bool(cluster)
