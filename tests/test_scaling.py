@@ -1,0 +1,352 @@
+"""Scaling without a stopwatch, and the cluster generator behind `rulegen bench`.
+
+The pipeline must grow linearly with the cluster (issue 5). Wall-clock
+assertions are flaky on shared CI machines, so these tests count work
+instead: every Python line executed (`sys.settrace`, per function) while
+loading, planning, compiling and rendering generated clusters of 100, 1,000
+and 2,000 Services, and the peak of traced memory. Linear work has a
+constant cost per added Service; a quadratic step makes the cost of the
+second thousand Services clearly higher than that of the first. What line
+counts cannot see is a quadratic loop inside C (`x in some_list` in a loop);
+`rulegen bench run` is the wall-clock check for that.
+
+The generator tests check that a seed names one cluster, that the mix the
+benchmark relies on is present, and that its YAML and JSON read the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tracemalloc
+from collections import Counter
+from typing import Callable
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from rulegen.bench import gen, run as benchrun
+from rulegen.cli import main
+from rulegen.pipeline import compile_files
+
+SIZES = (100, 1000, 2000)
+ENDPOINTS = 10
+
+
+# --------------------------------------------------------------------------- counting
+
+
+def _clear_caches() -> None:
+    """lru caches kept from a previous size would make a later size look cheaper than it is."""
+    for name, mod in list(sys.modules.items()):
+        if name == "rulegen" or name.startswith("rulegen."):
+            for v in list(vars(mod).values()):
+                clear = getattr(v, "cache_clear", None)
+                if callable(clear):
+                    clear()
+
+
+def line_counts(run: Callable[[], object]) -> Counter:
+    """Lines executed per function ("file:function") while `run` runs."""
+    counts: Counter = Counter()
+
+    def local(frame, event, arg):
+        if event == "line":
+            counts[frame.f_code] += 1
+        return local
+
+    def on_call(frame, event, arg):
+        return local
+
+    previous = sys.gettrace()
+    sys.settrace(on_call)
+    try:
+        run()
+    finally:
+        sys.settrace(previous)
+    out: Counter = Counter()
+    for code, n in counts.items():
+        out[f"{os.path.basename(code.co_filename)}:{code.co_name}"] += n
+    return out
+
+
+def superlinear(by_size: dict[int, Counter], rel: float = 0.25, slack: float = 2.0) -> list[str]:
+    """Functions whose cost per added Service grows between the first and the second step.
+
+    With sizes a < b < c, the marginal cost is (count(b) - count(a)) / (b - a)
+    and (count(c) - count(b)) / (c - b); linear code keeps it constant, a
+    quadratic step makes it grow with size. `slack` (lines per Service)
+    keeps a rarely used function's sampling noise from counting.
+    """
+    a, b, c = sorted(by_size)
+    out = []
+    for fn in by_size[c]:
+        na, nb, nc = (by_size[s].get(fn, 0) for s in (a, b, c))
+        m1 = max((nb - na) / (b - a), 0.0)
+        m2 = (nc - nb) / (c - b)
+        if m2 > m1 * (1 + rel) + slack:
+            out.append(f"{fn}: {m1:.1f} → {m2:.1f} lines per added Service ({na}, {nb}, {nc})")
+    return out
+
+
+def _write(tmp_path, n: int, fmt: str, endpoints: int = ENDPOINTS, seed: int = 1) -> str:
+    path = tmp_path / f"cluster-{n}.{fmt}"
+    with open(path, "w") as f:
+        gen.write(gen.generate(n, endpoints, seed), fmt, f)
+    return str(path)
+
+
+def _compile_text(path: str) -> str:
+    return compile_files([path], {}).text
+
+
+@pytest.fixture(scope="module")
+def clusters(tmp_path_factory):
+    d = tmp_path_factory.mktemp("scaling")
+    return {n: _write(d, n, "json") for n in SIZES}
+
+
+@pytest.fixture(scope="module")
+def counted(clusters, tmp_path_factory):
+    warm = _write(tmp_path_factory.mktemp("warm"), 20, "json")
+    _compile_text(warm)  # imports, template compilation: paid once, not per Service
+    out = {}
+    for n, path in clusters.items():
+        _clear_caches()
+        out[n] = line_counts(lambda: _compile_text(path))
+    return out
+
+
+# --------------------------------------------------------------------------- scaling
+
+
+def test_clusters_are_all_in_large_cluster_mode(clusters):
+    # kube-proxy drops per-endpoint comments above 1,000 endpoints; every size
+    # must be on the same side of that line or the sizes do different work.
+    for path in clusters.values():
+        assert compile_files([path], {}).plan.endpoint_total > 1000
+
+
+def test_executed_lines_grow_linearly(counted):
+    total = {n: sum(c.values()) for n, c in counted.items()}
+    a, b, c = SIZES
+    m1 = (total[b] - total[a]) / (b - a)
+    m2 = (total[c] - total[b]) / (c - b)
+    assert m1 > 100, f"implausibly little work per Service ({m1:.0f} lines): is the pipeline counted?"
+    assert m2 <= 1.15 * m1, (
+        f"lines per added Service grew from {m1:.0f} ({a}→{b}) to {m2:.0f} ({b}→{c}); "
+        "superlinear functions:\n" + "\n".join(superlinear(counted)))
+
+
+def test_no_function_does_superlinear_work(counted):
+    assert superlinear(counted) == []
+
+
+def test_the_detector_catches_a_quadratic_step(tmp_path, monkeypatch):
+    """The check above would fail on a planner that compares every Service with every other."""
+    import rulegen.plan as plan
+
+    def _quadratic_probe(services):
+        seen = []
+        for s in services:
+            for t in seen:  # the shape of an accidental O(N²) duplicate check
+                if t is s:
+                    break
+            seen.append(s)
+
+    real_build = plan.build
+
+    def build(inputs, settings):
+        _quadratic_probe(inputs.services)
+        return real_build(inputs, settings)
+
+    monkeypatch.setattr(plan, "build", build)
+    sizes = (20, 100, 200)
+    paths = {n: _write(tmp_path, n, "json", endpoints=2) for n in sizes}
+    counts = {}
+    for n, path in paths.items():
+        _clear_caches()
+        counts[n] = line_counts(lambda: _compile_text(path))
+    found = superlinear(counts)
+    assert any(f.startswith("test_scaling.py:_quadratic_probe") for f in found), found
+    assert not any(f.startswith("compile.py") for f in found), found
+
+
+def test_traced_memory_grows_linearly(clusters):
+    peaks = {}
+    for n, path in clusters.items():
+        _clear_caches()
+        tracemalloc.start()
+        try:
+            _compile_text(path)
+            peaks[n] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    a, b, c = SIZES
+    m1 = (peaks[b] - peaks[a]) / (b - a)
+    m2 = (peaks[c] - peaks[b]) / (c - b)
+    assert m2 <= 1.2 * m1, f"peak bytes per added Service grew from {m1:.0f} to {m2:.0f}"
+    # ~30 KiB per Service (10 endpoints) today; 1 GiB at 10k Services allows ~100 KiB.
+    assert m2 * 10_000 < 1 << 30
+
+
+# --------------------------------------------------------------------------- generator
+
+
+def test_a_seed_names_one_cluster():
+    a = gen.generate(300, 5, seed=7)
+    assert a == gen.generate(300, 5, seed=7)
+    assert gen.to_yaml(a) == gen.to_yaml(gen.generate(300, 5, seed=7))
+    assert a != gen.generate(300, 5, seed=8)
+
+
+@pytest.fixture(scope="module")
+def thousand():
+    return gen.generate(1000, ENDPOINTS, seed=1)
+
+
+def test_the_mix_is_present(thousand):
+    kinds = Counter(o["kind"] for o in thousand)
+    assert kinds["Node"] == 1 and kinds["KubeProxyConfiguration"] == 1
+    assert kinds["Service"] == 1000 and kinds["EndpointSlice"] >= 1000
+    cfg = next(o for o in thousand if o["kind"] == "KubeProxyConfiguration")
+    assert cfg["clusterCIDR"] == gen.CLUSTER_CIDR
+
+    svcs = [o for o in thousand if o["kind"] == "Service"]
+    types = Counter(s["spec"]["type"] for s in svcs)
+    assert types["ClusterIP"] > 600 and types["NodePort"] > 20 and types["LoadBalancer"] > 20
+    lbs = [s for s in svcs if s["spec"]["type"] == "LoadBalancer"]
+    assert all(s["status"]["loadBalancer"]["ingress"][0]["ip"] for s in lbs)
+    assert any(len(s["status"]["loadBalancer"]["ingress"]) == 2 for s in lbs)
+    assert any("loadBalancerSourceRanges" in s["spec"] for s in lbs)
+    assert any(s["spec"].get("allocateLoadBalancerNodePorts") is False for s in lbs)
+    assert any(s["spec"].get("externalTrafficPolicy") == "Local" for s in svcs)
+    assert any(s["spec"].get("healthCheckNodePort") for s in lbs)
+    assert any(s["spec"].get("internalTrafficPolicy") == "Local" for s in svcs)
+    assert any(s["spec"].get("sessionAffinity") == "ClientIP" for s in svcs)
+    assert any(s["spec"].get("externalIPs") for s in svcs)
+    assert any(s["spec"]["clusterIP"] == "None" for s in svcs)
+    multi = [s for s in svcs if len(s["spec"]["ports"]) > 1]
+    assert len(multi) > 100 and all(all(p.get("name") for p in s["spec"]["ports"]) for s in multi)
+    assert any(p["protocol"] == "UDP" for s in svcs for p in s["spec"]["ports"])
+    assert any("name" not in p for s in svcs for p in s["spec"]["ports"])
+
+    eps = [e for o in thousand if o["kind"] == "EndpointSlice" for e in o["endpoints"]]
+    assert len(eps) == 1000 * ENDPOINTS
+    conds = Counter((e["conditions"]["ready"], e["conditions"]["terminating"]) for e in eps)
+    assert conds[(True, False)] > 0.9 * len(eps)
+    assert conds[(False, False)] > 0 and conds[(False, True)] > 0
+    nodes = Counter(e["nodeName"] for e in eps)
+    assert len(nodes) >= 50 and gen.NODE_NAME in nodes
+    assert max(nodes.values()) < gen.POD_BLOCK
+
+
+def test_addresses_and_node_ports_are_unique(thousand):
+    svcs = [o for o in thousand if o["kind"] == "Service"]
+    cips = [s["spec"]["clusterIP"] for s in svcs if s["spec"]["clusterIP"] != "None"]
+    assert len(cips) == len(set(cips))
+    nps = [p["nodePort"] for s in svcs for p in s["spec"]["ports"] if "nodePort" in p]
+    nps += [s["spec"]["healthCheckNodePort"] for s in svcs if "healthCheckNodePort" in s["spec"]]
+    assert nps and len(nps) == len(set(nps))
+    assert all(gen.NODEPORT_RANGE[0] <= p <= gen.NODEPORT_RANGE[1] for p in nps)
+    ips = [e["addresses"][0] for o in thousand if o["kind"] == "EndpointSlice" for e in o["endpoints"]]
+    assert len(ips) == len(set(ips))
+
+
+def test_node_ports_run_out_gracefully():
+    # ~5,000 node ports wanted, 2,768 in the range: none reused, the rest go without.
+    mix = gen.Mix(nodeport=0.5, loadbalancer=0.5, multi_port=1.0, dns_like=0.0, udp_only=0.0)
+    svcs = [o for o in gen.generate(2000, 1, seed=3, mix=mix) if o["kind"] == "Service"]
+    nps = [p["nodePort"] for s in svcs for p in s["spec"]["ports"] if "nodePort" in p]
+    nps += [s["spec"]["healthCheckNodePort"] for s in svcs if "healthCheckNodePort" in s["spec"]]
+    assert len(nps) == len(set(nps)) and 2700 < len(nps) <= 2768
+    assert any(s["spec"]["type"] == "ClusterIP" for s in svcs)  # a NodePort that got no port
+    assert all(all("nodePort" not in p for p in s["spec"]["ports"]) for s in svcs
+               if s["spec"].get("allocateLoadBalancerNodePorts") is False)
+
+
+def test_compiled_cluster_shows_every_feature(thousand, tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(gen.to_json(thousand))
+    c = compile_files([str(path)], {})
+    assert not c.report.errors, c.report.lines()[:3]
+    text = c.text
+    for needle in (":KUBE-SVL-", ":KUBE-FW-", ":KUBE-EXT-", "-m udp -p udp", "--rcheck --seconds 3600",
+                   "--rcheck --seconds 10800", "has no endpoints\" -m", "has no local endpoints\"",
+                   "external IP\"", "loadbalancer IP\"", "health check node port\"", "! -s 10.128.0.0/9",
+                   "-A KUBE-PROXY-FIREWALL ", "-A KUBE-EXTERNAL-SERVICES "):
+        assert needle in text, needle
+    fw_lb = [r for r in c.ir.table("nat").rules
+             if r.chain.startswith("KUBE-FW-") and "-s 198.18." in r.spec]
+    assert fw_lb, "no LB-IP rule in a FW chain (source ranges that admit the node)"
+
+
+def test_yaml_and_json_read_the_same(tmp_path):
+    objs = gen.generate(300, 4, seed=5)
+    y = gen.to_yaml(objs)
+    assert list(yaml.load_all(y, Loader=yaml.CSafeLoader)) == objs
+    assert json.loads(gen.to_json(objs))["items"] == objs
+    ypath, jpath = tmp_path / "c.yaml", tmp_path / "c.json"
+    ypath.write_text(y)
+    jpath.write_text(gen.to_json(objs))
+    assert _compile_text(str(ypath)) == _compile_text(str(jpath))
+
+
+@pytest.mark.parametrize("s", ["", "true", "no", "on", "~", "null", "123", "0x1F", "1e3", "1.5", "1:20",
+                               "2024-05-01T12:00:00Z", "a: b", "a #b", "- x", "fd00::", "fd00::1", " lead",
+                               "trail ", "{x}", "*x", "é", "kubernetes.io/service-name", "10.96.0.1"])
+def test_yaml_scalars_read_back_as_strings(s):
+    doc = yaml.load(gen.to_yaml([{"k": s, "l": [s, {"m": s}]}]), Loader=yaml.CSafeLoader)
+    assert doc == {"k": s, "l": [s, {"m": s}]}
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def test_bench_gen_command(tmp_path):
+    r = CliRunner()
+    out = tmp_path / "c.json"
+    res = r.invoke(main, ["bench", "gen", "--services", "50", "--endpoints", "3", "--seed", "9", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    assert doc["kind"] == "List" and doc["items"] == gen.generate(50, 3, 9)
+    res = r.invoke(main, ["bench", "gen", "-n", "50", "-e", "3", "--seed", "9"])
+    assert res.exit_code == 0
+    assert list(yaml.load_all(res.output, Loader=yaml.CSafeLoader)) == doc["items"]
+    res = r.invoke(main, ["bench", "gen", "-n", "-1"])
+    assert res.exit_code == 2
+
+
+def test_bench_run_command_small(tmp_path):
+    out = tmp_path / "bench.md"
+    res = CliRunner().invoke(main, ["bench", "run", "--sizes", "20,40", "-e", "2", "--repeat", "1", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    text = out.read_text()
+    assert "| 20 |" in text and "| 40 |" in text and "json.loads" in text
+    assert "**SKIP**" in text and "**PASS**" in text and "**FAIL**" not in text
+    res = CliRunner().invoke(main, ["bench", "run", "--sizes", "ten"])
+    assert res.exit_code == 2
+
+
+def _result(n: int, total: float, peak: float = 100.0, floor_json: float = 0.1, join: float = 0.02,
+            cload: float = 2.0, yaml_total: float | None = None) -> benchrun.SizeResult:
+    r = benchrun.SizeResult(n, 10)
+    r.floors = {"json_loads": floor_json, "json_loads_nogc": floor_json / 3, "yaml_cload": cload}
+    r.join = {"iptables": join}
+    r.runs[("iptables", "json")] = {"total": total, "peak_mib": peak}
+    r.runs[("iptables", "yaml")] = {"total": yaml_total if yaml_total is not None else cload + total,
+                                    "peak_mib": peak}
+    return r
+
+
+def test_budgets_pass_and_fail_at_their_limits():
+    ok = {b.name: b.verdict for b in benchrun.budgets([_result(1000, 0.1), _result(10000, 0.47)], "iptables")}
+    assert set(ok.values()) == {"PASS"}, ok
+    bad = benchrun.budgets([_result(1000, 0.1), _result(10000, 1.6, peak=1100.0, floor_json=0.2,
+                                                         yaml_total=5.0)], "iptables")
+    verdicts = [b.verdict for b in bad]
+    assert verdicts == ["FAIL"] * 5, [(b.name, b.measured) for b in bad]
+    skipped = benchrun.budgets([_result(100, 0.01)], "iptables")
+    assert [b.verdict for b in skipped] == ["SKIP", "SKIP", "SKIP", "PASS", "SKIP"]
