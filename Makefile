@@ -42,6 +42,9 @@ test: sysdeps $(STAMP)
 
 bench: sysdeps $(STAMP)
 	$(BIN)/python -m rulegen.bench.run
+	@if [ "$$(id -u)" = 0 ]; then \
+	  $(BIN)/python -m rulegen.bench.incremental --services 10000 --endpoints 10 --check-budget -o bench-incremental.md; \
+	else echo "skipping the incremental apply benchmark: it needs root (network namespaces)"; fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

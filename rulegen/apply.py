@@ -1,36 +1,61 @@
 """Loading a compile into a network namespace, sending only what changed.
 
-Owns `rulegen apply`: read what is live in the namespace, compare it chain
-by chain with the compile, and send per table one `iptables-restore
---noflush` payload that declares and rewrites only the new and changed
-KUBE-* chains, declares and `-X`es the KUBE-SVC-/SVL-/SEP-/FW-/EXT- chains
-that are live but no longer wanted (kube-proxy's partial sync), and inserts
-the missing jumps from the built-in chains (`-I CHAIN 1` in kube-proxy's
-order, so the last listed ends up first). One table loads all or nothing;
-the other tables are checked with `--test` before the first loads, and if
-the kernel still refuses a later one, those loaded before it are put back
-from the live dump, so a failed apply leaves the previous rules in place.
-Chains that are not kube-proxy's are never touched. Live rules come in
-iptables-save's spelling; chains are compared through `spec.canonical`, and
-a per-namespace cache (each chain's hash as compiled and as the kernel
-printed it back) recognises unchanged chains without canonicalising them
-and covers spellings the canonical form misses. The kernel is reached only
-through `rulegen.netns.Netns`, so tests run on its fake. Appliers are
-registered by mode (`APPLIERS`); IPVS and nftables plug in beside iptables
-as `fn(compiled, netns, ops, dry_run=, state_dir=) -> ApplyResult`.
+Owns `rulegen apply`: compare the compile chain by chain with what is live
+in the namespace, and send per table one `iptables-restore --noflush`
+payload that declares and rewrites only the new and changed KUBE-* chains,
+declares and `-X`es the KUBE-SVC-/SVL-/SEP-/FW-/EXT- chains that are live
+but no longer wanted (kube-proxy's partial sync), and inserts the missing
+jumps from the built-in chains (`-I CHAIN 1` in kube-proxy's order, so the
+last listed ends up first). One table loads all or nothing; the other tables
+are checked with `--test` before the first loads, and if the kernel still
+refuses a later one, those loaded before it are put back from the live
+rules, so a failed apply leaves the previous rules in place. Chains that are
+not kube-proxy's are never touched. The kernel is reached only through
+`rulegen.netns.Netns`, so tests run on its fake. Appliers are registered by
+mode (`APPLIERS`); IPVS and nftables plug in beside iptables as
+`fn(compiled, netns, ops, dry_run=, state_dir=) -> ApplyResult`.
+
+What is live comes from one of two places. The per-namespace cache
+(`state_dir/NETNS/iptables-ipvF.json`) describes the live tables as the last
+apply left them: for each chain whose rules are a compile's, the hash of
+those rules as compiled and (when known) as the kernel prints them back;
+for every other live chain (built-ins, foreign chains) its rules. It is
+trusted whole only when it is provably fresh: same namespace (identity =
+inode + namespace cookie + boot id, so a namespace made again is never
+mistaken for the old one), same backend, and the nf_tables generation the
+cache was written at equals the kernel's now. The kernel bumps that
+generation on every committed change in the namespace, by anyone, so equal
+means nothing changed since; and the cache records a generation only when
+the generation after sending is exactly the one before plus the tables this
+apply committed (read before anything else), so a change that slipped in
+while we worked also voids it. Then nothing is read back: unchanged chains
+are recognised by hash, and only the chains about to be rewritten or
+deleted are listed (`iptables -S` of just those, for the rollback and the
+stale-chain references), each checked against its cached hash where known.
+Otherwise (legacy iptables has no generation; a foreign change; no cache)
+the whole live table is read with iptables-save and compared per chain:
+equal text, or the cached pair (compiled hash, live hash) for spellings the
+canonical form cannot undo, or equal `spec.canonical` forms. A stale cache
+can therefore cost time but never a wrong result. This is kube-proxy's
+partial sync, which trusts its memory of what it wrote, with the memory
+checked instead of trusted; kube-proxy's periodic full sync corresponds to
+the slow path, taken whenever the check fails.
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import re
 import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import msgspec
 
-from .backends.iptables.ir import Rule, Ruleset
+from .backends.iptables.ir import BUILTIN_CHAINS, Rule, Ruleset
 from .diagnostics import UsageError
 from .netns import ApplyError, Netns, RealNetns, check_name, restore_reason, restore_tool, rule_target
 
@@ -38,8 +63,10 @@ from .netns import ApplyError, Netns, RealNetns, check_name, restore_reason, res
 # and are deleted when the compile no longer has them (spec section 10).
 STALE_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-SEP-", "KUBE-FW-", "KUBE-EXT-")
 _NFACCT_RE = re.compile(r"--nfacct-name\s+(\S+)")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 READBACK_MIN = 64  # sent chains from which reading them back beats comparing them next time
+DECLARE_SORTED_MIN = 256  # declared chains from which they are sent in descending name order
+LISTBACK_MAX = 256  # sent chains up to which a fast run lists them back to learn their spelling
 DEFAULT = object()  # "pick the usual state directory"
 
 
@@ -59,6 +86,9 @@ class ApplyResult:
     dry_run: bool = False
     created: bool = False
     timings: list[tuple[str, float]] = field(default_factory=list)
+    backend: str = ""  # "nft" / "legacy" (iptables backend used)
+    source: str = ""  # where the live state came from: "cache" (fresh, nothing read) or "dump"
+    checks: int = 0  # `iptables -C` processes run
 
     def summary(self) -> str:
         made = " (namespace created)" if self.created else ""
@@ -67,6 +97,9 @@ class ApplyResult:
         s = (f"netns {self.netns}{made}: {len(self.added)} chains added, {len(self.changed)} changed, "
              f"{len(self.removed)} removed, {len(self.jumps)} jump rules {jumps}; "
              f"{sent} in {self.seconds:.3f} s")
+        if self.backend:
+            where = "the cache" if self.source == "cache" else "iptables-save"
+            s += f" (iptables-{self.backend}, live state from {where})"
         for table, chain, by in self.kept:
             s += f"\nnetns {self.netns}: kept stale {table} chain {chain}: still referenced by {by}"
         return s
@@ -81,6 +114,19 @@ class _Clock:
         now = time.perf_counter()
         self.stages.append((name, now - self._t))
         self._t = now
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    # A 10k-Service compile is ~500k live objects; the collector's full
+    # passes over them cost several times the comparison itself.
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 # ---------------------------------------------------------------------- entry
@@ -98,10 +144,11 @@ def applier(mode: str) -> Callable[[Applier], Applier]:
 
 
 def apply(compiled: Any, netns: str, create: bool = False, dry_run: bool = False,
-          ops: Netns | None = None, state_dir: Any = DEFAULT) -> ApplyResult:
+          ops: Netns | None = None, state_dir: Any = DEFAULT, backend: str = "auto") -> ApplyResult:
     """Bring namespace NETNS to the rules of COMPILED (a `pipeline.Compiled`).
 
-    `state_dir` holds the per-namespace cache; None turns it off.
+    `state_dir` holds the per-namespace cache; None turns it off. `backend`
+    ("auto", "nft", "legacy") picks the iptables backend when OPS is not given.
     """
     t0 = time.perf_counter()
     check_name(netns)
@@ -109,7 +156,7 @@ def apply(compiled: Any, netns: str, create: bool = False, dry_run: bool = False
     fn = APPLIERS.get(mode)
     if fn is None:
         raise UsageError(f"rulegen apply --mode {mode}: not implemented yet (available: {', '.join(APPLIERS)})")
-    ops = ops if ops is not None else RealNetns()
+    ops = ops if ops is not None else RealNetns(backend)
     ops.require_root("rulegen apply")
     created = False
     if not ops.exists(netns):
@@ -141,10 +188,10 @@ def default_state_dir() -> str | None:
     return os.path.join(xdg, "rulegen") if xdg else None
 
 
-# ---------------------------------------------------------------------- iptables
+# ---------------------------------------------------------------------- cache
 
 
-def _live_reader() -> tuple[Callable[[str], Ruleset], Callable[[str], str]]:
+def _live_reader() -> tuple[Callable[..., Ruleset], Callable[[str], str]]:
     from .backends.iptables.parse import parse
     from .backends.iptables.spec import canonical
 
@@ -155,30 +202,97 @@ def _digest(specs: Iterable[str]) -> str:
     return hashlib.blake2b("\n".join(specs).encode(), digest_size=12).hexdigest()
 
 
-class _Cache(msgspec.Struct):
-    """What the last apply left in one namespace: per table, chain → (compiled hash, live hash)."""
+class _TableState(msgspec.Struct):
+    """One live table: chains holding a compile's rules by hash, every other chain by its rules."""
 
+    ours: dict[str, tuple[str, str]]  # chain -> (compiled hash, live hash or "" when not read back)
+    others: dict[str, list[str]]  # built-in and foreign chains (and compiled ones not recognised)
+
+
+class _Cache(msgspec.Struct):
     version: int
     identity: str
+    backend: str
     family: int
-    tables: dict[str, dict[str, tuple[str, str]]]
+    serial: str  # names this file's contents; the generation file refers to it
+    tables: dict[str, _TableState]
+
+
+class _Generation(msgspec.Struct):
+    """The nf_tables generation at which the cache with `serial` described the namespace."""
+
+    serial: str
+    generation: int
 
 
 def _cache_path(state_dir: str, netns: str, family: int) -> str:
     return os.path.join(state_dir, netns, f"iptables-ipv{family}.json")
 
 
-def _load_cache(state_dir: str | None, netns: str, family: int, identity: str) -> dict[str, dict[str, tuple[str, str]]]:
-    if not state_dir:
-        return {}
+def _gen_path(state_dir: str, netns: str, family: int) -> str:
+    return os.path.join(state_dir, netns, f"iptables-ipv{family}.gen")
+
+
+def _load_cache(state_dir: str | None, netns: str, family: int, identity: str, backend: str) -> _Cache | None:
+    if not state_dir or not identity:
+        return None
     try:
         with open(_cache_path(state_dir, netns, family), "rb") as f:
             c = msgspec.json.decode(f.read(), type=_Cache)
     except (OSError, msgspec.DecodeError, msgspec.ValidationError):
-        return {}
-    if c.version != CACHE_VERSION or c.identity != identity or c.family != family or not identity:
-        return {}
-    return c.tables
+        return None
+    if c.version != CACHE_VERSION or c.identity != identity or c.family != family or c.backend != backend:
+        return None
+    return c
+
+
+def _load_generation(state_dir: str, netns: str, family: int) -> _Generation | None:
+    try:
+        with open(_gen_path(state_dir, netns, family), "rb") as f:
+            return msgspec.json.decode(f.read(), type=_Generation)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def _write(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _save_cache(state_dir: str | None, netns: str, family: int, identity: str, backend: str,
+                tables: dict[str, _TableState], generation: int | None) -> None:
+    if not state_dir or not identity:
+        return
+    serial = uuid.uuid4().hex
+    try:
+        # The generation file goes first (away) and last (back): a reader
+        # never pairs a new generation with old contents, or the reverse.
+        try:
+            os.unlink(_gen_path(state_dir, netns, family))
+        except FileNotFoundError:
+            pass
+        _write(_cache_path(state_dir, netns, family),
+               msgspec.json.encode(_Cache(CACHE_VERSION, identity, backend, family, serial, tables)))
+        if generation is not None:
+            _write(_gen_path(state_dir, netns, family), msgspec.json.encode(_Generation(serial, generation)))
+    except OSError:
+        pass  # the cache only saves work; without it the live tables are read
+
+
+def _advance_other_family(state_dir: str | None, netns: str, family: int, before: int, after: int) -> None:
+    """The generation counts both families' commits: carry the other family's cache over ours."""
+    if not state_dir:
+        return
+    other = 6 if family == 4 else 4
+    g = _load_generation(state_dir, netns, other)
+    if g is not None and g.generation == before:
+        try:
+            _write(_gen_path(state_dir, netns, other), msgspec.json.encode(_Generation(g.serial, after)))
+        except OSError:
+            pass
 
 
 def prune_state(state_dir: str | None, ops: Netns) -> None:
@@ -197,29 +311,33 @@ def prune_state(state_dir: str | None, ops: Netns) -> None:
         except UsageError:  # not a namespace name at all: not ours
             continue
         for fam in (4, 6):
-            try:
-                os.unlink(_cache_path(state_dir, name, fam))
-            except OSError:
-                pass
+            for path in (_cache_path(state_dir, name, fam), _gen_path(state_dir, name, fam)):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
         try:
             os.rmdir(d)
         except OSError:
             pass
 
 
-def _save_cache(state_dir: str | None, netns: str, family: int, identity: str,
-                tables: dict[str, dict[str, tuple[str, str]]]) -> None:
-    if not state_dir or not identity:
-        return
-    path = _cache_path(state_dir, netns, family)
-    try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(msgspec.json.encode(_Cache(CACHE_VERSION, identity, family, tables)))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # the cache only saves work; without it chains are compared by meaning
+# ---------------------------------------------------------------------- iptables
+
+
+@dataclass
+class _Live:
+    """What is live in one table, from the cache or from a dump.
+
+    `specs`: rules of every chain whose rules are known (all of them after a
+    dump; built-ins and foreign chains from the cache). `ours`: from a fresh
+    cache, chains known only by the hash of the compile they hold. `chains`:
+    live user chains, in order.
+    """
+
+    chains: list[str]
+    specs: dict[str, list[str]]
+    ours: dict[str, tuple[str, str]]
 
 
 @dataclass
@@ -230,9 +348,19 @@ class _TablePlan:
     jumps: list[tuple[str, str]]  # (built-in chain, args) to insert at 1, in order
     rules: list[Rule]
 
-    def lines(self) -> list[str]:
+    def lines(self, backend: str = "") -> list[str]:
         out = [f"*{self.name}"]
-        out += [f":{c} - [0:0]" for c in self.sent + self.delete]
+        declare = self.sent + self.delete
+        if backend == "legacy" and len(declare) > DECLARE_SORTED_MIN:
+            # libiptc (iptables-legacy) inserts each new chain into its sorted
+            # chain list walking from the nearest index entry; in descending
+            # order every insert lands in front (halves a 10k-Service load).
+            # Declaration order means nothing to the result. Not for nft: it
+            # keeps chains in creation order, and iptables-nft-save's quicksort
+            # (first element as pivot, recursive) overflows the stack on 100k
+            # chains that are already in order.
+            declare = sorted(declare, reverse=True)
+        out += [f":{c} - [0:0]" for c in declare]
         out += [r.line() for r in self.rules]
         out += [f"-I {c} 1 {a}" for c, a in self.jumps]
         out += [f"-X {c}" for c in self.delete]
@@ -240,9 +368,22 @@ class _TablePlan:
         return out
 
 
+class _CacheDisagrees(Exception):
+    """A listed chain does not match the fresh cache: read the whole table instead."""
+
+
 @applier("iptables")
 def apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool = False,
                    state_dir: str | None = None) -> ApplyResult:
+    with _gc_paused():
+        try:
+            return _apply_iptables(compiled, netns, ops, dry_run, state_dir, trust_cache=True)
+        except _CacheDisagrees:
+            return _apply_iptables(compiled, netns, ops, dry_run, state_dir, trust_cache=False)
+
+
+def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_dir: str | None,
+                    trust_cache: bool) -> ApplyResult:
     from .backends.iptables.compile import jump_rules
 
     settings = compiled.settings
@@ -253,65 +394,141 @@ def apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool = False,
     parse, canonical = _live_reader()
 
     exists = ops.exists(netns)
-    live_text = ops.iptables_save(netns, fam) if exists else ""
-    live = parse(live_text, source=f"netns {netns}", family=fam)
+    backend = ops.backend_for(netns, fam)
+    res.backend = backend
     identity = ops.identity(netns) if exists else ""
-    cache = _load_cache(state_dir, netns, fam, identity)
-    clock.lap("read-live")
+    # Read before anything else: a change after this point shows as a gap.
+    gen0 = ops.generation(netns, fam) if exists else None
+    cache = _load_cache(state_dir, netns, fam, identity, backend)
+    jumps_all = jump_rules(settings)
+    tables_needed = {t.name for t in want.tables} | {t for t, _, _ in jumps_all}
+    fresh = False
+    if trust_cache and cache is not None and gen0 is not None and state_dir:
+        g = _load_generation(state_dir, netns, fam)
+        fresh = (g is not None and g.serial == cache.serial and g.generation == gen0
+                 and tables_needed <= set(cache.tables))
+    live: dict[str, _Live] = {}
+    if fresh:
+        assert cache is not None
+        for tname, ts in cache.tables.items():
+            names = [c for c in list(ts.ours) + list(ts.others) if c not in BUILTIN_CHAINS.get(tname, ())]
+            live[tname] = _Live(names, {c: list(s) for c, s in ts.others.items()}, dict(ts.ours))
+        res.source = "cache"
+        clock.lap("read-cache")
+    else:
+        dump = parse(ops.iptables_save(netns, fam) if exists else "", source=f"netns {netns}", family=fam)
+        for t in dump.tables:
+            live[t.name] = _Live(list(t.chains), t.by_chain(), {})
+        res.source = "dump"
+        clock.lap("read-live")
+    known = cache.tables if cache is not None else {}
 
-    jumps_by_table: dict[str, list[tuple[str, str]]] = {}
+    wanted_by: dict[str, dict[str, list[str]]] = {}
+    wdig: dict[str, dict[str, str]] = {}
     plans: list[_TablePlan] = []
-    new_cache: dict[str, dict[str, tuple[str, str]]] = {}
+    before: dict[str, _TableState] = {}  # the live state as this run found it
     suspects = 0
-    live_by: dict[str, dict[str, list[str]]] = {}
     for wt in want.tables:
-        lt = live.table(wt.name)
-        lchains = lt.by_chain() if lt else {}
-        live_by[wt.name] = lchains
+        lt = live.setdefault(wt.name, _Live([], {}, {}))
         wchains = wt.by_chain()
-        tcache = cache.get(wt.name, {})
-        tnew: dict[str, tuple[str, str]] = {}
-        sent: list[str] = []
-        for c in wt.chains:
-            wspecs = wchains.get(c, [])
-            wd = _digest(wspecs)
-            if c not in lchains:
-                res.added.append((wt.name, c))
-                sent.append(c)
+        wanted_by[wt.name] = wchains
+        b2 = hashlib.blake2b
+        digests = wdig[wt.name] = {c: b2("\n".join(wchains.get(c, ())).encode(), digest_size=12).hexdigest()
+                                   for c in wt.chains}
+        tcache = known[wt.name].ours if wt.name in known else {}
+        hashed = lt.ours  # from a fresh cache: chains that hold a compile, by its hash
+        # Chains known by hash: unchanged exactly when the hashes agree (and
+        # those this compile no longer wants stay as they are for now).
+        ours: dict[str, tuple[str, str]] = dict(hashed)
+        changed = {c for c in wt.chains if c in hashed and hashed[c][0] != digests[c]} if hashed else set()
+        added: set[str] = set()
+        for c in ([c for c in wt.chains if c not in hashed] if hashed else wt.chains):
+            lspecs = lt.specs.get(c)
+            if lspecs is None:
+                added.add(c)
                 continue
-            lspecs = lchains[c]
+            wspecs = wchains.get(c, [])
+            wd = digests[c]
             ld = _digest(lspecs)
             hit = tcache.get(c)
             if lspecs == wspecs or (hit is not None and hit[0] == wd and hit[1] == ld) or (
                     len(lspecs) == len(wspecs)
                     and all(canonical(a) == canonical(b) for a, b in zip(wspecs, lspecs))):
-                tnew[c] = (wd, ld)
+                ours[c] = (wd, ld)
                 continue
-            res.changed.append((wt.name, c))
-            sent.append(c)
+            changed.add(c)
             if hit is not None and hit[0] == wd and not hit[1]:
                 # Sent exactly this last time and still not recognised: the
                 # kernel's spelling defeats the canonical form, so learn it.
                 suspects += 1
-        new_cache[wt.name] = tnew
+        sent = [c for c in wt.chains if c in changed or c in added] if changed or added else []
+        res.added += [(wt.name, c) for c in sent if c in added]
+        res.changed += [(wt.name, c) for c in sent if c in changed]
+        before[wt.name] = _TableState(ours, {c: s for c, s in lt.specs.items() if c not in ours})
 
         wanted = set(wt.chains)
-        stale = [c for c in (lt.chains if lt else ()) if c.startswith(STALE_PREFIXES) and c not in wanted]
-        delete, kept = _deletable(lchains, stale, set(sent))
-        res.removed += [(wt.name, c) for c in delete]
-        res.kept += [(wt.name, c, by) for c, by in kept]
-        sent_set = set(sent)
-        rules = [r for r in wt.rules if r.chain in sent_set]
-        plans.append(_TablePlan(wt.name, sent, delete, [], rules))
+        stale = [c for c in lt.chains if c.startswith(STALE_PREFIXES) and c not in wanted]
+        plans.append(_TablePlan(wt.name, sent, stale, [], []))
     clock.lap("diff")
 
-    # Jumps from the built-in chains (spec section 9): present = `-C` says so.
-    # A built-in chain with no rule jumping to the target cannot hold the jump,
-    # which saves a process per rule on a fresh namespace.
-    for table, chain, args in jump_rules(settings):
+    if res.source == "cache":
+        # Rules of the chains about to be rewritten or deleted, and of any
+        # chain known only by hash that the stale-chain check must read:
+        # for the rollback, and to check the cache once more where it is cheap.
+        for p in plans:
+            lt = live[p.name]
+            wanted = set(wanted_by[p.name])
+            need = [c for c in lt.ours if c not in lt.specs and
+                    (c in p.sent or c in p.delete or c not in wanted)]
+            if not need:
+                continue
+            got = ops.list_chains(netns, fam, p.name, need)
+            if got is None:
+                raise _CacheDisagrees()
+            for c in need:
+                ld = lt.ours[c][1]
+                if ld and _digest(got[c]) != ld:
+                    raise _CacheDisagrees()
+                lt.specs[c] = got[c]
+        clock.lap("list")
+
+    for p in plans:
+        lt = live[p.name]
+        wchains = wanted_by[p.name]
+        if p.delete:
+            # The rules of every live chain that stays as it is. A chain known
+            # only by hash holds the compile's rules, and those jump only to
+            # chains the compile declares (were one to jump to a chain deleted
+            # here, the kernel would refuse the -X and nothing would change),
+            # so only the chains whose rules are known can pin a stale one.
+            lchains = {c: lt.specs[c] for c in list(BUILTIN_CHAINS.get(p.name, ())) + lt.chains if c in lt.specs}
+            delete, kept = _deletable(lchains, p.delete, set(p.sent))
+            p.delete = delete
+            res.removed += [(p.name, c) for c in delete]
+            res.kept += [(p.name, c, by) for c, by in kept]
+        wt = want.table(p.name)
+        if wt is None or not p.sent:
+            continue
+        if len(p.sent) * 8 > len(wt.chains):
+            sent_set = set(p.sent)
+            p.rules = [r for r in wt.rules if r.chain in sent_set]
+        else:  # a few chains: each chain's rules in order; chains are independent in one commit
+            p.rules = [Rule(c, s) for c in p.sent for s in wchains.get(c, [])]
+
+    # Jumps from the built-in chains (spec section 9). Present: a rule there
+    # with the same meaning (canonical form), or failing that `-C` says so; a
+    # built-in chain with no rule jumping to the target cannot hold it.
+    jumps_by_table: dict[str, list[tuple[str, str]]] = {}
+    for table, chain, args in jumps_all:
         target = rule_target(args)
-        lrules = live_by.get(table, {}).get(chain, [])
-        present = any(rule_target(s) == target for s in lrules) and ops.check_rule(netns, table, chain, args, fam)
+        lrules = [s for s in live.get(table, _Live([], {}, {})).specs.get(chain, []) if rule_target(s) == target]
+        present = False
+        if lrules:
+            want_c = canonical(args)
+            present = any(canonical(s) == want_c for s in lrules)
+            if not present:
+                res.checks += 1
+                present = ops.check_rule(netns, table, chain, args, fam)
         if not present:
             jumps_by_table.setdefault(table, []).append((chain, args))
             res.jumps.append((table, chain, args))
@@ -319,16 +536,22 @@ def apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool = False,
         p.jumps = jumps_by_table.pop(p.name, [])
     for table, js in jumps_by_table.items():  # a jump into a table the compile does not write
         plans.append(_TablePlan(table, [], [], js, []))
+    for table in tables_needed - set(before):
+        lt = live.get(table, _Live([], {}, {}))
+        before[table] = _TableState(dict(lt.ours), {c: s for c, s in lt.specs.items() if c not in lt.ours})
     clock.lap("jumps")
 
     plans = [p for p in plans if p.sent or p.delete or p.jumps]
-    table_lines = [p.lines() for p in plans]
+    table_lines = [p.lines(backend) for p in plans]
     res.payload = "".join(ln + "\n" for lines in table_lines for ln in lines)
     res.lines = sum(len(lines) - 2 for lines in table_lines)
     if dry_run or not plans:
         res.timings = clock.stages
-        if not dry_run and state_dir and new_cache != cache:
-            _save_cache(state_dir, netns, fam, identity, new_cache)
+        if state_dir and exists:
+            # What was found is still true if nothing moved while we looked.
+            same = gen0 is not None and ops.generation(netns, fam) == gen0
+            if res.source == "dump" or not same:
+                _save_cache(state_dir, netns, fam, identity, backend, before, gen0 if same else None)
         return res
 
     counters = sorted(set(_NFACCT_RE.findall(res.payload)))
@@ -338,29 +561,65 @@ def apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool = False,
         # kube-proxy lets NodePorts answer on 127.0.0.0/8 only with route_localnet.
         ops.set_sysctl(netns, "net.ipv4.conf.all.route_localnet", "1")
     clock.lap("prepare")
+    live_by = {t: lt.specs for t, lt in live.items()}
     _send(ops, netns, fam, plans, table_lines, live_by, clock)
 
+    gen1 = ops.generation(netns, fam)
+    # Exactly one step per table loaded: nobody else committed meanwhile.
+    fresh_after = gen0 is not None and gen1 is not None and gen1 == gen0 + len(plans)
     if state_dir:
+        after = _after(before, plans, wdig)
         # The kernel prints rules back in its own spelling; remembering that
-        # spelling of what was sent spares the next run the canonical compare.
-        # For a few chains a whole dump costs more than that compare, so they
-        # are remembered without it (live hash "") unless they were resent
-        # for no visible reason (see `suspects`).
-        readback = sum(len(p.sent) for p in plans) >= READBACK_MIN or suspects > 0
-        after = parse(ops.iptables_save(netns, fam), source=f"netns {netns}", family=fam) if readback else None
-        for p in plans:
-            wt = want.table(p.name)
-            wchains = wt.by_chain() if wt else {}
-            at = after.table(p.name) if after else None
-            achains = at.by_chain() if at else {}
-            tnew = new_cache.setdefault(p.name, {})
-            for c in p.sent:
-                if after is None or c in achains:
-                    tnew[c] = (_digest(wchains.get(c, [])), _digest(achains[c]) if after else "")
-        _save_cache(state_dir, netns, fam, identity, new_cache)
+        # spelling spares a later full read the canonical compare. When the
+        # generation vouches for the cache that read rarely happens, so it is
+        # left to that run; otherwise it pays off from READBACK_MIN chains,
+        # or when chains were resent for no visible reason.
+        n_sent = sum(len(p.sent) for p in plans)
+        readback = not fresh_after and (n_sent >= READBACK_MIN or suspects > 0)
+        if fresh_after and 0 < n_sent <= LISTBACK_MAX:
+            # A few chains: listing just them is cheap, and their spelling lets
+            # the next fast run check them when it lists them again.
+            for p in plans:
+                got = ops.list_chains(netns, fam, p.name, p.sent) if p.sent else None
+                if got is None:
+                    continue
+                ts = after[p.name]
+                for c in p.sent:
+                    ts.ours[c] = (ts.ours[c][0], _digest(got[c]))
+            if ops.generation(netns, fam) != gen1:
+                fresh_after = False  # someone changed something while we listed: vouch for nothing
+        if readback:
+            dump = parse(ops.iptables_save(netns, fam), source=f"netns {netns}", family=fam)
+            for p in plans:
+                at = dump.table(p.name)
+                achains = at.by_chain() if at else {}
+                ts = after[p.name]
+                for c in p.sent:
+                    if c in achains:
+                        ts.ours[c] = (ts.ours[c][0], _digest(achains[c]))
+        _save_cache(state_dir, netns, fam, identity, backend, after, gen1 if fresh_after else None)
+        if fresh_after and gen0 is not None and gen1 is not None:
+            _advance_other_family(state_dir, netns, fam, gen0, gen1)
         clock.lap("cache")
     res.timings = clock.stages
     return res
+
+
+def _after(before: dict[str, _TableState], plans: list[_TablePlan],
+           wdig: dict[str, dict[str, str]]) -> dict[str, _TableState]:
+    """BEFORE with PLANS loaded: sent chains hold the compile, deleted ones are gone, jumps in front."""
+    out = {t: _TableState(dict(ts.ours), dict(ts.others)) for t, ts in before.items()}
+    for p in plans:
+        ts = out.setdefault(p.name, _TableState({}, {}))
+        for c in p.sent:
+            ts.others.pop(c, None)
+            ts.ours[c] = (wdig[p.name][c], "")
+        for c in p.delete:
+            ts.ours.pop(c, None)
+            ts.others.pop(c, None)
+        for chain, args in p.jumps:  # each `-I CHAIN 1` lands in front of the ones before it
+            ts.others[chain] = [args] + ts.others.get(chain, [])
+    return out
 
 
 def _deletable(lchains: dict[str, list[str]], stale: list[str],
@@ -378,6 +637,11 @@ def _deletable(lchains: dict[str, list[str]], stale: list[str],
         if c in rewritten or c in stale_set:
             continue
         for s in specs:
+            # A jump to a user chain takes no target options, so the chain is
+            # the last word (kube-proxy writes it so, iptables-save prints it
+            # so); the full tokenizer confirms the few candidates.
+            if s[s.rfind(" ") + 1:] not in stale_set:
+                continue
             t = rule_target(s)
             if t in stale_set and t not in kept:
                 kept[t] = c
@@ -400,7 +664,7 @@ def _send(ops: Netns, netns: str, fam: int, plans: list[_TablePlan], table_lines
     One table loads all or nothing, so the largest goes first and the
     others are checked with `--test` before it (a full `--test` of a large
     table costs as much as loading it). If the kernel still refuses a later
-    table, the tables loaded before it are put back from the live dump.
+    table, the tables loaded before it are put back from the live rules.
     """
     offsets, at = [], 0
     for lines in table_lines:
@@ -460,7 +724,7 @@ def _rollback_payload(p: _TablePlan, lchains: dict[str, list[str]]) -> str:
     out = [f"*{p.name}"]
     out += [f":{c} - [0:0]" for c in restore + drop]
     for c in restore:
-        out += [f"-A {c} {s}" if s else f"-A {c}" for s in lchains[c]]
+        out += [f"-A {c} {s}" if s else f"-A {c}" for s in lchains.get(c, [])]
     out += [f"-D {c} {a}" for c, a in p.jumps]
     out += [f"-X {c}" for c in drop]
     out.append("COMMIT")

@@ -11,6 +11,21 @@ created, `-A` appends, `-I` inserts, `-D` deletes one rule, `-X` deletes an
 empty unreferenced chain, each table commits at `COMMIT` and a refused line
 leaves its table as it was), so apply logic is tested without root. Its
 dump is in iptables-save syntax, so the same parser reads both.
+
+Both iptables backends are reachable (`RealNetns(backend=...)`): `nft`
+(iptables-nft, what current distributions ship as `iptables`) and `legacy`
+(iptables-legacy, x_tables). `auto` picks per namespace as kube-proxy's
+iptables-wrapper would: the backend that already has tables there, else the
+one the system `iptables` is. Two cheap probes serve apply's cache:
+`generation` (nf_tables' ruleset generation id, which the kernel bumps on
+every committed change in the namespace; legacy has none) and an `identity`
+that includes the namespace cookie, which is never reused while the machine
+is up, unlike the inode number. iptables-nft-restore (1.8.x) keeps the chains
+a `--noflush` payload names in a sorted linked list, so a payload naming N
+chains in M lines costs O(N*M) string compares (minutes at 10k Services); a
+`-S` line ahead of the bulk of such a table makes it fetch all chains
+instead (see `nft_payload`). `-S` only lists (to /dev/null), so the rules
+sent are unchanged.
 """
 
 from __future__ import annotations
@@ -21,12 +36,13 @@ import itertools
 import os
 import re
 import shlex
+import shutil
 import socket
 import struct
 import subprocess
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from .backends.iptables.ir import BUILTIN_CHAINS
 from .diagnostics import UsageError
@@ -36,6 +52,11 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 # iptables-restore: "line 9: RULE_APPEND failed ..." (nf_tables) or
 # "Error occurred at line: 8" / "line 8 failed" (legacy and parse errors).
 _LINE_RE = re.compile(r"\bline:?\s+(\d+)")
+BACKENDS = ("auto", "nft", "legacy")
+IPTABLES_TABLES = frozenset(BUILTIN_CHAINS)
+# Above this (lines x chains named) in one table, iptables-nft-restore's
+# per-chain cache list costs more than fetching the whole table (see above).
+NFT_CHAIN_LIST_MAX = 100_000_000
 
 
 class NetnsError(UsageError):
@@ -101,8 +122,8 @@ def restore_reason(stderr: str) -> str:
     keep = []
     for ln in stderr.splitlines():
         ln = ln.strip()
-        if not ln or ln.startswith("Try `") or ln.startswith("Error occurred at line"):
-            continue
+        if not ln or ln.startswith(("Try `", "Error occurred at line", "#")):
+            continue  # "#": iptables-nft's "# Warning: iptables-legacy tables present"
         ln = re.sub(r"^\S+-restore v[\d.]+ \([^)]*\):\s*", "", ln)
         ln = re.sub(r"^line \d+:\s*", "", ln)
         if ln:
@@ -134,6 +155,58 @@ def rule_tool(family: int) -> str:
     return "ip6tables" if family == 6 else "iptables"
 
 
+_SYSTEM_BACKEND: list[str] = []
+
+
+def system_backend() -> str:
+    """What the plain `iptables` command is on this machine: "nft" or "legacy" (`iptables -V`)."""
+    if not _SYSTEM_BACKEND:
+        try:
+            out = subprocess.run(["iptables", "-V"], capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            out = ""
+        # "iptables v1.8.9 (nf_tables)" / "(legacy)"; before 1.8 there was only legacy.
+        _SYSTEM_BACKEND.append("nft" if "nf_tables" in out else "legacy" if out else "nft")
+    return _SYSTEM_BACKEND[0]
+
+
+def choose_backend(requested: str, system: str, present: set[str] | frozenset[str],
+                   has_kube: Callable[[str], bool] = lambda b: False) -> str:
+    """The backend to use in one namespace, as kube-proxy's iptables-wrapper decides.
+
+    An explicit "nft"/"legacy" wins. For "auto": the backend that already has
+    iptables tables in the namespace; if both have, the one whose nat table
+    has kube-proxy's KUBE-SERVICES (asked only then: it costs a process);
+    otherwise, and on a fresh namespace, the system's `iptables`.
+    """
+    if requested not in BACKENDS:
+        raise NetnsError(f"--iptables-backend {requested!r}: choose one of {', '.join(BACKENDS)}")
+    if requested != "auto":
+        return requested
+    if len(present) == 1:
+        return next(iter(present))
+    if len(present) == 2:
+        kube = [b for b in ("nft", "legacy") if has_kube(b)]
+        if len(kube) == 1:
+            return kube[0]
+    return system
+
+
+def backend_tool(kind: str, family: int, backend: str) -> str:
+    """The iptables program for KIND ("", "save", "restore") in BACKEND, e.g. iptables-nft-restore.
+
+    Systems that ship only the plain names get them for their own backend.
+    """
+    base = rule_tool(family)
+    suffix = f"-{kind}" if kind else ""
+    name = f"{base}-{backend}{suffix}"
+    if shutil.which(name):
+        return name
+    if backend == system_backend() and shutil.which(base + suffix):
+        return base + suffix
+    raise NetnsError(f"{name} is not installed (needed for --iptables-backend {backend})")
+
+
 class Netns:
     """The kernel interface. Signatures here are stable: lab and diff call them too."""
 
@@ -155,6 +228,22 @@ class Netns:
 
     def require_root(self, what: str = "rulegen") -> None:
         """Raise NetnsError when this implementation cannot work as the current user."""
+
+    def backend_for(self, name: str, family: int = 4) -> str:
+        """The iptables backend ("nft" or "legacy") this object uses in namespace NAME ("" if unknown)."""
+        return ""
+
+    def generation(self, name: str, family: int = 4) -> int | None:
+        """A counter the kernel bumps on every committed rule change in NAME (one per table
+        a restore commits; `--test`, `-C` and listings leave it), or None when the
+        backend has none (legacy) or it cannot be read."""
+        return None
+
+    def list_chains(self, name: str, family: int, table: str,
+                    chains: Sequence[str]) -> dict[str, list[str]] | None:
+        """The live rule bodies of CHAINS (iptables-save spelling), or None if one is missing
+        (or this implementation cannot list)."""
+        return None
 
     def iptables_save(self, name: str, family: int = 4, table: str | None = None) -> str:
         raise NotImplementedError
@@ -190,12 +279,37 @@ _CLONE_NEWNET = 0x40000000
 _NFNL_SUBSYS_ACCT = 7
 _NFNL_MSG_ACCT_NEW = 0
 _NFACCT_NAME = 1
-_NLM_F_REQUEST, _NLM_F_ACK = 0x1, 0x4
+_NFNL_SUBSYS_NFTABLES = 10
+_NFT_MSG_GETTABLE, _NFT_MSG_GETGEN = 1, 16
+_NFTA_TABLE_NAME, _NFTA_GEN_ID = 1, 1
+_NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_DUMP = 0x1, 0x4, 0x300
+_NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _NETLINK_NETFILTER = 12
+_SO_NETNS_COOKIE = 71  # Linux 5.14+: a 64-bit id of the socket's namespace, never reused until reboot
+_NFPROTO = {4: 2, 6: 10}  # NFPROTO_IPV4, NFPROTO_IPV6
+
+
+@dataclass
+class NetnsFacts:
+    """What one visit inside a namespace learns (see `RealNetns._facts`)."""
+
+    cookie: int | None  # SO_NETNS_COOKIE, None on kernels without it
+    genid: int | None  # nf_tables ruleset generation
+    nft_tables: frozenset[str]  # iptables tables nf_tables holds for the family (ip / ip6)
+    legacy_tables: frozenset[str]  # x_tables tables instantiated for the family
 
 
 class RealNetns(Netns):
-    """Namespaces via pyroute2, tables via the iptables tools run with `ip netns exec`."""
+    """Namespaces via pyroute2, tables via the iptables tools run with `ip netns exec`.
+
+    BACKEND is "auto" (per namespace, see `choose_backend`), "nft" or "legacy".
+    """
+
+    def __init__(self, backend: str = "auto") -> None:
+        if backend not in BACKENDS:
+            raise NetnsError(f"--iptables-backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        self.backend = backend
+        self._chosen: dict[tuple[str, int], str] = {}
 
     def require_root(self, what: str = "rulegen") -> None:
         if os.geteuid() != 0:
@@ -218,12 +332,14 @@ class RealNetns(Netns):
             pnetns.create(name)
         except OSError as e:
             raise NetnsError(f"cannot create network namespace {name!r}: {e.strerror or e}") from None
+        self._forget(name)
         # A new namespace has its loopback down; most uses expect it up.
         self._run_raw(name, ["ip", "link", "set", "lo", "up"], check=False)
 
     def delete(self, name: str) -> None:
         check_name(name)
         self.require_root()
+        self._forget(name)
         if not self.exists(name):
             return
         from pyroute2 import netns as pnetns
@@ -233,6 +349,10 @@ class RealNetns(Netns):
         except OSError as e:
             if e.errno != errno.ENOENT:
                 raise NetnsError(f"cannot delete network namespace {name!r}: {e.strerror or e}") from None
+
+    def _forget(self, name: str) -> None:
+        for key in [k for k in self._chosen if k[0] == name]:
+            del self._chosen[key]
 
     def exists(self, name: str) -> bool:
         check_name(name)
@@ -249,13 +369,94 @@ class RealNetns(Netns):
             st = os.stat(os.path.join(NETNS_DIR, name))
         except OSError:
             return ""
-        return f"{st.st_dev}:{st.st_ino}"
+        ident = f"{st.st_dev}:{st.st_ino}"
+        # The inode is the namespace's number, which the kernel reuses once a
+        # namespace is gone; the cookie is not reused until reboot, and the
+        # boot id covers a state directory that outlives a reboot.
+        cookie = None
+        if os.geteuid() == 0:
+            try:
+                cookie = self._facts(name, 4, tables=False).cookie
+            except NetnsError:
+                cookie = None
+        if cookie is None:
+            return ident
+        return f"{ident}:{cookie}:{_boot_id()}"
+
+    def _facts(self, name: str, family: int, tables: bool = True) -> NetnsFacts:
+        """Cookie, nf_tables generation and which iptables tables exist, from one visit."""
+
+        def work() -> NetnsFacts:
+            legacy: frozenset[str] = frozenset()
+            if tables:
+                proc = "/proc/thread-self/net/" + ("ip6_tables_names" if family == 6 else "ip_tables_names")
+                try:
+                    with open(proc) as f:
+                        legacy = frozenset(f.read().split()) & IPTABLES_TABLES
+                except OSError:
+                    legacy = frozenset()  # x_tables not loaded: no legacy tables anywhere
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
+            try:
+                try:
+                    cookie: int | None = int.from_bytes(
+                        sock.getsockopt(socket.SOL_SOCKET, _SO_NETNS_COOKIE, 8), "little")
+                except OSError:
+                    cookie = None
+                genid = _nft_genid(sock)
+                nft = _nft_tables(sock, family) & IPTABLES_TABLES if tables else frozenset()
+            finally:
+                sock.close()
+            return NetnsFacts(cookie, genid, nft, legacy)
+
+        return _in_netns(name, work)
+
+    def backend_for(self, name: str, family: int = 4) -> str:
+        if self.backend != "auto":
+            return self.backend
+        key = (name, family)
+        if key not in self._chosen:
+            tables: dict[str, frozenset[str]] = {}
+            if self.exists(name) and os.geteuid() == 0:
+                f = self._facts(name, family)
+                tables = {"nft": f.nft_tables, "legacy": f.legacy_tables}
+            present = {b for b, t in tables.items() if t}
+            # Ask only where a nat table exists: listing a legacy table that is
+            # not there would make the kernel create it.
+            chosen = choose_backend("auto", system_backend(), present,
+                                    lambda b: "nat" in tables[b] and self._has_kube(name, family, b))
+            if not present:
+                return chosen  # not remembered: the first load decides for good
+            self._chosen[key] = chosen
+        return self._chosen[key]
+
+    def _has_kube(self, name: str, family: int, backend: str) -> bool:
+        try:
+            tool = backend_tool("", family, backend)
+        except NetnsError:
+            return False
+        cp = self._run_raw(name, [tool, "-w", "5", "-t", "nat", "-S", "KUBE-SERVICES", "1"])
+        return cp.returncode == 0
+
+    def generation(self, name: str, family: int = 4) -> int | None:
+        self._need(name)
+        if self.backend_for(name, family) != "nft":
+            return None
+        try:
+            f = self._facts(name, family, tables=False)
+        except NetnsError:
+            return None
+        # Without the cookie a namespace made again under the same inode
+        # could show an old generation number: then no generation at all.
+        return f.genid if f.cookie is not None else None
+
+    def _tool(self, kind: str, name: str, family: int) -> str:
+        return backend_tool(kind, family, self.backend_for(name, family))
 
     def _run_raw(self, name: str, argv: Sequence[str], input: str | None = None, timeout: float = 30.0,
-                 check: bool = False) -> subprocess.CompletedProcess:
+                 check: bool = False, stdout: Any = subprocess.PIPE) -> subprocess.CompletedProcess:
         try:
-            cp = subprocess.run(["ip", "netns", "exec", name, *argv], input=input, capture_output=True,
-                                text=True, timeout=timeout)
+            cp = subprocess.run(["ip", "netns", "exec", name, *argv], input=input, stdout=stdout,
+                                stderr=subprocess.PIPE, text=True, timeout=timeout)
         except FileNotFoundError as e:
             raise NetnsError(f"cannot run {e.filename or argv[0]}: not installed") from None
         except subprocess.TimeoutExpired:
@@ -271,29 +472,58 @@ class RealNetns(Netns):
 
     def iptables_save(self, name: str, family: int = 4, table: str | None = None) -> str:
         self._need(name)
-        argv = [save_tool(family)] + (["-t", table] if table else [])
-        cp = self._run_raw(name, argv)
+        tool = self._tool("save", name, family)
+        argv = [tool] + (["-t", table] if table else [])
+        cp = self._run_raw(name, argv, timeout=300.0)
         if cp.returncode != 0:
-            raise NetnsError(f"{save_tool(family)} in namespace {name!r} failed: {cp.stderr.strip()}")
+            raise NetnsError(f"{tool} in namespace {name!r} failed: {cp.stderr.strip()}")
         return cp.stdout
 
     def iptables_restore(self, name: str, payload: str, family: int = 4, test: bool = False) -> None:
         self._need(name)
-        tool = restore_tool(family)
+        backend = self.backend_for(name, family)
+        tool = self._tool("restore", name, family)
         argv = [tool, "--noflush"] + (["--test"] if test else [])
+        sent, where = (nft_payload(payload) if backend == "nft" else (payload, None))
+        cp = self._run_raw(name, argv, input=sent, timeout=900.0, stdout=subprocess.DEVNULL)
+        if cp.returncode < 0 and where is not None:
+            # Killed while listing (iptables-nft sorts chains recursively and a
+            # table whose chains were made in name order can overflow its stack);
+            # it had committed nothing, so send the payload as it is.
+            sent, where = payload, None
+            cp = self._run_raw(name, argv, input=sent, timeout=900.0, stdout=subprocess.DEVNULL)
+        if cp.returncode != 0:
+            stderr = cp.stderr
+            if where is not None:
+                stderr = _renumber(stderr, where)
+            raise restore_error(payload, stderr, tool + (" --test" if test else ""))
+
+    def list_chains(self, name: str, family: int, table: str,
+                    chains: Sequence[str]) -> dict[str, list[str]] | None:
+        self._need(name)
+        if not chains:
+            return {}
+        backend = self.backend_for(name, family)
+        # iptables-nft-restore runs listings only when not testing (they commit
+        # nothing); iptables-legacy-restore runs them in --test, which writes nothing.
+        argv = [self._tool("restore", name, family), "--noflush"] + (["--test"] if backend == "legacy" else [])
+        payload = f"*{table}\n" + "".join(f"-S {c}\n" for c in chains) + "COMMIT\n"
         cp = self._run_raw(name, argv, input=payload, timeout=300.0)
         if cp.returncode != 0:
-            raise restore_error(payload, cp.stderr, tool + (" --test" if test else ""))
+            return None
+        return split_listing(cp.stdout, chains)
 
     def check_rule(self, name: str, table: str, chain: str, args: str, family: int = 4) -> bool:
         self._need(name)
-        cp = self._run_raw(name, [rule_tool(family), "-w", "5", "-t", table, "-C", chain, *shlex.split(args)])
+        cp = self._run_raw(name, [self._tool("", name, family), "-w", "5", "-t", table, "-C", chain,
+                                  *shlex.split(args)])
         return cp.returncode == 0
 
     def insert_rule(self, name: str, table: str, chain: str, args: str, family: int = 4,
                     position: int = 1) -> None:
         self._need(name)
-        argv = [rule_tool(family), "-w", "5", "-t", table, "-I", chain, str(position), *shlex.split(args)]
+        argv = [self._tool("", name, family), "-w", "5", "-t", table, "-I", chain, str(position),
+                *shlex.split(args)]
         cp = self._run_raw(name, argv)
         if cp.returncode != 0:
             raise ApplyError(f"{' '.join(argv[:6])} ... failed: {cp.stderr.strip()}", stderr=cp.stderr)
@@ -319,13 +549,115 @@ class RealNetns(Netns):
             sock.close()
 
 
-def _netlink_socket_in(name: str) -> socket.socket:
-    """A NETLINK_NETFILTER socket bound to namespace NAME.
+def nft_payload(payload: str) -> tuple[str, list[int] | None]:
+    """PAYLOAD with a `-S` line where iptables-nft-restore would go quadratic.
 
-    setns() moves only the calling thread, so a short-lived thread enters the
-    namespace and opens the socket; the socket keeps that namespace.
+    Where a table section names so many chains in so many lines that the
+    per-chain cache list would cost more than a whole-table fetch, `-S`
+    (list the table) goes in before the bulk, which makes iptables-nft fetch
+    all chains at once. Commands on built-in chains must come before it (with
+    the declarations of the chains they jump to): iptables-nft 1.8.9 creates
+    a missing built-in chain only for commands it saw before the switch. The
+    table commits as one transaction whatever the order of its commands, so
+    moving whole chains' commands (each chain's own order kept) changes
+    nothing in the result. Returns the text to send and, when it differs, for
+    each sent line the payload line it stands for (0 for `-S`), so errors keep
+    the caller's numbering.
     """
-    out: dict[str, object] = {}
+    lines = payload.splitlines()
+    out: list[str] = []
+    where: list[int] = []
+    changed = False
+    i = 0
+    while i < len(lines):
+        ln = lines[i]
+        if not ln.startswith("*"):
+            out.append(ln)
+            where.append(i + 1)
+            i += 1
+            continue
+        try:
+            end = lines.index("COMMIT", i + 1)
+        except ValueError:
+            end = len(lines)
+        body = list(range(i + 1, end))
+        decls = [k for k in body if lines[k].startswith(":")]
+        cmds = [k for k in body if lines[k].startswith("-")]
+        moved = _reorder_for_nft(lines, lines[i][1:].strip(), body, decls, cmds)
+        out.append(ln)
+        where.append(i + 1)
+        if moved is None:
+            out += [lines[k] for k in body]
+            where += [k + 1 for k in body]
+        else:
+            changed = True
+            for k in moved:
+                out.append("-S" if k < 0 else lines[k])
+                where.append(0 if k < 0 else k + 1)
+        i = end
+    if not changed:
+        return payload, None
+    return "".join(ln + "\n" for ln in out), where
+
+
+def _reorder_for_nft(lines: list[str], table: str, body: list[int], decls: list[int],
+                     cmds: list[int]) -> list[int] | None:
+    """Line indexes of one table's body in sending order with -S (-1) put in; None to leave it."""
+    if len(cmds) * len(decls) <= NFT_CHAIN_LIST_MAX:
+        return None
+    if decls and cmds and max(decls) > min(cmds):
+        return None  # not the declarations-first shape this reasoning covers
+    builtins = set(BUILTIN_CHAINS.get(table, ()))
+    early_cmds = [k for k in cmds if lines[k][3:].partition(" ")[0] in builtins]
+    targets = {rule_target(lines[k]) for k in early_cmds}
+    early_decls = [k for k in decls if lines[k][1:].split(" ", 1)[0] in targets | builtins]
+    early = set(early_cmds) | set(early_decls)
+    rest = [k for k in body if k not in early]
+    return early_decls + early_cmds + [-1] + rest
+
+
+def _renumber(stderr: str, where: list[int]) -> str:
+    """Line numbers in STDERR (of the sent text) → the caller's payload's numbers."""
+
+    def sub(m: re.Match) -> str:
+        n = int(m.group(1))
+        orig = where[n - 1] if 0 < n <= len(where) else 0
+        return m.group(0).replace(m.group(1), str(orig or n))
+
+    return _LINE_RE.sub(sub, stderr)
+
+
+def split_listing(text: str, chains: Sequence[str]) -> dict[str, list[str]]:
+    """`iptables -S` output (`-N`/`-P`/`-A` lines) → rule bodies per chain."""
+    out: dict[str, list[str]] = {c: [] for c in chains}
+    for ln in text.splitlines():
+        if not ln.startswith("-A "):
+            continue
+        chain, _, spec = ln[3:].partition(" ")
+        out.setdefault(chain, []).append(spec)
+    return out
+
+
+_BOOT_ID: list[str] = []
+
+
+def _boot_id() -> str:
+    if not _BOOT_ID:
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as f:
+                _BOOT_ID.append(f.read().strip())
+        except OSError:
+            _BOOT_ID.append("")
+    return _BOOT_ID[0]
+
+
+def _in_netns(name: str, fn: Callable[[], Any]) -> Any:
+    """Run FN in a short-lived thread that has entered namespace NAME.
+
+    setns() moves only the calling thread, so the process's own namespace is
+    never left; sockets FN opens keep the namespace they were made in.
+    """
+    out: dict[str, Any] = {}
 
     def work() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -338,19 +670,95 @@ def _netlink_socket_in(name: str) -> socket.socket:
             if libc.setns(fd, _CLONE_NEWNET) != 0:
                 out["err"] = ctypes.get_errno()
                 return
-            out["sock"] = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
-        except OSError as e:
-            out["err"] = e.errno
         finally:
             os.close(fd)
+        try:
+            out["value"] = fn()
+        except OSError as e:
+            out["err"] = e.errno
+        except Exception as e:  # noqa: BLE001 - carried to the caller's thread
+            out["exc"] = e
 
     t = threading.Thread(target=work, name=f"setns-{name}")
     t.start()
     t.join()
-    if "sock" not in out:
-        err = int(out.get("err") or errno.EPERM)  # type: ignore[arg-type]
-        raise NetnsError(f"cannot open a netfilter socket in namespace {name!r}: {os.strerror(err)}")
-    return out["sock"]  # type: ignore[return-value]
+    if "exc" in out:
+        raise out["exc"]
+    if "value" not in out:
+        err = int(out.get("err") or errno.EPERM)
+        raise NetnsError(f"cannot enter network namespace {name!r}: {os.strerror(err)}")
+    return out["value"]
+
+
+def _netlink_socket_in(name: str) -> socket.socket:
+    """A NETLINK_NETFILTER socket bound to namespace NAME."""
+    return _in_netns(name, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER))
+
+
+def _nfgen(family: int) -> bytes:
+    return struct.pack("BBH", family, 0, 0)  # nfgenmsg: family, version 0, res_id
+
+
+def _nl_request(sock: socket.socket, msg_type: int, flags: int, body: bytes, seq: int) -> list[tuple[int, bytes]]:
+    """Send one netfilter request; return (type, payload after nfgenmsg) of every reply until done."""
+    sock.send(struct.pack("IHHII", 16 + len(body), msg_type, _NLM_F_REQUEST | flags, seq, 0) + body)
+    out: list[tuple[int, bytes]] = []
+    while True:
+        data = sock.recv(1 << 20)
+        off = 0
+        while off + 16 <= len(data):
+            ln, typ, fl, sq, _ = struct.unpack_from("IHHII", data, off)
+            if ln < 16:
+                return out
+            if typ == _NLMSG_DONE:
+                return out
+            if typ == _NLMSG_ERROR:
+                (err,) = struct.unpack_from("i", data, off + 16)
+                if err:
+                    raise OSError(-err, os.strerror(-err))
+                return out
+            out.append((typ, data[off + 20:off + ln]))
+            if not fl & 0x2:  # NLM_F_MULTI unset: a single answer
+                return out
+            off += (ln + 3) & ~3
+
+
+def _nl_attrs(payload: bytes) -> dict[int, bytes]:
+    attrs: dict[int, bytes] = {}
+    off = 0
+    while off + 4 <= len(payload):
+        alen, atype = struct.unpack_from("HH", payload, off)
+        if alen < 4:
+            break
+        attrs[atype & 0x3FFF] = payload[off + 4:off + alen]
+        off += (alen + 3) & ~3
+    return attrs
+
+
+def _nft_genid(sock: socket.socket) -> int | None:
+    try:
+        replies = _nl_request(sock, (_NFNL_SUBSYS_NFTABLES << 8) | _NFT_MSG_GETGEN, 0, _nfgen(socket.AF_UNSPEC), 1)
+    except OSError:
+        return None  # no nf_tables in this kernel
+    for _, payload in replies:
+        v = _nl_attrs(payload).get(_NFTA_GEN_ID)
+        if v is not None and len(v) == 4:
+            return struct.unpack(">I", v)[0]
+    return None
+
+
+def _nft_tables(sock: socket.socket, family: int) -> frozenset[str]:
+    try:
+        replies = _nl_request(sock, (_NFNL_SUBSYS_NFTABLES << 8) | _NFT_MSG_GETTABLE, _NLM_F_DUMP,
+                              _nfgen(_NFPROTO[family]), 2)
+    except OSError:
+        return frozenset()
+    names = set()
+    for _, payload in replies:
+        v = _nl_attrs(payload).get(_NFTA_TABLE_NAME)
+        if v:
+            names.add(v.rstrip(b"\0").decode(errors="replace"))
+    return frozenset(names)
 
 
 def _nfacct_new(sock: socket.socket, counter: str, seq: int) -> int:
@@ -391,10 +799,15 @@ class FakeTable:
         return FakeTable(dict(self.policies), {c: list(r) for c, r in self.chains.items()})
 
 
+def _backend_tables() -> dict[str, dict[int, dict[str, FakeTable]]]:
+    return {"nft": {4: {}, 6: {}}, "legacy": {4: {}, 6: {}}}
+
+
 @dataclass
 class FakeNamespace:
     ident: int
-    tables: dict[int, dict[str, FakeTable]] = field(default_factory=lambda: {4: {}, 6: {}})
+    backends: dict[str, dict[int, dict[str, FakeTable]]] = field(default_factory=_backend_tables)
+    gen: int = 1  # nf_tables' generation: one step per committed table (nft only)
     nfacct: set[str] = field(default_factory=set)
     sysctls: dict[str, str] = field(default_factory=dict)
 
@@ -412,16 +825,32 @@ class FakeNetns(Netns):
     `refuse` is a hook that makes the "kernel" refuse a line in a real
     restore although `--test` accepted it (as a missing nfacct counter
     does), returning the reason or None. `log` records every call.
+    Each namespace holds both backends' tables; `backend` picks as
+    `RealNetns` does ("auto": the one with tables, else `system`), and
+    `view(backend)` is the same namespaces through another backend (what a
+    second tool run with another `iptables` would see). Like the kernel,
+    the nft backend has a `generation` that every committed table bumps;
+    legacy has none.
     """
 
     _ids = itertools.count(1)
 
     def __init__(self, spelling: Callable[[str], str] | None = None,
-                 refuse: Callable[[str], str | None] | None = None) -> None:
+                 refuse: Callable[[str], str | None] | None = None,
+                 backend: str = "auto", system: str = "nft") -> None:
+        if backend not in BACKENDS:
+            raise NetnsError(f"--iptables-backend {backend!r}: choose one of {', '.join(BACKENDS)}")
         self.spaces: dict[str, FakeNamespace] = {}
         self.spelling = spelling or (lambda s: s)
         self.refuse = refuse
+        self.backend = backend
+        self.system = system
         self.log: list[tuple] = []
+
+    def view(self, backend: str) -> "FakeNetns":
+        other = FakeNetns(self.spelling, self.refuse, backend, self.system)
+        other.spaces, other.log = self.spaces, self.log
+        return other
 
     # namespaces
     def create(self, name: str) -> None:
@@ -451,12 +880,24 @@ class FakeNetns(Netns):
             raise NetnsError(f"network namespace {name!r} does not exist")
         return ns
 
+    def backend_for(self, name: str, family: int = 4) -> str:
+        ns = self.spaces.get(name)
+        if ns is None:
+            return choose_backend(self.backend, self.system, set())
+        present = {b for b, fams in ns.backends.items() if fams[family]}
+        return choose_backend(self.backend, self.system, present,
+                              lambda b: "KUBE-SERVICES" in ns.backends[b][family].get("nat", FakeTable({}, {})).chains)
+
+    def generation(self, name: str, family: int = 4) -> int | None:
+        ns = self._ns(name)
+        return ns.gen if self.backend_for(name, family) == "nft" else None
+
     # tables
     def tables(self, name: str, family: int = 4) -> dict[str, FakeTable]:
-        return self._ns(name).tables[family]
+        return self._ns(name).backends[self.backend_for(name, family)][family]
 
     def iptables_save(self, name: str, family: int = 4, table: str | None = None) -> str:
-        tabs = self._ns(name).tables[family]
+        tabs = self.tables(name, family)
         self.log.append(("save", name, family))
         out = [f"# Generated by fake {save_tool(family)}\n"]
         for tname in sorted(tabs):
@@ -477,8 +918,11 @@ class FakeNetns(Netns):
         ns = self._ns(name)
         self.log.append(("restore", name, family, test, payload))
         tool = restore_tool(family) + (" --test" if test else "")
+        backend = self.backend_for(name, family)
+        tabs = ns.backends[backend][family]
         cur: FakeTable | None = None
         cur_name = ""
+        touched = False
         for no, raw in enumerate(payload.splitlines(), 1):
             line = raw.strip()
             if not line or line.startswith("#"):
@@ -490,16 +934,20 @@ class FakeNetns(Netns):
                     cur_name = line[1:]
                     if cur_name not in BUILTIN_CHAINS:
                         raise _Refused(f"table '{cur_name}' does not exist")
-                    live = ns.tables[family].get(cur_name)
+                    live = tabs.get(cur_name)
                     cur = live.copy() if live else FakeTable.new(cur_name)
+                    touched = False
                     continue
                 if cur is None:
                     raise _Refused("no table specified")
                 if line == "COMMIT":
                     if not test:
-                        ns.tables[family][cur_name] = cur
+                        tabs[cur_name] = cur
+                        if touched and backend == "nft":
+                            ns.gen += 1
                     cur = None
                     continue
+                touched = True
                 if not test and self.refuse is not None:
                     reason = self.refuse(line)
                     if reason:
@@ -579,7 +1027,7 @@ class FakeNetns(Netns):
 
     def check_rule(self, name: str, table: str, chain: str, args: str, family: int = 4) -> bool:
         self.log.append(("check", name, table, chain, args))
-        t = self._ns(name).tables[family].get(table)
+        t = self.tables(name, family).get(table)
         if t is None or chain not in t.chains:
             return False
         want = self.spelling(args)
@@ -588,6 +1036,16 @@ class FakeNetns(Netns):
     def insert_rule(self, name: str, table: str, chain: str, args: str, family: int = 4,
                     position: int = 1) -> None:
         self.iptables_restore(name, f"*{table}\n-I {chain} {position} {args}\nCOMMIT\n", family)
+
+    def list_chains(self, name: str, family: int, table: str,
+                    chains: Sequence[str]) -> dict[str, list[str]] | None:
+        self.log.append(("list", name, family, table, tuple(chains)))
+        t = self.tables(name, family).get(table)
+        if t is None:
+            return None if chains else {}
+        if any(c not in t.chains for c in chains):
+            return None
+        return {c: [self.spelling(s) for s in t.chains[c]] for c in chains}
 
     def ensure_nfacct(self, name: str, counters: Sequence[str]) -> None:
         self._ns(name).nfacct.update(counters)

@@ -211,7 +211,9 @@ def test_cache_recognises_chains_canonical_cannot(ops, tmp_path, monkeypatch):
 
 def test_small_sends_learn_the_kernel_spelling_on_the_next_run(ops, tmp_path):
     # Few chains sent: no read-back. If the next run cannot recognise them,
-    # it resends them once and then reads their spelling back.
+    # it resends them once and then reads their spelling back. (Legacy: no
+    # generation, so every run reads the live tables.)
+    ops = ops.view("legacy")
     ops.spelling = lambda s: s.replace("--comment", "--comment-x")
     c = compile_objs(cluster())
     assert sum(len(t.chains) for t in c.ir.tables) < applymod.READBACK_MIN
@@ -236,12 +238,17 @@ def test_caches_of_deleted_namespaces_are_pruned(ops, tmp_path):
     assert (tmp_path / "not-a-cache.txt").read_text() == "keep me"
 
 
-def test_cache_is_not_trusted_when_live_chain_was_edited(ops, tmp_path):
+@pytest.mark.parametrize("backend", ["nft", "legacy"])
+def test_cache_is_not_trusted_when_live_chain_was_edited(ops, tmp_path, backend):
+    ops = ops.view(backend)
     c = compile_objs(cluster())
     apply(c, "rgt-apply-a", create=True, ops=ops, state_dir=str(tmp_path))
     svc = next(x for x in c.ir.table("nat").chains if x.startswith("KUBE-SVC-"))
-    ops.tables("rgt-apply-a")["nat"].chains[svc].pop()  # someone deleted a rule by hand
+    last = ops.tables("rgt-apply-a")["nat"].chains[svc][-1]
+    # someone deleted a rule by hand (`iptables -D`: nf_tables counts it as a change)
+    ops.iptables_restore("rgt-apply-a", f"*nat\n-D {svc} {last}\nCOMMIT\n")
     res = apply(c, "rgt-apply-a", ops=ops, state_dir=str(tmp_path))
+    assert res.source == "dump"
     assert res.changed == [("nat", svc)]
     assert kube_state(ops, "rgt-apply-a")["nat"][svc] == compiled_chains(c)["nat"][svc]
 
@@ -636,3 +643,243 @@ def test_real_cli_apply_dry_run_and_timings(real, tmp_path):
     assert "15 chains added" in r.stdout and "timing: restore" in r.stderr and "timing: compile" in r.stderr
     r = subprocess.run(exe, capture_output=True, text=True, env=env)
     assert r.returncode == 0 and "sent 0 lines" in r.stdout
+
+
+# ---------------------------------------------------------------------- cache of the last apply (rgt-inc-)
+
+
+def _kinds(ops, kind):
+    return [e for e in ops.log if e[0] == kind]
+
+
+def test_fresh_cache_reads_nothing_and_lists_only_what_changes(ops, tmp_path):
+    state = str(tmp_path)
+    apply(compile_objs(cluster()), "rgt-inc-a", create=True, ops=ops, state_dir=state)
+    saves, lists = len(_kinds(ops, "save")), len(_kinds(ops, "list"))
+    new_objs = cluster(web=("10.244.1.11", "10.244.2.22"))
+    res = apply(compile_objs(new_objs), "rgt-inc-a", ops=ops, state_dir=state)
+    assert res.source == "cache" and "live state from the cache" in res.summary()
+    assert len(_kinds(ops, "save")) == saves  # no iptables-save at all
+    listed = _kinds(ops, "list")[lists:]
+    # before sending: the chains to rewrite or delete; after: the ones sent, to learn their spelling
+    assert listed[0][3] == "nat" and set(listed[0][4]) == {c for _, c in res.changed + res.removed}
+    assert set(listed[1][4]) == {c for _, c in res.changed + res.added}
+    assert kube_state(ops, "rgt-inc-a") == _fresh(new_objs, ops)
+    saves = len(_kinds(ops, "save"))
+    again = apply(compile_objs(new_objs), "rgt-inc-a", ops=ops, state_dir=state)
+    assert again.lines == 0 and again.source == "cache" and len(_kinds(ops, "save")) == saves
+
+
+def test_change_behind_our_back_is_seen_and_put_right(ops, tmp_path):
+    state = str(tmp_path)
+    c = compile_objs(cluster())
+    apply(c, "rgt-inc-a", create=True, ops=ops, state_dir=state)
+    svc = next(x for x in c.ir.table("nat").chains if x.startswith("KUBE-SVC-"))
+    # another tool rewrites a chain the cache knows only by hash
+    ops.iptables_restore("rgt-inc-a", f"*nat\n:{svc} - [0:0]\n-A {svc} -j RETURN\nCOMMIT\n")
+    res = apply(c, "rgt-inc-a", ops=ops, state_dir=state)
+    assert res.source == "dump" and res.changed == [("nat", svc)]  # the generation moved: all read
+    assert kube_state(ops, "rgt-inc-a") == _fresh(cluster(), ops)
+    assert apply(c, "rgt-inc-a", ops=ops, state_dir=state).source == "cache"  # vouched for again
+
+
+def test_cache_that_disagrees_with_a_listed_chain_falls_back_to_reading_all(ops, tmp_path):
+    # The fake (unlike the kernel) can change a chain without moving the
+    # generation: a cache that is wrong although the generation matches.
+    # The chains about to change are listed and checked against it, and a
+    # mismatch makes apply read and compare everything.
+    state = str(tmp_path)
+    apply(compile_objs(cluster()), "rgt-inc-a", create=True, ops=ops, state_dir=state)
+    mid = cluster(web=("10.244.1.11", "10.244.2.22"))
+    first = apply(compile_objs(mid), "rgt-inc-a", ops=ops, state_dir=state)
+    svc = next(c for _, c in first.changed if c.startswith("KUBE-SVC-"))
+    ops.tables("rgt-inc-a")["nat"].chains[svc] = ["-j RETURN"]  # behind everybody's back
+    new_objs = cluster(web=("10.244.1.11", "10.244.2.23"))
+    res = apply(compile_objs(new_objs), "rgt-inc-a", ops=ops, state_dir=state)
+    assert res.source == "dump"
+    assert kube_state(ops, "rgt-inc-a") == _fresh(new_objs, ops)
+
+
+class _Racy(FakeNetns):
+    """Somebody else commits a table right after each of ours."""
+
+    def iptables_restore(self, name, payload, family=4, test=False):
+        super().iptables_restore(name, payload, family, test)
+        if not test:
+            self.spaces[name].gen += 1
+
+
+def test_foreign_commit_during_apply_leaves_the_cache_unvouched(tmp_path):
+    ops = _Racy()
+    c = compile_objs(cluster())
+    apply(c, "rgt-inc-a", create=True, ops=ops, state_dir=str(tmp_path))
+    assert (tmp_path / "rgt-inc-a" / "iptables-ipv4.json").exists()
+    assert not (tmp_path / "rgt-inc-a" / "iptables-ipv4.gen").exists()
+    res = apply(c, "rgt-inc-a", ops=ops, state_dir=str(tmp_path))
+    assert res.source == "dump" and res.lines == 0
+
+
+def test_cache_of_another_backend_is_not_used(ops, tmp_path):
+    c = compile_objs(cluster())
+    apply(c, "rgt-inc-a", create=True, ops=ops, state_dir=str(tmp_path))
+    legacy = ops.view("legacy")
+    res = apply(c, "rgt-inc-a", ops=legacy, state_dir=str(tmp_path))
+    assert res.backend == "legacy" and res.source == "dump"
+    assert {x for _, x in res.added} == {x for t in c.ir.tables for x in t.chains}  # nothing there yet
+
+
+def test_both_families_keep_each_other_fresh(ops, tmp_path):
+    state = str(tmp_path)
+    c4, c6 = compile_objs(cluster()), compile_objs(cluster6(), ip_family="ipv6")
+    apply(c4, "rgt-inc-a", create=True, ops=ops, state_dir=state)
+    apply(c6, "rgt-inc-a", ops=ops, state_dir=state)  # the generation counts both families
+    assert apply(c4, "rgt-inc-a", ops=ops, state_dir=state).source == "cache"
+    assert apply(c6, "rgt-inc-a", ops=ops, state_dir=state).source == "cache"
+
+
+def _declared(payload: str, table: str) -> list[str]:
+    section = payload.split(f"*{table}\n", 1)[1].split("COMMIT\n", 1)[0]
+    return [ln[1:].split()[0] for ln in section.splitlines() if ln.startswith(":")]
+
+
+def test_many_declarations_go_in_descending_order_for_legacy_only(ops, monkeypatch):
+    monkeypatch.setattr(applymod, "DECLARE_SORTED_MIN", 2)
+    c = compile_objs(cluster())
+    legacy = ops.view("legacy")
+    res = apply(c, "rgt-inc-a", create=True, ops=legacy, state_dir=None)
+    decl = _declared(res.payload, "nat")
+    assert len(decl) > 2 and decl == sorted(decl, reverse=True)
+    assert kube_state(legacy, "rgt-inc-a") == _fresh(cluster(), FakeNetns())
+    # nft keeps chains in creation order, and its save sorts them with a
+    # recursive quicksort that in-order input drives to the stack's end
+    nft = apply(c, "rgt-inc-b", create=True, ops=ops.view("nft"), state_dir=None)
+    assert _declared(nft.payload, "nat") == list(c.ir.table("nat").chains)
+
+
+# ---------------------------------------------------------------------- backend choice
+
+
+def test_auto_applies_with_the_backend_already_in_use(tmp_path):
+    ops = FakeNetns(system="nft")
+    ops.create("rgt-inc-a")
+    ops.view("legacy").iptables_restore("rgt-inc-a", "*filter\n:MY-LEGACY - [0:0]\nCOMMIT\n")
+    c = compile_objs(cluster())
+    res = apply(c, "rgt-inc-a", ops=ops, state_dir=str(tmp_path))
+    assert res.backend == "legacy" and "iptables-legacy" in res.summary()
+    assert "KUBE-SERVICES" in ops.view("legacy").tables("rgt-inc-a")["nat"].chains
+    assert ops.view("nft").tables("rgt-inc-a") == {}
+    again = apply(c, "rgt-inc-a", ops=ops, state_dir=str(tmp_path))
+    assert again.lines == 0 and again.source == "dump"  # legacy has no generation: always read
+
+
+def test_explicit_backend_overrides_the_one_in_use():
+    ops = FakeNetns(system="nft")
+    ops.create("rgt-inc-a")
+    ops.view("legacy").iptables_restore("rgt-inc-a", "*filter\n:MY-LEGACY - [0:0]\nCOMMIT\n")
+    res = apply(compile_objs(cluster()), "rgt-inc-a", ops=ops.view("nft"), state_dir=None)
+    assert res.backend == "nft" and "KUBE-SERVICES" in ops.view("nft").tables("rgt-inc-a")["nat"].chains
+    assert "nat" not in ops.view("legacy").tables("rgt-inc-a")
+
+
+def test_apply_builds_the_backend_it_is_given(monkeypatch):
+    made = []
+
+    def fake_real(backend="auto"):
+        made.append(backend)
+        return FakeNetns(backend=backend)
+
+    monkeypatch.setattr(applymod, "RealNetns", fake_real)
+    res = apply(compile_objs(cluster()), "rgt-inc-a", create=True, state_dir=None, backend="legacy")
+    assert made == ["legacy"] and res.backend == "legacy"
+
+
+def test_cli_iptables_backend_option(monkeypatch):
+    seen = {}
+
+    def fake_apply(c, netns, **kw):
+        seen.update(kw, netns=netns)
+        return applymod.ApplyResult(netns, "iptables", 4, backend=kw["backend"])
+
+    import rulegen.commands.apply as cmd
+    monkeypatch.setattr(cmd, "apply", fake_apply)
+    r = CliRunner().invoke(main, ["apply", str(EXAMPLE), "--netns", "rgt-inc-x", "--iptables-backend", "legacy"])
+    assert r.exit_code == 0, r.output
+    assert seen["backend"] == "legacy" and "iptables-legacy" in r.output
+    r = CliRunner().invoke(main, ["apply", str(EXAMPLE), "--netns", "rgt-inc-x"])
+    assert seen["backend"] == "auto"
+    r = CliRunner().invoke(main, ["apply", str(EXAMPLE), "--netns", "rgt-inc-x", "--iptables-backend", "xt"])
+    assert r.exit_code == 2 and "xt" in r.output
+    r = CliRunner().invoke(main, ["apply", "--help"])
+    help_text = re.sub(r"-\s+", "-", " ".join(r.output.split()))  # undo click's wrapping
+    assert "--iptables-backend" in help_text and "kube-proxy pays the same cost" in help_text
+    assert "much slower to load large rulesets" in help_text
+
+
+# ---------------------------------------------------------------------- real backends (rgt-inc-)
+
+has_legacy = pytest.mark.skipif(not shutil.which("iptables-legacy-restore"), reason="needs iptables-legacy-restore")
+has_nft = pytest.mark.skipif(not shutil.which("iptables-nft-restore"), reason="needs iptables-nft-restore")
+
+
+@pytest.fixture
+def inc(tmp_path):
+    """A name factory for rgt-inc-* namespaces, each deleted afterwards whatever happens."""
+    names: list[str] = []
+
+    def name() -> str:
+        n = f"rgt-inc-{uuid.uuid4().hex[:8]}"
+        names.append(n)
+        return n
+
+    try:
+        yield name, str(tmp_path / "state")
+    finally:
+        for n in names:
+            subprocess.run(["ip", "netns", "del", n], capture_output=True)
+        assert not [n for n in names if os.path.exists(f"/run/netns/{n}")]
+
+
+@root
+@needs_root
+@has_legacy
+def test_real_legacy_backend(inc):
+    name, state = inc
+    ops = RealNetns("legacy")
+    ns, fresh = name(), name()
+    res = apply(compile_objs(cluster()), ns, create=True, ops=ops, state_dir=state)
+    assert res.backend == "legacy" and res.lines > 0
+    assert "KUBE-SERVICES" in ops.iptables_save(ns) and "KUBE-SERVICES" not in RealNetns("nft").iptables_save(ns)
+    assert RealNetns().backend_for(ns) == "legacy"  # auto keeps to it from now on
+    new_objs = cluster(web=("10.244.1.11", "10.244.2.22"))
+    new = compile_objs(new_objs)
+    res2 = apply(new, ns, ops=RealNetns(), state_dir=state)
+    assert res2.backend == "legacy" and res2.source == "dump" and len(res2.changed) == 1
+    apply(new, fresh, create=True, ops=ops, state_dir=None)
+    assert save_chains(ops, ns) == save_chains(ops, fresh)
+    assert canon(save_chains(ops, ns)) == expected_live(new)
+    assert apply(new, ns, ops=ops, state_dir=state).lines == 0
+
+
+@root
+@needs_root
+@has_nft
+def test_real_nft_fast_path_and_a_change_behind_its_back(inc):
+    name, state = inc
+    ops = RealNetns("nft")
+    ns, fresh = name(), name()
+    apply(compile_objs(cluster()), ns, create=True, ops=ops, state_dir=state)
+    new_objs = cluster(web=("10.244.1.11", "10.244.2.22"))
+    new = compile_objs(new_objs)
+    res = apply(new, ns, ops=ops, state_dir=state)
+    assert res.source == "cache" and len(res.changed) == 1 and len(res.added) == 1 and len(res.removed) == 1
+    apply(new, fresh, create=True, ops=ops, state_dir=None)
+    assert save_chains(ops, ns) == save_chains(ops, fresh)
+    # someone edits a chain by hand: the kernel's generation moves, apply reads and repairs
+    svc = res.changed[0][1]
+    subprocess.run(["ip", "netns", "exec", ns, "iptables-nft", "-t", "nat", "-I", svc, "1", "-j", "RETURN"],
+                   check=True)
+    res2 = apply(new, ns, ops=ops, state_dir=state)
+    assert res2.source == "dump" and res2.changed == [("nat", svc)]
+    assert save_chains(ops, ns) == save_chains(ops, fresh)
+    res3 = apply(new, ns, ops=ops, state_dir=state)
+    assert res3.source == "cache" and res3.lines == 0

@@ -15,8 +15,10 @@ import uuid
 
 import pytest
 
+import rulegen.netns as netnsmod
 from rulegen.backends.iptables.parse import parse
-from rulegen.netns import ApplyError, FakeNetns, NetnsError, RealNetns, check_name, restore_error, rule_target
+from rulegen.netns import (ApplyError, FakeNetns, NetnsError, RealNetns, _renumber, backend_tool, check_name,
+                           choose_backend, nft_payload, restore_error, restore_reason, rule_target, split_listing)
 
 BASE = """*nat
 :KUBE-A - [0:0]
@@ -293,3 +295,239 @@ def test_real_without_root_is_clear(monkeypatch):
         RealNetns().iptables_save("rgt-apply-x")
     with pytest.raises(NetnsError, match="needs root"):
         RealNetns().create("rgt-apply-x")
+
+
+# ---------------------------------------------------------------------- backends (rgt-inc-)
+
+
+@pytest.mark.parametrize("requested, present, kube, expected", [
+    ("nft", {"legacy"}, set(), "nft"),  # an explicit choice wins
+    ("legacy", set(), set(), "legacy"),
+    ("auto", set(), set(), "SYSTEM"),  # a fresh namespace: what `iptables` is
+    ("auto", {"legacy"}, set(), "legacy"),  # the backend already in use
+    ("auto", {"nft"}, set(), "nft"),
+    ("auto", {"nft", "legacy"}, {"legacy"}, "legacy"),  # both in use: the one with kube-proxy's rules
+    ("auto", {"nft", "legacy"}, {"nft"}, "nft"),
+    ("auto", {"nft", "legacy"}, {"nft", "legacy"}, "SYSTEM"),
+])
+@pytest.mark.parametrize("system", ["nft", "legacy"])
+def test_choose_backend_as_iptables_wrapper(requested, present, kube, expected, system):
+    asked = []
+
+    def has_kube(b):
+        asked.append(b)
+        return b in kube
+
+    got = choose_backend(requested, system, present, has_kube)
+    assert got == (system if expected == "SYSTEM" else expected)
+    assert bool(asked) == (requested == "auto" and len(present) == 2)  # the costly probe only when needed
+
+
+def test_choose_backend_rejects_unknown_names():
+    with pytest.raises(NetnsError, match="choose one of auto, nft, legacy"):
+        choose_backend("iptables", "nft", set())
+    with pytest.raises(NetnsError, match="choose one of"):
+        RealNetns("nftables")
+    with pytest.raises(NetnsError, match="choose one of"):
+        FakeNetns(backend="bogus")
+
+
+def test_backend_tool_names(monkeypatch):
+    have = {"iptables-nft-restore", "ip6tables-legacy-save", "iptables"}
+    monkeypatch.setattr(netnsmod.shutil, "which", lambda n: f"/usr/sbin/{n}" if n in have else None)
+    monkeypatch.setattr(netnsmod, "system_backend", lambda: "nft")
+    assert backend_tool("restore", 4, "nft") == "iptables-nft-restore"
+    assert backend_tool("save", 6, "legacy") == "ip6tables-legacy-save"
+    assert backend_tool("", 4, "nft") == "iptables"  # only the plain name: fine for the system's own backend
+    with pytest.raises(NetnsError, match="iptables-legacy is not installed"):
+        backend_tool("", 4, "legacy")
+
+
+def test_restore_reason_drops_nft_warnings():
+    err = ("# Warning: iptables-legacy tables present, use iptables-legacy to see them\n"
+           "iptables-restore v1.8.9 (nf_tables): line 3: RULE_APPEND failed (No such file or directory)\n")
+    assert restore_reason(err) == "RULE_APPEND failed (No such file or directory)"
+
+
+def test_fake_backends_are_separate_and_auto_follows_the_tables():
+    ops = FakeNetns(system="nft")
+    ops.create("rgt-inc-f")
+    assert ops.backend_for("rgt-inc-f") == "nft"  # fresh: the system's
+    legacy = ops.view("legacy")
+    legacy.iptables_restore("rgt-inc-f", BASE)
+    assert ops.backend_for("rgt-inc-f") == "legacy"  # now in use
+    assert "KUBE-A" in ops.iptables_save("rgt-inc-f")
+    assert "KUBE-A" not in ops.view("nft").iptables_save("rgt-inc-f")
+    ops.view("nft").iptables_restore("rgt-inc-f", "*filter\n:KUBE-F - [0:0]\nCOMMIT\n")
+    assert ops.backend_for("rgt-inc-f") == "nft"  # both in use, neither has KUBE-SERVICES: the system's
+    legacy.iptables_restore("rgt-inc-f", "*nat\n:KUBE-SERVICES - [0:0]\nCOMMIT\n")
+    assert ops.backend_for("rgt-inc-f") == "legacy"  # only legacy has kube-proxy's rules
+    assert FakeNetns(system="legacy").backend_for("rgt-inc-gone") == "legacy"
+
+
+def test_fake_generation_counts_committed_tables_on_nft_only():
+    ops = FakeNetns()
+    ops.create("rgt-inc-f")
+    g0 = ops.generation("rgt-inc-f")
+    ops.iptables_restore("rgt-inc-f", "*filter\n:KUBE-F - [0:0]\nCOMMIT\n*nat\n:KUBE-A - [0:0]\nCOMMIT\n")
+    assert ops.generation("rgt-inc-f") == g0 + 2
+    ops.iptables_restore("rgt-inc-f", "*nat\n:KUBE-B - [0:0]\nCOMMIT\n", test=True)
+    ops.check_rule("rgt-inc-f", "nat", "PREROUTING", "-j KUBE-A")
+    assert ops.list_chains("rgt-inc-f", 4, "nat", ["KUBE-A"]) == {"KUBE-A": []}
+    assert ops.generation("rgt-inc-f") == g0 + 2  # tests, checks and listings change nothing
+    with pytest.raises(ApplyError):
+        ops.iptables_restore("rgt-inc-f", "*nat\n-A KUBE-A -j KUBE-NOPE\nCOMMIT\n")
+    assert ops.generation("rgt-inc-f") == g0 + 2  # a refused table commits nothing
+    assert ops.view("legacy").generation("rgt-inc-f") is None
+
+
+def test_fake_list_chains(fake):
+    assert fake.list_chains("rgt-apply-f", 4, "nat", ["KUBE-A", "PREROUTING"]) == {
+        "KUBE-A": ['-m comment --comment "to b" -j KUBE-B'], "PREROUTING": ["-j KUBE-A"]}
+    assert fake.list_chains("rgt-apply-f", 4, "nat", ["KUBE-A", "KUBE-GONE"]) is None
+    assert fake.list_chains("rgt-apply-f", 4, "nat", []) == {}
+
+
+def test_split_listing_reads_iptables_S_output():
+    text = ("-P PREROUTING ACCEPT\n-A PREROUTING -j KUBE-A\n-N KUBE-A\n"
+            '-A KUBE-A -m comment --comment "x y" -j KUBE-B\n-N KUBE-EMPTY\n')
+    assert split_listing(text, ["PREROUTING", "KUBE-A", "KUBE-EMPTY"]) == {
+        "PREROUTING": ["-j KUBE-A"], "KUBE-A": ['-m comment --comment "x y" -j KUBE-B'], "KUBE-EMPTY": []}
+
+
+BIG = """*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-SVC-A - [0:0]
+:KUBE-SEP-A - [0:0]
+-A KUBE-SERVICES -d 10.96.0.1 -j KUBE-SVC-A
+-A KUBE-SVC-A -j KUBE-SEP-A
+-A KUBE-SEP-A -p tcp -j DNAT --to-destination 10.0.0.1:80
+-I OUTPUT 1 -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-I PREROUTING 1 -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-X KUBE-SEP-OLD
+COMMIT
+*filter
+:KUBE-FIREWALL - [0:0]
+-A KUBE-FIREWALL -j DROP
+COMMIT
+"""
+
+
+def test_nft_payload_small_is_untouched():
+    assert nft_payload(BIG) == (BIG, None)
+
+
+def test_nft_payload_puts_S_after_builtin_commands(monkeypatch):
+    monkeypatch.setattr(netnsmod, "NFT_CHAIN_LIST_MAX", 5)  # nat: 7 commands x 3 chains; filter: 2 x 1
+    text, where = nft_payload(BIG)
+    sent = text.splitlines()
+    orig = BIG.splitlines()
+    assert sent.count("-S") == 1 and sorted(ln for ln in sent if ln != "-S") == sorted(orig)
+    s = sent.index("-S")
+    # before -S: the built-in chains' commands and the declaration of what they jump to
+    assert sent[1:s] == [":KUBE-SERVICES - [0:0]", orig[7], orig[8]]
+    assert sent[s + 1] == ":KUBE-SVC-A - [0:0]" and sent[-5:] == orig[-5:]  # filter as it was
+    for chain in ("KUBE-SERVICES", "KUBE-SVC-A", "PREROUTING"):  # each chain's own order kept
+        mine = [ln for ln in sent if ln.split(" ")[1:2] == [chain]]
+        assert mine == [ln for ln in orig if ln.split(" ")[1:2] == [chain]]
+    assert [orig[w - 1] if w else "-S" for w in where] == sent  # every sent line maps back
+    # an error reported against the sent text is renumbered to the caller's payload
+    n = sent.index("-X KUBE-SEP-OLD") + 1
+    want = orig.index("-X KUBE-SEP-OLD") + 1
+    assert _renumber(f"line {n}: CHAIN_DEL failed", where) == f"line {want}: CHAIN_DEL failed"
+
+
+def test_nft_payload_leaves_unusual_shapes_alone(monkeypatch):
+    monkeypatch.setattr(netnsmod, "NFT_CHAIN_LIST_MAX", 0)
+    mixed = "*nat\n:KUBE-A - [0:0]\n-A KUBE-A -j ACCEPT\n:KUBE-B - [0:0]\n-A KUBE-B -j ACCEPT\nCOMMIT\n"
+    assert nft_payload(mixed) == (mixed, None)  # a declaration after a rule: no reasoning covers a move
+
+
+# ---------------------------------------------------------------------- real backends (rgt-inc-)
+
+has_legacy = pytest.mark.skipif(not shutil.which("iptables-legacy-restore"), reason="needs iptables-legacy-restore")
+has_nft = pytest.mark.skipif(not shutil.which("iptables-nft-restore"), reason="needs iptables-nft-restore")
+
+
+@pytest.fixture
+def inc():
+    """Namespaces named rgt-inc-*, deleted afterwards whatever happens."""
+    names: list[str] = []
+
+    def make(ops) -> str:
+        n = f"rgt-inc-{uuid.uuid4().hex[:8]}"
+        names.append(n)
+        ops.create(n)
+        return n
+
+    try:
+        yield make
+    finally:
+        for n in names:
+            subprocess.run(["ip", "netns", "del", n], capture_output=True)
+        assert not [n for n in names if os.path.exists(f"/run/netns/{n}")]
+
+
+@root
+@needs_root
+@has_nft
+def test_real_generation_and_identity(inc):
+    ops = RealNetns("nft")
+    ns = inc(ops)
+    g0 = ops.generation(ns)
+    assert isinstance(g0, int)
+    ops.iptables_restore(ns, "*filter\n:KUBE-F - [0:0]\nCOMMIT\n*nat\n:KUBE-A - [0:0]\n-A KUBE-A -j RETURN\nCOMMIT\n")
+    assert ops.generation(ns) == g0 + 2  # one step per committed table
+    ops.iptables_restore(ns, "*nat\n:KUBE-B - [0:0]\nCOMMIT\n", test=True)
+    assert ops.check_rule(ns, "nat", "KUBE-A", "-j RETURN")
+    assert ops.list_chains(ns, 4, "nat", ["KUBE-A"]) == {"KUBE-A": ["-j RETURN"]}
+    assert ops.list_chains(ns, 4, "nat", ["KUBE-A", "KUBE-GONE"]) is None
+    assert ops.generation(ns) == g0 + 2
+    with pytest.raises(ApplyError):
+        ops.iptables_restore(ns, "*nat\n-A KUBE-A -j KUBE-NOPE\nCOMMIT\n")
+    assert ops.generation(ns) == g0 + 2
+    subprocess.run(["ip", "netns", "exec", ns, "iptables-nft", "-t", "nat", "-A", "KUBE-A", "-j", "ACCEPT"], check=True)
+    assert ops.generation(ns) == g0 + 3  # anybody's change counts
+    # identity: the namespace cookie tells a namespace made again apart even on the same inode
+    first = ops.identity(ns)
+    assert first.count(":") >= 3
+    ops.delete(ns)
+    ops.create(ns)
+    assert ops.identity(ns) != first
+    assert RealNetns("legacy").generation(ns) is None
+
+
+@root
+@needs_root
+@has_nft
+@has_legacy
+def test_real_auto_follows_the_backend_in_use(inc):
+    auto = RealNetns()
+    ns = inc(auto)
+    assert auto.backend_for(ns) == netnsmod.system_backend()  # fresh
+    RealNetns("legacy").iptables_restore(ns, BASE)
+    auto2 = RealNetns()
+    assert auto2.backend_for(ns) == "legacy"
+    assert "KUBE-A" in auto2.iptables_save(ns) and "KUBE-A" not in RealNetns("nft").iptables_save(ns)
+    assert auto2.list_chains(ns, 4, "nat", ["KUBE-B"]) == {"KUBE-B": ["-j ACCEPT"]}  # legacy lists in --test
+    assert "KUBE-A" in RealNetns("legacy").iptables_save(ns)  # and --test changed nothing
+    RealNetns("nft").iptables_restore(ns, "*nat\n:KUBE-SERVICES - [0:0]\nCOMMIT\n")
+    assert RealNetns().backend_for(ns) == "nft"  # both in use: the one with kube-proxy's KUBE-SERVICES
+
+
+@root
+@needs_root
+@has_nft
+def test_real_nft_payload_with_S_loads_the_same_rules(inc, monkeypatch):
+    ops = RealNetns("nft")
+    plain, tricked = inc(ops), inc(ops)
+    payload = BIG.replace("-X KUBE-SEP-OLD\n", "")
+    ops.iptables_restore(plain, payload)
+    monkeypatch.setattr(netnsmod, "NFT_CHAIN_LIST_MAX", 0)
+    assert nft_payload(payload)[1] is not None
+    ops.iptables_restore(tricked, payload)  # a fresh table: built-in chains made before -S
+    assert chains(ops, plain) == chains(ops, tricked) and chains(ops, plain)["OUTPUT"]
+    assert chains(ops, plain, "filter") == chains(ops, tricked, "filter")
+    with pytest.raises(ApplyError) as ei:  # errors still name the caller's line
+        ops.iptables_restore(tricked, payload.replace("-A KUBE-FIREWALL -j DROP", "-A KUBE-FIREWALL -j KUBE-NOPE"))
+    assert ei.value.line == "-A KUBE-FIREWALL -j KUBE-NOPE"

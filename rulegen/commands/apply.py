@@ -14,6 +14,15 @@ import click
 
 from ..apply import apply
 from ..cli import flags_of, guarded, run_compile, settings_options
+from ..netns import BACKENDS
+
+BACKEND_HELP = (
+    "Which iptables to load with: 'nft' (iptables-nft, what current distributions install as "
+    "`iptables`), 'legacy' (iptables-legacy), or 'auto': the one that already has tables in the "
+    "namespace, else the system's `iptables` (as kube-proxy's iptables-wrapper picks). The nft "
+    "backend is much slower to load large rulesets (tens of seconds at 10k Services, where legacy "
+    "takes seconds; kube-proxy pays the same cost), but sends a small change in milliseconds, "
+    "where legacy rewrites the whole table.")
 
 
 @click.command("apply")
@@ -21,14 +30,21 @@ from ..cli import flags_of, guarded, run_compile, settings_options
 @click.option("--netns", required=True, help="The network namespace to load the rules into.")
 @click.option("--create", is_flag=True, help="Create the namespace when it does not exist.")
 @click.option("--dry-run", is_flag=True, help="Print the payload that would be sent; send nothing.")
+@click.option("--iptables-backend", "backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help=BACKEND_HELP)
 @click.option("--timings", is_flag=True, help="Per-stage times on stderr.")
 @settings_options
 @guarded
-def command(files, netns, create, dry_run, timings, config_path, **kw):
-    """Load the compiled rules into namespace NETNS, sending only what changed."""
+def command(files, netns, create, dry_run, backend, timings, config_path, **kw):
+    """Load the compiled rules into namespace NETNS, sending only what changed.
+
+    A cache of the last apply (under /run/rulegen, or $RULEGEN_STATE_DIR)
+    spares re-reading unchanged rules when the kernel proves nothing changed
+    since (iptables-nft); otherwise the live tables are read and compared.
+    """
     flags = flags_of(kw)
     c = run_compile(files, flags, config_path)
-    res = apply(c, netns, create=create, dry_run=dry_run)
+    res = apply(c, netns, create=create, dry_run=dry_run, backend=backend)
     if dry_run:
         sys.stdout.write(res.payload)
         sys.stdout.flush()

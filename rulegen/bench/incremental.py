@@ -1,0 +1,316 @@
+"""The incremental-apply benchmark of issue 5: one endpoint change on a large namespace, in the kernel.
+
+For each iptables backend asked for (`--backend nft|legacy|both|auto`), it
+generates a cluster (`rulegen.bench.gen`, one seed), loads it with `rulegen
+apply` into a fresh network namespace (`rgt-inc-*`), changes one endpoint's
+address, applies again, and checks that the live tables then equal those of
+a second fresh namespace given the changed cluster in one full apply (every
+chain of every table, in the kernel's own spelling; counters and chain
+order aside). It prints a Markdown report: full apply seconds and lines,
+incremental seconds and lines and their share of the full payload, a
+repeat with nothing changed, and the stage timings of each apply. Times
+are wall-clock (the kernel's work counts); "apply" is `rulegen.apply`
+alone, "load+compile" the pipeline before it. The budget (incremental
+apply under 1 s, under 1% of the full payload's lines) is judged per
+backend; `--check-budget` makes a miss on the system's own backend exit 1.
+A mismatch between the two namespaces always exits 1. Namespaces and the
+state directory are removed at the end, also on failure and Ctrl-C. Needs
+root. `python -m rulegen.bench.incremental --services 10000 --endpoints 10`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import gen
+
+BUDGET_SECONDS = 1.0
+BUDGET_SHARE = 0.01
+CHANGED_IP = "10.255.254.7"  # inside the generated cluster CIDR (10.128.0.0/9), used by no pod
+STAGE_ORDER = ("create", "read-cache", "read-live", "diff", "list", "jumps", "prepare", "test", "restore", "cache")
+
+
+@dataclass
+class Run:
+    """One apply: what it sent and how long each part took."""
+
+    label: str
+    compile_s: float
+    apply_s: float
+    lines: int
+    source: str
+    summary: str
+    stages: list[tuple[str, float]]
+
+
+@dataclass
+class Result:
+    backend: str
+    services: int
+    endpoints: int
+    runs: list[Run] = field(default_factory=list)
+    equal: bool | None = None
+    differences: list[str] = field(default_factory=list)
+    error: str = ""
+
+    def run(self, label: str) -> Run | None:
+        return next((r for r in self.runs if r.label == label), None)
+
+    def budget(self) -> tuple[bool, str] | None:
+        full, inc = self.run("full"), self.run("incremental")
+        if full is None or inc is None or not full.lines:
+            return None
+        share = inc.lines / full.lines
+        ok = inc.apply_s < BUDGET_SECONDS and share < BUDGET_SHARE
+        return ok, (f"incremental apply {inc.apply_s:.3f} s (< {BUDGET_SECONDS:g} s: "
+                    f"{'yes' if inc.apply_s < BUDGET_SECONDS else 'no'}), "
+                    f"{inc.lines} of {full.lines} lines = {share * 100:.4f}% "
+                    f"(< {BUDGET_SHARE * 100:g}%: {'yes' if share < BUDGET_SHARE else 'no'})")
+
+
+def change_one_endpoint(objs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """A copy of OBJS where the first endpoint of the first non-empty slice has a new address."""
+    out = json.loads(json.dumps(objs))
+    for o in out:
+        if o.get("kind") == "EndpointSlice" and o.get("endpoints"):
+            ep = o["endpoints"][0]
+            old = ep["addresses"][0]
+            ep["addresses"] = [CHANGED_IP]
+            meta = o["metadata"]
+            return out, f"{meta['namespace']}/{meta['name']}: endpoint {old} -> {CHANGED_IP}"
+    raise SystemExit("rulegen.bench.incremental: the generated cluster has no endpoints to change")
+
+
+def _compile(path: str):
+    from ..diagnostics import Report
+    from ..pipeline import compile_files
+
+    t0 = time.perf_counter()
+    c = compile_files([path], {}, Report())
+    return c, time.perf_counter() - t0
+
+
+def _apply(c, ns: str, ops, state: str, create: bool, label: str, compile_s: float) -> Run:
+    from ..apply import apply
+
+    t0 = time.perf_counter()
+    res = apply(c, ns, create=create, ops=ops, state_dir=state)
+    wall = time.perf_counter() - t0
+    return Run(label, compile_s, wall, res.lines, res.source, res.summary(), list(res.timings))
+
+
+def live_chains(ops, ns: str, family: int = 4) -> dict[tuple[str, str], list[str]]:
+    """Every chain's rules as the kernel prints them (empty built-ins dropped)."""
+    from ..backends.iptables.ir import BUILTIN_CHAINS
+    from ..backends.iptables.parse import parse
+
+    out: dict[tuple[str, str], list[str]] = {}
+    for t in parse(ops.iptables_save(ns, family), source=f"netns {ns}", family=family).tables:
+        for chain, specs in t.by_chain().items():
+            if specs or chain not in BUILTIN_CHAINS.get(t.name, ()):
+                out[(t.name, chain)] = specs
+    return out
+
+
+def compare(a: dict[tuple[str, str], list[str]], b: dict[tuple[str, str], list[str]]) -> list[str]:
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            table, chain = key
+            what = "only after the incremental apply" if key not in b else \
+                "only after the fresh apply" if key not in a else "rules differ"
+            diffs.append(f"{table} {chain}: {what}")
+    return diffs
+
+
+def bench_backend(backend: str, services: int, endpoints: int, seed: int, workdir: str,
+                  names: list[str], repeat: bool = True) -> Result:
+    from ..netns import RealNetns
+
+    ops = RealNetns(backend)
+    res = Result(backend, services, endpoints)
+    tag = uuid.uuid4().hex[:6]
+    ns, fresh = f"rgt-inc-{backend[:3]}-{tag}-a", f"rgt-inc-{backend[:3]}-{tag}-b"
+    names += [ns, fresh]
+    state = os.path.join(workdir, f"state-{backend}")
+    objs = gen.generate(services, endpoints, seed)
+    changed, what = change_one_endpoint(objs)
+    before_path, after_path = os.path.join(workdir, "before.json"), os.path.join(workdir, "after.json")
+    for path, o in ((before_path, objs), (after_path, changed)):
+        with open(path, "w") as f:
+            gen.write(o, "json", f)
+    del objs, changed
+
+    c, cs = _compile(before_path)
+    res.runs.append(_apply(c, ns, ops, state, True, "full", cs))
+    if repeat:
+        res.runs.append(_apply(c, ns, ops, state, False, "repeat (no change)", 0.0))
+    del c
+    c2, cs2 = _compile(after_path)
+    inc = _apply(c2, ns, ops, state, False, "incremental", cs2)
+    inc.summary += f"\n  change: {what}"
+    res.runs.append(inc)
+    # The reference: the changed cluster loaded whole into a namespace of its own.
+    res.runs.append(_apply(c2, fresh, ops, os.path.join(workdir, f"state-{backend}-ref"), True,
+                           "fresh full (reference)", cs2))
+    del c2
+    res.differences = compare(live_chains(ops, ns), live_chains(ops, fresh))
+    res.equal = not res.differences
+    return res
+
+
+def report(results: list[Result], system: str, elapsed: float) -> str:
+    out = ["# rulegen apply: incremental update in the kernel", ""]
+    out.append(f"One endpoint change on a generated cluster, applied with `rulegen apply` into a network "
+               f"namespace; the system's `iptables` is iptables-{system}. Wall-clock seconds; *apply* is "
+               f"`rulegen.apply` alone (reading what is live, comparing, iptables-restore, cache), "
+               f"*load+compile* the pipeline before it. Total run: {elapsed:.1f} s.")
+    out.append("")
+    out.append("| backend | Services × endpoints | apply | load+compile | apply s | lines sent | % of full "
+               "| live state from |")
+    out.append("|---|---|---|---:|---:|---:|---:|---|")
+    for r in results:
+        full = r.run("full")
+        for run in r.runs:
+            share = f"{run.lines / full.lines * 100:.4f}" if full and full.lines else "-"
+            out.append(f"| {r.backend} | {r.services} × {r.endpoints} | {run.label} | {run.compile_s:.3f} | "
+                       f"{run.apply_s:.3f} | {run.lines} | {share} | "
+                       f"{'cache (nothing read)' if run.source == 'cache' else 'iptables-save'} |")
+    out.append("")
+    for r in results:
+        out.append(f"## {r.backend}, {r.services} Services × {r.endpoints} endpoints")
+        out.append("")
+        if r.error:
+            out.append(f"**error**: {r.error}")
+            out.append("")
+            continue
+        b = r.budget()
+        if b is not None:
+            out.append(f"- budget (issue 5): **{'met' if b[0] else 'missed'}**: {b[1]}")
+        if r.equal is not None:
+            out.append(f"- live state after the incremental apply equals a fresh full apply: "
+                       f"**{'yes' if r.equal else 'NO'}**")
+            for d in r.differences[:20]:
+                out.append(f"  - {d}")
+        inc = r.run("incremental")
+        if inc:
+            out.append(f"- {inc.summary.splitlines()[-1].strip()}")
+        out.append("")
+        seen = {s for run in r.runs for s, _ in run.stages}
+        stages = [s for s in STAGE_ORDER if s in seen] + sorted(seen - set(STAGE_ORDER))
+        out.append("| stage (ms) | " + " | ".join(run.label for run in r.runs) + " |")
+        out.append("|---|" + "---:|" * len(r.runs))
+        for s in stages:
+            cells = []
+            for run in r.runs:
+                t = sum(x for n, x in run.stages if n == s)
+                cells.append(f"{t * 1000:.1f}" if any(n == s for n, _ in run.stages) else "")
+            out.append(f"| {s} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def _delete_namespaces(names: list[str]) -> list[str]:
+    """Delete the namespaces this run made (only those); return any that would not go."""
+    left = []
+    for n in names:
+        if os.path.exists(f"/run/netns/{n}"):
+            subprocess.run(["ip", "netns", "del", n], capture_output=True)
+            if os.path.exists(f"/run/netns/{n}"):
+                left.append(n)
+    return left
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rulegen.bench.incremental", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--services", type=int, default=10000, help="Services (default 10000)")
+    ap.add_argument("--endpoints", type=int, default=10, help="endpoints per Service (default 10)")
+    ap.add_argument("--backend", choices=("both", "auto", "nft", "legacy"), default="both",
+                    help="iptables backend(s) to measure (default both; auto = the system's)")
+    ap.add_argument("--nft-services", type=int, default=None,
+                    help="Services for the nft run when it should be smaller (default: --services)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--no-repeat", action="store_true", help="skip the no-change repeat")
+    ap.add_argument("--check-budget", action="store_true",
+                    help="exit 1 when the system backend misses the budget")
+    ap.add_argument("-o", "--output", default="", help="also write the Markdown report here")
+    args = ap.parse_args(argv)
+    if args.services < 1 or args.endpoints < 1:
+        print("rulegen.bench.incremental: --services and --endpoints must be at least 1", file=sys.stderr)
+        return 2
+    if os.geteuid() != 0:
+        print("rulegen.bench.incremental needs root (network namespaces and iptables-restore)", file=sys.stderr)
+        return 2
+    from ..diagnostics import UsageError
+    from ..netns import backend_tool, system_backend
+
+    system = system_backend()
+    backends = {"both": ["nft", "legacy"], "auto": [system]}.get(args.backend, [args.backend])
+    for b in list(backends):
+        try:
+            backend_tool("restore", 4, b)
+        except UsageError as e:
+            print(f"rulegen.bench.incremental: skipping {b}: {e}", file=sys.stderr)
+            backends.remove(b)
+    if not backends:
+        return 2
+
+    workdir = tempfile.mkdtemp(prefix="rulegen-inc-")
+    names: list[str] = []
+    results: list[Result] = []
+    t0 = time.perf_counter()
+    old_term = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        for b in backends:
+            n = args.nft_services if (b == "nft" and args.nft_services) else args.services
+            print(f"rulegen.bench.incremental: {b}: {n} Services × {args.endpoints} endpoints ...",
+                  file=sys.stderr, flush=True)
+            try:
+                results.append(bench_backend(b, n, args.endpoints, args.seed, workdir, names,
+                                             repeat=not args.no_repeat))
+            except UsageError as e:
+                r = Result(b, n, args.endpoints, error=str(e))
+                results.append(r)
+            _delete_namespaces(names)  # each backend's namespaces go as soon as it is done
+    except KeyboardInterrupt:
+        print("rulegen.bench.incremental: interrupted; cleaning up", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        left = _delete_namespaces(names)
+        shutil.rmtree(workdir, ignore_errors=True)
+        if left:
+            print(f"rulegen.bench.incremental: could not delete namespaces {left}", file=sys.stderr)
+    text = report(results, system, time.perf_counter() - t0)
+    sys.stdout.write(text)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+    status = 0
+    if any(r.equal is False or r.error for r in results):
+        status = 1
+    if args.check_budget:
+        for r in results:
+            b = r.budget()
+            if r.backend == system and (b is None or not b[0]):
+                status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
