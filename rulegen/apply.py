@@ -43,13 +43,11 @@ the slow path, taken whenever the check fails.
 """
 from __future__ import annotations
 
-import gc
 import hashlib
 import os
 import re
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -57,6 +55,7 @@ import msgspec
 
 from .backends.iptables.ir import BUILTIN_CHAINS, Rule, Ruleset
 from .diagnostics import UsageError
+from .pipeline import gc_paused
 from .netns import ApplyError, Netns, RealNetns, check_name, restore_reason, restore_tool, rule_target
 
 # Live chains with these prefixes belong to kube-proxy's per-service state
@@ -114,19 +113,6 @@ class _Clock:
         now = time.perf_counter()
         self.stages.append((name, now - self._t))
         self._t = now
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    # A 10k-Service compile is ~500k live objects; the collector's full
-    # passes over them cost several times the comparison itself.
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 # ---------------------------------------------------------------------- entry
@@ -375,7 +361,7 @@ class _CacheDisagrees(Exception):
 @applier("iptables")
 def apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool = False,
                    state_dir: str | None = None) -> ApplyResult:
-    with _gc_paused():
+    with gc_paused(freeze=False):
         try:
             return _apply_iptables(compiled, netns, ops, dry_run, state_dir, trust_cache=True)
         except _CacheDisagrees:
