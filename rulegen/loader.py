@@ -287,6 +287,19 @@ def _bool(v: Any, fld: str) -> bool | None:
     return v
 
 
+def _parsed(items: list, fld: str, cx: "_Ctx", cidr: bool = False, strip: bool = False) -> list[str]:
+    """Each entry of an address or CIDR list in canonical form; bad ones reported and left out."""
+    parse, what = (parse_cidr, "CIDR") if cidr else (parse_ip, "IP address")
+    out = []
+    for i, v in enumerate(items):
+        canon = parse(v.strip() if strip else v) if isinstance(v, str) else None
+        if canon is None:
+            cx.warn(f"{fld}[{i}]", f"{v!r} is not a valid {what} (left out)")
+        else:
+            out.append(canon)
+    return out
+
+
 class _Ctx:
     """Reports problems for one object at one place."""
 
@@ -380,13 +393,7 @@ def _service(doc: dict, cx: _Ctx) -> Service | None:
         except _Bad as e:
             cx.warn(e.field, e.message + " (port left out)")
 
-    ext_ips = []
-    for i, ip in enumerate(_list(spec.get("externalIPs"), "spec.externalIPs")):
-        canon = parse_ip(ip) if isinstance(ip, str) else None
-        if canon is None:
-            cx.warn(f"spec.externalIPs[{i}]", f"{ip!r} is not a valid IP address (left out)")
-        else:
-            ext_ips.append(canon)
+    ext_ips = _parsed(_list(spec.get("externalIPs"), "spec.externalIPs"), "spec.externalIPs", cx)
 
     ingress = []
     lb = _map(status.get("loadBalancer"), "status.loadBalancer")
@@ -406,13 +413,8 @@ def _service(doc: dict, cx: _Ctx) -> Service | None:
             mode = None
         ingress.append(LBIngress(canon, mode))
 
-    ranges = []
-    for i, r in enumerate(_list(spec.get("loadBalancerSourceRanges"), "spec.loadBalancerSourceRanges")):
-        canon = parse_cidr(r.strip()) if isinstance(r, str) else None
-        if canon is None:
-            cx.warn(f"spec.loadBalancerSourceRanges[{i}]", f"{r!r} is not a valid CIDR (left out)")
-        else:
-            ranges.append(canon)
+    fld = "spec.loadBalancerSourceRanges"
+    ranges = _parsed(_list(spec.get("loadBalancerSourceRanges"), fld), fld, cx, cidr=True, strip=True)
 
     def policy(key: str) -> str:
         v = _str(spec.get(key), f"spec.{key}", "Cluster") or "Cluster"
@@ -625,27 +627,15 @@ def _node(doc: dict, cx: _Ctx) -> Node:
     for ip in internal + external:
         if ip not in addrs:
             addrs.append(ip)
-    cidrs = []
     raw = _list(spec.get("podCIDRs"), "spec.podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
-    for i, c in enumerate(raw):
-        canon = parse_cidr(c) if isinstance(c, str) else None
-        if canon is None:
-            cx.warn(f"spec.podCIDRs[{i}]", f"{c!r} is not a valid CIDR (left out)")
-        else:
-            cidrs.append(canon)
+    cidrs = _parsed(raw, "spec.podCIDRs", cx, cidr=True)
     return Node(name, tuple(addrs), tuple(cidrs), labels.get(ZONE_LABEL), labels)
 
 
 def _service_cidr(doc: dict, cx: _Ctx) -> ServiceCIDR:
     _, name = _meta(doc, namespaced=False)
     spec = _map(doc.get("spec"), "spec")
-    cidrs = []
-    for i, c in enumerate(_list(spec.get("cidrs"), "spec.cidrs")):
-        canon = parse_cidr(c) if isinstance(c, str) else None
-        if canon is None:
-            cx.warn(f"spec.cidrs[{i}]", f"{c!r} is not a valid CIDR (left out)")
-        else:
-            cidrs.append(canon)
+    cidrs = _parsed(_list(spec.get("cidrs"), "spec.cidrs"), "spec.cidrs", cx, cidr=True)
     return ServiceCIDR(name, tuple(cidrs))
 
 
