@@ -32,6 +32,8 @@ from rulegen.loader import load_objects
 from rulegen.netns import ApplyError, FakeNetns, RealNetns
 from rulegen.pipeline import Compiled, Timings, compile_files, compile_inputs
 
+from nshelp import namespace_names
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "web-frontend" / "cluster.yaml"
 
@@ -487,21 +489,8 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("iptables-
 @pytest.fixture
 def real(tmp_path):
     """RealNetns plus a name factory; every namespace it names is deleted afterwards."""
-    ops = RealNetns()
-    names: list[str] = []
-
-    def name() -> str:
-        n = f"rgt-apply-{uuid.uuid4().hex[:8]}"
-        names.append(n)
-        return n
-
-    try:
-        yield ops, name, str(tmp_path / "state")
-    finally:
-        for n in names:
-            subprocess.run(["ip", "netns", "del", n], capture_output=True)
-        leftover = [n for n in names if os.path.exists(f"/run/netns/{n}")]
-        assert not leftover, f"namespaces left behind: {leftover}"
+    with namespace_names("rgt-apply") as name:
+        yield RealNetns(), name, str(tmp_path / "state")
 
 
 def save_chains(ops: RealNetns, ns: str, family: int = 4) -> dict[str, dict[str, list[str]]]:
@@ -824,19 +813,8 @@ has_nft = pytest.mark.skipif(not shutil.which("iptables-nft-restore"), reason="n
 @pytest.fixture
 def inc(tmp_path):
     """A name factory for rgt-inc-* namespaces, each deleted afterwards whatever happens."""
-    names: list[str] = []
-
-    def name() -> str:
-        n = f"rgt-inc-{uuid.uuid4().hex[:8]}"
-        names.append(n)
-        return n
-
-    try:
+    with namespace_names("rgt-inc") as name:
         yield name, str(tmp_path / "state")
-    finally:
-        for n in names:
-            subprocess.run(["ip", "netns", "del", n], capture_output=True)
-        assert not [n for n in names if os.path.exists(f"/run/netns/{n}")]
 
 
 @root

@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import subprocess
-import uuid
 
 import pytest
 
@@ -19,6 +18,8 @@ import rulegen.netns as netnsmod
 from rulegen.backends.iptables.parse import parse
 from rulegen.netns import (ApplyError, FakeNetns, NetnsError, RealNetns, _renumber, backend_tool, check_name,
                            choose_backend, nft_payload, restore_error, restore_reason, rule_target, split_listing)
+
+from nshelp import namespace_names
 
 BASE = """*nat
 :KUBE-A - [0:0]
@@ -173,20 +174,14 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("iptables-
 @pytest.fixture
 def real():
     ops = RealNetns()
-    names: list[str] = []
+    with namespace_names("rgt-apply") as name:
 
-    def make() -> str:
-        n = f"rgt-apply-{uuid.uuid4().hex[:8]}"
-        names.append(n)
-        ops.create(n)
-        return n
+        def make() -> str:
+            n = name()
+            ops.create(n)
+            return n
 
-    try:
         yield ops, make
-    finally:
-        for n in names:
-            subprocess.run(["ip", "netns", "del", n], capture_output=True)
-        assert not [n for n in names if os.path.exists(f"/run/netns/{n}")]
 
 
 @root
@@ -452,20 +447,14 @@ has_nft = pytest.mark.skipif(not shutil.which("iptables-nft-restore"), reason="n
 @pytest.fixture
 def inc():
     """Namespaces named rgt-inc-*, deleted afterwards whatever happens."""
-    names: list[str] = []
+    with namespace_names("rgt-inc") as name:
 
-    def make(ops) -> str:
-        n = f"rgt-inc-{uuid.uuid4().hex[:8]}"
-        names.append(n)
-        ops.create(n)
-        return n
+        def make(ops) -> str:
+            n = name()
+            ops.create(n)
+            return n
 
-    try:
         yield make
-    finally:
-        for n in names:
-            subprocess.run(["ip", "netns", "del", n], capture_output=True)
-        assert not [n for n in names if os.path.exists(f"/run/netns/{n}")]
 
 
 @root
