@@ -43,7 +43,6 @@ the slow path, taken whenever the check fails.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import time
@@ -53,7 +52,7 @@ from typing import Any, Callable, Iterable
 
 import msgspec
 
-from .backends.iptables.ir import BUILTIN_CHAINS, Rule, Ruleset
+from .backends.iptables.ir import BUILTIN_CHAINS, Rule, TableView, chain_digest, views
 from .diagnostics import UsageError
 from .pipeline import gc_paused
 from .netns import ApplyError, Netns, RealNetns, check_name, restore_reason, restore_tool, rule_target
@@ -67,6 +66,7 @@ READBACK_MIN = 64  # sent chains from which reading them back beats comparing th
 DECLARE_SORTED_MIN = 256  # declared chains from which they are sent in descending name order
 LISTBACK_MAX = 256  # sent chains up to which a fast run lists them back to learn their spelling
 DEFAULT = object()  # "pick the usual state directory"
+COMPILE_CACHE = "compile.msgpack"  # the incremental compile's cache, beside the apply cache
 
 
 @dataclass
@@ -177,7 +177,7 @@ def default_state_dir() -> str | None:
 # ---------------------------------------------------------------------- cache
 
 
-def _live_reader() -> tuple[Callable[..., Ruleset], Callable[[str], str]]:
+def _live_reader() -> tuple[Callable[..., Any], Callable[[str], str]]:
     from .backends.iptables.parse import parse
     from .backends.iptables.spec import canonical
 
@@ -185,7 +185,7 @@ def _live_reader() -> tuple[Callable[..., Ruleset], Callable[[str], str]]:
 
 
 def _digest(specs: Iterable[str]) -> str:
-    return hashlib.blake2b("\n".join(specs).encode(), digest_size=12).hexdigest()
+    return chain_digest(specs)
 
 
 class _TableState(msgspec.Struct):
@@ -296,12 +296,14 @@ def prune_state(state_dir: str | None, ops: Netns) -> None:
                 continue
         except UsageError:  # not a namespace name at all: not ours
             continue
+        files = [os.path.join(d, COMPILE_CACHE)]
         for fam in (4, 6):
-            for path in (_cache_path(state_dir, name, fam), _gen_path(state_dir, name, fam)):
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
+            files += [_cache_path(state_dir, name, fam), _gen_path(state_dir, name, fam)]
+        for path in files:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
         try:
             os.rmdir(d)
         except OSError:
@@ -373,8 +375,10 @@ def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_
     from .backends.iptables.compile import jump_rules
 
     settings = compiled.settings
-    want: Ruleset = compiled.ir
-    fam = want.family
+    # A compile that keeps most chains as hashes (the incremental compile) offers
+    # its own views; any other is viewed whole.
+    want: list[TableView] = compiled.views() if hasattr(compiled, "views") else views(compiled.ir)
+    fam = settings.family
     res = ApplyResult(netns, settings.mode, fam, dry_run=dry_run)
     clock = _Clock()
     parse, canonical = _live_reader()
@@ -387,7 +391,7 @@ def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_
     gen0 = ops.generation(netns, fam) if exists else None
     cache = _load_cache(state_dir, netns, fam, identity, backend)
     jumps_all = jump_rules(settings)
-    tables_needed = {t.name for t in want.tables} | {t for t, _, _ in jumps_all}
+    tables_needed = {t.name for t in want} | {t for t, _, _ in jumps_all}
     fresh = False
     if trust_cache and cache is not None and gen0 is not None and state_dir:
         g = _load_generation(state_dir, netns, fam)
@@ -409,18 +413,15 @@ def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_
         clock.lap("read-live")
     known = cache.tables if cache is not None else {}
 
-    wanted_by: dict[str, dict[str, list[str]]] = {}
+    wanted_by: dict[str, TableView] = {}
     wdig: dict[str, dict[str, str]] = {}
     plans: list[_TablePlan] = []
     before: dict[str, _TableState] = {}  # the live state as this run found it
     suspects = 0
-    for wt in want.tables:
+    for wt in want:
         lt = live.setdefault(wt.name, _Live([], {}, {}))
-        wchains = wt.by_chain()
-        wanted_by[wt.name] = wchains
-        b2 = hashlib.blake2b
-        digests = wdig[wt.name] = {c: b2("\n".join(wchains.get(c, ())).encode(), digest_size=12).hexdigest()
-                                   for c in wt.chains}
+        wanted_by[wt.name] = wt
+        digests = wdig[wt.name] = wt.digests()
         tcache = known[wt.name].ours if wt.name in known else {}
         hashed = lt.ours  # from a fresh cache: chains that hold a compile, by its hash
         # Chains known by hash: unchanged exactly when the hashes agree (and
@@ -433,7 +434,7 @@ def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_
             if lspecs is None:
                 added.add(c)
                 continue
-            wspecs = wchains.get(c, [])
+            wspecs = wt.specs(c)
             wd = digests[c]
             ld = _digest(lspecs)
             hit = tcache.get(c)
@@ -463,7 +464,7 @@ def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_
         # for the rollback, and to check the cache once more where it is cheap.
         for p in plans:
             lt = live[p.name]
-            wanted = set(wanted_by[p.name])
+            wanted = set(wanted_by[p.name].chains)
             need = [c for c in lt.ours if c not in lt.specs and
                     (c in p.sent or c in p.delete or c not in wanted)]
             if not need:
@@ -480,7 +481,6 @@ def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_
 
     for p in plans:
         lt = live[p.name]
-        wchains = wanted_by[p.name]
         if p.delete:
             # The rules of every live chain that stays as it is. A chain known
             # only by hash holds the compile's rules, and those jump only to
@@ -492,14 +492,10 @@ def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_
             p.delete = delete
             res.removed += [(p.name, c) for c in delete]
             res.kept += [(p.name, c, by) for c, by in kept]
-        wt = want.table(p.name)
+        wt = wanted_by.get(p.name)
         if wt is None or not p.sent:
             continue
-        if len(p.sent) * 8 > len(wt.chains):
-            sent_set = set(p.sent)
-            p.rules = [r for r in wt.rules if r.chain in sent_set]
-        else:  # a few chains: each chain's rules in order; chains are independent in one commit
-            p.rules = [Rule(c, s) for c in p.sent for s in wchains.get(c, [])]
+        p.rules = wt.rules_of(p.sent)
 
     # Jumps from the built-in chains (spec section 9). Present: a rule there
     # with the same meaning (canonical form), or failing that `-C` says so; a

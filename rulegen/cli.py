@@ -16,7 +16,7 @@ from typing import Any, Callable
 import click
 
 from .diagnostics import Report, UsageError
-from .pipeline import Compiled, compile_files
+from .pipeline import Compiled, compile_files, compile_files_cached
 
 SETTING_KEYS = (
     "mode", "hostname", "node_ip", "cluster_cidr", "service_cidr", "nodeport_addresses",
@@ -88,16 +88,53 @@ def emit_report(report: Report, strict: bool) -> None:
         sys.exit(2)
 
 
-def run_compile(files: tuple[str, ...], flags: dict[str, Any], config_path: str | None) -> Compiled:
+def run_compile(files: tuple[str, ...], flags: dict[str, Any], config_path: str | None,
+                cache_file: str | None = None) -> Compiled:
+    """Compile FILES and print the report; with CACHE_FILE, re-use the compile cached there."""
     if not files:
         raise UsageError("no input files given (use - for standard input)")
     report = Report()
-    c = compile_files(list(files), flags, report, config_path)
+    if cache_file:
+        c = compile_files_cached(list(files), flags, report, config_path, cache_file)
+    else:
+        c = compile_files(list(files), flags, report, config_path)
     emit_report(report, bool(flags.get("strict")))
     return c
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _LazyGroup(click.Group):
+    """Commands beyond `compile` are imported when named, so `rulegen apply` does not load the lab or lint."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from .commands import COMMANDS
+
+        return sorted(set(super().list_commands(ctx)) | {n for n in COMMANDS if _command(n) is not None})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        got = super().get_command(ctx, name)
+        if got is None:
+            from .commands import COMMANDS
+
+            if name in COMMANDS:
+                got = _command(name)
+                if got is not None:
+                    self.add_command(got)
+        return got
+
+
+def _command(name: str) -> click.Command | None:
+    import importlib
+
+    try:
+        mod = importlib.import_module(f"rulegen.commands.{name}")
+    except ModuleNotFoundError as e:
+        if e.name == f"rulegen.commands.{name}":
+            return None
+        raise
+    return mod.command
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="rulegen")
 def main() -> None:
     """Compile Kubernetes Services and EndpointSlices into the rules kube-proxy installs."""
@@ -141,23 +178,6 @@ def parse_args_line(line: str) -> tuple[dict[str, Any], str | None]:
     config = params.pop("config_path", None)
     return flags_of(params), config
 
-
-def _register() -> None:
-    import importlib
-
-    from .commands import COMMANDS
-
-    for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f"rulegen.commands.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"rulegen.commands.{name}":
-                continue
-            raise
-        main.add_command(mod.command)
-
-
-_register()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -92,6 +92,11 @@ def read_documents(name: str, text: str) -> list[Any]:
         except ValueError as e:
             if name.endswith(".json"):
                 raise UsageError(f"{name}: not valid JSON: {e}") from None
+    return read_yaml(name, text)
+
+
+def read_yaml(name: str, text: str) -> list[Any]:
+    """The YAML documents of TEXT (empty ones dropped); UsageError when it is not YAML."""
     try:
         return [d for d in _load_all_yaml(text) if d is not None]
     except yaml.YAMLError as e:
@@ -186,7 +191,7 @@ def _load_all_yaml(text: str) -> list[Any]:
         loader.dispose()
 
 
-def _read_text(name: str) -> str:
+def read_text(name: str) -> str:
     if name == "-":
         return sys.stdin.read()
     try:
@@ -202,30 +207,38 @@ def iter_objects(paths: Iterable[str]) -> Iterator[tuple[Place, Any]]:
     """Every top-level object with its place; `kind: List` items are unpacked."""
     for name in expand_paths(paths):
         shown = "<stdin>" if name == "-" else name
-        # Documents and List items are handed out by popping them, so each raw
-        # object is freed once converted: a 10k-Service List does not stay in
-        # memory beside its model, and the next object reuses warm memory.
-        docs = read_documents(shown, _read_text(name))
-        docs.reverse()
-        i = 0
-        while docs:
-            doc = docs.pop()
-            i += 1
-            if isinstance(doc, dict) and doc.get("kind") == "List" or (
-                isinstance(doc, dict) and str(doc.get("kind", "")).endswith("List") and "items" in doc
-            ):
-                items = doc.get("items") or []
-                if not isinstance(items, list):
-                    yield Place(shown, i, "List"), {"__bad__": "items is not a list"}
-                    continue
-                doc = None
-                items.reverse()
-                j = 0
-                while items:
-                    j += 1
-                    yield Place(shown, i, item=j), items.pop()
-            else:
-                yield Place(shown, i), doc
+        yield from objects_of(shown, read_documents(shown, read_text(name)))
+
+
+def is_list(doc: Any) -> bool:
+    """A `kind: List` (or `*List` with items) document, whose items are the objects."""
+    return isinstance(doc, dict) and (doc.get("kind") == "List" or (
+        str(doc.get("kind", "")).endswith("List") and "items" in doc))
+
+
+def objects_of(shown: str, docs: list[Any], before: int = 0) -> Iterator[tuple[Place, Any]]:
+    """The objects of one file's DOCS (the first is document BEFORE+1), each with its place."""
+    # Documents and List items are handed out by popping them, so each raw
+    # object is freed once converted: a 10k-Service List does not stay in
+    # memory beside its model, and the next object reuses warm memory.
+    docs.reverse()
+    i = before
+    while docs:
+        doc = docs.pop()
+        i += 1
+        if is_list(doc):
+            items = doc.get("items") or []
+            if not isinstance(items, list):
+                yield Place(shown, i, "List"), {"__bad__": "items is not a list"}
+                continue
+            doc = None
+            items.reverse()
+            j = 0
+            while items:
+                j += 1
+                yield Place(shown, i, item=j), items.pop()
+        else:
+            yield Place(shown, i), doc
 
 
 # --------------------------------------------------------------------------- checks

@@ -112,3 +112,22 @@ def compile_files(paths: list[str], flags: dict[str, Any], report: Report | None
     timings = Timings()
     inputs = load_inputs(paths, report, timings)
     return compile_inputs(inputs, flags, report, timings, config_path)
+
+
+def compile_files_cached(paths: list[str], flags: dict[str, Any], report: Report, config_path: str | None,
+                         cache_file: str | None) -> Any:
+    """`compile_files` that re-uses the compile cached in CACHE_FILE for what did not change.
+
+    Returns an `IncrementalCompiled` (iptables mode), else a `Compiled`. The
+    caller saves the new cache (`.save(path)`) once the result is used.
+    """
+    from .backends.iptables import incremental
+
+    timings = Timings()
+    with timings.stage("load-cache"):
+        cache = incremental.load_cache(cache_file)
+    with gc_paused():
+        c = incremental.compile_incremental(paths, flags, report, timings, config_path, cache)
+    if c is None:
+        return compile_files(paths, flags, report, config_path)
+    return c

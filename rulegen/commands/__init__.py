@@ -1,6 +1,6 @@
 """One module per CLI command beyond `compile`; each defines a click command named `command`.
 
-`rulegen.cli` registers every module listed in `COMMANDS` that exists, so a
+`rulegen.cli` loads a module listed in `COMMANDS` when its command is named, so a
 command is added by writing its module and naming it here.
 """
 

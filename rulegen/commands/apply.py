@@ -8,13 +8,15 @@ are one line and exit 2.
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 
 import click
 
-from ..apply import apply
+from ..apply import COMPILE_CACHE, apply, default_state_dir
 from ..cli import flags_of, guarded, run_compile, settings_options
-from ..netns import BACKENDS
+from ..netns import BACKENDS, check_name
 
 BACKEND_HELP = (
     "Which iptables to load with: 'nft' (iptables-nft, what current distributions install as "
@@ -43,8 +45,14 @@ def command(files, netns, create, dry_run, backend, timings, config_path, **kw):
     since (iptables-nft); otherwise the live tables are read and compared.
     """
     flags = flags_of(kw)
-    c = run_compile(files, flags, config_path)
-    res = apply(c, netns, create=create, dry_run=dry_run, backend=backend)
+    state = default_state_dir()
+    cache_file = os.path.join(state, check_name(netns), COMPILE_CACHE) if state else None
+    c = run_compile(files, flags, config_path, cache_file)
+    res = apply(c, netns, create=create, dry_run=dry_run, backend=backend, state_dir=state)
+    if cache_file and not dry_run and hasattr(c, "save"):
+        t0 = time.perf_counter()
+        c.save(cache_file)
+        res.timings.append(("save-cache", time.perf_counter() - t0))
     if dry_run:
         sys.stdout.write(res.payload)
         sys.stdout.flush()

@@ -66,22 +66,51 @@ def probability(n: int) -> str:
     return p
 
 
-def compile_plan(plan: Plan, settings: Settings) -> Ruleset:
-    fam = plan.family
-    is4 = fam == 4
-    mark = settings.mark
-    masked = f"{mark}/{mark}"
-    detector = settings.local_detector(fam)
-    localhost_np = is4 and settings.localhost_nodeports_effective(fam)
-    large = plan.endpoint_total > LARGE_CLUSTER_THRESHOLD
-    masq_all = settings.masquerade_all
-    node_ip = settings.primary_ip(fam)
+class Context:
+    """What every service port's rules depend on besides the port itself (settings, one family)."""
 
+    __slots__ = ("fam", "is4", "mark", "masked", "detector", "localhost_np", "masq_all", "node_ip", "nfacct_np")
+
+    def __init__(self, settings: Settings, fam: int):
+        self.fam = fam
+        self.is4 = fam == 4
+        self.mark = settings.mark
+        self.masked = f"{self.mark}/{self.mark}"
+        self.detector = settings.local_detector(fam)
+        self.localhost_np = self.is4 and settings.localhost_nodeports_effective(fam)
+        self.masq_all = settings.masquerade_all
+        self.node_ip = settings.primary_ip(fam)
+        self.nfacct_np = self.localhost_np and settings.nfacct
+
+
+def compile_plan(plan: Plan, settings: Settings) -> Ruleset:
+    cx = Context(settings, plan.family)
+    large = is_large(plan.endpoint_total)
+    fchains, frules, nchains, nrules = head(cx, settings)
+    compile_ports(plan.ports, cx, large, nrules, frules, nchains)
+    return finish(cx, settings, fchains, frules, nchains, nrules)
+
+
+def is_large(endpoint_total: int) -> bool:
+    return endpoint_total > LARGE_CLUSTER_THRESHOLD
+
+
+def compile_ports(ports, cx: Context, large: bool, nrules: list[Rule], frules: list[Rule],
+                  nchains: list[str]) -> None:
+    """Every service port's rules, appended in kube-proxy's write order (section 5)."""
+    N, F = nrules.append, frules.append
+    detector, masq_all, nfacct_np, node_ip = cx.detector, cx.masq_all, cx.nfacct_np, cx.node_ip
+    for p in ports:
+        _service_port(p, N, F, nchains, detector, masq_all, large, nfacct_np, node_ip)
+
+
+def head(cx: Context, settings: Settings) -> tuple[list[str], list[Rule], list[str], list[Rule]]:
+    """The fixed chains and the rules written before any service port (sections 4.1, 4.2)."""
+    mark, masked = cx.mark, cx.masked
     fchains: list[str] = list(FILTER_CHAINS)
     frules: list[Rule] = []
     nchains: list[str] = list(NAT_CHAINS)
     nrules: list[Rule] = []
-    F = frules.append
     N = nrules.append
 
     # 4.1 fixed nat rules
@@ -92,28 +121,32 @@ def compile_plan(plan: Plan, settings: Settings) -> Ruleset:
     N(Rule("KUBE-MARK-MASQ", f"-j MARK --or-mark {mark}"))
 
     # 4.2 KUBE-FIREWALL
-    if localhost_np:
+    if cx.localhost_np:
         fchains.append("KUBE-FIREWALL")
-        F(Rule("KUBE-FIREWALL", '-m comment --comment "block incoming localnet connections" -d 127.0.0.0/8 '
-               "! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"))
+        frules.append(Rule("KUBE-FIREWALL", '-m comment --comment "block incoming localnet connections" '
+                           "-d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"))
+    return fchains, frules, nchains, nrules
 
-    nfacct_np = localhost_np and settings.nfacct
-    for p in plan.ports:
-        _service_port(p, N, F, nchains, detector, masq_all, large, nfacct_np, node_ip)
+
+def finish(cx: Context, settings: Settings, fchains: list[str], frules: list[Rule], nchains: list[str],
+           nrules: list[Rule]) -> Ruleset:
+    """The rules written after every service port (sections 4.5, 4.3), and the Ruleset."""
+    N, F = nrules.append, frules.append
+    is4, fam = cx.is4, cx.fam
 
     # 4.5 the last KUBE-SERVICES rule
     match_all, addrs = settings.nodeport_ips(fam)
     if match_all:
         if not is4:
             tail = "-m addrtype --dst-type LOCAL ! -d ::1/128"
-        elif localhost_np:
+        elif cx.localhost_np:
             tail = "-m addrtype --dst-type LOCAL"
         else:
             tail = "-m addrtype --dst-type LOCAL ! -d 127.0.0.0/8"
         N(Rule("KUBE-SERVICES", f"-m comment --comment {NODEPORTS_COMMENT} {tail} -j KUBE-NODEPORTS"))
     else:
         for ip in addrs:
-            if ip in ("127.0.0.1", "::1") and (not is4 or not localhost_np):
+            if ip in ("127.0.0.1", "::1") and (not is4 or not cx.localhost_np):
                 continue
             N(Rule("KUBE-SERVICES", f"-m comment --comment {NODEPORTS_COMMENT} -d {ip} -j KUBE-NODEPORTS"))
 
@@ -121,7 +154,7 @@ def compile_plan(plan: Plan, settings: Settings) -> Ruleset:
     if not settings.tcp_be_liberal:
         acct = " -m nfacct --nfacct-name ct_state_invalid_dropped_pkts" if settings.nfacct else ""
         F(Rule("KUBE-FORWARD", f"-m conntrack --ctstate INVALID{acct} -j DROP"))
-    F(Rule("KUBE-FORWARD", f'-m comment --comment "kubernetes forwarding rules" -m mark --mark {masked} -j ACCEPT'))
+    F(Rule("KUBE-FORWARD", f'-m comment --comment "kubernetes forwarding rules" -m mark --mark {cx.masked} -j ACCEPT'))
     F(Rule("KUBE-FORWARD", '-m comment --comment "kubernetes forwarding conntrack rule" '
            "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"))
 

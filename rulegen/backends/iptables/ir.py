@@ -11,6 +11,7 @@ apply and trace all work on the same records.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from hashlib import blake2b
 from typing import NamedTuple
 
 BUILTIN_CHAINS = {
@@ -70,3 +71,49 @@ class Ruleset:
             if t.name == name:
                 return t
         return None
+
+
+def chain_digest(specs) -> str:
+    """The hash by which apply and its caches know a chain's rules (12-byte BLAKE2b of the specs)."""
+    return blake2b("\n".join(specs).encode(), digest_size=12).hexdigest()
+
+
+class TableView:
+    """What apply needs of one wanted table: declared chains, a hash per chain, rules on demand.
+
+    This one wraps a whole `Table`; `backends.iptables.incremental` has one
+    that knows most chains by hash alone and compiles the rest only when asked.
+    """
+
+    def __init__(self, table: Table):
+        self.name = table.name
+        self.chains = table.chains
+        self._table = table
+        self._by: dict[str, list[str]] | None = None
+        self._digests: dict[str, str] | None = None
+
+    def _by_chain(self) -> dict[str, list[str]]:
+        if self._by is None:
+            self._by = self._table.by_chain()
+        return self._by
+
+    def digests(self) -> dict[str, str]:
+        if self._digests is None:
+            by = self._by_chain()
+            self._digests = {c: chain_digest(by.get(c, ())) for c in self.chains}
+        return self._digests
+
+    def specs(self, chain: str) -> list[str]:
+        return self._by_chain().get(chain, [])
+
+    def rules_of(self, chains: list[str]) -> list[Rule]:
+        """The rules of CHAINS, to send: in write order when they are many, else chain by chain."""
+        if len(chains) * 8 > len(self.chains):
+            want = set(chains)
+            return [r for r in self._table.rules if r.chain in want]
+        by = self._by_chain()
+        return [Rule(c, s) for c in chains for s in by.get(c, ())]
+
+
+def views(ruleset: Ruleset) -> list[TableView]:
+    return [TableView(t) for t in ruleset.tables]
