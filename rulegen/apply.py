@@ -61,7 +61,7 @@ from .netns import ApplyError, Netns, RealNetns, check_name, restore_reason, res
 # and are deleted when the compile no longer has them (spec section 10).
 STALE_PREFIXES = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-SEP-", "KUBE-FW-", "KUBE-EXT-")
 _NFACCT_RE = re.compile(r"--nfacct-name\s+(\S+)")
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 READBACK_MIN = 64  # sent chains from which reading them back beats comparing them next time
 DECLARE_SORTED_MIN = 256  # declared chains from which they are sent in descending name order
 LISTBACK_MAX = 256  # sent chains up to which a fast run lists them back to learn their spelling
@@ -191,8 +191,9 @@ def _digest(specs: Iterable[str]) -> str:
 class _TableState(msgspec.Struct):
     """One live table: chains holding a compile's rules by hash, every other chain by its rules."""
 
-    ours: dict[str, tuple[str, str]]  # chain -> (compiled hash, live hash or "" when not read back)
+    ours: dict[str, str]  # chain -> hash of the compiled rules it holds
     others: dict[str, list[str]]  # built-in and foreign chains (and compiled ones not recognised)
+    spelt: dict[str, str] = {}  # chain in `ours` -> hash of its rules as the kernel prints them, where read
 
 
 class _Cache(msgspec.Struct):
@@ -325,7 +326,8 @@ class _Live:
 
     chains: list[str]
     specs: dict[str, list[str]]
-    ours: dict[str, tuple[str, str]]
+    ours: dict[str, str]
+    spelt: dict[str, str]
 
 
 @dataclass
@@ -401,14 +403,15 @@ def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_
     if fresh:
         assert cache is not None
         for tname, ts in cache.tables.items():
-            names = [c for c in list(ts.ours) + list(ts.others) if c not in BUILTIN_CHAINS.get(tname, ())]
-            live[tname] = _Live(names, {c: list(s) for c, s in ts.others.items()}, dict(ts.ours))
+            builtin = BUILTIN_CHAINS.get(tname, ())
+            names = list(ts.ours) + [c for c in ts.others if c not in builtin]  # no built-in holds a compile
+            live[tname] = _Live(names, {c: list(s) for c, s in ts.others.items()}, dict(ts.ours), dict(ts.spelt))
         res.source = "cache"
         clock.lap("read-cache")
     else:
         dump = parse(ops.iptables_save(netns, fam) if exists else "", source=f"netns {netns}", family=fam)
         for t in dump.tables:
-            live[t.name] = _Live(list(t.chains), t.by_chain(), {})
+            live[t.name] = _Live(list(t.chains), t.by_chain(), {}, {})
         res.source = "dump"
         clock.lap("read-live")
     known = cache.tables if cache is not None else {}
@@ -419,17 +422,25 @@ def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_
     before: dict[str, _TableState] = {}  # the live state as this run found it
     suspects = 0
     for wt in want:
-        lt = live.setdefault(wt.name, _Live([], {}, {}))
+        lt = live.setdefault(wt.name, _Live([], {}, {}, {}))
         wanted_by[wt.name] = wt
         digests = wdig[wt.name] = wt.digests()
-        tcache = known[wt.name].ours if wt.name in known else {}
+        tstate = known.get(wt.name)
+        tours, tspelt = (tstate.ours, tstate.spelt) if tstate is not None else ({}, {})
         hashed = lt.ours  # from a fresh cache: chains that hold a compile, by its hash
         # Chains known by hash: unchanged exactly when the hashes agree (and
         # those this compile no longer wants stay as they are for now).
-        ours: dict[str, tuple[str, str]] = dict(hashed)
-        changed = {c for c in wt.chains if c in hashed and hashed[c][0] != digests[c]} if hashed else set()
+        ours: dict[str, str] = dict(hashed)
+        spelt: dict[str, str] = dict(lt.spelt)
+        if hashed:
+            # Set operations in C: a 10k-Service table has ~140k chains and one changed.
+            differ = {c for c, _ in digests.items() - hashed.items()}
+            changed = differ & hashed.keys()
+            unknown = sorted(differ - changed)
+        else:
+            changed, unknown = set(), wt.chains
         added: set[str] = set()
-        for c in ([c for c in wt.chains if c not in hashed] if hashed else wt.chains):
+        for c in unknown:
             lspecs = lt.specs.get(c)
             if lspecs is None:
                 added.add(c)
@@ -437,24 +448,27 @@ def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_
             wspecs = wt.specs(c)
             wd = digests[c]
             ld = _digest(lspecs)
-            hit = tcache.get(c)
-            if lspecs == wspecs or (hit is not None and hit[0] == wd and hit[1] == ld) or (
+            hit = tours.get(c)
+            hit_live = tspelt.get(c, "")
+            if lspecs == wspecs or (hit == wd and hit_live == ld) or (
                     len(lspecs) == len(wspecs)
                     and all(canonical(a) == canonical(b) for a, b in zip(wspecs, lspecs))):
-                ours[c] = (wd, ld)
+                ours[c] = wd
+                spelt[c] = ld
                 continue
             changed.add(c)
-            if hit is not None and hit[0] == wd and not hit[1]:
+            if hit == wd and not hit_live:
                 # Sent exactly this last time and still not recognised: the
                 # kernel's spelling defeats the canonical form, so learn it.
                 suspects += 1
         sent = [c for c in wt.chains if c in changed or c in added] if changed or added else []
         res.added += [(wt.name, c) for c in sent if c in added]
         res.changed += [(wt.name, c) for c in sent if c in changed]
-        before[wt.name] = _TableState(ours, {c: s for c, s in lt.specs.items() if c not in ours})
+        before[wt.name] = _TableState(ours, {c: s for c, s in lt.specs.items() if c not in ours}, spelt)
 
-        wanted = set(wt.chains)
-        stale = [c for c in lt.chains if c.startswith(STALE_PREFIXES) and c not in wanted]
+        gone = {c for c in lt.chains if c not in digests} if not hashed else (
+            lt.ours.keys() - digests.keys()) | {c for c in lt.specs if c not in digests}
+        stale = [c for c in lt.chains if c in gone and c.startswith(STALE_PREFIXES)] if gone else []
         plans.append(_TablePlan(wt.name, sent, stale, [], []))
     clock.lap("diff")
 
@@ -464,16 +478,16 @@ def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_
         # for the rollback, and to check the cache once more where it is cheap.
         for p in plans:
             lt = live[p.name]
-            wanted = set(wanted_by[p.name].chains)
-            need = [c for c in lt.ours if c not in lt.specs and
-                    (c in p.sent or c in p.delete or c not in wanted)]
+            wanted = wdig[p.name]
+            need = [c for c in p.sent + p.delete if c in lt.ours and c not in lt.specs] + [
+                c for c in lt.ours.keys() - wanted.keys() if c not in lt.specs and c not in p.delete]
             if not need:
                 continue
             got = ops.list_chains(netns, fam, p.name, need)
             if got is None:
                 raise _CacheDisagrees()
             for c in need:
-                ld = lt.ours[c][1]
+                ld = lt.spelt.get(c, "")
                 if ld and _digest(got[c]) != ld:
                     raise _CacheDisagrees()
                 lt.specs[c] = got[c]
@@ -503,7 +517,7 @@ def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_
     jumps_by_table: dict[str, list[tuple[str, str]]] = {}
     for table, chain, args in jumps_all:
         target = rule_target(args)
-        lrules = [s for s in live.get(table, _Live([], {}, {})).specs.get(chain, []) if rule_target(s) == target]
+        lrules = [s for s in live.get(table, _Live([], {}, {}, {})).specs.get(chain, []) if rule_target(s) == target]
         present = False
         if lrules:
             want_c = canonical(args)
@@ -519,8 +533,9 @@ def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_
     for table, js in jumps_by_table.items():  # a jump into a table the compile does not write
         plans.append(_TablePlan(table, [], [], js, []))
     for table in tables_needed - set(before):
-        lt = live.get(table, _Live([], {}, {}))
-        before[table] = _TableState(dict(lt.ours), {c: s for c, s in lt.specs.items() if c not in lt.ours})
+        lt = live.get(table, _Live([], {}, {}, {}))
+        before[table] = _TableState(dict(lt.ours), {c: s for c, s in lt.specs.items() if c not in lt.ours},
+                                    dict(lt.spelt))
     clock.lap("jumps")
 
     plans = [p for p in plans if p.sent or p.delete or p.jumps]
@@ -567,7 +582,7 @@ def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_
                     continue
                 ts = after[p.name]
                 for c in p.sent:
-                    ts.ours[c] = (ts.ours[c][0], _digest(got[c]))
+                    ts.spelt[c] = _digest(got[c])
             if ops.generation(netns, fam) != gen1:
                 fresh_after = False  # someone changed something while we listed: vouch for nothing
         if readback:
@@ -578,7 +593,7 @@ def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_
                 ts = after[p.name]
                 for c in p.sent:
                     if c in achains:
-                        ts.ours[c] = (ts.ours[c][0], _digest(achains[c]))
+                        ts.spelt[c] = _digest(achains[c])
         _save_cache(state_dir, netns, fam, identity, backend, after, gen1 if fresh_after else None)
         if fresh_after and gen0 is not None and gen1 is not None:
             _advance_other_family(state_dir, netns, fam, gen0, gen1)
@@ -590,14 +605,16 @@ def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_
 def _after(before: dict[str, _TableState], plans: list[_TablePlan],
            wdig: dict[str, dict[str, str]]) -> dict[str, _TableState]:
     """BEFORE with PLANS loaded: sent chains hold the compile, deleted ones are gone, jumps in front."""
-    out = {t: _TableState(dict(ts.ours), dict(ts.others)) for t, ts in before.items()}
+    out = {t: _TableState(dict(ts.ours), dict(ts.others), dict(ts.spelt)) for t, ts in before.items()}
     for p in plans:
         ts = out.setdefault(p.name, _TableState({}, {}))
         for c in p.sent:
             ts.others.pop(c, None)
-            ts.ours[c] = (wdig[p.name][c], "")
+            ts.ours[c] = wdig[p.name][c]
+            ts.spelt.pop(c, None)
         for c in p.delete:
             ts.ours.pop(c, None)
+            ts.spelt.pop(c, None)
             ts.others.pop(c, None)
         for chain, args in p.jumps:  # each `-I CHAIN 1` lands in front of the ones before it
             ts.others[chain] = [args] + ts.others.get(chain, [])

@@ -92,6 +92,12 @@ def _fingerprint(*parts: str) -> str:
     return blake2b("\0".join(parts).encode(), digest_size=16).hexdigest()
 
 
+def _group_fp(digests: list[str]) -> str:
+    # Unit names are fixed-length hashes: joined, they name the group's inputs
+    # (the settings are checked once for the whole cache, as its context).
+    return digests[0] if len(digests) == 1 else "".join(digests)
+
+
 class _Decoded:
     """One parsed unit: its model objects (per-unit Inputs) and whether it can be cached."""
 
@@ -174,11 +180,13 @@ class _NatView(TableView):
     def __init__(self, base: Table, digests: dict[str, str], specs: dict[str, list[str]],
                  owner: IncrementalCompiled):
         super().__init__(base)
-        by = base.by_chain()
+        by: dict[str, list[str]] = {c: [] for c in NAT_CHAINS}
+        for r in base.rules:  # the base chains' rules only; the groups' own are in SPECS or hashed
+            by[r.chain].append(r.spec)
         self._by = by
-        d = {c: chain_digest(by.get(c, ())) for c in NAT_CHAINS}
-        d.update(digests)
-        self._digests = {c: d[c] for c in base.chains}
+        d = {c: chain_digest(by[c]) for c in NAT_CHAINS}
+        d.update(digests)  # every declared chain (order does not matter to apply)
+        self._digests = d
         self._own = specs
         self._owner = owner
         self._full: TableView | None = None
@@ -240,7 +248,7 @@ def compile_incremental(paths: list[str], flags: dict[str, Any], report: Report,
     for i, info in enumerate(infos):
         for g in info.groups:
             members.setdefault(g, []).append(i)
-    fps = {g: _fingerprint(context, *(units[i].digest for i in idx)) for g, idx in members.items()}
+    fps = {g: _group_fp([units[i].digest for i in idx]) for g, idx in members.items()}
     old = ({(ns, name): seg for ns, name, seg in cache.groups}
            if cache is not None and cache.context.startswith(context + ":") else {})
     old_large = cache is not None and cache.context == context + ":large"
