@@ -445,12 +445,16 @@ def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_
             if lspecs is None:
                 added.add(c)
                 continue
-            wspecs = wt.specs(c)
             wd = digests[c]
             ld = _digest(lspecs)
             hit = tours.get(c)
             hit_live = tspelt.get(c, "")
-            if lspecs == wspecs or (hit == wd and hit_live == ld) or (
+            if hit == wd and hit_live == ld:  # sent as compiled now, and the kernel still prints it so
+                ours[c] = wd
+                spelt[c] = ld
+                continue
+            wspecs = wt.specs(c)  # (an incremental compile may have to compile everything for this)
+            if lspecs == wspecs or (
                     len(lspecs) == len(wspecs)
                     and all(canonical(a) == canonical(b) for a, b in zip(wspecs, lspecs))):
                 ours[c] = wd

@@ -124,9 +124,9 @@ def compile_files_cached(paths: list[str], flags: dict[str, Any], report: Report
     from .backends.iptables import incremental
 
     timings = Timings()
-    with timings.stage("load-cache"):
-        cache = incremental.load_cache(cache_file)
     with gc_paused():
+        with timings.stage("load-cache"):
+            cache = incremental.load_cache(cache_file)
         c = incremental.compile_incremental(paths, flags, report, timings, config_path, cache)
     if c is None:
         return compile_files(paths, flags, report, config_path)

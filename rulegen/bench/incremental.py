@@ -6,12 +6,13 @@ apply` into a fresh network namespace (`rgt-inc-*`), changes one endpoint's
 address, applies again, and checks that the live tables then equal those of
 a second fresh namespace given the changed cluster in one full apply (every
 chain of every table, in the kernel's own spelling; counters and chain
-order aside). It prints a Markdown report: full apply seconds and lines,
-incremental seconds and lines and their share of the full payload, a
-repeat with nothing changed, and the stage timings of each apply. Times
-are wall-clock (the kernel's work counts); "apply" is `rulegen.apply`
-alone, "load+compile" the pipeline before it. The budget (incremental
-apply under 1 s, under 1% of the full payload's lines) is judged per
+order aside). Every apply is the real command in a new process, with its
+own state directory, so the figures are what a user waits for: start-up,
+reading the files, the compile cache, the kernel. It prints a Markdown
+report: full apply seconds and lines, incremental seconds and lines and
+their share of the full payload, a repeat with nothing changed, and the
+stage timings of each apply. The budget (`rulegen apply` after the change
+under 1 s end to end, under 1% of the full payload's lines) is judged per
 backend; `--check-budget` makes a miss on the system's own backend exit 1.
 A mismatch between the two namespaces always exits 1. Namespaces and the
 state directory are removed at the end, also on failure and Ctrl-C. Needs
@@ -21,6 +22,7 @@ root. `python -m rulegen.bench.incremental --services 10000 --endpoints 10`.
 from __future__ import annotations
 
 import argparse
+import re
 import json
 import os
 import shutil
@@ -38,20 +40,23 @@ from . import gen
 BUDGET_SECONDS = 1.0
 BUDGET_SHARE = 0.01
 CHANGED_IP = "10.255.254.7"  # inside the generated cluster CIDR (10.128.0.0/9), used by no pod
-STAGE_ORDER = ("create", "read-cache", "read-live", "diff", "list", "jumps", "prepare", "test", "restore", "cache")
+STAGE_ORDER = ("load-cache", "read", "parse", "plan", "compile", "assemble", "load", "render", "create",
+               "read-cache", "read-live", "diff", "list", "jumps", "prepare", "test", "restore", "cache", "save-cache")
 
 
 @dataclass
 class Run:
-    """One apply: what it sent and how long each part took."""
+    """One `rulegen apply` process: what it sent and how long each part took."""
 
     label: str
-    compile_s: float
-    apply_s: float
+    wall_s: float  # the whole command, as the user waits for it (process start to exit)
+    compile_s: float  # its compile stages (cache, read, parse, plan, compile, assemble)
+    apply_s: float  # `rulegen.apply` alone
     lines: int
     source: str
     summary: str
     stages: list[tuple[str, float]]
+    cache: str = ""  # "parsed P of U input units, compiled C of S Services"
 
 
 @dataclass
@@ -72,9 +77,9 @@ class Result:
         if full is None or inc is None or not full.lines:
             return None
         share = inc.lines / full.lines
-        ok = inc.apply_s < BUDGET_SECONDS and share < BUDGET_SHARE
-        return ok, (f"incremental apply {inc.apply_s:.3f} s (< {BUDGET_SECONDS:g} s: "
-                    f"{'yes' if inc.apply_s < BUDGET_SECONDS else 'no'}), "
+        ok = inc.wall_s < BUDGET_SECONDS and share < BUDGET_SHARE
+        return ok, (f"`rulegen apply` after the change took {inc.wall_s:.3f} s end to end (< {BUDGET_SECONDS:g} s: "
+                    f"{'yes' if inc.wall_s < BUDGET_SECONDS else 'no'}), "
                     f"{inc.lines} of {full.lines} lines = {share * 100:.4f}% "
                     f"(< {BUDGET_SHARE * 100:g}%: {'yes' if share < BUDGET_SHARE else 'no'})")
 
@@ -92,22 +97,36 @@ def change_one_endpoint(objs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]
     raise SystemExit("rulegen.bench.incremental: the generated cluster has no endpoints to change")
 
 
-def _compile(path: str):
-    from ..diagnostics import Report
-    from ..pipeline import compile_files
+COMPILE_STAGES = ("load-cache", "read", "parse", "plan", "compile", "assemble", "load")
+_SENT = re.compile(r"(?:would send|sent) (\d+) lines(?: \(dry run\))? in ([\d.]+) s")
+_TIMING = re.compile(r"^timing: (\S+)\s+([\d.]+) ms$")
+_CACHE = re.compile(r"^compile cache: (.*)$")
 
+
+def _cli_apply(path: str, ns: str, backend: str, state: str, create: bool, label: str) -> Run:
+    """`rulegen apply PATH --netns NS` as a user runs it: a new process, timed from start to exit."""
+    cmd = [sys.executable, "-m", "rulegen", "apply", path, "--netns", ns, "--iptables-backend", backend,
+           "--timings"] + (["--create"] if create else [])
+    env = dict(os.environ, RULEGEN_STATE_DIR=state)
     t0 = time.perf_counter()
-    c = compile_files([path], {}, Report())
-    return c, time.perf_counter() - t0
-
-
-def _apply(c, ns: str, ops, state: str, create: bool, label: str, compile_s: float) -> Run:
-    from ..apply import apply
-
-    t0 = time.perf_counter()
-    res = apply(c, ns, create=create, ops=ops, state_dir=state)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     wall = time.perf_counter() - t0
-    return Run(label, compile_s, wall, res.lines, res.source, res.summary(), list(res.timings))
+    if p.returncode != 0:
+        raise RuntimeError(f"rulegen apply ({label}) exited {p.returncode}: {p.stderr.strip()[-2000:]}")
+    summary = p.stdout.strip()
+    m = _SENT.search(summary)
+    lines, apply_s = (int(m.group(1)), float(m.group(2))) if m else (0, 0.0)
+    stages, cache = [], ""
+    for ln in p.stderr.splitlines():
+        t = _TIMING.match(ln)
+        if t and t.group(1) != "total":
+            stages.append((t.group(1), float(t.group(2)) / 1000))
+        c = _CACHE.match(ln)
+        if c:
+            cache = c.group(1)
+    compile_s = sum(x for n, x in stages if n in COMPILE_STAGES)
+    source = "cache" if "live state from the cache" in summary else "dump"
+    return Run(label, wall, compile_s, apply_s, lines, source, summary, stages, cache)
 
 
 def live_chains(ops, ns: str, family: int = 4) -> dict[tuple[str, str], list[str]]:
@@ -152,19 +171,15 @@ def bench_backend(backend: str, services: int, endpoints: int, seed: int, workdi
             gen.write(o, "json", f)
     del objs, changed
 
-    c, cs = _compile(before_path)
-    res.runs.append(_apply(c, ns, ops, state, True, "full", cs))
+    res.runs.append(_cli_apply(before_path, ns, backend, state, True, "full"))
     if repeat:
-        res.runs.append(_apply(c, ns, ops, state, False, "repeat (no change)", 0.0))
-    del c
-    c2, cs2 = _compile(after_path)
-    inc = _apply(c2, ns, ops, state, False, "incremental", cs2)
+        res.runs.append(_cli_apply(before_path, ns, backend, state, False, "repeat (no change)"))
+    inc = _cli_apply(after_path, ns, backend, state, False, "incremental")
     inc.summary += f"\n  change: {what}"
     res.runs.append(inc)
     # The reference: the changed cluster loaded whole into a namespace of its own.
-    res.runs.append(_apply(c2, fresh, ops, os.path.join(workdir, f"state-{backend}-ref"), True,
-                           "fresh full (reference)", cs2))
-    del c2
+    res.runs.append(_cli_apply(after_path, fresh, backend, os.path.join(workdir, f"state-{backend}-ref"), True,
+                               "fresh full (reference)"))
     res.differences = compare(live_chains(ops, ns), live_chains(ops, fresh))
     res.equal = not res.differences
     return res
@@ -173,20 +188,23 @@ def bench_backend(backend: str, services: int, endpoints: int, seed: int, workdi
 def report(results: list[Result], system: str, elapsed: float) -> str:
     out = ["# rulegen apply: incremental update in the kernel", ""]
     out.append(f"One endpoint change on a generated cluster, applied with `rulegen apply` into a network "
-               f"namespace; the system's `iptables` is iptables-{system}. Wall-clock seconds; *apply* is "
-               f"`rulegen.apply` alone (reading what is live, comparing, iptables-restore, cache), "
-               f"*load+compile* the pipeline before it. Total run: {elapsed:.1f} s.")
+               f"namespace; the system's `iptables` is iptables-{system}. Each row is one `rulegen apply` "
+               f"process, as a user runs it. Wall-clock seconds: *end to end* from process start to exit, "
+               f"*compile* its compile stages (reading the files and the compile cache, parsing and "
+               f"compiling what changed), *apply step* `rulegen.apply` alone (reading what is live, "
+               f"comparing, iptables-restore, its cache). Total run: {elapsed:.1f} s.")
     out.append("")
-    out.append("| backend | Services × endpoints | apply | load+compile | apply s | lines sent | % of full "
-               "| live state from |")
-    out.append("|---|---|---|---:|---:|---:|---:|---|")
+    out.append("| backend | Services × endpoints | apply | end to end s | compile s | apply step s | lines sent "
+               "| % of full | live state from | compile cache |")
+    out.append("|---|---|---|---:|---:|---:|---:|---:|---|---|")
     for r in results:
         full = r.run("full")
         for run in r.runs:
             share = f"{run.lines / full.lines * 100:.4f}" if full and full.lines else "-"
-            out.append(f"| {r.backend} | {r.services} × {r.endpoints} | {run.label} | {run.compile_s:.3f} | "
-                       f"{run.apply_s:.3f} | {run.lines} | {share} | "
-                       f"{'cache (nothing read)' if run.source == 'cache' else 'iptables-save'} |")
+            out.append(f"| {r.backend} | {r.services} × {r.endpoints} | {run.label} | {run.wall_s:.3f} | "
+                       f"{run.compile_s:.3f} | {run.apply_s:.3f} | {run.lines} | {share} | "
+                       f"{'cache (nothing read)' if run.source == 'cache' else 'iptables-save'} | "
+                       f"{run.cache or '-'} |")
     out.append("")
     for r in results:
         out.append(f"## {r.backend}, {r.services} Services × {r.endpoints} endpoints")
@@ -283,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 results.append(bench_backend(b, n, args.endpoints, args.seed, workdir, names,
                                              repeat=not args.no_repeat))
-            except UsageError as e:
+            except (UsageError, RuntimeError, subprocess.TimeoutExpired) as e:
                 r = Result(b, n, args.endpoints, error=str(e))
                 results.append(r)
             _delete_namespaces(names)  # each backend's namespaces go as soon as it is done

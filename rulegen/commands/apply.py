@@ -60,6 +60,10 @@ def command(files, netns, create, dry_run, backend, timings, config_path, **kw):
     else:
         click.echo(res.summary())
     if timings:
+        stats = getattr(c, "stats", None)
+        if stats:
+            click.echo(f"compile cache: parsed {stats['parsed']} of {stats['units']} input units, "
+                       f"compiled {stats['compiled']} of {stats['groups']} Services", err=True)
         for name, t in c.timings.stages:
             click.echo(f"timing: {name:<10} {t * 1000:9.1f} ms", err=True)
         for name, t in res.timings:

@@ -47,7 +47,7 @@ from ...units import Unit, read_units
 from .compile import NAT_CHAINS, Context, compile_plan, compile_ports, finish, head, is_large
 from .ir import Rule, Ruleset, Table, TableView, chain_digest, views
 
-FORMAT = 1
+FORMAT = 2
 NAT_BASE = frozenset(NAT_CHAINS)
 
 
@@ -63,8 +63,8 @@ class Segment(msgspec.Struct, array_like=True, gc=False):
     endpoints: int  # its share of the endpoint total (large-cluster mode)
     nat: list[tuple[str, str]]  # its rules in the nat base chains, in write order
     filter: list[tuple[str, str]]  # its rules in filter (all base chains), in write order
-    chains: list[str]  # its own nat chains, in declaration order
-    digests: list[str]  # the hash of each of those chains' rules
+    own: str  # its own nat chains in declaration order, each followed by the hash of its rules,
+    # space-separated: one string per group decodes ~10x faster than 2 per chain
 
 
 class CompileCache(msgspec.Struct):
@@ -302,21 +302,22 @@ def compile_incremental(paths: list[str], flags: dict[str, Any], report: Report,
                 else:
                     mine.setdefault(r.chain, []).append(r.spec)
             own_specs.update(mine)
-            groups[g] = Segment(fps[g], p.endpoint_total, shared, list(frules), nchains,
-                                [chain_digest(mine[c]) for c in nchains])
+            groups[g] = Segment(fps[g], p.endpoint_total, shared, list(frules),
+                                " ".join(f"{c} {chain_digest(mine[c])}" for c in nchains))
 
     with timings.stage("assemble"):
         fchains, frules, nchains, nrules = head(cx, settings)
-        digests: dict[str, str] = {}
+        own: list[str] = []
         for g in order:
             seg = groups.get(g)
             if seg is None:
                 seg = groups[g] = old[g]
-            if seg.chains:
-                nchains += seg.chains
-                digests.update(zip(seg.chains, seg.digests))
+            if seg.own:
+                own += seg.own.split(" ")
             nrules += [Rule(c, s) for c, s in seg.nat]
             frules += [Rule(c, s) for c, s in seg.filter]
+        nchains += own[0::2]
+        digests = dict(zip(own[0::2], own[1::2]))
         base = finish(cx, settings, fchains, frules, nchains, nrules)
         unit_infos = {units[i].digest: infos[i] for i in range(len(units))
                       if i not in decoded or decoded[i].cacheable}
