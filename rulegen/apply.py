@@ -465,14 +465,14 @@ def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_
                 # Sent exactly this last time and still not recognised: the
                 # kernel's spelling defeats the canonical form, so learn it.
                 suspects += 1
-        sent = [c for c in wt.chains if c in changed or c in added] if changed or added else []
+        sent = _in_order(changed | added, wt.chains)
         res.added += [(wt.name, c) for c in sent if c in added]
         res.changed += [(wt.name, c) for c in sent if c in changed]
         before[wt.name] = _TableState(ours, {c: s for c, s in lt.specs.items() if c not in ours}, spelt)
 
         gone = {c for c in lt.chains if c not in digests} if not hashed else (
             lt.ours.keys() - digests.keys()) | {c for c in lt.specs if c not in digests}
-        stale = [c for c in lt.chains if c in gone and c.startswith(STALE_PREFIXES)] if gone else []
+        stale = _in_order({c for c in gone if c.startswith(STALE_PREFIXES)}, lt.chains)
         plans.append(_TablePlan(wt.name, sent, stale, [], []))
     clock.lap("diff")
 
@@ -604,6 +604,15 @@ def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_
         clock.lap("cache")
     res.timings = clock.stages
     return res
+
+
+def _in_order(few: set[str], chains: Any) -> list[str]:
+    """FEW (a subset of CHAINS) in the order of CHAINS; a handful is found by C-level search."""
+    if not few:
+        return []
+    if len(few) <= 16:
+        return sorted(few, key=chains.index)
+    return [c for c in chains if c in few]
 
 
 def _after(before: dict[str, _TableState], plans: list[_TablePlan],
