@@ -39,7 +39,9 @@ from . import gen
 
 BUDGET_SECONDS = 1.0
 BUDGET_SHARE = 0.01
-CHANGED_IP = "10.255.254.7"  # inside the generated cluster CIDR (10.128.0.0/9), used by no pod
+# Inside the generated cluster CIDR (10.128.0.0/9), used by no pod: the changed endpoint's successive addresses.
+CHANGED_IPS = ("10.255.254.7", "10.255.254.8", "10.255.254.9", "10.255.254.10", "10.255.254.11")
+CHANGED_IP = CHANGED_IPS[0]
 STAGE_ORDER = ("load-cache", "read", "parse", "plan", "compile", "assemble", "load", "render", "create",
                "read-cache", "read-live", "diff", "list", "jumps", "prepare", "test", "restore", "cache", "save-cache")
 
@@ -72,28 +74,36 @@ class Result:
     def run(self, label: str) -> Run | None:
         return next((r for r in self.runs if r.label == label), None)
 
+    def incremental(self) -> list[Run]:
+        return [r for r in self.runs if r.label.startswith("incremental")]
+
     def budget(self) -> tuple[bool, str] | None:
-        full, inc = self.run("full"), self.run("incremental")
-        if full is None or inc is None or not full.lines:
+        """Judged on the median of the incremental runs (each one endpoint change), and the largest share."""
+        full, incs = self.run("full"), self.incremental()
+        if full is None or not incs or not full.lines:
             return None
-        share = inc.lines / full.lines
-        ok = inc.wall_s < BUDGET_SECONDS and share < BUDGET_SHARE
-        return ok, (f"`rulegen apply` after the change took {inc.wall_s:.3f} s end to end (< {BUDGET_SECONDS:g} s: "
-                    f"{'yes' if inc.wall_s < BUDGET_SECONDS else 'no'}), "
-                    f"{inc.lines} of {full.lines} lines = {share * 100:.4f}% "
+        walls = sorted(r.wall_s for r in incs)
+        wall = walls[len(walls) // 2]
+        lines = max(r.lines for r in incs)
+        share = lines / full.lines
+        ok = wall < BUDGET_SECONDS and share < BUDGET_SHARE
+        runs = ", ".join(f"{r.wall_s:.3f}" for r in incs)
+        return ok, (f"`rulegen apply` after one endpoint change took {wall:.3f} s end to end, median of "
+                    f"{len(incs)} changes ({runs} s) (< {BUDGET_SECONDS:g} s: {'yes' if wall < BUDGET_SECONDS else 'no'}), "
+                    f"at most {lines} of {full.lines} lines = {share * 100:.4f}% "
                     f"(< {BUDGET_SHARE * 100:g}%: {'yes' if share < BUDGET_SHARE else 'no'})")
 
 
-def change_one_endpoint(objs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
-    """A copy of OBJS where the first endpoint of the first non-empty slice has a new address."""
+def change_one_endpoint(objs: list[dict[str, Any]], ip: str = CHANGED_IP) -> tuple[list[dict[str, Any]], str]:
+    """A copy of OBJS where the first endpoint of the first non-empty slice has address IP."""
     out = json.loads(json.dumps(objs))
     for o in out:
         if o.get("kind") == "EndpointSlice" and o.get("endpoints"):
             ep = o["endpoints"][0]
             old = ep["addresses"][0]
-            ep["addresses"] = [CHANGED_IP]
+            ep["addresses"] = [ip]
             meta = o["metadata"]
-            return out, f"{meta['namespace']}/{meta['name']}: endpoint {old} -> {CHANGED_IP}"
+            return out, f"{meta['namespace']}/{meta['name']}: endpoint {old} -> {ip}"
     raise SystemExit("rulegen.bench.incremental: the generated cluster has no endpoints to change")
 
 
@@ -154,7 +164,7 @@ def compare(a: dict[tuple[str, str], list[str]], b: dict[tuple[str, str], list[s
 
 
 def bench_backend(backend: str, services: int, endpoints: int, seed: int, workdir: str,
-                  names: list[str], repeat: bool = True) -> Result:
+                  names: list[str], repeat: bool = True, changes: int = 3) -> Result:
     from ..netns import RealNetns
 
     ops = RealNetns(backend)
@@ -164,19 +174,27 @@ def bench_backend(backend: str, services: int, endpoints: int, seed: int, workdi
     names += [ns, fresh]
     state = os.path.join(workdir, f"state-{backend}")
     objs = gen.generate(services, endpoints, seed)
-    changed, what = change_one_endpoint(objs)
-    before_path, after_path = os.path.join(workdir, "before.json"), os.path.join(workdir, "after.json")
-    for path, o in ((before_path, objs), (after_path, changed)):
+    before_path = os.path.join(workdir, "before.json")
+    with open(before_path, "w") as f:
+        gen.write(objs, "json", f)
+    # Successive versions: the same endpoint moved to another address each time.
+    versions = []
+    for k in range(changes):
+        changed, what = change_one_endpoint(objs, CHANGED_IPS[k % len(CHANGED_IPS)])
+        path = os.path.join(workdir, f"after-{k + 1}.json")
         with open(path, "w") as f:
-            gen.write(o, "json", f)
+            gen.write(changed, "json", f)
+        versions.append((path, what))
     del objs, changed
 
     res.runs.append(_cli_apply(before_path, ns, backend, state, True, "full"))
     if repeat:
         res.runs.append(_cli_apply(before_path, ns, backend, state, False, "repeat (no change)"))
-    inc = _cli_apply(after_path, ns, backend, state, False, "incremental")
-    inc.summary += f"\n  change: {what}"
-    res.runs.append(inc)
+    for k, (path, what) in enumerate(versions, 1):
+        inc = _cli_apply(path, ns, backend, state, False, f"incremental {k}" if changes > 1 else "incremental")
+        inc.summary += f"\n  change: {what}"
+        res.runs.append(inc)
+    after_path = versions[-1][0]
     # The reference: the changed cluster loaded whole into a namespace of its own.
     res.runs.append(_cli_apply(after_path, fresh, backend, os.path.join(workdir, f"state-{backend}-ref"), True,
                                "fresh full (reference)"))
@@ -217,13 +235,13 @@ def report(results: list[Result], system: str, elapsed: float) -> str:
         if b is not None:
             out.append(f"- budget (issue 5): **{'met' if b[0] else 'missed'}**: {b[1]}")
         if r.equal is not None:
-            out.append(f"- live state after the incremental apply equals a fresh full apply: "
+            out.append(f"- live state after the incremental applies equals a fresh full apply: "
                        f"**{'yes' if r.equal else 'NO'}**")
             for d in r.differences[:20]:
                 out.append(f"  - {d}")
-        inc = r.run("incremental")
-        if inc:
-            out.append(f"- {inc.summary.splitlines()[-1].strip()}")
+        incs = r.incremental()
+        if incs:
+            out.append(f"- {incs[-1].summary.splitlines()[-1].strip()}")
         out.append("")
         seen = {s for run in r.runs for s, _ in run.stages}
         stages = [s for s in STAGE_ORDER if s in seen] + sorted(seen - set(STAGE_ORDER))
@@ -264,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="Services for the nft run when it should be smaller (default: --services)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-repeat", action="store_true", help="skip the no-change repeat")
+    ap.add_argument("--changes", type=int, default=3,
+                    help="incremental applies, each one endpoint change; the budget takes their median (default 3)")
     ap.add_argument("--check-budget", action="store_true",
                     help="exit 1 when the system backend misses the budget")
     ap.add_argument("-o", "--output", default="", help="also write the Markdown report here")
@@ -300,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr, flush=True)
             try:
                 results.append(bench_backend(b, n, args.endpoints, args.seed, workdir, names,
-                                             repeat=not args.no_repeat))
+                                             repeat=not args.no_repeat, changes=max(1, args.changes)))
             except (UsageError, RuntimeError, subprocess.TimeoutExpired) as e:
                 r = Result(b, n, args.endpoints, error=str(e))
                 results.append(r)
