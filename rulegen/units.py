@@ -30,7 +30,7 @@ ITEM, FILE, DOCS = "item", "file", "docs"
 # there parses each part exactly as the whole file would. Files with
 # directives (`%YAML`) or document-end markers (`...`) are not cut.
 _DOC_START = re.compile(rb"^---[ \t]*\r?$", re.M)
-_NO_CUT = re.compile(rb"^(?:%|\.\.\.)", re.M)
+_NO_CUT = re.compile(rb"^(?:\xef\xbb\xbf)?(?:%|\.\.\.)", re.M)  # a BOM may come first
 _FIRST = re.compile(r"\S")
 
 

@@ -164,14 +164,19 @@ class IncrementalCompiled:
         if self.cache is None:
             return
         data = msgspec.msgpack.encode(self.cache)
+        tmp = f"{path}.{os.getpid()}.tmp"
         try:
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            tmp = f"{path}.{os.getpid()}.tmp"
+            folder = os.path.dirname(path)
+            if folder:
+                os.makedirs(folder, mode=0o700, exist_ok=True)
             with open(tmp, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
         except OSError:
-            pass
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
 
 class _NatView(TableView):
