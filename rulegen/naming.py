@@ -31,8 +31,9 @@ def b32_16(data: bytes) -> str:
     """First 16 characters of the standard base32 encoding of sha256(data)."""
     n = _from_bytes(_sha(data).digest()[:10], "big")
     P = _PAIRS
-    return (P[n >> 70] + P[(n >> 60) & 1023] + P[(n >> 50) & 1023] + P[(n >> 40) & 1023]
-            + P[(n >> 30) & 1023] + P[(n >> 20) & 1023] + P[(n >> 10) & 1023] + P[n & 1023])
+    # One f-string builds the result once (seven `+` would build six intermediates).
+    return (f"{P[n >> 70]}{P[(n >> 60) & 1023]}{P[(n >> 50) & 1023]}{P[(n >> 40) & 1023]}"
+            f"{P[(n >> 30) & 1023]}{P[(n >> 20) & 1023]}{P[(n >> 10) & 1023]}{P[n & 1023]}")
 
 
 @lru_cache(maxsize=1 << 20)
