@@ -60,6 +60,15 @@ def cached(path: Path, cache: Path):
     return c
 
 
+def first_apply(tmp_path: Path, path: Path):
+    """A fake namespace given PATH's rules, with both caches written as the command writes them."""
+    ops, state, cache = FakeNetns(), str(tmp_path / "state"), tmp_path / "compile.msgpack"
+    c = cached(path, cache)
+    apply(c, "rgt-capply-a", create=True, ops=ops, state_dir=state)
+    c.save(str(cache))
+    return ops, state, cache
+
+
 @pytest.fixture
 def cluster(tmp_path):
     objs = gen.generate(40, 3, seed=7)
@@ -91,10 +100,7 @@ def test_one_endpoint_change_compiles_one_service_and_matches_a_fresh_apply(tmp_
 
 def test_unchanged_input_sends_nothing_and_saves_nothing(tmp_path, cluster):
     _, path = cluster
-    ops, state, cache = FakeNetns(), str(tmp_path / "state"), tmp_path / "compile.msgpack"
-    c = cached(path, cache)
-    apply(c, "rgt-capply-a", create=True, ops=ops, state_dir=state)
-    c.save(str(cache))
+    ops, state, cache = first_apply(tmp_path, path)
     again = cached(path, cache)
     assert again.stats["compiled"] == 0 and again.cache is None
     res = apply(again, "rgt-capply-a", ops=ops, state_dir=state)
@@ -105,10 +111,7 @@ def test_chain_changed_behind_the_cache_is_repaired_from_a_full_compile(tmp_path
     """A live chain of an unchanged Service was altered: apply reads everything and needs that
     chain's rules, which the incremental compile knows only by hash, so it compiles in full."""
     objs, path = cluster
-    ops, state, cache = FakeNetns(), str(tmp_path / "state"), tmp_path / "compile.msgpack"
-    c = cached(path, cache)
-    apply(c, "rgt-capply-a", create=True, ops=ops, state_dir=state)
-    c.save(str(cache))
+    ops, state, cache = first_apply(tmp_path, path)
     nat = ops.tables("rgt-capply-a")["nat"]
     victim = sorted(ch for ch in nat.chains if ch.startswith("KUBE-SVC-"))[5]
     nat.chains[victim] = ["-j RETURN"]
@@ -127,10 +130,7 @@ def test_chain_changed_behind_the_cache_is_repaired_from_a_full_compile(tmp_path
 
 def test_corrupt_compile_cache_is_ignored(tmp_path, cluster):
     objs, path = cluster
-    ops, state, cache = FakeNetns(), str(tmp_path / "state"), tmp_path / "compile.msgpack"
-    c = cached(path, cache)
-    apply(c, "rgt-capply-a", create=True, ops=ops, state_dir=state)
-    c.save(str(cache))
+    ops, state, cache = first_apply(tmp_path, path)
     cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
     changed, _ = change_endpoint(objs, 1, "10.255.1.11")
     write(path, changed)
