@@ -40,7 +40,7 @@ from typing import Any, Callable
 import msgspec
 
 from ... import __version__, plan as planmod
-from ...diagnostics import Report, UsageError
+from ...diagnostics import Report
 from ...model import Inputs
 from ...settings import Settings, resolve
 from ...units import Unit, read_units
@@ -225,6 +225,7 @@ def compile_incremental(paths: list[str], flags: dict[str, Any], report: Report,
     # in order); keep what it knows as hashes.
     decoded: dict[int, _Decoded] = {}
     infos: list[UnitInfo] = []
+    befores: list[int] = []  # documents of the same file ahead of each unit
     with timings.stage("parse"):
         before = 0
         last_file = -1
@@ -236,6 +237,7 @@ def compile_incremental(paths: list[str], flags: dict[str, Any], report: Report,
                 d = decoded[i] = _decode(u, before, report)
                 info = UnitInfo(d.docs, d.groups)
             infos.append(info)
+            befores.append(before)
             before += info.docs
         glob = Inputs([], [], [], [], [], [])
         for d in decoded.values():
@@ -264,7 +266,7 @@ def compile_incremental(paths: list[str], flags: dict[str, Any], report: Report,
             d = decoded.get(i)
             if d is None:
                 # Known to the cache, so it parsed cleanly before: parse it again quietly.
-                d = decoded[i] = _decode(units[i], _docs_before(units, infos, i), Report())
+                d = decoded[i] = _decode(units[i], befores[i], Report())
             out.append(d)
         return out
 
@@ -345,20 +347,3 @@ def compile_incremental(paths: list[str], flags: dict[str, Any], report: Report,
         tables.append(_NatView(t, digests, own_specs, out) if t.name == "nat" else TableView(t))
     out._tables = tables
     return out
-
-
-def _docs_before(units: list[Unit], infos: list[UnitInfo], i: int) -> int:
-    n = 0
-    j = i - 1
-    while j >= 0 and units[j].seq == units[i].seq:
-        n += infos[j].docs
-        j -= 1
-    return n
-
-
-def cache_path(state_dir: str | None, netns: str) -> str | None:
-    return os.path.join(state_dir, netns, "compile.msgpack") if state_dir else None
-
-
-__all__ = ["CompileCache", "IncrementalCompiled", "compile_incremental", "load_cache", "cache_path",
-           "UsageError"]
