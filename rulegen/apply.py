@@ -48,7 +48,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import msgspec
 
@@ -182,10 +182,6 @@ def _live_reader() -> tuple[Callable[..., Any], Callable[[str], str]]:
     from .backends.iptables.spec import canonical
 
     return parse, canonical
-
-
-def _digest(specs: Iterable[str]) -> str:
-    return chain_digest(specs)
 
 
 class _TableState(msgspec.Struct):
@@ -446,7 +442,7 @@ def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_
                 added.add(c)
                 continue
             wd = digests[c]
-            ld = _digest(lspecs)
+            ld = chain_digest(lspecs)
             hit = tours.get(c)
             hit_live = tspelt.get(c, "")
             if hit == wd and hit_live == ld:  # sent as compiled now, and the kernel still prints it so
@@ -492,7 +488,7 @@ def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_
                 raise _CacheDisagrees()
             for c in need:
                 ld = lt.spelt.get(c, "")
-                if ld and _digest(got[c]) != ld:
+                if ld and chain_digest(got[c]) != ld:
                     raise _CacheDisagrees()
                 lt.specs[c] = got[c]
         clock.lap("list")
@@ -586,7 +582,7 @@ def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_
                     continue
                 ts = after[p.name]
                 for c in p.sent:
-                    ts.spelt[c] = _digest(got[c])
+                    ts.spelt[c] = chain_digest(got[c])
             if ops.generation(netns, fam) != gen1:
                 fresh_after = False  # someone changed something while we listed: vouch for nothing
         if readback:
@@ -597,7 +593,7 @@ def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_
                 ts = after[p.name]
                 for c in p.sent:
                     if c in achains:
-                        ts.spelt[c] = _digest(achains[c])
+                        ts.spelt[c] = chain_digest(achains[c])
         _save_cache(state_dir, netns, fam, identity, backend, after, gen1 if fresh_after else None)
         if fresh_after and gen0 is not None and gen1 is not None:
             _advance_other_family(state_dir, netns, fam, gen0, gen1)
