@@ -81,10 +81,15 @@ def expand_paths(paths: Iterable[str]) -> list[str]:
 _FIRST_CHAR = re.compile(r"\S")
 
 
+def looks_like_json(name: str, text: str) -> bool:
+    """A `.json` file, or text whose first non-blank character opens a JSON object or array."""
+    first = _FIRST_CHAR.search(text)  # not text.lstrip(): that copies a 30 MB input
+    return name.endswith(".json") or (first is not None and first.group() in ("{", "["))
+
+
 def read_documents(name: str, text: str) -> list[Any]:
     """Parse one file's text into its documents; UsageError when it is not YAML/JSON."""
-    first = _FIRST_CHAR.search(text)  # not text.lstrip(): that copies a 30 MB input
-    if name.endswith(".json") or (first is not None and first.group() in ("{", "[")):
+    if looks_like_json(name, text):
         try:
             try:
                 # msgspec's decoder builds the same dicts and lists ~1.6x faster; what it
@@ -216,8 +221,12 @@ def iter_objects(paths: Iterable[str]) -> Iterator[tuple[Place, Any]]:
 
 def is_list(doc: Any) -> bool:
     """A `kind: List` (or `*List` with items) document, whose items are the objects."""
-    return isinstance(doc, dict) and (doc.get("kind") == "List" or (
-        str(doc.get("kind", "")).endswith("List") and "items" in doc))
+    return isinstance(doc, dict) and lists_items(doc.get("kind"), "items" in doc)
+
+
+def lists_items(kind: Any, has_items: bool) -> bool:
+    """Whether a document of KIND (with or without an `items` field) is a list of objects."""
+    return kind == "List" or (has_items and str(kind).endswith("List"))
 
 
 def objects_of(shown: str, docs: list[Any], before: int = 0) -> Iterator[tuple[Place, Any]]:

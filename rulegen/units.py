@@ -31,7 +31,6 @@ ITEM, FILE, DOCS = "item", "file", "docs"
 # directives (`%YAML`) or document-end markers (`...`) are not cut.
 _DOC_START = re.compile(rb"^---[ \t]*\r?$", re.M)
 _NO_CUT = re.compile(rb"^(?:\xef\xbb\xbf)?(?:%|\.\.\.)", re.M)  # a BOM may come first
-_FIRST = re.compile(r"\S")
 
 
 class _ListShape(msgspec.Struct):
@@ -102,16 +101,12 @@ def read_units(paths: list[str]) -> list[Unit]:
 
 def cut(shown: str, text: str) -> list[Unit]:
     data = text.encode()
-    first = _FIRST.search(text)
-    lead = first.group() if first else ""
-    if shown.endswith(".json") or lead in ("{", "["):
+    if loader.looks_like_json(shown, text):
         try:
             top = msgspec.json.decode(data, type=_ListShape)
         except (msgspec.DecodeError, msgspec.ValidationError):
             return [Unit(shown, FILE, data, text=text)]
-        listed = top.kind == "List" or (str(top.kind if top.kind is not None else "").endswith("List")
-                                        and top.items is not msgspec.UNSET)
-        if not listed or not top.items:
+        if not loader.lists_items(top.kind, top.items is not msgspec.UNSET) or not top.items:
             return [Unit(shown, FILE, data, text=text)]
         return [Unit(shown, ITEM, raw, item=j) for j, raw in enumerate(top.items, 1)]
     if _NO_CUT.search(data):
