@@ -202,7 +202,15 @@ def _load_all_yaml(text: str) -> list[Any]:
 
 def read_text(name: str) -> str:
     if name == "-":
-        return sys.stdin.read()
+        # As bytes, decoded strictly like a file: the text stream would turn bad
+        # bytes into lone surrogates (C/POSIX locale) that no parser accepts.
+        raw = getattr(sys.stdin, "buffer", None)
+        if raw is None:
+            return sys.stdin.read()
+        try:
+            return raw.read().decode("utf-8")
+        except UnicodeDecodeError:
+            raise UsageError("<stdin>: not a text file (YAML or JSON expected)") from None
     try:
         with open(name, encoding="utf-8") as f:
             return f.read()

@@ -165,3 +165,23 @@ def test_stdin_and_no_traceback_in_a_real_process(tmp_path):
     assert "Traceback" not in p.stderr
     p = subprocess.run([str(exe), "compile", "-"], input=GOOD_SVC, capture_output=True, text=True, timeout=30)
     assert p.returncode == 0 and "default/web:http has no endpoints" in p.stdout
+
+
+@pytest.mark.parametrize("locale_env", [{"LC_ALL": "C.UTF-8"}, {"PYTHONIOENCODING": "utf-8:strict"}])
+def test_bytes_not_utf8_on_stdin_in_any_locale(tmp_path, locale_env):
+    """Standard input decoded like a file, whatever the locale makes of sys.stdin: a message, not a traceback."""
+    import os
+
+    exe = Path(sys.executable).with_name("rulegen")
+    env = {**os.environ, "PYTHONIOENCODING": "", **locale_env}
+    p = subprocess.run([str(exe), "compile", "-"], input=GOOD_SVC.encode() + b'  x: "\xff"\n',
+                       capture_output=True, timeout=30, env=env)
+    assert p.returncode == 2 and b"Traceback" not in p.stderr
+    assert p.stderr.decode().strip() == "rulegen: error: <stdin>: not a text file (YAML or JSON expected)"
+    # A rules file given on stdin is read as the same file would be: a bad byte is replaced.
+    rules = b'*nat\n:X - [0:0]\n-A X -m comment --comment "\xff" -j RETURN\nCOMMIT\n'
+    f = tmp_path / "r.rules"
+    f.write_bytes(rules)
+    p = subprocess.run([str(exe), "diff", str(f), "-"], input=rules, capture_output=True, timeout=30, env=env)
+    assert p.returncode == 0 and b"Traceback" not in p.stderr, p.stderr
+    assert b"no differences" in p.stdout

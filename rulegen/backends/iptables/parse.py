@@ -86,8 +86,9 @@ def _checked_rule(cur: _Section, chain: str, spec: str, lineno: int, raw: str, s
 
 def read_source(path: str) -> tuple[str, str]:
     """A rules file's text and the name to show for it (`-` is standard input)."""
-    if path == "-":
-        return sys.stdin.read(), "<stdin>"
+    if path == "-":  # as bytes, decoded as a file is: a bad byte is replaced in any locale
+        raw = getattr(sys.stdin, "buffer", None)
+        return (sys.stdin.read() if raw is None else raw.read().decode("utf-8", "replace")), "<stdin>"
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             return f.read(), path
