@@ -224,7 +224,57 @@ def iter_objects(paths: Iterable[str]) -> Iterator[tuple[Place, Any]]:
     """Every top-level object with its place; `kind: List` items are unpacked."""
     for name in expand_paths(paths):
         shown = "<stdin>" if name == "-" else name
-        yield from objects_of(shown, read_documents(shown, read_text(name)))
+        text = read_text(name)
+        items = json_list_items(shown, text)
+        if items is None:
+            yield from objects_of(shown, read_documents(shown, text))
+            continue
+        del text
+        # A JSON List's items are decoded one at a time, each just before it is
+        # converted and freed right after: the dicts being walked stay in the CPU
+        # cache, where building a 10k-Service tree first and walking it afterwards
+        # misses it on every object (and holds the whole tree in memory).
+        items.reverse()
+        j = 0
+        while items:
+            j += 1
+            yield Place(shown, 1, item=j), decode_item(items.pop())
+
+
+class _ListShape(msgspec.Struct):
+    """A JSON file's top level as far as finding its List items needs; the items stay raw bytes."""
+
+    kind: Any = None
+    items: list[msgspec.Raw] | None | msgspec.UnsetType = msgspec.UNSET
+
+
+def json_list_items(name: str, text: str, data: bytes | None = None) -> list[msgspec.Raw] | None:
+    """The raw items of a JSON `kind: List` file (DATA: TEXT encoded), or None for anything else.
+
+    msgspec checks the syntax of the whole file but builds nothing inside the
+    items (~20 ms for 30 MB). None also for what msgspec refuses (NaN, bad
+    syntax): `read_documents` words the verdict on those.
+    """
+    if not looks_like_json(name, text):
+        return None
+    try:
+        top = msgspec.json.decode(text.encode() if data is None else data, type=_ListShape)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if not lists_items(top.kind, top.items is not msgspec.UNSET) or not top.items:
+        return None
+    return top.items
+
+
+_decode = msgspec.json.Decoder().decode
+
+
+def decode_item(raw: Any) -> Any:
+    """One List item's JSON, as `json.loads` would give it (1e400 and friends included)."""
+    try:
+        return _decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError):  # numbers msgspec will not hold (1e400)
+        return json.loads(bytes(raw))
 
 
 def is_list(doc: Any) -> bool:

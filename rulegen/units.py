@@ -18,8 +18,6 @@ import re
 from hashlib import sha256  # with SHA extensions the fastest hashlib hash on ~1 KB objects
 from typing import Any
 
-import msgspec
-
 from . import loader
 from .diagnostics import Place, UsageError
 
@@ -31,13 +29,6 @@ ITEM, FILE, DOCS = "item", "file", "docs"
 # directives (`%YAML`) or document-end markers (`...`) are not cut.
 _DOC_START = re.compile(rb"^---[ \t]*\r?$", re.M)
 _NO_CUT = re.compile(rb"^(?:\xef\xbb\xbf)?(?:%|\.\.\.)", re.M)  # a BOM may come first
-
-
-class _ListShape(msgspec.Struct):
-    """A JSON file's top level as far as cutting needs it; items stay raw bytes."""
-
-    kind: Any = None
-    items: list[msgspec.Raw] | None | msgspec.UnsetType = msgspec.UNSET
 
 
 class Unit:
@@ -65,12 +56,7 @@ class Unit:
         YAML/JSON at all.
         """
         if self.how == ITEM:
-            try:
-                obj = msgspec.json.decode(self.data)
-            except (msgspec.DecodeError, msgspec.ValidationError):  # pragma: no cover - cut JSON is valid
-                import json
-                obj = json.loads(bytes(self.data))
-            return [(Place(self.file, 1, item=self.item), obj)], 1
+            return [(Place(self.file, 1, item=self.item), loader.decode_item(self.data))], 1
         if self.how == FILE:
             text = self.text if self.text is not None else bytes(self.data).decode()
             docs = loader.read_documents(self.file, text)
@@ -102,13 +88,10 @@ def read_units(paths: list[str]) -> list[Unit]:
 def cut(shown: str, text: str) -> list[Unit]:
     data = text.encode()
     if loader.looks_like_json(shown, text):
-        try:
-            top = msgspec.json.decode(data, type=_ListShape)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        items = loader.json_list_items(shown, text, data)
+        if items is None:
             return [Unit(shown, FILE, data, text=text)]
-        if not loader.lists_items(top.kind, top.items is not msgspec.UNSET) or not top.items:
-            return [Unit(shown, FILE, data, text=text)]
-        return [Unit(shown, ITEM, raw, item=j) for j, raw in enumerate(top.items, 1)]
+        return [Unit(shown, ITEM, raw, item=j) for j, raw in enumerate(items, 1)]
     if _NO_CUT.search(data):
         return [Unit(shown, FILE, data, text=text)]
     starts = [m.start() for m in _DOC_START.finditer(data)]

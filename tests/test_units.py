@@ -387,6 +387,57 @@ def test_json_units_decode_like_the_whole_file(tmp_path, name, text, hows):
         assert [u.how for u in read_units([path])] == hows
 
 
+def whole_document(name: str, text: str) -> tuple[str, Any]:
+    """The oracle for streamed Lists: the whole file decoded as one document, then unpacked."""
+    return outcome(lambda: list(objects_of(name, read_documents(name, text))))
+
+
+@pytest.mark.parametrize("name,text", [c[1:3] for c in JSON_CASES], ids=[c[0] for c in JSON_CASES])
+def test_streamed_json_list_reads_like_the_whole_document(tmp_path, name, text):
+    """`iter_objects` decodes a List's items one at a time; the result is the whole-file decode's."""
+    path = write(tmp_path, name, text)
+    assert by_loader([path]) == whole_document(path, text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(k8s_doc(), values), min_size=1, max_size=5),
+       st.sampled_from(["List", "ServiceList", "EndpointSliceList"]), st.booleans())
+def test_generated_json_lists_stream_like_the_whole_document(items, kind, indent):
+    import tempfile
+
+    text = json.dumps({"kind": kind, "items": items}, indent=1 if indent else None, ensure_ascii=indent)
+    with tempfile.TemporaryDirectory() as d:
+        path = write(Path(d), "gen.json", text)
+        got = by_loader([path])
+        assert got == whole_document(path, text)
+    assert got[0] == "ok" and [p.item for p, _ in got[1]] == list(range(1, len(items) + 1))
+
+
+def test_json_list_items_are_decoded_one_at_a_time(tmp_path, monkeypatch):
+    """No tree of the whole List is built first: item k is decoded when object k is asked for."""
+    import rulegen.loader as loader_mod
+
+    calls: list[int] = []
+    real = loader_mod.decode_item
+    monkeypatch.setattr(loader_mod, "decode_item", lambda raw: calls.append(1) or real(raw))
+    it = iter_objects([write(tmp_path, "l.json", json.dumps(LIST))])
+    place, obj = next(it)
+    assert (len(calls), place.item, obj["metadata"]["name"]) == (1, 1, "a")
+    assert len(list(it)) == 3 and len(calls) == 4
+
+
+@pytest.mark.parametrize("data", [b'{"kind": "List", "items": [{"kind": "Service", "x": "\xff"}]}',
+                                  b'kind: Service\nx: "\xff"\n'], ids=["JSON List", "YAML"])
+def test_bad_utf8_on_stdin_is_a_usage_error_like_a_files(tmp_path, monkeypatch, data):
+    """Bytes that are not UTF-8 on standard input: the file's message, not a traceback."""
+    import io
+
+    want = by_loader([write(tmp_path, "x.json", data)])
+    assert want == ("error", f"{tmp_path}/x.json: not a text file (YAML or JSON expected)")
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data), errors="surrogateescape"))
+    assert by_loader(["-"]) == ("error", "<stdin>: not a text file (YAML or JSON expected)")
+
+
 def test_json_list_places_are_item_numbers(tmp_path):
     path = write(tmp_path, "l.json", json.dumps(LIST))
     kind, pairs = assert_same([path])
