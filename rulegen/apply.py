@@ -54,6 +54,7 @@ import msgspec
 
 from .backends.iptables.ir import BUILTIN_CHAINS, Rule, TableView, chain_digest, views
 from .diagnostics import UsageError
+from .files import write_atomic
 from .pipeline import gc_paused
 from .netns import ApplyError, Netns, RealNetns, check_name, restore_reason, restore_tool, rule_target
 
@@ -239,10 +240,7 @@ def _load_generation(state_dir: str, netns: str, family: int) -> _Generation | N
 
 def _write(path: str, data: bytes) -> None:
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    write_atomic(path, data)
 
 
 def _save_cache(state_dir: str | None, netns: str, family: int, identity: str, backend: str,

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import click
 
 from .diagnostics import Report, UsageError
+from .files import write_atomic
 from .pipeline import Compiled, compile_files, compile_files_cached
 
 SETTING_KEYS = (
@@ -154,8 +155,7 @@ def compile_cmd(files, output, timings, config_path, **kw):
     if output:
         with c.timings.stage("write"):
             try:
-                with open(output, "w") as f:
-                    f.write(text)
+                write_atomic(output, text)  # a failed write leaves the previous payload whole
             except OSError as e:
                 raise UsageError(f"{output}: cannot write: {e.strerror}") from None
     else:

@@ -17,12 +17,12 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .diagnostics import Report, UsageError
+from .files import write_atomic
 from .loader import INPUT_SUFFIXES, NOT_INPUTS
 ARGS_FILE = "args"
 EXPECTED_PREFIX = "expected."
@@ -205,28 +205,6 @@ def _read_expected(path: Path) -> str | None:
         return None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Replace `path` in one step; a crash leaves the old file, never half a new one."""
-    try:
-        mode = path.stat().st_mode & 0o777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, mode)  # mkstemp makes 0600 files; keep what the repository had
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def _new_case_mode(case: Case) -> str:
     """A case without expected files yet is for the mode its args name (iptables by default)."""
     try:
@@ -256,7 +234,7 @@ def run_case(case: Case, update: bool = False) -> list[Outcome]:
             out.append(Outcome(case, mode, OK, actual=actual, **seen))
         elif update:
             try:
-                _write_atomic(path, actual)
+                write_atomic(path, actual)
             except OSError as e:
                 out.append(Outcome(case, mode, ERROR, message=f"{path.name}: cannot write: {e.strerror}",
                                    actual=actual, **seen))

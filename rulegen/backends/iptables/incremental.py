@@ -41,6 +41,7 @@ import msgspec
 
 from ... import __version__, plan as planmod
 from ...diagnostics import Report
+from ...files import write_atomic
 from ...model import Inputs
 from ...settings import Settings, resolve
 from ...units import Unit, read_units
@@ -164,19 +165,13 @@ class IncrementalCompiled:
         if self.cache is None:
             return
         data = msgspec.msgpack.encode(self.cache)
-        tmp = f"{path}.{os.getpid()}.tmp"
         try:
             folder = os.path.dirname(path)
             if folder:
                 os.makedirs(folder, mode=0o700, exist_ok=True)
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            write_atomic(path, data)
         except OSError:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            pass
 
 
 class _NatView(TableView):
