@@ -2,8 +2,9 @@
 
 Owns the step from user files to `model.Inputs`. Accepts files, directories
 (their `*.yaml`, `*.yml`, `*.json`, sorted by name) and `-` for standard
-input; multi-document YAML and `kind: List`. JSON goes through `json` (the
-fast path for `kubectl get -o json`), YAML through PyYAML's C loader.
+input; multi-document YAML and `kind: List`. JSON goes through msgspec (a
+`kubectl get -o json` List one item at a time; `json` words the errors),
+YAML through PyYAML's C loader.
 
 kube-proxy only ever sees objects the API server validated, and it still
 drops what it cannot use (an unparsable IP, an other-family address). The
