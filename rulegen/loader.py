@@ -90,6 +90,11 @@ def looks_like_json(name: str, text: str) -> bool:
 
 def read_documents(name: str, text: str) -> list[Any]:
     """Parse one file's text into its documents; UsageError when it is not YAML/JSON."""
+    return list(iter_documents(name, text))
+
+
+def iter_documents(name: str, text: str) -> Iterator[Any]:
+    """`read_documents` one document at a time: a YAML error surfaces when its document is reached."""
     if looks_like_json(name, text):
         try:
             try:
@@ -98,17 +103,26 @@ def read_documents(name: str, text: str) -> list[Any]:
                 doc = msgspec.json.decode(text)
             except (msgspec.DecodeError, msgspec.ValidationError):
                 doc = json.loads(text)
-            return [doc]
         except ValueError as e:
             if name.endswith(".json"):
                 raise UsageError(f"{name}: not valid JSON: {e}") from None
-    return read_yaml(name, text)
+        else:
+            yield doc
+            return
+    yield from iter_yaml(name, text)
 
 
 def read_yaml(name: str, text: str) -> list[Any]:
     """The YAML documents of TEXT (empty ones dropped); UsageError when it is not YAML."""
+    return list(iter_yaml(name, text))
+
+
+def iter_yaml(name: str, text: str) -> Iterator[Any]:
+    """`read_yaml` one document at a time."""
     try:
-        return [d for d in _load_all_yaml(text) if d is not None]
+        for d in _iter_yaml(text):
+            if d is not None:
+                yield d
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -185,18 +199,18 @@ def _build(loader: Any, node: Any, busy: set[int]) -> Any:
         busy.discard(id(node))
 
 
-def _load_all_yaml(text: str) -> list[Any]:
+def _iter_yaml(text: str) -> Iterator[Any]:
     """`yaml.load_all(text, CSafeLoader)`, ~1.5x faster on Kubernetes-shaped documents."""
     loader = _FastYamlLoader(text)
     try:
-        docs = []
         while loader.check_node():
             node = loader.get_node()
             try:
-                docs.append(_build(loader, node, set()))
+                doc = _build(loader, node, set())
             except (_Unusual, TypeError):  # TypeError: an unhashable key; PyYAML words the error
-                docs.append(loader.construct_document(node))
-        return docs
+                doc = loader.construct_document(node)
+            del node
+            yield doc
     finally:
         loader.dispose()
 
@@ -228,7 +242,8 @@ def iter_objects(paths: Iterable[str]) -> Iterator[tuple[Place, Any]]:
         text = read_text(name)
         items = json_list_items(shown, text)
         if items is None:
-            yield from objects_of(shown, read_documents(shown, text))
+            # Documents, too, are built one at a time and freed once converted.
+            yield from objects_of(shown, iter_documents(shown, text))
             continue
         del text
         # A JSON List's items are decoded one at a time, each just before it is
@@ -288,15 +303,14 @@ def lists_items(kind: Any, has_items: bool) -> bool:
     return kind == "List" or (has_items and str(kind).endswith("List"))
 
 
-def objects_of(shown: str, docs: list[Any], before: int = 0) -> Iterator[tuple[Place, Any]]:
+def objects_of(shown: str, docs: Iterable[Any], before: int = 0) -> Iterator[tuple[Place, Any]]:
     """The objects of one file's DOCS (the first is document BEFORE+1), each with its place."""
-    # Documents and List items are handed out by popping them, so each raw
-    # object is freed once converted: a 10k-Service List does not stay in
-    # memory beside its model, and the next object reuses warm memory.
-    docs.reverse()
+    # Documents and List items are handed out by popping them (or as a
+    # generator makes them), so each raw object is freed once converted: a
+    # 10k-Service List does not stay in memory beside its model, and the next
+    # object reuses warm memory.
     i = before
-    while docs:
-        doc = docs.pop()
+    for doc in _drained(docs) if isinstance(docs, list) else docs:
         i += 1
         if is_list(doc):
             items = doc.get("items") or []
@@ -304,13 +318,18 @@ def objects_of(shown: str, docs: list[Any], before: int = 0) -> Iterator[tuple[P
                 yield Place(shown, i, "List"), {"__bad__": "items is not a list"}
                 continue
             doc = None
-            items.reverse()
-            j = 0
-            while items:
-                j += 1
-                yield Place(shown, i, item=j), items.pop()
+            for j, item in enumerate(_drained(items), 1):
+                yield Place(shown, i, item=j), item
         else:
             yield Place(shown, i), doc
+        doc = None
+
+
+def _drained(items: list[Any]) -> Iterator[Any]:
+    """ITEMS in order, each removed from the list as it is handed out."""
+    items.reverse()
+    while items:
+        yield items.pop()
 
 
 # --------------------------------------------------------------------------- checks

@@ -426,6 +426,16 @@ def test_json_list_items_are_decoded_one_at_a_time(tmp_path, monkeypatch):
     assert len(list(it)) == 3 and len(calls) == 4
 
 
+def test_yaml_documents_are_built_one_at_a_time(tmp_path):
+    """Document k is built when object k is asked for: a broken third document is only met there."""
+    path = write(tmp_path, "m.yaml", svc("a", 1) + "---\n" + svc("b", 2) + "---\nkind: [unclosed\n")
+    it = iter_objects([path])
+    assert [next(it)[1]["metadata"]["name"] for _ in range(2)] == ["a", "b"]
+    with pytest.raises(UsageError, match=r"m.yaml: not valid YAML \(line 24, column 1\)"):
+        next(it)
+    assert by_loader([path]) == whole_document(path, open(path).read())
+
+
 @pytest.mark.parametrize("data", [b'{"kind": "List", "items": [{"kind": "Service", "x": "\xff"}]}',
                                   b'kind: Service\nx: "\xff"\n'], ids=["JSON List", "YAML"])
 def test_bad_utf8_on_stdin_is_a_usage_error_like_a_files(tmp_path, monkeypatch, data):
