@@ -350,3 +350,26 @@ def test_budgets_pass_and_fail_at_their_limits():
     assert verdicts == ["FAIL"] * 5, [(b.name, b.measured) for b in bad]
     skipped = benchrun.budgets([_result(100, 0.01)], "iptables")
     assert [b.verdict for b in skipped] == ["SKIP", "SKIP", "SKIP", "PASS", "SKIP"]
+
+
+def test_measure_interleaves_sizes_in_every_round(tmp_path, monkeypatch):
+    """Each round measures every size once, so the growth ratio compares runs made close together."""
+    calls: list[tuple[str, str]] = []
+
+    def fake_worker(args):
+        if args[0] == "pipeline":
+            calls.append(("pipeline", os.path.basename(args[2])))
+            n = len(calls)
+            return {"load_cpu": 0.01, "compile_cpu": 0.01, "render_cpu": 0.01, "total_cpu": 0.03 + n / 1000,
+                    "lines": 3, "ports": 1, "endpoints": 2, "sha256": "same", "peak_mib": 10.0 + n}
+        calls.append(("floors", os.path.basename(args[1])))
+        return {k: 0.01 for k in ("json_loads_cpu", "json_loads_nogc_cpu", "yaml_cload_cpu", "join0_cpu")}
+
+    monkeypatch.setattr(benchrun, "_worker", fake_worker)
+    res = benchrun.measure([5, 7], 2, ["iptables"], 2, 1, str(tmp_path), lambda s: None)
+    sizes = [c[1].split("-")[1].split("x")[0] for c in calls]
+    assert sizes == ["5"] * 3 + ["7"] * 3 + ["5"] * 3 + ["7"] * 3
+    assert [c[0] for c in calls[:3]] == ["pipeline", "pipeline", "floors"]
+    # the best (smallest) time of each size's runs, the largest peak
+    five = res[0].runs[("iptables", "json")]
+    assert five["total"] == 0.031 and five["peak_mib"] == 10.0 + 7  # calls 1 and 7 are its JSON runs

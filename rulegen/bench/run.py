@@ -93,6 +93,7 @@ def measure(sizes: list[int], endpoints: int, modes: list[str], repeat: int, see
             log: Callable[[str], None], clock: str = "cpu") -> list[SizeResult]:
     sfx = "_cpu" if clock == "cpu" else ""
     results = []
+    paths: dict[int, tuple[str, str]] = {}
     for n in sizes:
         res = SizeResult(n, endpoints)
         t0 = time.perf_counter()
@@ -109,27 +110,37 @@ def measure(sizes: list[int], endpoints: int, modes: list[str], repeat: int, see
         res.yaml_mb = os.path.getsize(ypath) / 1e6
         log(f"{n} x {endpoints}: inputs written in {res.gen_s:.1f} s "
             f"(JSON {res.json_mb:.1f} MB, YAML {res.yaml_mb:.1f} MB)")
-        payloads = {m: os.path.join(workdir, f"payload-{n}-{m}.txt") for m in modes}
-        samples: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        floor_samples: list[dict[str, Any]] = []
-        for _ in range(repeat):  # interleaved, so drift hits every measurement alike
+        paths[n] = (jpath, ypath)
+        results.append(res)
+    payloads = {(n, m): os.path.join(workdir, f"payload-{n}-{m}.txt") for n in sizes for m in modes}
+    samples: dict[tuple[int, str, str], list[dict[str, Any]]] = {}
+    floor_samples: dict[int, list[dict[str, Any]]] = {}
+    # Interleaved: each round measures every size, mode and format once, so a
+    # slow spell of a shared machine hits all of them alike, and the ratios
+    # between sizes (the growth budget) compare runs made minutes apart at most.
+    for r in range(repeat):
+        for n in sizes:
+            jpath, ypath = paths[n]
             for m in modes:
                 for fmt, path in (("json", jpath), ("yaml", ypath)):
-                    samples.setdefault((m, fmt), []).append(_worker(["pipeline", m, path, payloads[m]]))
-            floor_samples.append(_worker(["floors", jpath, ypath, *payloads.values()]))
-        for key, runs in samples.items():
-            res.runs[key] = _best(runs, sfx)
+                    samples.setdefault((n, m, fmt), []).append(_worker(["pipeline", m, path, payloads[(n, m)]]))
+            floor_samples.setdefault(n, []).append(
+                _worker(["floors", jpath, ypath, *(payloads[(n, m)] for m in modes)]))
+        log(f"round {r + 1} of {repeat} done")
+    for res in results:
+        n = res.services
         for m in modes:
-            if len({r["sha256"] for fmt in ("json", "yaml") for r in samples[(m, fmt)]}) != 1:
+            for fmt in ("json", "yaml"):
+                res.runs[(m, fmt)] = _best(samples[(n, m, fmt)], sfx)
+            if len({r["sha256"] for fmt in ("json", "yaml") for r in samples[(n, m, fmt)]}) != 1:
                 raise RuntimeError(f"{n} services, mode {m}: the payload differs between runs or formats")
-        res.floors = {k: min(f[k + sfx] for f in floor_samples)
-                      for k in ("json_loads", "json_loads_nogc", "yaml_cload")}
-        res.join = {m: min(f[f"join{i}{sfx}"] for f in floor_samples) for i, m in enumerate(modes)}
+        fs = floor_samples[n]
+        res.floors = {k: min(f[k + sfx] for f in fs) for k in ("json_loads", "json_loads_nogc", "yaml_cload")}
+        res.join = {m: min(f[f"join{i}{sfx}"] for f in fs) for i, m in enumerate(modes)}
         for m in modes:
             j = res.runs[(m, "json")]
-            log(f"  {m}: JSON total {j['total']:.3f} s, YAML total {res.runs[(m, 'yaml')]['total']:.3f} s, "
-                f"{j['lines']} lines, peak {j['peak_mib']:.0f} MiB")
-        results.append(res)
+            log(f"  {n} x {endpoints} {m}: JSON total {j['total']:.3f} s, YAML total "
+                f"{res.runs[(m, 'yaml')]['total']:.3f} s, {j['lines']} lines, peak {j['peak_mib']:.0f} MiB")
     return results
 
 
