@@ -373,3 +373,23 @@ def test_measure_interleaves_sizes_in_every_round(tmp_path, monkeypatch):
     # the best (smallest) time of each size's runs, the largest peak
     five = res[0].runs[("iptables", "json")]
     assert five["total"] == 0.031 and five["peak_mib"] == 10.0 + 7  # calls 1 and 7 are its JSON runs
+
+
+def test_worker_peak_memory_is_its_own_not_the_parents(tmp_path):
+    """Linux carries ru_maxrss over fork and exec; the harness holds big clusters, the worker must not report them."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "c.json"
+    with open(src, "w") as f:
+        gen.write(gen.generate(20, 2, 1), "json", f)
+    parent = (
+        "import json, subprocess, sys\n"
+        "big = bytearray(300 * 2**20)\n"
+        "for i in range(0, len(big), 4096): big[i] = 1\n"
+        f"out = subprocess.run([sys.executable, '-m', 'rulegen.bench.worker', 'pipeline', 'iptables', {str(src)!r}, "
+        f"{str(tmp_path / 'p.txt')!r}], capture_output=True, text=True, check=True).stdout\n"
+        "print(json.loads(out)['peak_mib'])\n")
+    p = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert 5 < float(p.stdout) < 150
