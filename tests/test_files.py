@@ -12,15 +12,7 @@ from click.testing import CliRunner
 
 from rulegen import files
 from rulegen.cli import main
-
-SVC = """\
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: default}
-spec:
-  clusterIP: 10.96.0.20
-  ports: [{name: http, port: 80, protocol: TCP}]
-"""
+from test_bad_input import GOOD_SVC as SVC
 
 
 def test_replaces_text_and_bytes_and_keeps_the_old_mode(tmp_path):
