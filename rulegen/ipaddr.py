@@ -38,19 +38,27 @@ def _v4(text: str) -> str | None:
     return ".".join(out)
 
 
-@lru_cache(maxsize=1 << 18)
 def parse_ip(text: str) -> str | None:
     """Canonical form of an IP address, or None when kube-proxy could not read it."""
-    if not isinstance(text, str):
-        return None
-    if ":" not in text:
-        # Fast path: inet_pton accepts exactly canonical dotted decimal (no
-        # leading zeros), which is then its own canonical form.
+    if text.__class__ is str and ":" not in text:
+        # Fast path, not cached: inet_pton accepts exactly canonical dotted
+        # decimal (no leading zeros), which is then its own canonical form. A
+        # cluster's 100k endpoint addresses are all different; an LRU entry
+        # for each cost three times the check and held 20 MB.
         try:
             _pton(_AF4, text)
             return text
         except (OSError, ValueError):
-            return _v4(text)
+            pass
+    return _parse_ip(text)
+
+
+@lru_cache(maxsize=1 << 14)
+def _parse_ip(text: str) -> str | None:
+    if not isinstance(text, str):
+        return None
+    if ":" not in text:
+        return _v4(text)
     if "%" in text:  # zones are not IPs to ParseIP
         return None
     try:

@@ -58,3 +58,16 @@ def test_sloppy_forms():
     assert parse_cidr("fd00:1::5/64") == "fd00:1::/64"
     assert parse_cidr("bogus/8") is None and parse_cidr("10.0.0.0") is None
     assert str(ipaddress.ip_network(parse_cidr("192.168.001.000/24"))) == "192.168.1.0/24"
+
+
+def test_canonical_ipv4_addresses_are_not_cached():
+    """100k distinct endpoint addresses must not fill the cache meant for the odd spellings."""
+    from rulegen import ipaddr
+
+    before = ipaddr._parse_ip.cache_info().currsize
+    assert [ipaddr.parse_ip(f"10.77.{i // 256}.{i % 256}") for i in range(2000)][-1] == "10.77.7.207"
+    assert ipaddr._parse_ip.cache_info().currsize == before
+    assert ipaddr.parse_ip("010.077.0.1") == "10.77.0.1"  # the slow spellings still go through it
+    assert ipaddr._parse_ip.cache_info().currsize == before + 1
+    assert ipaddr.parse_ip(None) is None and ipaddr.parse_ip("10.0.0.256") is None  # type: ignore[arg-type]
+    assert ipaddr.parse_ip("::ffff:10.0.0.1") == "10.0.0.1"
