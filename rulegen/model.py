@@ -63,7 +63,6 @@ class Endpoint(Struct, frozen=True, gc=False):
     zone: str | None = None
     zone_hints: tuple[str, ...] | None = None
     node_hints: tuple[str, ...] | None = None
-    target_name: str | None = None  # targetRef "ns/name" (lint)
 
 
 class SlicePort(Struct, frozen=True, gc=False):

@@ -393,3 +393,20 @@ def test_worker_peak_memory_is_its_own_not_the_parents(tmp_path):
     p = subprocess.run([sys.executable, "-c", parent], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert 5 < float(p.stdout) < 150
+
+
+def test_endpoints_share_their_node_and_zone_strings(tmp_path):
+    """100k endpoints on a few hundred nodes hold one string per node name and zone, not one each."""
+    from rulegen.diagnostics import Report
+    from rulegen.loader import load
+
+    src = tmp_path / "c.json"
+    with open(src, "w") as f:
+        gen.write(gen.generate(60, 6, 3), "json", f)
+    inputs = load([str(src)], Report())
+    eps = [e for s in inputs.slices for e in s.endpoints if e.node_name]
+    assert len(eps) > 300
+    nodes = {e.node_name for e in eps}
+    assert len({id(e.node_name) for e in eps}) == len(nodes) < len(eps)
+    zones = [e.zone for e in eps if e.zone]
+    assert zones and len({id(z) for z in zones}) == len(set(zones))
