@@ -251,11 +251,8 @@ def iter_objects(paths: Iterable[str]) -> Iterator[tuple[Place, Any]]:
         # converted and freed right after: the dicts being walked stay in the CPU
         # cache, where building a 10k-Service tree first and walking it afterwards
         # misses it on every object (and holds the whole tree in memory).
-        items.reverse()
-        j = 0
-        while items:
-            j += 1
-            yield Place(shown, 1, item=j), decode_item(items.pop())
+        for j, raw in enumerate(_drained(items), 1):
+            yield Place(shown, 1, item=j), decode_item(raw)
 
 
 class _ListShape(msgspec.Struct):
