@@ -16,9 +16,9 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from rulegen.backends.iptables.ir import Rule, Ruleset
+from rulegen.backends.iptables.ir import Rule, Ruleset, Table
 from rulegen.backends.iptables.parse import ParseError, detect_family, parse
-from rulegen.backends.iptables.render import render
+from rulegen.backends.iptables.render import CHUNK, render, rule_pieces
 from rulegen.diagnostics import Place, Report, UsageError
 from rulegen.loader import load_objects
 from rulegen.pipeline import Timings, compile_files, compile_inputs
@@ -155,6 +155,24 @@ def test_deletes_and_rule_without_body():
     assert t.deletes == ("KUBE-SVC-OLD",)
     assert t.rules == (Rule("KUBE-X", ""),)
     assert render(parse(text)) == text
+
+
+@pytest.mark.parametrize("extra", [-1, 0, 1, CHUNK + 1])
+def test_rules_joined_in_pieces_read_back_exactly_at_piece_boundaries(extra):
+    # render joins rules CHUNK at a time; every count around a piece's edge
+    # must give one line per rule, in order, with nothing lost or doubled.
+    n = CHUNK + extra
+    rules = tuple(Rule(f"KUBE-C{i % 7}", "" if i % 5 == 0 else f"-m comment --comment r{i} -j RETURN")
+                  for i in range(n))
+    chains = tuple(f"KUBE-C{k}" for k in range(7))
+    rs = Ruleset(4, (Table("nat", chains, rules, (), ("KUBE-OLD",)),))
+    text = render(rs)
+    body = text.splitlines()
+    want = [f"-A {r.chain} {r.spec}".rstrip() for r in rules]
+    assert body[0] == "*nat" and body[-1] == "COMMIT" and body[-2] == "-X KUBE-OLD"
+    assert body[1 + len(chains):-2] == want
+    assert sum(len(p) for p in rule_pieces(rules)) == sum(len(w) + 1 for w in want)
+    assert parse(text) == rs
 
 
 def test_empty_input_is_an_empty_ruleset():
