@@ -11,7 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rulegen.backends.iptables.spec import SpecError, _tokenize_chars, canonical, parse_spec, tokenize
+from rulegen.backends.iptables.spec import (
+    SpecError, _canonical_fast, _tokenize_chars, canonical, canonical_of, parse_spec, tokenize,
+)
 
 SAME = [
     # option order, implicit /32, explicit protocol match placement
@@ -127,3 +129,119 @@ def test_host_prefix_fast_path_matches_the_cidr_rules(v):
         ip, _, bits = c.partition("/")
         want = ip if bits == ("128" if ":" in ip else "32") else c
     assert spec._addr(v) == want
+
+
+# ------------------------------------------------------------------ fast path vs general path
+#
+# `canonical` answers most bodies with `_canonical_fast`, which reads tokens into
+# plain tuples instead of a Spec. It must print exactly what the general path
+# (`canonical_of(parse_spec(s))`, or the text itself on SpecError) prints, and
+# leave every body parse_spec rejects to that path.
+
+
+def _general(s):
+    """The general path's answer, or the exception it lets out (compared by type and text)."""
+    try:
+        return canonical_of(parse_spec.__wrapped__(s))
+    except SpecError:
+        return s
+    except Exception as e:  # e.g. `--probability inf`: both paths must fail the same way
+        return (type(e), str(e))
+
+
+def _fast(s):
+    try:
+        return _canonical_fast(s)
+    except SpecError:
+        return s
+    except Exception as e:
+        return (type(e), str(e))
+
+
+# Pieces of rule bodies in rulegen's spelling and in iptables-save's, plus noise
+# that is legal for one parser state and not another.
+_ADDRS = ["10.1.2.3", "10.1.2.3/32", "010.1.2.3", "10.1.2.0/24", "10.1.2.3/24", "0.0.0.0/0", "::/0",
+          "fd00::1", "fd00:0::1/128", "fd00::/64", "::ffff:10.0.0.1", "10.0.0.400", "x"]
+_PIECES = st.one_of(
+    st.tuples(st.sampled_from(["-s", "-d", "--source", "--destination"]), st.sampled_from(_ADDRS)).map(" ".join),
+    st.sampled_from(["-p tcp", "-p TCP", "-p udp", "--protocol sctp", "-i eth0", "-o lo", "--in-interface eth1"]),
+    st.sampled_from(["-m tcp", "-m udp", "-m sctp", "--match tcp", "--dport 80", "--destination-port 443",
+                     "--source-port 1", "--sport 2:3"]),
+    st.sampled_from(['-m comment --comment "ns/web:http cluster IP"', "-m comment --comment ns/web:http",
+                     '-m comment --comment ""', '-m comment --comment "say \\"hi\\""', '--comment "-j X"']),
+    st.sampled_from(["-m statistic --mode random --probability 0.5000000000",
+                     "-m statistic --mode random --probability 0.33333333349", "--probability 0.1",
+                     "--probability nan", "--probability inf", "--probability x y"]),
+    st.sampled_from(["-m recent --name KUBE-SEP-A --set", "--mask 255.255.255.255", "--rsource",
+                     "--mask ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "--rcheck --seconds 10800 --reap"]),
+    st.sampled_from(["-m mark --mark 0x00004000/0x00004000", "--mark 0x4000", "--mark zz",
+                     "-m conntrack --ctstate RELATED,ESTABLISHED,DNAT", "-m state --state NEW,BOGUS,INVALID",
+                     "-m addrtype --dst-type LOCAL", "-c 10 840", "--set-counters 0 0"]),
+    st.sampled_from(["-j KUBE-SVC-X", "-g KUBE-SVC-X", "--jump ACCEPT", "-j DNAT --to-destination 10.0.0.1:80",
+                     "-j MARK --or-mark 0x00004000", "-j MARK --set-xmark 0x4000/0x4000", "-j MARK --xor-mark 0x1",
+                     "-j MARK --and-mark 0x1", "-j MARK --set-mark 0x10/0xff", "-j MARK --set-xmark zz",
+                     "-j REJECT --reject-with icmp-port-unreachable", "-j REJECT --reject-with icmp-host-prohibited",
+                     "-j MASQUERADE --random-fully"]),
+    st.sampled_from(["!", "!", "-1", "80", "x", '"', '"a b"', "\\", "\t", "-", '""']),
+)
+
+
+def _canonical_uncached(s):
+    try:
+        return canonical.__wrapped__(s)
+    except Exception as e:
+        return (type(e), str(e))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(_PIECES, max_size=8), st.sampled_from([" ", "  ", "\t", " \t "]))
+def test_fast_path_agrees_with_the_general_path(pieces, sep):
+    s = sep.join(pieces)
+    want = _general(s)
+    fast = _fast(s)
+    assert fast is None or fast == want  # None: left to the general path
+    assert _canonical_uncached(s) == want
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.permutations(["-d 10.96.0.10/32", "-p tcp", '-m comment --comment "ns/web:http cluster IP"',
+                        "-m tcp --dport 80", "! -s 10.244.0.0/16", "-m mark ! --mark 0x4000/0x4000"]),
+       st.integers(0, 6))
+def test_fast_path_answers_well_formed_rules_in_any_order(parts, cut):
+    s = " ".join(parts[:cut]) + " -j KUBE-SVC-X"
+    fast = _fast(s)
+    assert fast is not None, s  # the fast path handles every well-formed rule, not just the corpus shapes
+    assert fast == _general(s)
+
+
+FAST_CASES = [a for pair in SAME + DIFFERENT for a in pair] + [
+    "-s 10.0.0.1 -s 10.0.0.2 -d 1.2.3.4 ! -p udp -i eth0 -o eth1 -j X",  # duplicate base options keep their order
+    "-p tcp --dport 80 --dport 81 -m comment --comment b --comment a -j X",  # equal names keep their order
+    "-m tcp udp -p TCP --destination-port 80 -j X",  # extra module word ignored; implicit match is lower case
+    "-j DNAT --jump x --match y --source z",  # long names after the target are still renamed
+    "-j MARK --set-xmark zz",  # the general path raises ValueError; so must the fast path
+    "-m statistic --mode random --probability inf -j X",  # OverflowError in both
+    "-m statistic --probability 0.5 extra -j X", "-m statistic --probability abc extra -j X",
+    "-m recent ! --mask 255.255.255.255 ! --rsource --mask ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff --name A",
+    "-m state --state ,NEW,BOGUS,INVALID -j ACCEPT",
+    '-m comment --comment "" -j X', '-m comment --comment "a\tb" -j X', '-m comment --comment -j X',
+    "-c 1 2 -j X", "-c 1 -j X", "! -c 1 2 -j X", "-j X -c 1 2",
+    "-j X !", "! ! -s 1.2.3.4", "-j X Y", "-m", "-s 1 2", "--dport 80", "", " \t ", "-j  X", "-j\tX",
+]
+
+
+@pytest.mark.parametrize("s", FAST_CASES)
+def test_fast_path_explicit_cases(s):
+    fast = _fast(s)
+    assert fast is None or fast == _general(s)
+    assert _canonical_uncached(s) == _general(s)
+
+
+def test_fast_path_takes_the_common_shapes():
+    # the speed-up is only real if the hot shapes do not fall back to the general path
+    for s in ["-s 10.1.2.3/32 -j KUBE-MARK-MASQ", "-m tcp -p tcp -j DNAT --to-destination 10.1.2.3:8080",
+              "-m statistic --mode random --probability 0.10000000009 -j KUBE-SEP-A",
+              '-d 10.96.0.10/32 -p tcp -m comment --comment "ns/web:http cluster IP" -m tcp --dport 80 -j KUBE-SVC-X',
+              "-p tcp -m recent --set --name KUBE-SEP-A --mask 255.255.255.255 --rsource -m tcp"
+              " -j DNAT --to-destination 10.0.0.1:80"]:
+        assert _canonical_fast(s) == _general(s)

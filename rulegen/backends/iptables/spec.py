@@ -8,6 +8,7 @@ rule another way (`-d 10.96.0.1/32 -p tcp -m tcp --dport 80`, `--set-xmark
 --rsource`, `--reject-with icmp-port-unreachable`). `parse_spec` reads
 either into a `Spec`; `canonical` prints a `Spec` one fixed way, so diff and
 apply compare rules by meaning, and the tracer evaluates the `Spec` fields.
+(`canonical` itself mostly skips the `Spec`: see "fast path" below.)
 Anything this module does not know is kept verbatim (never dropped), so an
 unknown rule still compares by its text and the tracer can name it.
 """
@@ -15,7 +16,8 @@ unknown rule still compares by its text and the tracer can name it.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import NamedTuple
+from operator import itemgetter
+from typing import Callable, NamedTuple, Sequence
 
 from ...ipaddr import parse_cidr, parse_ip
 
@@ -254,30 +256,55 @@ def _mark(v: str) -> str:
     return hex(a) if b == 0xFFFFFFFF else f"{hex(a)}/{hex(b)}"
 
 
-_RECENT_DEFAULTS = {("--mask", ("255.255.255.255",)), ("--rsource", ())}
 _CTSTATE_ORDER = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED", "SNAT", "DNAT")
 
 
+def _probability(v: str) -> str | None:
+    """The kernel keeps probability as a 31-bit fraction; printed as iptables-save does.
+
+    None when `v` is not a number (the option is then kept as written).
+    """
+    try:
+        return f"{round(float(v) * 0x80000000) / 0x80000000:.11f}"
+    except ValueError:
+        return None
+
+
+def _canon_opt_parts(module: str, name: str, vals: Sequence[str], negated: bool) -> tuple[str, Sequence[str]] | None:
+    """(name, values) of one match option in canonical spelling, or None when it is a default.
+
+    Shared by `canonical_of` and the fast path; `vals` may be a tuple or a list.
+    """
+    if module == "recent":
+        if name == "--mask" and len(vals) == 1:
+            if vals[0] == "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff" or (vals[0] == "255.255.255.255" and not negated):
+                return None
+        elif name == "--rsource" and not vals and not negated:
+            return None
+    elif module == "mark":
+        if name == "--mark" and vals:
+            vals = (_mark(vals[0]),)
+    elif module == "statistic":
+        if name == "--probability" and vals:
+            p = _probability(vals[0])
+            if p is not None:
+                vals = (p,)
+    elif module == "conntrack" or module == "state":
+        if (name == "--ctstate" or name == "--state") and vals:
+            states = vals[0].split(",")
+            vals = (",".join(sorted(states, key=lambda s: _CTSTATE_ORDER.index(s) if s in _CTSTATE_ORDER else 99)),)
+            name = "--ctstate"
+    elif module == "tcp" or module == "udp" or module == "sctp":
+        if name == "--destination-port":
+            name = "--dport"
+        elif name == "--source-port":
+            name = "--sport"
+    return name, vals
+
+
 def _canon_opt(module: str, o: Opt) -> Opt | None:
-    name, vals = o.name, o.values
-    if module == "recent" and not o.negated and (name, vals) in _RECENT_DEFAULTS:
-        return None
-    if module == "recent" and name == "--mask" and vals == ("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",):
-        return None
-    if module == "mark" and name == "--mark" and vals:
-        vals = (_mark(vals[0]),)
-    elif module == "statistic" and name == "--probability" and vals:
-        try:  # the kernel keeps probability as a 31-bit fraction; printed as iptables-save does
-            vals = (f"{round(float(vals[0]) * 0x80000000) / 0x80000000:.11f}",)
-        except ValueError:
-            pass
-    elif module in ("conntrack", "state") and name in ("--ctstate", "--state") and vals:
-        states = vals[0].split(",")
-        vals = (",".join(sorted(states, key=lambda s: _CTSTATE_ORDER.index(s) if s in _CTSTATE_ORDER else 99)),)
-        name = "--ctstate"
-    elif module in ("tcp", "udp", "sctp") and name in ("--destination-port", "--source-port"):
-        name = "--dport" if name == "--destination-port" else "--sport"
-    return _new(Opt, (name, vals, o.negated))
+    c = _canon_opt_parts(module, o.name, o.values, o.negated)
+    return None if c is None else _new(Opt, (c[0], c[1], o.negated))
 
 
 def _canon_target(target: str | None, opts: tuple[Opt, ...]) -> tuple[Opt, ...]:
@@ -347,6 +374,148 @@ def canonical_of(sp: Spec) -> str:
     return " ".join(parts)
 
 
+# ------------------------------------------------------------------ fast path
+#
+# `rulegen apply` on a node that already holds a full ruleset, with no cache,
+# canonicalises every wanted and every live rule body: a million distinct
+# strings. Going through `parse_spec` builds an Opt per option, a Match per
+# module and a Spec per rule only for `canonical_of` to take them apart
+# again, which was most of the 9 s. `_canonical_fast` reads the tokens
+# straight into plain tuples and prints them the way `canonical_of` does,
+# with the same helpers (`_addr`, `_canon_opt_parts`, `_canon_target`,
+# `_quote`); it is about 3.5x faster. Apart from `tokenize`'s own SpecError
+# (the tokenizer parse_spec uses too) it never judges a body malformed:
+# whatever parse_spec would reject it hands back as None, and `canonical`
+# then takes the general path, so the error rules live in one place. Tests
+# (test_spec.py, "fast path") hold the two paths together.
+
+# Modules whose options `_canon_opt_parts` may respell; other options print as written.
+_CANON_MODULES = frozenset(("recent", "mark", "statistic", "conntrack", "state", "tcp", "udp", "sctp"))
+_first = itemgetter(0)  # sort key: canonical_of's stable sorts look at the name/rank only
+
+
+def _canonical_fast(spec: str) -> str | None:
+    """`canonical_of(parse_spec(spec))` without building the Spec, or None to take that path."""
+    if '"' in spec or "\\" in spec or "\t" in spec:
+        toks = tokenize(spec)  # may raise SpecError, exactly as in parse_spec
+        q: Callable[[str], str] | None = _quote
+    else:
+        # No quotes, escapes or tabs: tokens are the blank-separated words, and
+        # none of them needs quoting when printed.
+        toks = spec.split(" ")
+        if "" in toks:
+            toks = [t for t in toks if t]
+        q = None
+
+    # Read the tokens exactly as parse_spec does (see there for the rules).
+    base: list[tuple[str, str, bool]] = []
+    matches: list[tuple[str, list[tuple[str, list[str], bool]]]] = []
+    target: str | None = None
+    target_opts: list[tuple[str, list[str], bool]] = []
+    goto = neg = False
+    proto: str | None = None
+    i, n = 0, len(toks)
+    while i < n:
+        t = toks[i]
+        if t == "!":
+            if neg:
+                return None
+            neg = True
+            i += 1
+            continue
+        if len(t) < 2 or t[0] != "-" or t[1].isdigit():
+            return None  # a value where an option belongs
+        t = _BASE_LONG.get(t, t)
+        j = i + 1  # the values run to the next option or "!"
+        while j < n:
+            u = toks[j]
+            if u == "!" or (len(u) > 1 and u[0] == "-" and not u[1].isdigit()):
+                break
+            j += 1
+        if (t == "-c" or t == "--set-counters") and target is None and not neg and j == i + 3:
+            i = j  # in-rule counters
+            continue
+        if target is not None:
+            target_opts.append((t, toks[i + 1:j], neg))
+        elif t == "-m":
+            if j == i + 1:
+                return None
+            matches.append((toks[i + 1], []))
+        elif t == "-j" or t == "-g":
+            if j != i + 2:
+                return None
+            target, goto = toks[i + 1], t == "-g"
+        elif t in _BASE:
+            if j != i + 2:
+                return None
+            v = toks[i + 1]
+            if t == "-p":
+                proto = v.lower()
+            base.append((t, v, neg))
+        elif matches:
+            matches[-1][1].append((t, toks[i + 1:j], neg))
+        elif proto:
+            matches.append((proto, [(t, toks[i + 1:j], neg)]))
+        else:
+            return None
+        neg = False
+        i = j
+    if neg:
+        return None
+
+    # Print them as canonical_of does: base options in _BASE order, each
+    # match's options by name, the matches by their text, then the target.
+    parts: list[str] = []
+    if base:
+        ranked: list[tuple[int, str]] = []
+        for name, v, negated in base:
+            if name == "-s" or name == "-d":
+                v = _addr(v)
+                if v in _ANY and not negated:
+                    continue
+            elif name == "-p":
+                v = v.lower()
+            ranked.append((_BASE.index(name), ("! " if negated else "") + name + " " + (q(v) if q else v)))
+        if len(ranked) > 1:
+            ranked.sort(key=_first)
+        parts = [text for _, text in ranked]
+    if matches:
+        ms: list[str] = []
+        for module, opts in matches:
+            canon = module in _CANON_MODULES
+            texts: list[tuple[str, str]] = []
+            for name, vals, negated in opts:
+                if canon:
+                    c = _canon_opt_parts(module, name, vals, negated)
+                    if c is None:
+                        continue
+                    name, vals = c
+                texts.append((name, _fmt_parts(name, vals, negated, q)))
+            if len(texts) > 1:
+                texts.sort(key=_first)
+            ms.append("-m " + module + "".join([" " + text for _, text in texts]))
+        if len(ms) > 1:
+            ms.sort()
+        parts += ms
+    if target is not None:
+        parts.append(("-g " if goto else "-j ") + target)
+        if target_opts:
+            if target == "MARK" or target == "REJECT":
+                canon_t = _canon_target(target, tuple(_new(Opt, (t, tuple(v), ng)) for t, v, ng in target_opts))
+                parts += [_fmt(o) for o in canon_t]
+            else:
+                parts += [_fmt_parts(name, vals, negated, q) for name, vals, negated in target_opts]
+    return " ".join(parts)
+
+
+def _fmt_parts(name: str, vals: Sequence[str], negated: bool, q: Callable[[str], str] | None) -> str:
+    """`_fmt` of (name, vals, negated); q is `_quote`, or None when no value needs quoting."""
+    s = "! " + name if negated else name
+    if q is None:
+        return s + " " + " ".join(vals) if vals else s
+    return s + "".join([" " + q(v) for v in vals])
+
+
 @lru_cache(maxsize=1 << 18)
 def canonical(spec: str) -> str:
     """The one spelling of a rule body used to compare rules by meaning.
@@ -354,6 +523,7 @@ def canonical(spec: str) -> str:
     A body that cannot be tokenized compares by its own text.
     """
     try:
-        return canonical_of(parse_spec(spec))
+        c = _canonical_fast(spec)
+        return canonical_of(parse_spec(spec)) if c is None else c
     except SpecError:
         return spec
