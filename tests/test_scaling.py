@@ -373,6 +373,20 @@ def test_measure_interleaves_sizes_in_every_round(tmp_path, monkeypatch):
     # the best (smallest) time of each size's runs, the largest peak
     five = res[0].runs[("iptables", "json")]
     assert five["total"] == 0.031 and five["peak_mib"] == 10.0 + 7  # calls 1 and 7 are its JSON runs
+    # and every round's total, in round order, for the round-by-round growth
+    assert res[0].rounds[("iptables", "json")] == [0.031, 0.037]
+    assert res[1].rounds[("iptables", "json")] == [0.034, 0.040]
+
+
+def test_growth_budget_shows_each_rounds_ratio_beside_the_best_figures():
+    base, big = _result(1000, 0.1), _result(10000, 1.05)
+    base.rounds[("iptables", "json")] = [0.1, 0.12, 0.11]
+    big.rounds[("iptables", "json")] = [1.05, 1.2, 1.21]
+    growth = benchrun.budgets([base, big], "iptables")[-1]
+    assert growth.verdict == "PASS"  # the verdict divides the best figures: 1.05 / 0.1
+    assert growth.measured == "10.50× (round by round: 10.50×, 10.00×, 11.00×)"
+    big.rounds[("iptables", "json")] = [1.05]  # rounds that do not pair up are not shown
+    assert benchrun.budgets([base, big], "iptables")[-1].measured == "10.50×"
 
 
 def test_worker_peak_memory_is_its_own_not_the_parents(tmp_path):

@@ -54,6 +54,7 @@ class SizeResult:
     yaml_mb: float = 0.0
     floors: dict[str, float] = field(default_factory=dict)  # json_loads, json_loads_nogc, yaml_cload
     runs: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # (mode, fmt) → best
+    rounds: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # (mode, fmt) → total per round
     join: dict[str, float] = field(default_factory=dict)  # mode → join floor
 
 
@@ -132,6 +133,7 @@ def measure(sizes: list[int], endpoints: int, modes: list[str], repeat: int, see
         for m in modes:
             for fmt in ("json", "yaml"):
                 res.runs[(m, fmt)] = _best(samples[(n, m, fmt)], sfx)
+                res.rounds[(m, fmt)] = [r["total" + sfx] for r in samples[(n, m, fmt)]]
             if len({r["sha256"] for fmt in ("json", "yaml") for r in samples[(n, m, fmt)]}) != 1:
                 raise RuntimeError(f"{n} services, mode {m}: the payload differs between runs or formats")
         fs = floor_samples[n]
@@ -171,10 +173,19 @@ def budgets(results: list[SizeResult], mode: str) -> list[Budget]:
     if big and base:
         a = base.runs[(mode, "json")]["total"]
         b = big.runs[(mode, "json")]["total"]
-        out.append(Budget("10k figure vs 1k figure (JSON)", "≤ 11.0×", f"{b / a:.2f}×", b <= 11 * a))
+        out.append(Budget("10k figure vs 1k figure (JSON)", "≤ 11.0×", f"{b / a:.2f}×{_per_round(base, big, mode)}",
+                          b <= 11 * a))
     else:
         out.append(Budget("10k figure vs 1k figure (JSON)", "", f"needs sizes {BUDGET_BASE} and {BUDGET_SIZE}", None))
     return out
+
+
+def _per_round(base: SizeResult, big: SizeResult, mode: str) -> str:
+    """The same ratio within each round (runs made minutes apart at most): how far one figure can be trusted."""
+    a, b = base.rounds.get((mode, "json"), []), big.rounds.get((mode, "json"), [])
+    if len(a) < 2 or len(a) != len(b):
+        return ""
+    return " (round by round: " + ", ".join(f"{y / x:.2f}×" for x, y in zip(a, b)) + ")"
 
 
 def _ms(s: float) -> str:
