@@ -8,7 +8,7 @@ rule another way (`-d 10.96.0.1/32 -p tcp -m tcp --dport 80`, `--set-xmark
 --rsource`, `--reject-with icmp-port-unreachable`). `parse_spec` reads
 either into a `Spec`; `canonical` prints a `Spec` one fixed way, so diff and
 apply compare rules by meaning, and the tracer evaluates the `Spec` fields.
-(`canonical` itself mostly skips the `Spec`: see "fast path" below.)
+(`canonical` reads and prints without building the `Spec`: see `_read`.)
 Anything this module does not know is kept verbatim (never dropped), so an
 unknown rule still compares by its text and the tracer can name it.
 """
@@ -86,7 +86,8 @@ def tokenize(spec: str) -> list[str]:
     if "\\" in spec:
         return _tokenize_chars(spec)
     if '"' not in spec:
-        return [t for t in spec.replace("\t", " ").split(" ") if t]
+        toks = spec.replace("\t", " ").split(" ")
+        return [t for t in toks if t] if "" in toks else toks
     return _tokenize_quoted(spec)
 
 
@@ -158,19 +159,27 @@ def _tokenize_chars(spec: str) -> list[str]:
 _new = tuple.__new__  # Opt(...) without NamedTuple's Python-level __new__ (hot path)
 
 
-@lru_cache(maxsize=1 << 16)
-def parse_spec(spec: str) -> Spec:
-    toks = tokenize(spec)
-    base: list[Opt] = []
-    matches: list[tuple[str, list[Opt]]] = []
+# A rule body's options as plain tuples: (name, values, negated), where values
+# is a list; `Opt` and `Match` unpack the same way, so the printer below takes
+# either.
+
+
+def _read(toks: list[str]) -> tuple:
+    """The words of a rule body, read into (base, matches, target, target_opts, goto).
+
+    One reader for `parse_spec` (which wraps the result in a `Spec`) and for
+    `canonical` (which prints it straight away: a million bodies on a node
+    holding a 10k-Service ruleset, where building Opt, Match and Spec tuples
+    only to take them apart again was most of the time). SpecError when the
+    body is malformed.
+    """
+    base: list[tuple[str, list[str], bool]] = []
+    matches: list[tuple[str, list[tuple[str, list[str], bool]]]] = []
     target: str | None = None
-    target_opts: list[Opt] = []
-    goto = False
-    neg = False
+    target_opts: list[tuple[str, list[str], bool]] = []
+    goto = neg = False
     proto: str | None = None
     i, n = 0, len(toks)
-    # where an option's values end: at the next option or "!" (computed once per token)
-    stop = [t == "!" or (len(t) > 1 and t[0] == "-" and not t[1].isdigit()) for t in toks]
     while i < n:
         t = toks[i]
         if t == "!":
@@ -179,47 +188,58 @@ def parse_spec(spec: str) -> Spec:
             neg = True
             i += 1
             continue
+        if len(t) < 2 or t[0] != "-" or t[1].isdigit():
+            raise SpecError(f"unexpected {t!r}")  # a value where an option belongs
         t = _BASE_LONG.get(t, t)
-        if not stop[i]:
-            raise SpecError(f"unexpected {t!r}")
-        j = i + 1
-        while j < n and not stop[j]:
+        j = i + 1  # an option's values run to the next option or "!"
+        while j < n:
+            u = toks[j]
+            if u == "!" or (len(u) > 1 and u[0] == "-" and not u[1].isdigit()):
+                break
             j += 1
-        vals = tuple(toks[i + 1:j])
-        if t in ("-c", "--set-counters") and target is None and not neg and len(vals) == 2:
+        if (t == "-c" or t == "--set-counters") and target is None and not neg and j == i + 3:
             # iptables-restore's in-rule counters (`-A X -c 10 840 ...`): state, not meaning
             i = j
             continue
         if target is not None:
-            target_opts.append(_new(Opt, (t, vals, neg)))
+            target_opts.append((t, toks[i + 1:j], neg))
         elif t == "-m":
-            if not vals:
+            if j == i + 1:
                 raise SpecError("-m without a module")
-            matches.append((vals[0], []))
-        elif t in ("-j", "-g"):
-            if not vals:
+            matches.append((toks[i + 1], []))
+        elif t == "-j" or t == "-g":
+            if j == i + 1:
                 raise SpecError(f"{t} without a target")
-            target, goto = vals[0], t == "-g"
-            if len(vals) > 1:
-                raise SpecError(f"unexpected {vals[1]!r} after the target")
+            if j > i + 2:
+                raise SpecError(f"unexpected {toks[i + 2]!r} after the target")
+            target, goto = toks[i + 1], t == "-g"
         elif t in _BASE:
-            if len(vals) != 1:
+            if j != i + 2:
                 raise SpecError(f"{t} needs one value")
             if t == "-p":
-                proto = vals[0].lower()
-            base.append(_new(Opt, (t, vals, neg)))
+                proto = toks[i + 1].lower()
+            base.append((t, toks[i + 1:j], neg))
+        elif matches:
+            matches[-1][1].append((t, toks[i + 1:j], neg))
+        elif proto:  # `-p tcp --dport 80` loads the tcp match implicitly
+            matches.append((proto, [(t, toks[i + 1:j], neg)]))
         else:
-            if matches:
-                matches[-1][1].append(_new(Opt, (t, vals, neg)))
-            elif proto:  # `-p tcp --dport 80` loads the tcp match implicitly
-                matches.append((proto, [_new(Opt, (t, vals, neg))]))
-            else:
-                raise SpecError(f"option {t} outside any match")
+            raise SpecError(f"option {t} outside any match")
         neg = False
         i = j
     if neg:
         raise SpecError("dangling '!'")
-    return Spec(tuple(base), tuple(Match(m, tuple(o)) for m, o in matches), target, tuple(target_opts), goto)
+    return base, matches, target, target_opts, goto
+
+
+def _opts(opts: list[tuple[str, list[str], bool]]) -> tuple[Opt, ...]:
+    return tuple([_new(Opt, (name, tuple(vals), negated)) for name, vals, negated in opts])
+
+
+@lru_cache(maxsize=1 << 16)
+def parse_spec(spec: str) -> Spec:
+    base, matches, target, target_opts, goto = _read(tokenize(spec))
+    return Spec(_opts(base), tuple([Match(m, _opts(o)) for m, o in matches]), target, _opts(target_opts), goto)
 
 
 # ------------------------------------------------------------------ canonical form
@@ -270,11 +290,8 @@ def _probability(v: str) -> str | None:
         return None
 
 
-def _canon_opt_parts(module: str, name: str, vals: Sequence[str], negated: bool) -> tuple[str, Sequence[str]] | None:
-    """(name, values) of one match option in canonical spelling, or None when it is a default.
-
-    Shared by `canonical_of` and the fast path; `vals` may be a tuple or a list.
-    """
+def _canon_opt(module: str, name: str, vals: Sequence[str], negated: bool) -> tuple[str, Sequence[str]] | None:
+    """(name, values) of one match option in canonical spelling, or None when it is a default."""
     if module == "recent":
         if name == "--mask" and len(vals) == 1:
             if vals[0] == "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff" or (vals[0] == "255.255.255.255" and not negated):
@@ -302,15 +319,9 @@ def _canon_opt_parts(module: str, name: str, vals: Sequence[str], negated: bool)
     return name, vals
 
 
-def _canon_opt(module: str, o: Opt) -> Opt | None:
-    c = _canon_opt_parts(module, o.name, o.values, o.negated)
-    return None if c is None else _new(Opt, (c[0], c[1], o.negated))
-
-
-def _canon_target(target: str | None, opts: tuple[Opt, ...]) -> tuple[Opt, ...]:
-    out: list[Opt] = []
-    for o in opts:
-        name, vals = o.name, o.values
+def _canon_target(target: str | None, opts) -> list[tuple[str, Sequence[str], bool]]:
+    out: list[tuple[str, Sequence[str], bool]] = []
+    for name, vals, negated in opts:
         if target == "MARK" and vals:
             v = _num(vals[0].split("/")[0])
             if name == "--or-mark" and v is not None:
@@ -325,12 +336,12 @@ def _canon_target(target: str | None, opts: tuple[Opt, ...]) -> tuple[Opt, ...]:
             elif name == "--set-xmark":
                 a, _, b = vals[0].partition("/")
                 vals = (f"{hex(int(a, 0))}/{hex(int(b or '0xffffffff', 0))}",)
-        elif target == "REJECT" and name == "--reject-with" and vals in (
-            ("icmp-port-unreachable",), ("icmp6-port-unreachable",)
+        elif target == "REJECT" and name == "--reject-with" and len(vals) == 1 and vals[0] in (
+            "icmp-port-unreachable", "icmp6-port-unreachable"
         ):
             continue
-        out.append(_new(Opt, (name, vals, o.negated)))
-    return tuple(out)
+        out.append((name, vals, negated))
+    return out
 
 
 def _quote(v: str) -> str:
@@ -339,139 +350,30 @@ def _quote(v: str) -> str:
     return v
 
 
-def _fmt(o: Opt) -> str:
-    s = ("! " if o.negated else "") + o.name
-    vals = o.values
-    if len(vals) == 1:  # the common case, without a generator
-        return s + " " + _quote(vals[0])
-    return s + "".join(" " + _quote(v) for v in vals)
+def _fmt(name: str, vals: Sequence[str], negated: bool, q: Callable[[str], str] | None) -> str:
+    """One option as text; q is `_quote`, or None when no value can need quoting."""
+    s = "! " + name if negated else name
+    if q is None:
+        return s + " " + " ".join(vals) if vals else s
+    return s + "".join([" " + q(v) for v in vals])
 
 
-def canonical_of(sp: Spec) -> str:
-    base = []
-    for o in sp.base:
-        name, vals = o.name, o.values
-        if name == "-s" or name == "-d":
-            vals = (_addr(vals[0]),)
-            if vals[0] in _ANY and not o.negated:  # `-s 0.0.0.0/0` matches all; iptables-save omits it
-                continue
-        elif name == "-p":
-            vals = (vals[0].lower(),)
-        base.append(_new(Opt, (name, vals, o.negated)))
-    if len(base) > 1:
-        base.sort(key=lambda o: _BASE.index(o.name))
-    parts = [_fmt(o) for o in base]
-    ms = []
-    for m in sp.matches:
-        opts = [c for c in (_canon_opt(m.module, o) for o in m.opts) if c is not None]
-        opts.sort(key=lambda o: o.name)
-        ms.append("-m " + m.module + "".join(" " + _fmt(o) for o in opts))
-    ms.sort()
-    parts.extend(ms)
-    if sp.target is not None:
-        parts.append(("-g " if sp.goto else "-j ") + sp.target)
-        parts.extend(_fmt(o) for o in _canon_target(sp.target, sp.target_opts))
-    return " ".join(parts)
-
-
-# ------------------------------------------------------------------ fast path
-#
-# `rulegen apply` on a node that already holds a full ruleset, with no cache,
-# canonicalises every wanted and every live rule body: a million distinct
-# strings. Going through `parse_spec` builds an Opt per option, a Match per
-# module and a Spec per rule only for `canonical_of` to take them apart
-# again, which was most of the 9 s. `_canonical_fast` reads the tokens
-# straight into plain tuples and prints them the way `canonical_of` does,
-# with the same helpers (`_addr`, `_canon_opt_parts`, `_canon_target`,
-# `_quote`); it is about 3.5x faster. Apart from `tokenize`'s own SpecError
-# (the tokenizer parse_spec uses too) it never judges a body malformed:
-# whatever parse_spec would reject it hands back as None, and `canonical`
-# then takes the general path, so the error rules live in one place. Tests
-# (test_spec.py, "fast path") hold the two paths together.
-
-# Modules whose options `_canon_opt_parts` may respell; other options print as written.
+# Modules whose options `_canon_opt` may respell; other options print as written.
 _CANON_MODULES = frozenset(("recent", "mark", "statistic", "conntrack", "state", "tcp", "udp", "sctp"))
-_first = itemgetter(0)  # sort key: canonical_of's stable sorts look at the name/rank only
+_first = itemgetter(0)  # sort key: the sorts below are stable and look at the name/rank only
 
 
-def _canonical_fast(spec: str) -> str | None:
-    """`canonical_of(parse_spec(spec))` without building the Spec, or None to take that path."""
-    if '"' in spec or "\\" in spec or "\t" in spec:
-        toks = tokenize(spec)  # may raise SpecError, exactly as in parse_spec
-        q: Callable[[str], str] | None = _quote
-    else:
-        # No quotes, escapes or tabs: tokens are the blank-separated words, and
-        # none of them needs quoting when printed.
-        toks = spec.split(" ")
-        if "" in toks:
-            toks = [t for t in toks if t]
-        q = None
-
-    # Read the tokens exactly as parse_spec does (see there for the rules).
-    base: list[tuple[str, str, bool]] = []
-    matches: list[tuple[str, list[tuple[str, list[str], bool]]]] = []
-    target: str | None = None
-    target_opts: list[tuple[str, list[str], bool]] = []
-    goto = neg = False
-    proto: str | None = None
-    i, n = 0, len(toks)
-    while i < n:
-        t = toks[i]
-        if t == "!":
-            if neg:
-                return None
-            neg = True
-            i += 1
-            continue
-        if len(t) < 2 or t[0] != "-" or t[1].isdigit():
-            return None  # a value where an option belongs
-        t = _BASE_LONG.get(t, t)
-        j = i + 1  # the values run to the next option or "!"
-        while j < n:
-            u = toks[j]
-            if u == "!" or (len(u) > 1 and u[0] == "-" and not u[1].isdigit()):
-                break
-            j += 1
-        if (t == "-c" or t == "--set-counters") and target is None and not neg and j == i + 3:
-            i = j  # in-rule counters
-            continue
-        if target is not None:
-            target_opts.append((t, toks[i + 1:j], neg))
-        elif t == "-m":
-            if j == i + 1:
-                return None
-            matches.append((toks[i + 1], []))
-        elif t == "-j" or t == "-g":
-            if j != i + 2:
-                return None
-            target, goto = toks[i + 1], t == "-g"
-        elif t in _BASE:
-            if j != i + 2:
-                return None
-            v = toks[i + 1]
-            if t == "-p":
-                proto = v.lower()
-            base.append((t, v, neg))
-        elif matches:
-            matches[-1][1].append((t, toks[i + 1:j], neg))
-        elif proto:
-            matches.append((proto, [(t, toks[i + 1:j], neg)]))
-        else:
-            return None
-        neg = False
-        i = j
-    if neg:
-        return None
-
-    # Print them as canonical_of does: base options in _BASE order, each
-    # match's options by name, the matches by their text, then the target.
+def _print(base, matches, target: str | None, target_opts, goto: bool, q: Callable[[str], str] | None) -> str:
+    """The canonical spelling of a read rule: base options in _BASE order, each
+    match's options by name, the matches by their text, then the target."""
     parts: list[str] = []
     if base:
         ranked: list[tuple[int, str]] = []
-        for name, v, negated in base:
+        for name, vals, negated in base:
+            v = vals[0]
             if name == "-s" or name == "-d":
                 v = _addr(v)
-                if v in _ANY and not negated:
+                if v in _ANY and not negated:  # `-s 0.0.0.0/0` matches all; iptables-save omits it
                     continue
             elif name == "-p":
                 v = v.lower()
@@ -486,11 +388,11 @@ def _canonical_fast(spec: str) -> str | None:
             texts: list[tuple[str, str]] = []
             for name, vals, negated in opts:
                 if canon:
-                    c = _canon_opt_parts(module, name, vals, negated)
+                    c = _canon_opt(module, name, vals, negated)
                     if c is None:
                         continue
                     name, vals = c
-                texts.append((name, _fmt_parts(name, vals, negated, q)))
+                texts.append((name, _fmt(name, vals, negated, q)))
             if len(texts) > 1:
                 texts.sort(key=_first)
             ms.append("-m " + module + "".join([" " + text for _, text in texts]))
@@ -501,19 +403,13 @@ def _canonical_fast(spec: str) -> str | None:
         parts.append(("-g " if goto else "-j ") + target)
         if target_opts:
             if target == "MARK" or target == "REJECT":
-                canon_t = _canon_target(target, tuple(_new(Opt, (t, tuple(v), ng)) for t, v, ng in target_opts))
-                parts += [_fmt(o) for o in canon_t]
-            else:
-                parts += [_fmt_parts(name, vals, negated, q) for name, vals, negated in target_opts]
+                target_opts = _canon_target(target, target_opts)
+            parts += [_fmt(name, vals, negated, q) for name, vals, negated in target_opts]
     return " ".join(parts)
 
 
-def _fmt_parts(name: str, vals: Sequence[str], negated: bool, q: Callable[[str], str] | None) -> str:
-    """`_fmt` of (name, vals, negated); q is `_quote`, or None when no value needs quoting."""
-    s = "! " + name if negated else name
-    if q is None:
-        return s + " " + " ".join(vals) if vals else s
-    return s + "".join([" " + q(v) for v in vals])
+def canonical_of(sp: Spec) -> str:
+    return _print(sp.base, sp.matches, sp.target, sp.target_opts, sp.goto, _quote)
 
 
 @lru_cache(maxsize=1 << 18)
@@ -523,7 +419,9 @@ def canonical(spec: str) -> str:
     A body that cannot be tokenized compares by its own text.
     """
     try:
-        c = _canonical_fast(spec)
-        return canonical_of(parse_spec(spec)) if c is None else c
+        toks = tokenize(spec)
+        # Without quotes, escapes or tabs no word can need quoting when printed.
+        q = _quote if ('"' in spec or "\\" in spec or "\t" in spec) else None
+        return _print(*_read(toks), q)
     except SpecError:
         return spec
