@@ -699,7 +699,7 @@ def test_problems_are_the_same_cold_warm_and_full(tmp_path, form):
 
 def test_problem_places_in_yaml_with_empty_and_merged_documents(tmp_path):
     """Document numbers after empty, null, comment-only and uncut (`--- # ...`) documents, cold and warm."""
-    node, cfg, s0, sl0, s1, sl1, s2, sl2 = generate(3, 2, seed=2)
+    node, cfg, s0, s1, s2, sl0, sl1, sl2 = generate(3, 2, seed=2)  # kubectl's order: kind by kind
     y = lambda o: to_yaml([o])  # noqa: E731
     parts = ["# header\n", "---\n", "---\n# nothing here\n", "---\nnull\n", "---\n" + y(s0),
              "--- # no cut here\n" + y(sl0), "--- # nor here\n" + y(s1), "---\n" + y(sl1),

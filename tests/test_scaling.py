@@ -11,7 +11,8 @@ counts cannot see is a quadratic loop inside C (`x in some_list` in a loop);
 `rulegen bench run` is the wall-clock check for that.
 
 The generator tests check that a seed names one cluster, that the mix the
-benchmark relies on is present, and that its YAML and JSON read the same.
+benchmark relies on is present and the same at every size, that objects
+come in kubectl's order, and that its YAML and JSON read the same.
 """
 
 from __future__ import annotations
@@ -253,6 +254,67 @@ def test_addresses_and_node_ports_are_unique(thousand):
     assert all(gen.NODEPORT_RANGE[0] <= p <= gen.NODEPORT_RANGE[1] for p in nps)
     ips = [e["addresses"][0] for o in thousand if o["kind"] == "EndpointSlice" for e in o["endpoints"]]
     assert len(ips) == len(set(ips))
+
+
+def _shares(objs: list[dict]) -> dict[str, float]:
+    """Per Service: ports, and how often each feature the rules depend on shows up."""
+    svcs = [o for o in objs if o["kind"] == "Service"]
+    specs = [s["spec"] for s in svcs]
+    lbs = [s for s in svcs if s["spec"]["type"] == "LoadBalancer"]
+    eps = [e for o in objs if o["kind"] == "EndpointSlice" for e in o["endpoints"]]
+    n = len(svcs)
+    out = {
+        "ports": sum(len(sp["ports"]) for sp in specs) / n,
+        "udp ports": sum(p["protocol"] == "UDP" for sp in specs for p in sp["ports"]) / n,
+        "node ports": sum("nodePort" in p for sp in specs for p in sp["ports"]) / n,
+        "headless": sum(sp["clusterIP"] == "None" for sp in specs) / n,
+        "external IPs": sum(bool(sp.get("externalIPs")) for sp in specs) / n,
+        "internal Local": sum(sp["internalTrafficPolicy"] == "Local" for sp in specs) / n,
+        "external Local": sum(sp.get("externalTrafficPolicy") == "Local" for sp in specs) / n,
+        "affinity": sum(sp["sessionAffinity"] == "ClientIP" for sp in specs) / n,
+        "LB ingress IPs": sum(len(s["status"]["loadBalancer"]["ingress"]) for s in lbs) / n,
+        "LB source ranges": sum("loadBalancerSourceRanges" in s["spec"] for s in lbs) / n,
+        "ready endpoints": sum(e["conditions"]["ready"] for e in eps) / len(eps),
+        "terminating endpoints": sum(e["conditions"]["terminating"] for e in eps) / len(eps),
+    }
+    for t in ("ClusterIP", "NodePort", "LoadBalancer"):
+        out[t] = sum(sp["type"] == t for sp in specs) / n
+    return out
+
+
+def test_the_mix_is_the_same_at_every_size():
+    """The growth budget compares sizes: a 1k and a 4k cluster must carry the same work per Service.
+
+    Coin flips gave seed 1's 1k cluster 2.5% fewer ports per Service than its 10k one;
+    dealt from decks, every share is the same to a fraction of a percent."""
+    small, big = _shares(gen.generate(1000, 2, seed=1)), _shares(gen.generate(4000, 2, seed=1))
+    for key, a in small.items():
+        assert abs(big[key] - a) <= max(0.002, 0.003 * a), (key, a, big[key])
+    assert small["ports"] == pytest.approx(1 + 0.03 + 0.25 * 1.3, abs=1e-9)  # dns, multi-port, a third port
+
+
+def test_a_deck_deals_exact_shares_every_full_deck():
+    import random
+    deck = gen._Deck(random.Random(3), {"a": 0.25, "b": 0.05, "c": 0.7})
+    assert len(deck.cards) == 100
+    for _ in range(3):
+        dealt = Counter(deck.deal() for _ in range(100))
+        assert dealt == {"a": 25, "b": 5, "c": 70}
+    odd = gen._Deck(random.Random(3), {True: 1 / 3, False: 2 / 3})
+    assert len(odd.cards) == 10000 and sum(odd.cards) == 3333
+    assert Counter(gen._Deck(random.Random(1), {"x": 1.0}).deal() for _ in range(5)) == {"x": 5}
+
+
+def test_objects_come_in_kubectl_order():
+    objs = gen.generate(200, 2, seed=4)
+    kinds = [o["kind"] for o in objs]
+    assert kinds[:2] == ["Node", "KubeProxyConfiguration"]
+    first_slice = kinds.index("EndpointSlice")
+    assert set(kinds[2:first_slice]) == {"Service"} and set(kinds[first_slice:]) == {"EndpointSlice"}
+    for part in (objs[2:first_slice], objs[first_slice:]):
+        keys = [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in part]
+        assert keys == sorted(keys) and len(set(keys)) == len(keys)
+    assert len({o["metadata"]["namespace"] for o in objs[2:first_slice]}) == 5
 
 
 def test_node_ports_run_out_gracefully():

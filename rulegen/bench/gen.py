@@ -10,6 +10,14 @@ spread over ~100 pods per node, plus the Node the rules are for and a
 KubeProxyConfiguration with the cluster CIDR. Everything is derived from one
 `random.Random(seed)`, so a seed names an input exactly.
 
+Each feature is dealt from a shuffled deck (`_Deck`) rather than drawn by a
+coin flip: every 100 Services hold exactly the mix's share of it, so a 1,000
+and a 10,000 Service cluster carry the same work per Service and the growth
+budget compares sizes, not two samples of the mix. (With coin flips the 1k
+cluster of seed 1 had 2.5% fewer ports per Service than the 10k one.)
+
+Objects come in the order `kubectl get -A` lists them: each kind in turn,
+sorted by namespace and name, as the API server returns them.
 Output is multi-document YAML (block style, as `kubectl get -o yaml` prints
 it) or `kubectl get -o json`-style JSON (`kind: List`). Both writers are
 built for speed: JSON goes through the C encoder, YAML through a small
@@ -70,6 +78,40 @@ class Mix:
 MIX = Mix()
 
 
+class _Deck:
+    """Dealt outcomes whose shares are exact over every full deck: a stratified coin.
+
+    OUTCOMES maps each outcome to its share (the shares sum to 1). The deck
+    holds the fewest cards (10, 100, ... 10,000) that give every share a
+    whole number of cards; it is shuffled with the cluster's generator and
+    reshuffled each time it runs out.
+    """
+
+    def __init__(self, rng: random.Random, outcomes: dict[Any, float]):
+        self.rng = rng
+        size = next((n for n in (10, 100, 1000) if all(abs(p * n - round(p * n)) < 1e-9 for p in outcomes.values())),
+                    10000)
+        cards: list[Any] = []
+        for outcome, p in outcomes.items():
+            cards += [outcome] * round(p * size)
+        if not cards:
+            raise ValueError("a deck needs at least one card")
+        self.cards = cards
+        self.left: list[Any] = []
+
+    def deal(self) -> Any:
+        if not self.left:
+            self.left = self.cards[:]
+            self.rng.shuffle(self.left)
+        return self.left.pop()
+
+
+def _coin(rng: random.Random, p: float) -> _Deck:
+    """A deck that deals True with share P."""
+    p = min(max(p, 0.0), 1.0)
+    return _Deck(rng, {True: p, False: 1.0 - p})
+
+
 def _ip(n: int) -> str:
     return f"{n >> 24}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
 
@@ -91,27 +133,65 @@ class _Pods:
         return _ip(POD_BASE + node * POD_BLOCK + self.used[node]), node
 
 
-def _ports(rng: random.Random, mix: Mix) -> list[tuple[str, str, int, int]]:
+def _shares(*pairs: tuple[Any, float]) -> dict[Any, float]:
+    """Outcome → share, in order, each clipped to what is left; the last outcome takes the rest."""
+    out: dict[Any, float] = {}
+    left = 1.0
+    for outcome, p in pairs[:-1]:
+        p = min(max(p, 0.0), left)
+        out[outcome] = p
+        left -= p
+    out[pairs[-1][0]] = left
+    return out
+
+
+class _Decks:
+    """One deck per choice the generator makes, all shuffled by the cluster's generator."""
+
+    def __init__(self, rng: random.Random, mix: Mix):
+        self.ports = _Deck(rng, _shares(("dns", mix.dns_like), ("udp", mix.udp_only), ("multi", mix.multi_port),
+                                        ("single", 0.0)))
+        self.third_port = _coin(rng, 0.3)
+        self.unnamed = _coin(rng, mix.unnamed_port)
+        self.type = _Deck(rng, _shares(("NodePort", mix.nodeport), ("LoadBalancer", mix.loadbalancer),
+                                       ("ClusterIP", 0.0)))
+        self.headless = _coin(rng, mix.headless)
+        self.lb_no_nodeports = _coin(rng, mix.lb_no_nodeports)
+        self.external_local = _coin(rng, mix.external_local)
+        self.external_ips = _coin(rng, mix.external_ips)
+        self.internal_local = _coin(rng, mix.internal_local)
+        self.affinity = _coin(rng, mix.affinity)
+        self.affinity_timeout = _coin(rng, 0.5)
+        self.lb_two_ingress = _coin(rng, mix.lb_two_ingress)
+        self.lb_source_ranges = _coin(rng, mix.lb_source_ranges)
+        self.ranges_admit_node = _coin(rng, 0.5)
+        self.no_ready = _coin(rng, mix.no_ready)
+        self.local_endpoint = _coin(rng, mix.local_endpoint)
+        self.condition = _Deck(rng, _shares(("not-ready", mix.not_ready), ("terminating", mix.terminating),
+                                            ("ready", 0.0)))
+
+
+def _ports(d: _Decks) -> list[tuple[str, str, int, int]]:
     """(name, protocol, port, targetPort) of one Service."""
-    r = rng.random()
-    if r < mix.dns_like:
+    kind = d.ports.deal()
+    if kind == "dns":
         return [("dns", "UDP", 53, 53), ("dns-tcp", "TCP", 53, 53)]
-    r -= mix.dns_like
-    if r < mix.udp_only:
+    if kind == "udp":
         return [("syslog", "UDP", 514, 5514)]
-    r -= mix.udp_only
-    if r < mix.multi_port:
+    if kind == "multi":
         ports = [("http", "TCP", 80, 8080), ("https", "TCP", 443, 8443)]
-        if rng.random() < 0.3:
+        if d.third_port.deal():
             ports.append(("metrics", "TCP", 9090, 9090))
         return ports
-    if rng.random() < mix.unnamed_port:
+    if d.unnamed.deal():
         return [("", "TCP", 80, 8080)]
     return [("http", "TCP", 80, 8080)]
 
 
 def generate(services: int, endpoints: int, seed: int = 1, mix: Mix = MIX) -> list[dict[str, Any]]:
-    """The cluster's objects: Node, KubeProxyConfiguration, then each Service and its slices."""
+    """The cluster's objects as `kubectl get -A -o json` lists them: the Node and the
+    KubeProxyConfiguration, then every Service, then every EndpointSlice, each kind
+    sorted by namespace and name."""
     if services < 0 or endpoints < 0:
         raise ValueError("services and endpoints must not be negative")
     rng = random.Random(seed)
@@ -137,20 +217,17 @@ def generate(services: int, endpoints: int, seed: int = 1, mix: Mix = MIX) -> li
             "mode": "iptables", "clusterCIDR": CLUSTER_CIDR,
         },
     ]
+    services_out: list[dict[str, Any]] = []
+    slices_out: list[dict[str, Any]] = []
     lb_next = 1
     ext_next = 1
-    rand = rng.random
+    d = _Decks(rng, mix)
     for i in range(services):
         ns = f"team-{i % namespaces:03d}"
         name = f"{WORDS[i % len(WORDS)]}-{i:05d}"
-        ports = _ports(rng, mix)
-        r = rand()
-        stype = "ClusterIP"
-        if r < mix.nodeport:
-            stype = "NodePort"
-        elif r < mix.nodeport + mix.loadbalancer:
-            stype = "LoadBalancer"
-        headless = stype == "ClusterIP" and rand() < mix.headless
+        ports = _ports(d)
+        stype = d.type.deal()
+        headless = stype == "ClusterIP" and d.headless.deal()
         cip = "None" if headless else _ip(SERVICE_BASE + 10 + i)
         spec: dict[str, Any] = {
             "clusterIP": cip, "clusterIPs": [cip], "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
@@ -158,7 +235,7 @@ def generate(services: int, endpoints: int, seed: int = 1, mix: Mix = MIX) -> li
         }
         status: dict[str, Any] = {"loadBalancer": {}}
         external = stype != "ClusterIP"
-        allocate = stype == "NodePort" or (stype == "LoadBalancer" and rand() >= mix.lb_no_nodeports)
+        allocate = stype == "NodePort" or (stype == "LoadBalancer" and not d.lb_no_nodeports.deal())
         if allocate and len(nodeports) < len(ports) + 1:
             # The range is used up: the API server would refuse; keep the Service without node ports.
             allocate = False
@@ -174,35 +251,35 @@ def generate(services: int, endpoints: int, seed: int = 1, mix: Mix = MIX) -> li
         ]
         local_policy = False
         if external:
-            local_policy = rand() < mix.external_local
+            local_policy = d.external_local.deal()
             spec["externalTrafficPolicy"] = "Local" if local_policy else "Cluster"
             if local_policy and stype == "LoadBalancer" and nodeports:
                 spec["healthCheckNodePort"] = nodeports.pop()
-        elif not headless and rand() < mix.external_ips:
+        elif not headless and d.external_ips.deal():
             spec["externalIPs"] = [_ip(EXTERNAL_BASE + ext_next)]
             ext_next += 1
-        if rand() < mix.internal_local:
+        if d.internal_local.deal():
             spec["internalTrafficPolicy"] = "Local"
             local_policy = True
         else:
             spec["internalTrafficPolicy"] = "Cluster"
-        if rand() < mix.affinity:
+        if d.affinity.deal():
             spec["sessionAffinity"] = "ClientIP"
-            if rand() < 0.5:
+            if d.affinity_timeout.deal():
                 spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": 3600}}
         else:
             spec["sessionAffinity"] = "None"
         if stype == "LoadBalancer":
             ingress = []
-            for _ in range(2 if rand() < mix.lb_two_ingress else 1):
+            for _ in range(2 if d.lb_two_ingress.deal() else 1):
                 ingress.append({"ip": _ip(LB_BASE + lb_next), "ipMode": "VIP"})
                 lb_next += 1
             status = {"loadBalancer": {"ingress": ingress}}
-            if rand() < mix.lb_source_ranges:
+            if d.lb_source_ranges.deal():
                 # Half of them admit the node's own network, so the FW chain also gets LB-IP rules.
-                spec["loadBalancerSourceRanges"] = (["192.168.0.0/16", "198.51.100.0/24"] if rand() < 0.5
+                spec["loadBalancerSourceRanges"] = (["192.168.0.0/16", "198.51.100.0/24"] if d.ranges_admit_node.deal()
                                                     else ["203.0.113.0/24"])
-        objs.append({
+        services_out.append({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": name, "namespace": ns, "labels": {"app": name},
                          "uid": f"{rng.getrandbits(128):032x}", "resourceVersion": str(1000 + i),
@@ -210,15 +287,15 @@ def generate(services: int, endpoints: int, seed: int = 1, mix: Mix = MIX) -> li
             "spec": spec, "status": status,
         })
 
-        no_ready = rand() < mix.no_ready
-        on_us = local_policy and rand() < mix.local_endpoint
+        no_ready = d.no_ready.deal()
+        on_us = local_policy and d.local_endpoint.deal()
         eps = []
         for j in range(endpoints):
             ip, node = pods.place(0 if (on_us and j == 0) else None)
-            r = rand()
-            if no_ready or r < mix.not_ready:
+            state = d.condition.deal()
+            if no_ready or state == "not-ready":
                 cond = {"ready": False, "serving": False, "terminating": False}
-            elif r < mix.not_ready + mix.terminating:
+            elif state == "terminating":
                 cond = {"ready": False, "serving": True, "terminating": True}
             else:
                 cond = {"ready": True, "serving": True, "terminating": False}
@@ -229,7 +306,7 @@ def generate(services: int, endpoints: int, seed: int = 1, mix: Mix = MIX) -> li
             })
         slice_ports = [{"name": pn, "port": target, "protocol": proto} for pn, proto, _, target in ports]
         for k in range(0, max(len(eps), 1), SLICE_MAX):
-            objs.append({
+            slices_out.append({
                 "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
                 "metadata": {"name": f"{name}-{rng.getrandbits(20):05x}", "namespace": ns,
                              "labels": {"kubernetes.io/service-name": name,
@@ -238,7 +315,9 @@ def generate(services: int, endpoints: int, seed: int = 1, mix: Mix = MIX) -> li
                 "endpoints": eps[k:k + SLICE_MAX],
                 "ports": slice_ports,
             })
-    return objs
+    # kubectl's order: each kind in turn, sorted by namespace and name (the API server's list order).
+    by_name = lambda o: (o["metadata"]["namespace"], o["metadata"]["name"])  # noqa: E731
+    return objs + sorted(services_out, key=by_name) + sorted(slices_out, key=by_name)
 
 
 # --------------------------------------------------------------------------- writers
