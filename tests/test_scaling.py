@@ -428,27 +428,35 @@ def test_measure_interleaves_sizes_in_every_round(tmp_path, monkeypatch):
         return {k: 0.01 for k in ("json_loads_cpu", "json_loads_nogc_cpu", "yaml_cload_cpu", "join0_cpu")}
 
     monkeypatch.setattr(benchrun, "_worker", fake_worker)
-    res = benchrun.measure([5, 7], 2, ["iptables"], 2, 1, str(tmp_path), lambda s: None)
+    res = benchrun.measure([5, 7], 2, ["iptables"], 3, 1, str(tmp_path), lambda s: None)
     sizes = [c[1].split("-")[1].split("x")[0] for c in calls]
-    assert sizes == ["5"] * 3 + ["7"] * 3 + ["5"] * 3 + ["7"] * 3
+    assert sizes == (["5"] * 3 + ["7"] * 3) * 3
     assert [c[0] for c in calls[:3]] == ["pipeline", "pipeline", "floors"]
-    # the best (smallest) time of each size's runs, the largest peak
+    # the median time of each size's runs, the largest peak
     five = res[0].runs[("iptables", "json")]
-    assert five["total"] == 0.031 and five["peak_mib"] == 10.0 + 7  # calls 1 and 7 are its JSON runs
+    assert five["total"] == pytest.approx(0.037) and five["peak_mib"] == 10.0 + 13  # calls 1, 7, 13: its JSON runs
     # and every round's total, in round order, for the round-by-round growth
-    assert res[0].rounds[("iptables", "json")] == [0.031, 0.037]
-    assert res[1].rounds[("iptables", "json")] == [0.034, 0.040]
+    assert res[0].rounds[("iptables", "json")] == pytest.approx([0.031, 0.037, 0.043])
+    assert res[1].rounds[("iptables", "json")] == pytest.approx([0.034, 0.040, 0.046])
 
 
-def test_growth_budget_shows_each_rounds_ratio_beside_the_best_figures():
-    base, big = _result(1000, 0.1), _result(10000, 1.05)
+def test_growth_budget_shows_the_fastest_runs_and_each_round_beside_the_median_figures():
+    base, big = _result(1000, 0.11), _result(10000, 1.2)  # the medians of the rounds below
     base.rounds[("iptables", "json")] = [0.1, 0.12, 0.11]
-    big.rounds[("iptables", "json")] = [1.05, 1.2, 1.21]
+    big.rounds[("iptables", "json")] = [1.15, 1.2, 1.21]
     growth = benchrun.budgets([base, big], "iptables")[-1]
-    assert growth.verdict == "PASS"  # the verdict divides the best figures: 1.05 / 0.1
-    assert growth.measured == "10.50× (round by round: 10.50×, 10.00×, 11.00×)"
+    assert growth.verdict == "PASS"  # the verdict divides the medians: 1.2 / 0.11
+    assert growth.measured == "10.91× (fastest runs: 11.50×; round by round: 11.50×, 10.00×, 11.00×)"
     big.rounds[("iptables", "json")] = [1.05]  # rounds that do not pair up are not shown
-    assert benchrun.budgets([base, big], "iptables")[-1].measured == "10.50×"
+    assert benchrun.budgets([base, big], "iptables")[-1].measured == "10.91×"
+
+
+def test_a_median_is_never_below_the_fastest_run():
+    runs = [{"load_cpu": t / 3, "compile_cpu": t / 3, "render_cpu": t / 3, "total_cpu": t, "peak_mib": p}
+            for t, p in ((0.9, 50.0), (0.5, 70.0), (0.7, 60.0), (3.0, 40.0))]
+    mid = benchrun._typical(runs, "_cpu")
+    assert mid["total"] == pytest.approx(0.8) and mid["load"] == pytest.approx(0.8 / 3)
+    assert mid["total"] >= min(r["total_cpu"] for r in runs) and mid["peak_mib"] == 70.0
 
 
 def test_worker_peak_memory_is_its_own_not_the_parents(tmp_path):
