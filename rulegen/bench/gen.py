@@ -106,10 +106,6 @@ class _Deck:
         return self.left.pop()
 
 
-def _coin(rng: random.Random, p: float) -> _Deck:
-    """A deck that deals True with share P."""
-    p = min(max(p, 0.0), 1.0)
-    return _Deck(rng, {True: p, False: 1.0 - p})
 
 
 def _ip(n: int) -> str:
@@ -143,6 +139,11 @@ def _shares(*pairs: tuple[Any, float]) -> dict[Any, float]:
         left -= p
     out[pairs[-1][0]] = left
     return out
+
+
+def _coin(rng: random.Random, p: float) -> _Deck:
+    """A deck that deals True with share P (clipped to 0..1)."""
+    return _Deck(rng, _shares((True, p), (False, 0.0)))
 
 
 class _Decks:
