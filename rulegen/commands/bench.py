@@ -65,7 +65,7 @@ def _sizes(ctx, param, value: str) -> list[int]:
               help="Endpoints per Service.")
 @click.option("--mode", "modes", multiple=True, type=click.Choice(list(runmod.MODES)),
               help="Mode(s) to measure (default: all the harness knows).")
-@click.option("--repeat", "-r", type=click.IntRange(min=1), default=5, show_default=True,
+@click.option("--repeat", "-r", type=click.IntRange(min=1), default=runmod.DEFAULT_REPEAT, show_default=True,
               help="Runs per measurement; the median time is reported (the floors: the fastest).")
 @click.option("--quick", is_flag=True, help="Sizes 100,1000 and one run each (budgets needing 10k are skipped).")
 @click.option("--seed", type=int, default=1, show_default=True)
