@@ -57,11 +57,18 @@ class Plan(Struct, frozen=True, gc=False):
     endpoint_total: int  # for large-cluster mode
 
 
+def skipped(svc: Service) -> bool:
+    """kube-proxy's ShouldSkipService: headless, ExternalName, or no spec.clusterIP.
+
+    spec.clusterIP alone decides: unset means not proxied, whatever
+    spec.clusterIPs says. Lint's RG001 asks the same question.
+    """
+    return svc.headless or svc.type == "ExternalName" or not svc.cluster_ip
+
+
 def cluster_ip_for(svc: Service, fam: int) -> str:
     """kube-proxy's GetClusterIPByFamily."""
-    if svc.headless or svc.type == "ExternalName" or not svc.cluster_ip:
-        # kube-proxy's ShouldSkipService looks at spec.clusterIP alone: unset
-        # means not proxied, whatever spec.clusterIPs says.
+    if skipped(svc):
         return ""
     want = "IPv6" if fam == 6 else "IPv4"
     if not svc.ip_families:

@@ -456,6 +456,20 @@ spec: {type: ExternalName, externalName: example.com}
     assert codes(lint_args([write(tmp_path, docs(headless, ext, NODE))])) == []
 
 
+def test_no_cluster_ip_is_judged_as_the_rules_judge_it(tmp_path):
+    """spec.clusterIP alone decides whether kube-proxy proxies a Service; spec.clusterIPs does not."""
+    from rulegen.pipeline import compile_files
+
+    only_ips = svc().replace("  clusterIP: 10.96.0.10\n", "  clusterIPs: [10.96.0.10]\n")
+    assert "clusterIPs: [10.96.0.10]" in only_ips and "clusterIP:" not in only_ips
+    f = write(tmp_path, docs(only_ips, slice_(), NODE))
+    assert "10.96.0.10" not in compile_files([f], {}).text  # no rules for it ...
+    assert codes(lint_args([f])) == ["RG001"]  # ... and lint says so
+    both = write(tmp_path, docs(svc(extra="  clusterIPs: [10.96.0.10]"), slice_(), NODE), "both.yaml")
+    assert "10.96.0.10" in compile_files([both], {}).text
+    assert "RG001" not in codes(lint_args([both]))
+
+
 def test_external_ip_in_a_service_cidr_flag(tmp_path):
     s = svc(extra="  externalIPs: [10.100.0.7]")
     f = write(tmp_path, docs(s, slice_(), NODE))

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator
 
 from ..ipaddr import cidr_contains, endpoint_string, is_loopback
 from ..model import Service, ServicePort
-from ..plan import PortPlan
+from ..plan import PortPlan, skipped
 from .context import Context, place_text
 from .findings import Finding, port_label
 from .labels import selector_text
@@ -25,10 +25,6 @@ from .labels import selector_text
 Check = Callable[[Context], Iterable[Finding]]
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
-
-
-def _has_cluster_ip(svc: Service) -> bool:
-    return bool(svc.cluster_ip or any(svc.cluster_ips))
 
 
 def _numeric_target(port: ServicePort) -> int | None:
@@ -70,8 +66,8 @@ def _node_list(names: Iterable[str | None]) -> str:
 
 def check_cluster_ip(cx: Context) -> Iterator[Finding]:
     for svc in cx.services:
-        if svc.headless or svc.type == "ExternalName" or _has_cluster_ip(svc):
-            continue
+        if not skipped(svc) or svc.headless or svc.type == "ExternalName":
+            continue  # proxied, or left out on purpose
         yield cx.finding(
             "RG001", svc,
             "no usable clusterIP (spec.clusterIP missing or not an address): kube-proxy writes no rules, "
