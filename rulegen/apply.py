@@ -55,7 +55,7 @@ import msgspec
 from .backends.iptables.ir import BUILTIN_CHAINS, Rule, TableView, chain_digest, views
 from .diagnostics import UsageError
 from .files import write_atomic
-from .pipeline import gc_paused
+from .gcpause import gc_paused
 from .netns import ApplyError, Netns, RealNetns, check_name, restore_reason, restore_tool, rule_target
 
 # Live chains with these prefixes belong to kube-proxy's per-service state

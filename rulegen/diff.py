@@ -19,13 +19,13 @@ kube-proxy inserts them.
 
 from __future__ import annotations
 
-import gc
 from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 from .backends.iptables.ir import BUILTIN_CHAINS, Rule, Ruleset, Table
 from .backends.iptables.spec import SpecError, canonical, parse_spec
+from .gcpause import gc_paused
 
 TABLE_ORDER = ("filter", "nat", "mangle", "raw", "security")
 # Empty marker chains kubelet and kube-proxy create outside the payload;
@@ -260,14 +260,8 @@ def diff_rulesets(old: Ruleset, new: Ruleset, *, kube_only: bool = False,
     """Compare `old` with `new` by meaning; the result lists only what differs."""
     # Canonicalising every rule of a large node makes millions of small
     # acyclic tuples; collector passes over them would cost more than the work.
-    paused = gc.isenabled()
-    if paused:
-        gc.disable()
-    try:
+    with gc_paused(freeze=False):
         return _diff(old, new, kube_only, old_name, new_name)
-    finally:
-        if paused:
-            gc.enable()
 
 
 def _diff(old: Ruleset, new: Ruleset, kube_only: bool, old_name: str, new_name: str) -> DiffResult:

@@ -7,13 +7,13 @@ cluster's time goes. Commands call `compile_files` and then use the IR
 
 from __future__ import annotations
 
-import gc
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from . import backends, loader, plan as planmod
+from .gcpause import gc_paused
 from .diagnostics import Report
 from .model import Inputs
 from .settings import Settings, resolve
@@ -36,28 +36,6 @@ class Timings:
         out = [f"{name:<10} {t * 1000:9.1f} ms" for name, t in self.stages]
         out.append(f"{'total':<10} {total * 1000:9.1f} ms")
         return out
-
-
-@contextmanager
-def gc_paused(freeze: bool = True) -> Iterator[None]:
-    """Pause the cyclic garbage collector while a compile allocates.
-
-    A 10k-Service compile allocates ~1M small acyclic objects (records, rule
-    strings); each allocation burst triggers full GC passes that cost ~40% of
-    the run and free nothing. Reference counting still frees everything.
-    `freeze=False` for work whose objects are transient (apply's comparison).
-    """
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            if freeze:
-                # What the stage made is long-lived: move it out of the GC's generations, or
-                # the first allocation after enable() scans all of it (~0.1 s per stage at 10k).
-                gc.freeze()
-            gc.enable()
 
 
 @dataclass

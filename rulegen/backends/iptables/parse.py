@@ -18,10 +18,10 @@ expressions, and the garbage collector paused while the records are made.
 
 from __future__ import annotations
 
-import gc
 import sys
 
 from ...diagnostics import UsageError
+from ...gcpause import gc_paused
 from .ir import BUILTIN_CHAINS, Rule, Ruleset, Table
 from .spec import SpecError, tokenize
 
@@ -101,14 +101,8 @@ def parse(text: str, source: str = "<input>", family: int | None = None) -> Rule
     # Hundreds of thousands of small acyclic tuples would trigger many full
     # collector passes over the caller's (often large) heap: pausing the
     # collector makes a 350k-line parse several times faster.
-    paused = gc.isenabled()
-    if paused:
-        gc.disable()
-    try:
+    with gc_paused(freeze=False):
         return _parse(text, source, family)
-    finally:
-        if paused:
-            gc.enable()
 
 
 def _parse(text: str, source: str, family: int | None) -> Ruleset:
