@@ -125,7 +125,6 @@ def build(inputs: Inputs, settings: Settings) -> Plan:
     for v in slices_by_svc.values():
         v.sort(key=lambda s: s.name)
 
-    node_ip = settings.primary_ip(fam)
     hostname = settings.hostname
     zone = settings.node_zone
     psn = settings.prefer_same_node
