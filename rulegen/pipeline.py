@@ -62,19 +62,24 @@ def load_inputs(paths: list[str], report: Report, timings: Timings) -> Inputs:
         return loader.load(paths, report)
 
 
+def resolve_settings(inputs: Inputs, flags: dict[str, Any], report: Report,
+                     config_path: str | None = None) -> Settings:
+    """The settings: flags over the --config file over the inputs' own objects."""
+    file_cfg = loader.load_config_file(config_path, report) if config_path else None
+    return resolve(flags, inputs, report, file_cfg)
+
+
 def plan_inputs(inputs: Inputs, flags: dict[str, Any], report: Report, timings: Timings,
                 config_path: str | None = None) -> tuple[Settings, planmod.Plan]:
     """Settings and the backend-neutral plan, without any backend (lint uses this)."""
-    file_cfg = loader.load_config_file(config_path, report) if config_path else None
-    settings = resolve(flags, inputs, report, file_cfg)
+    settings = resolve_settings(inputs, flags, report, config_path)
     with timings.stage("plan"), gc_paused():
         return settings, planmod.build(inputs, settings)
 
 
 def compile_inputs(inputs: Inputs, flags: dict[str, Any], report: Report, timings: Timings,
                    config_path: str | None = None) -> Compiled:
-    file_cfg = loader.load_config_file(config_path, report) if config_path else None
-    settings = resolve(flags, inputs, report, file_cfg)
+    settings = resolve_settings(inputs, flags, report, config_path)
     comp, _ = backends.get(settings.mode)
     with gc_paused():
         with timings.stage("plan"):
