@@ -263,11 +263,10 @@ def _service_port(p: PortPlan, N, F, nchains: list[str], detector, masq_all: boo
         N(_new(Rule, (fw, f'-m comment --comment "other traffic to {spn} will be dropped by KUBE-PROXY-FIREWALL"')))
 
     # 5.7 SVC / SVL chains. Every endpoint that gets a jump also gets a SEP
-    # chain (cluster and local lists are subsets of all_reachable), so the
-    # SEP names are hashed once, here, and looked up afterwards.
-    seps = _SepNames(names)
-    for e in sel.all_reachable:
-        seps[e.ep] = names.sep(e.ep)
+    # chain (selection.categorize makes the cluster and local lists subsets of
+    # all_reachable), so the SEP names are hashed once, here, and looked up afterwards.
+    sep_name = names.sep
+    seps = {e.ep: sep_name(e.ep) for e in sel.all_reachable}
     if sel.cluster and p.uses_cluster:
         nchains.append(names.svc)
         _to_endpoints(N, names.svc, spn, sel.cluster, p.affinity, large, seps)
@@ -288,19 +287,6 @@ def _service_port(p: PortPlan, N, F, nchains: list[str], detector, masq_all: boo
             N(_new(Rule, (sep, f"{c}-m recent --name {sep} --set {dnat}{e.ep}")))
         else:
             N(_new(Rule, (sep, f"{c}{dnat}{e.ep}")))
-
-
-class _SepNames(dict):
-    """endpoint → SEP chain name; a name not precomputed is hashed on first use."""
-
-    __slots__ = ("names",)
-
-    def __init__(self, names: IptablesNames):
-        self.names = names
-
-    def __missing__(self, ep: str) -> str:
-        s = self[ep] = self.names.sep(ep)
-        return s
 
 
 def _to_endpoints(N, chain: str, spn: str, eps, affinity: int, large: bool, seps) -> None:
