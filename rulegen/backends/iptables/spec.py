@@ -50,12 +50,6 @@ class Spec(NamedTuple):
     target_opts: tuple[Opt, ...]
     goto: bool = False
 
-    def base_opt(self, name: str) -> Opt | None:
-        for o in self.base:
-            if o.name == name:
-                return o
-        return None
-
     def match(self, module: str) -> Match | None:
         for m in self.matches:
             if m.module == module:
