@@ -17,13 +17,13 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .diagnostics import Report, UsageError
 from .files import write_atomic
-from .loader import INPUT_SUFFIXES, NOT_INPUTS
+from .loader import is_input
 ARGS_FILE = "args"
 EXPECTED_PREFIX = "expected."
 DEFAULT_MODE = "iptables"
@@ -61,7 +61,6 @@ class Outcome:
     diff: str = ""  # unified diff, expected → compiled (DIFFERS, UPDATED)
     problems: tuple[str, ...] = ()  # input problems the loader reported (left out as kube-proxy would)
     notices: tuple[str, ...] = ()  # informational: kinds rulegen skips
-    actual: str | None = field(default=None, repr=False)
 
     @property
     def failed(self) -> bool:
@@ -76,8 +75,7 @@ class CaseError(Exception):
 
 
 def _is_input(p: Path) -> bool:
-    return (p.is_file() and p.suffix in INPUT_SUFFIXES and p.name not in NOT_INPUTS
-            and not p.name.startswith("."))
+    return is_input(p) and not p.name.startswith(".")
 
 
 def read_args(path: Path) -> str:
@@ -231,19 +229,18 @@ def run_case(case: Case, update: bool = False) -> list[Outcome]:
         expected = _read_expected(path)
         diff = unified(expected or "", actual, case, mode)
         if not diff:
-            out.append(Outcome(case, mode, OK, actual=actual, **seen))
+            out.append(Outcome(case, mode, OK, **seen))
         elif update:
             try:
                 write_atomic(path, actual)
             except OSError as e:
-                out.append(Outcome(case, mode, ERROR, message=f"{path.name}: cannot write: {e.strerror}",
-                                   actual=actual, **seen))
+                out.append(Outcome(case, mode, ERROR, message=f"{path.name}: cannot write: {e.strerror}", **seen))
                 continue
             note = f"created {path.name}" if expected is None else f"rewrote {path.name}"
-            out.append(Outcome(case, mode, UPDATED, message=note, diff=diff, actual=actual, **seen))
+            out.append(Outcome(case, mode, UPDATED, message=note, diff=diff, **seen))
         else:
             note = f"no {path.name} yet (--update writes it)" if expected is None else ""
-            out.append(Outcome(case, mode, DIFFERS, message=note, diff=diff, actual=actual, **seen))
+            out.append(Outcome(case, mode, DIFFERS, message=note, diff=diff, **seen))
     return out
 
 

@@ -60,6 +60,11 @@ NOT_INPUTS = frozenset({"trace.yaml", "trace.yml", "trace.json"})
 # --------------------------------------------------------------------------- files
 
 
+def is_input(path: Path) -> bool:
+    """A file a directory argument contributes: an input suffix, not a project file."""
+    return path.is_file() and path.suffix in INPUT_SUFFIXES and path.name not in NOT_INPUTS
+
+
 def expand_paths(paths: Iterable[str]) -> list[str]:
     """Files in the order given; a directory contributes its inputs sorted by name."""
     out: list[str] = []
@@ -69,10 +74,7 @@ def expand_paths(paths: Iterable[str]) -> list[str]:
             continue
         path = Path(p)
         if path.is_dir():
-            out.extend(
-                str(c) for c in sorted(path.iterdir())
-                if c.is_file() and c.suffix in INPUT_SUFFIXES and c.name not in NOT_INPUTS
-            )
+            out.extend(str(c) for c in sorted(path.iterdir()) if is_input(c))
         elif path.exists():
             out.append(p)
         else:
