@@ -293,7 +293,6 @@ def run(sizes: list[int], endpoints: int = 10, modes: list[str] | None = None, r
 
 
 if __name__ == "__main__":  # `make bench`
-    import rulegen.cli  # noqa: F401  (registers the commands first; importing bench alone would be circular)
     from rulegen.commands.bench import run_cmd
 
     run_cmd(prog_name="python -m rulegen.bench.run")
