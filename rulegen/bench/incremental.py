@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import json
 import os
 import shutil
 import signal
@@ -41,7 +40,6 @@ BUDGET_SECONDS = 1.0
 BUDGET_SHARE = 0.01
 # Inside the generated cluster CIDR (10.128.0.0/9), used by no pod: the changed endpoint's successive addresses.
 CHANGED_IPS = ("10.255.254.7", "10.255.254.8", "10.255.254.9", "10.255.254.10", "10.255.254.11")
-CHANGED_IP = CHANGED_IPS[0]
 STAGE_ORDER = ("load-cache", "read", "parse", "plan", "compile", "assemble", "load", "render", "create",
                "read-cache", "read-live", "diff", "list", "jumps", "prepare", "test", "restore", "cache", "save-cache")
 
@@ -94,16 +92,12 @@ class Result:
                     f"(< {BUDGET_SHARE * 100:g}%: {'yes' if share < BUDGET_SHARE else 'no'})")
 
 
-def change_one_endpoint(objs: list[dict[str, Any]], ip: str = CHANGED_IP) -> tuple[list[dict[str, Any]], str]:
-    """A copy of OBJS where the first endpoint of the first non-empty slice has address IP."""
-    out = json.loads(json.dumps(objs))
-    for o in out:
+def endpoint_to_change(objs: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    """The first endpoint of the first non-empty slice, and the slice's name."""
+    for o in objs:
         if o.get("kind") == "EndpointSlice" and o.get("endpoints"):
-            ep = o["endpoints"][0]
-            old = ep["addresses"][0]
-            ep["addresses"] = [ip]
             meta = o["metadata"]
-            return out, f"{meta['namespace']}/{meta['name']}: endpoint {old} -> {ip}"
+            return o["endpoints"][0], f"{meta['namespace']}/{meta['name']}"
     raise SystemExit("rulegen.bench.incremental: the generated cluster has no endpoints to change")
 
 
@@ -179,13 +173,16 @@ def bench_backend(backend: str, services: int, endpoints: int, seed: int, workdi
         gen.write(objs, "json", f)
     # Successive versions: the same endpoint moved to another address each time.
     versions = []
+    ep, where = endpoint_to_change(objs)
+    old = ep["addresses"][0]
     for k in range(changes):
-        changed, what = change_one_endpoint(objs, CHANGED_IPS[k % len(CHANGED_IPS)])
+        ip = CHANGED_IPS[k % len(CHANGED_IPS)]
+        ep["addresses"] = [ip]
         path = os.path.join(workdir, f"after-{k + 1}.json")
         with open(path, "w") as f:
-            gen.write(changed, "json", f)
-        versions.append((path, what))
-    del objs, changed
+            gen.write(objs, "json", f)
+        versions.append((path, f"{where}: endpoint {old} -> {ip}"))
+    del objs, ep
 
     res.runs.append(_cli_apply(before_path, ns, backend, state, True, "full"))
     if repeat:
