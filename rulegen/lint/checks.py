@@ -275,7 +275,7 @@ def check_endpoints(cx: Context) -> Iterator[Finding]:
         ready = [e for e in eps if e.ready]
         fallback = [e for e in eps if not e.ready and e.serving and e.terminating]
         if port.protocol == "UDP" and not ready:
-            state = (f"no endpoints" if not eps else
+            state = ("no endpoints" if not eps else
                      f"{len(fallback)} terminating endpoint(s) and none ready" if fallback else
                      f"{len(eps)} endpoint(s), none ready")
             yield cx.finding(
