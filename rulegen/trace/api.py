@@ -20,7 +20,7 @@ from ..backends.iptables.compile import jump_rules
 from ..backends.iptables.ir import Ruleset
 from ..backends.iptables.spec import SpecError, parse_spec
 from ..diagnostics import UsageError
-from ..ipaddr import cidr_contains, parse_ip
+from ..ipaddr import cidr_contains, family, parse_ip
 from ..settings import Settings
 from . import matchers as M
 from .engine import Engine, Rules
@@ -65,7 +65,7 @@ def trace_ruleset(ruleset: Ruleset, settings: Settings, src: str | None, dst_ip:
         raise UsageError(f"--dst: {dst_ip!r} is not an IP address")
     if not 0 < int(dst_port) < 65536:
         raise UsageError(f"--dst: port {dst_port} is not between 1 and 65535")
-    fam = 6 if ":" in dst else 4
+    fam = family(dst)
     if fam != ruleset.family:
         raise UsageError(f"--dst {dst} is IPv{fam} but the rules are IPv{ruleset.family}"
                          + (" (use --ip-family ipv6)" if fam == 6 else ""))

@@ -400,7 +400,7 @@ class Engine:
         table = ctx.table
         if t is None:
             return None, "no target: continue with the next rule"
-        if t not in _TARGET_OPTS:  # a user chain (check_spec made sure it exists)
+        if t not in _TARGET_OPTS:  # a user chain (_check made sure it exists)
             if any(f[0] == t for f in w.stack) or len(w.stack) >= MAX_DEPTH:
                 raise self._err(ctx, f"jump to {t} loops back into a chain already being walked")
             if sp.goto:
@@ -485,17 +485,6 @@ _TARGET_OPTS: dict[str, dict[str, int]] = {
     "MASQUERADE": {"--random": 0, "--random-fully": 0, "--to-ports": 1},
     "LOG": _LOG_OPTS,
 }
-
-
-def check_spec(sp: Spec, chains: dict[str, list[str]], table: str) -> None:
-    """Raise Unsupported unless the tracer understands every part of the rule.
-
-    Values are checked too (addresses, ports, probabilities, states), so a
-    rule is refused the first time the walk reaches it, whether or not an
-    earlier part of it would have matched.
-    """
-    _check_parts(sp)
-    _check_chain_target(sp, chains, table)
 
 
 @lru_cache(maxsize=1 << 16)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+from ..ipaddr import endpoint_string
+
 
 class TraceError(ValueError):
     """A rule the tracer cannot evaluate, named by source, table, chain and rule number."""
@@ -42,11 +44,7 @@ class Packet:
 
     @property
     def dst_endpoint(self) -> str:
-        return endpoint(self.dst, self.dport)
-
-
-def endpoint(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+        return endpoint_string(self.dst, self.dport)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,14 +88,6 @@ class Path:
     @property
     def endpoint(self) -> str | None:
         return self.packet.dst_endpoint if self.verdict == "DNAT" else None
-
-    def chains(self) -> list[str]:
-        """User chains the path went through, in order (for the one-line diagram)."""
-        out: list[str] = []
-        for h in self.hops:
-            if h.kind == "rule" and h.verdict.startswith(("jump ", "goto ")):
-                out.append(h.verdict.split(" ", 1)[1])
-        return out
 
 
 @dataclass(frozen=True, slots=True)

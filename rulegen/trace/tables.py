@@ -17,7 +17,7 @@ happen to it:
 
 Chances are exact fractions (`1/3`) or decimals (`0.5`). The tests run each
 table against the compiled rules and against the kernel's own dump; the lab
-can compare its hit counts with `expected_shares`.
+can compare its hit counts with the `destinations` chances.
 """
 
 from __future__ import annotations
@@ -54,9 +54,6 @@ class Check:
     def dst_parts(self) -> tuple[str, int]:
         host, _, port = self.dst.rpartition(":")
         return host.strip("[]"), int(port)
-
-    def expected_shares(self) -> dict[str, Fraction]:
-        return dict(self.destinations)
 
 
 def fraction(value: Any, where: str) -> Fraction:
