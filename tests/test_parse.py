@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from rulegen.backends.iptables.ir import Rule, Ruleset, Table
-from rulegen.backends.iptables.parse import ParseError, detect_family, parse
+from rulegen.backends.iptables.parse import ParseError, detect_family, parse, read_ruleset
 from rulegen.backends.iptables.render import CHUNK, render, rule_pieces
 from rulegen.diagnostics import Place, Report, UsageError
 from rulegen.loader import load_objects
@@ -299,3 +299,18 @@ def test_other_blanks_and_long_names_between_the_words():
     assert t.rules == (Rule("KUBE-X", "-j RETURN"), Rule("KUBE-X", '-m comment --comment "a\tb" -j ACCEPT'),
                        Rule("KUBE-X", "-j DROP"))
     assert t.deletes == ("KUBE-OLD", "KUBE-OLDER")
+
+
+def test_read_ruleset_reads_a_file_with_the_ip_family_flag(tmp_path):
+    f = tmp_path / "node.save"
+    f.write_text("*nat\n:X - [0:0]\n-A X -j RETURN\nCOMMIT\n")
+    rs, name = read_ruleset(str(f))
+    assert name == str(f) and rs.family == 4 and rs == parse(f.read_text(), str(f))
+    assert read_ruleset(str(f), "ipv6")[0].family == 6
+    assert read_ruleset(str(f), "ipv4")[0].family == 4
+    f.write_text("*nat\n-A X -j RETURN\nCOMMIT\n")
+    with pytest.raises(ParseError) as ei:
+        read_ruleset(str(f))
+    assert str(ei.value) == f"{f}: line 2: rule for chain X which is not declared in *nat: -A X -j RETURN"
+    with pytest.raises(UsageError, match="cannot read"):
+        read_ruleset(str(tmp_path / "missing.save"))

@@ -22,19 +22,15 @@ import click
 
 from ..backends.iptables.compile import jump_rules
 from ..backends.iptables.ir import Ruleset
-from ..backends.iptables.parse import ParseError, parse, read_source
+from ..backends.iptables.parse import ParseError, parse, read_ruleset
 from ..cli import flags_of, guarded, run_compile, settings_options
 from ..diagnostics import UsageError
 from ..diff import DiffResult, diff_rulesets, has_kube_jumps, render_text, with_jumps
 
-_FAMILY = {"ipv4": 4, "ipv6": 6}
 
-
-
-def _parse_file(path: str, family: int | None) -> tuple[Ruleset, str]:
-    text, name = read_source(path)
+def _parse_file(path: str, ip_family: str | None) -> tuple[Ruleset, str]:
     try:
-        return parse(text, name, family), name
+        return read_ruleset(path, ip_family)
     except ParseError as e:
         if path.endswith((".yaml", ".yml", ".json")):
             raise UsageError(f"{e} (a Kubernetes file? compile and compare with "
@@ -58,9 +54,8 @@ def _compare_files(args: tuple[str, ...], flags: dict, kube_only: bool | None) -
     if extra:
         opt = "--" + extra[0].replace("_", "-")
         raise UsageError(f"{opt} applies only when compiling (with --against or --netns)")
-    fam = _FAMILY.get(flags.get("ip_family") or "")
-    old, old_name = _parse_file(args[0], fam)
-    new, new_name = _parse_file(args[1], fam)
+    old, old_name = _parse_file(args[0], flags.get("ip_family"))
+    new, new_name = _parse_file(args[1], flags.get("ip_family"))
     return diff_rulesets(old, new, kube_only=bool(kube_only), old_name=old_name, new_name=new_name)
 
 

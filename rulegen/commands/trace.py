@@ -16,7 +16,7 @@ import sys
 
 import click
 
-from ..backends.iptables.parse import ParseError, parse, read_source
+from ..backends.iptables.parse import read_ruleset
 from ..cli import emit_report, flags_of, guarded, run_compile, settings_options
 from ..diagnostics import Report, UsageError
 from ..ipaddr import parse_ip
@@ -83,12 +83,7 @@ def command(files, dst, src, proto, rules_path, in_iface, out_iface, as_json, co
                                     out_iface=out_iface, pod_cidrs=_pod_cidrs(c.inputs, c.settings.hostname),
                                     source="compiled from " + " ".join(files))
         else:
-            fam = {"ipv4": 4, "ipv6": 6}.get(flags.get("ip_family") or "", None)
-            text, name = read_source(rules_path)
-            try:
-                rs = parse(text, name, fam)
-            except ParseError as e:
-                raise UsageError(str(e)) from None
+            rs, name = read_ruleset(rules_path, flags.get("ip_family"))  # ParseError is a UsageError
             if files:
                 c = run_compile(files, flags, config_path)
                 settings, plan, inputs = c.settings, c.plan, c.inputs

@@ -96,6 +96,19 @@ def read_source(path: str) -> tuple[str, str]:
         raise UsageError(f"{path}: cannot read: {e.strerror or e}") from None
 
 
+_FAMILIES = {"ipv4": 4, "ipv6": 6}
+
+
+def read_ruleset(path: str, ip_family: str | None = None) -> tuple[Ruleset, str]:
+    """Read and parse a rules file (`-` is standard input): the `Ruleset` and the name shown for it.
+
+    `ip_family` is the `--ip-family` flag (`ipv4`/`ipv6`); None detects the
+    family from the text. Raises `ParseError` (a `UsageError`) for bad rules.
+    """
+    text, name = read_source(path)
+    return parse(text, name, _FAMILIES.get(ip_family or "")), name
+
+
 def parse(text: str, source: str = "<input>", family: int | None = None) -> Ruleset:
     """Read iptables-save or iptables-restore text; `family` (4 or 6) overrides detection."""
     # Hundreds of thousands of small acyclic tuples would trigger many full
