@@ -53,7 +53,6 @@ import ipaddress
 import json
 import math
 import os
-import re
 import secrets
 import selectors
 import shutil
@@ -251,7 +250,6 @@ class LabPlan:
     pods: tuple[PodSpec, ...]
     probes: tuple[Probe, ...]
     hostname: str | None
-    localhost_nodeports: bool
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -374,8 +372,7 @@ def build_plan(compiled: Any, requests: int = 200, services: tuple[str, ...] = (
         notes.append("endpoints on a node IP (hostNetwork) are served inside the node namespace")
 
     probes = _probes(compiled, ports, node_ips, client_ip, cpod_ip, requests, notes)
-    return LabPlan(node_ips, client_ip, cpod_ip, tuple(pods), tuple(probes), settings.hostname,
-                   settings.localhost_nodeports_effective(4), notes)
+    return LabPlan(node_ips, client_ip, cpod_ip, tuple(pods), tuple(probes), settings.hostname, notes)
 
 
 def _probes(compiled: Any, ports, node_ips: tuple[str, ...], client_ip: str, cpod_ip: str,
@@ -592,7 +589,7 @@ def judge(pr: Probe, raw: dict, node_ips: tuple[str, ...]) -> PathResult:
             other = refused + sum(errors.values())
             if other:
                 problems.append(f"expected DROP (no answer), but {other} connection(s) were refused or failed")
-    masq = _masquerade_seen(peers, pr.src_ip, node_ips)
+    masq = _masquerade_seen(peers, pr.src_ip)
     if pr.masq and answered:
         if pr.masq == "client" and masq != "kept":
             problems.append(f"the client address {pr.src_ip} should arrive intact; servers saw "
@@ -602,7 +599,7 @@ def judge(pr: Probe, raw: dict, node_ips: tuple[str, ...]) -> PathResult:
     return PathResult(pr, sent, hits, peers, refused, timeouts, eperm, errors, p_value, masq, problems, notes, by_ep)
 
 
-def _masquerade_seen(peers: dict[str, int], src_ip: str, node_ips: tuple[str, ...]) -> str:
+def _masquerade_seen(peers: dict[str, int], src_ip: str) -> str:
     if not peers:
         return "none"
     if set(peers) == {src_ip}:
@@ -758,44 +755,23 @@ class Lab:
             raise UsageError(f"lab: sysctl in {ns} failed: {cp.stderr.strip()}")
 
     def _sysctls(self) -> None:
-        node = [("net.ipv4.ip_forward", "1"),
-                ("net.ipv4.conf.all.rp_filter", "0"), ("net.ipv4.conf.default.rp_filter", "0"),
-                # REJECT answers with ICMP; the default rate limit would turn a burst of
-                # rejected probes into apparent DROPs. The lab judges rules, not rate limits.
-                ("net.ipv4.icmp_ratemask", "0")]
-        if self.plan.localhost_nodeports:
-            node.append(("net.ipv4.conf.all.route_localnet", "1"))
-        self._sysctl(self.node, node)
+        # route_localnet (localhost NodePorts) is set by rulegen.apply with the rules.
+        routers = [("net.ipv4.ip_forward", "1"),
+                   ("net.ipv4.conf.all.rp_filter", "0"), ("net.ipv4.conf.default.rp_filter", "0"),
+                   # REJECT answers with ICMP; the default rate limit would turn a burst of
+                   # rejected probes into apparent DROPs. The lab judges rules, not rate limits.
+                   ("net.ipv4.icmp_ratemask", "0")]
+        self._sysctl(self.node, routers)
         if any(p.where == "remote" for p in self.plan.pods):
-            self._sysctl(self.name("far"), [("net.ipv4.ip_forward", "1"), ("net.ipv4.conf.all.rp_filter", "0"),
-                                            ("net.ipv4.conf.default.rp_filter", "0"),
-                                            ("net.ipv4.icmp_ratemask", "0")])
+            self._sysctl(self.name("far"), routers)
 
     # rules
     def apply_rules(self, compiled: Any) -> None:
-        from .backends.iptables.compile import jump_rules
+        from .apply import apply
 
-        try:
-            from . import apply as applymod  # the apply command's helper, when present
-        except ImportError:
-            applymod = None
-        fn = getattr(applymod, "apply", None)
-        if fn is not None:
-            kw: dict[str, Any] = {}
-            if _takes(fn, "ops"):
-                kw["ops"] = self.ns
-            if _takes(fn, "state_dir"):
-                kw["state_dir"] = None  # leave no cache files behind for a namespace about to vanish
-            fn(compiled, self.node, **kw)
-        else:
-            payload = compiled.text
-            counters = sorted(set(re.findall(r"--nfacct-name (\S+)", payload)))
-            if counters:
-                self.ns.ensure_nfacct(self.node, counters)
-            self.ns.iptables_restore(self.node, payload)
-            for table, chain, args in jump_rules(compiled.settings):
-                if not self.ns.check_rule(self.node, table, chain, args):
-                    self.ns.insert_rule(self.node, table, chain, args)
+        # Also sets route_localnet when localhost NodePorts are on.
+        # state_dir=None: leave no cache files behind for a namespace about to vanish.
+        apply(compiled, self.node, ops=self.ns, state_dir=None)
         if compiled.settings.tcp_be_liberal:
             self._sysctl(self.node, [("net.netfilter.nf_conntrack_tcp_be_liberal", "1")])
 
@@ -852,14 +828,13 @@ class Lab:
         groups: dict[str, list[Probe]] = {}
         for pr in self.plan.probes:
             groups.setdefault(pr.source, []).append(pr)
-        role = {"client": "client", "cpod": "cpod", "node": "node"}
         stop_at = self.deadline - 5.0
         running = []
         for source, probes in groups.items():
             jobs = [{"id": pr.key, "proto": pr.proto, "dst": pr.dst, "port": pr.port, "count": pr.count,
                      "timeout": pr.timeout, "sticky": pr.affinity,
                      "give_up": GIVE_UP if pr.expect == "answer" else 0} for pr in probes]
-            proc = self._spawn(self.name(role[source]), ["probe", "--deadline", f"{stop_at:.3f}"])
+            proc = self._spawn(self.name(source), ["probe", "--deadline", f"{stop_at:.3f}"])
             # The prober reads all of stdin before it starts, so this cannot block for long.
             proc.stdin.write(json.dumps(jobs).encode())
             proc.stdin.close()
@@ -912,15 +887,6 @@ class Lab:
             if self.ns.exists(n):
                 left.append(n)
         return left
-
-
-def _takes(fn: Callable, name: str) -> bool:
-    import inspect
-
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 # ---------------------------------------------------------------------- one run

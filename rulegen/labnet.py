@@ -116,15 +116,11 @@ class _Job:
         self.started = 0
         self.done = 0
         self.inflight = 0
-        self.t0: float | None = None
-        self.t1: float | None = None
 
     def result(self) -> dict:
-        elapsed = (self.t1 - self.t0) if self.t0 is not None and self.t1 is not None else 0.0
         return {
             "id": self.id, "sent": self.started, "answers": self.answers, "refused": self.refused,
-            "timeout": self.timeouts, "errors": self.errors, "elapsed": round(elapsed, 3),
-            "gave_up": self.gave_up,
+            "timeout": self.timeouts, "errors": self.errors, "gave_up": self.gave_up,
         }
 
     def limit(self) -> int:
@@ -168,8 +164,6 @@ class _Conn:
 
 def _start(job: _Job, sel: selectors.BaseSelector) -> None:
     now = time.monotonic()
-    if job.t0 is None:
-        job.t0 = now
     job.started += 1
     kind = socket.SOCK_STREAM if job.proto == "tcp" else socket.SOCK_DGRAM
     s = socket.socket(socket.AF_INET, kind)
@@ -202,7 +196,6 @@ def _start(job: _Job, sel: selectors.BaseSelector) -> None:
 
 def _done(job: _Job, err: int | None = None, line: bytes | None = None) -> None:
     job.done += 1
-    job.t1 = time.monotonic()
     if err is not None:
         job.failed(err)
     elif line is not None and line.strip():
