@@ -338,8 +338,7 @@ def build_plan(compiled: Any, requests: int = 200, services: tuple[str, ...] = (
     client_ip = _pick_free(CLIENT_CANDIDATES, used, cluster_cidrs)
     used.add(client_ip)
 
-    node_obj = next((n for n in compiled.inputs.nodes if n.name == settings.hostname), None)
-    pod_cidrs = [c for c in (node_obj.pod_cidrs if node_obj else ()) if ":" not in c]
+    pod_cidrs = settings.cidrs_of(settings.node_pod_cidrs, 4)
     cpod_ip = None
     for c in (*pod_cidrs, *cluster_cidrs):
         cpod_ip = _pick_in_cidr(c, used)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from . import backends, loader, plan as planmod
-from .gcpause import gc_paused
 from .diagnostics import Report
+from .gcpause import gc_paused
 from .model import Inputs
 from .settings import Settings, resolve
 

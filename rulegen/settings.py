@@ -58,6 +58,7 @@ class Settings:
     strict_arp: bool = False
     node_zone: str | None = None
     node_labels: dict[str, str] = field(default_factory=dict)
+    node_pod_cidrs: tuple[str, ...] = ()  # the Node's spec.podCIDRs, both families
     prefer_same_node: bool = True  # PreferSameTrafficDistribution (beta, on since 1.34)
 
     # ------------------------------------------------------------ per-family views
@@ -256,4 +257,5 @@ def resolve(flags: dict[str, Any], inputs: Inputs, report: Report, file_config: 
         strict_arp=bool(cfg.strict_arp),
         node_zone=node.zone if node else None,
         node_labels=dict(node.labels) if node else {},
+        node_pod_cidrs=node.pod_cidrs if node else (),
     )

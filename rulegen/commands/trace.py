@@ -21,7 +21,7 @@ from ..cli import emit_report, flags_of, guarded, run_compile, settings_options
 from ..diagnostics import Report, UsageError
 from ..ipaddr import parse_ip
 from ..model import Inputs
-from ..settings import resolve
+from ..pipeline import resolve_settings
 from ..trace import TraceError, trace_compiled, trace_ruleset
 from ..trace.render import render_json, render_text
 
@@ -80,34 +80,21 @@ def command(files, dst, src, proto, rules_path, in_iface, out_iface, as_json, co
         if rules_path is None:
             c = run_compile(files, flags, config_path)
             result = trace_compiled(c, src, dst_ip, dst_port, proto.lower(), in_iface=in_iface,
-                                    out_iface=out_iface, pod_cidrs=_pod_cidrs(c.inputs, c.settings.hostname),
+                                    out_iface=out_iface, pod_cidrs=c.settings.node_pod_cidrs,
                                     source="compiled from " + " ".join(files))
         else:
             rs, name = read_ruleset(rules_path, flags.get("ip_family"))  # ParseError is a UsageError
             if files:
                 c = run_compile(files, flags, config_path)
-                settings, plan, inputs = c.settings, c.plan, c.inputs
+                settings, plan = c.settings, c.plan
             else:
                 report = Report()
-                file_cfg = None
-                if config_path:
-                    from ..loader import load_config_file
-
-                    file_cfg = load_config_file(config_path, report)
-                inputs = Inputs([], [], [], [], [], [])
-                settings = resolve(flags, inputs, report, file_cfg)
+                settings = resolve_settings(Inputs([], [], [], [], [], []), flags, report, config_path)
                 emit_report(report, bool(flags.get("strict")))
                 plan = None
             result = trace_ruleset(rs, settings, src, dst_ip, dst_port, proto.lower(), plan=plan, source=name,
                                    in_iface=in_iface, out_iface=out_iface,
-                                   pod_cidrs=_pod_cidrs(inputs, settings.hostname))
+                                   pod_cidrs=settings.node_pod_cidrs)
     except TraceError as e:
         raise UsageError(f"cannot trace: {e}") from None
     sys.stdout.write(render_json(result) if as_json else render_text(result))
-
-
-def _pod_cidrs(inputs, hostname) -> tuple[str, ...]:
-    for n in inputs.nodes:
-        if n.name == hostname:
-            return tuple(n.pod_cidrs)
-    return ()
