@@ -82,6 +82,13 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_backend(name: str) -> str:
+    """An --iptables-backend value that is one of BACKENDS."""
+    if name not in BACKENDS:
+        raise NetnsError(f"--iptables-backend {name!r}: choose one of {', '.join(BACKENDS)}")
+    return name
+
+
 def restore_error(payload: str, stderr: str, tool: str, table: str | None = None) -> ApplyError:
     """Map iptables-restore's complaint back to the payload line it refused."""
     lines = payload.splitlines()
@@ -179,8 +186,7 @@ def choose_backend(requested: str, system: str, present: set[str] | frozenset[st
     has kube-proxy's KUBE-SERVICES (asked only then: it costs a process);
     otherwise, and on a fresh namespace, the system's `iptables`.
     """
-    if requested not in BACKENDS:
-        raise NetnsError(f"--iptables-backend {requested!r}: choose one of {', '.join(BACKENDS)}")
+    check_backend(requested)
     if requested != "auto":
         return requested
     if len(present) == 1:
@@ -282,7 +288,7 @@ _NFACCT_NAME = 1
 _NFNL_SUBSYS_NFTABLES = 10
 _NFT_MSG_GETTABLE, _NFT_MSG_GETGEN = 1, 16
 _NFTA_TABLE_NAME, _NFTA_GEN_ID = 1, 1
-_NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_DUMP = 0x1, 0x4, 0x300
+_NLM_F_REQUEST, _NLM_F_ACK, _NLM_F_DUMP, _NLM_F_CREATE = 0x1, 0x4, 0x300, 0x400
 _NLMSG_ERROR, _NLMSG_DONE = 2, 3
 _NETLINK_NETFILTER = 12
 _SO_NETNS_COOKIE = 71  # Linux 5.14+: a 64-bit id of the socket's namespace, never reused until reboot
@@ -306,8 +312,7 @@ class RealNetns(Netns):
     """
 
     def __init__(self, backend: str = "auto") -> None:
-        if backend not in BACKENDS:
-            raise NetnsError(f"--iptables-backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        check_backend(backend)
         self.backend = backend
         self._chosen: dict[tuple[str, int], str] = {}
 
@@ -482,7 +487,7 @@ class RealNetns(Netns):
     def iptables_restore(self, name: str, payload: str, family: int = 4, test: bool = False) -> None:
         self._need(name)
         backend = self.backend_for(name, family)
-        tool = self._tool("restore", name, family)
+        tool = backend_tool("restore", family, backend)
         argv = [tool, "--noflush"] + (["--test"] if test else [])
         sent, where = (nft_payload(payload) if backend == "nft" else (payload, None))
         cp = self._run_raw(name, argv, input=sent, timeout=900.0, stdout=subprocess.DEVNULL)
@@ -506,7 +511,7 @@ class RealNetns(Netns):
         backend = self.backend_for(name, family)
         # iptables-nft-restore runs listings only when not testing (they commit
         # nothing); iptables-legacy-restore runs them in --test, which writes nothing.
-        argv = [self._tool("restore", name, family), "--noflush"] + (["--test"] if backend == "legacy" else [])
+        argv = [backend_tool("restore", family, backend), "--noflush"] + (["--test"] if backend == "legacy" else [])
         payload = f"*{table}\n" + "".join(f"-S {c}\n" for c in chains) + "COMMIT\n"
         cp = self._run_raw(name, argv, input=payload, timeout=300.0)
         if cp.returncode != 0:
@@ -699,6 +704,10 @@ def _nfgen(family: int) -> bytes:
     return struct.pack("BBH", family, 0, 0)  # nfgenmsg: family, version 0, res_id
 
 
+class _NlAckError(OSError):
+    """The error a netlink ack carries (the socket's own errors stay plain OSError)."""
+
+
 def _nl_request(sock: socket.socket, msg_type: int, flags: int, body: bytes, seq: int) -> list[tuple[int, bytes]]:
     """Send one netfilter request; return (type, payload after nfgenmsg) of every reply until done."""
     sock.send(struct.pack("IHHII", 16 + len(body), msg_type, _NLM_F_REQUEST | flags, seq, 0) + body)
@@ -715,7 +724,7 @@ def _nl_request(sock: socket.socket, msg_type: int, flags: int, body: bytes, seq
             if typ == _NLMSG_ERROR:
                 (err,) = struct.unpack_from("i", data, off + 16)
                 if err:
-                    raise OSError(-err, os.strerror(-err))
+                    raise _NlAckError(-err, os.strerror(-err))
                 return out
             out.append((typ, data[off + 20:off + ln]))
             if not fl & 0x2:  # NLM_F_MULTI unset: a single answer
@@ -766,14 +775,12 @@ def _nfacct_new(sock: socket.socket, counter: str, seq: int) -> int:
     name = counter.encode() + b"\0"
     attr = struct.pack("HH", 4 + len(name), _NFACCT_NAME) + name
     attr += b"\0" * (-len(attr) % 4)
-    body = struct.pack("BBH", socket.AF_UNSPEC, 0, 0) + attr
-    msg_type = (_NFNL_SUBSYS_ACCT << 8) | _NFNL_MSG_ACCT_NEW
-    sock.send(struct.pack("IHHII", 16 + len(body), msg_type, _NLM_F_REQUEST | _NLM_F_ACK | 0x400, seq, 0) + body)
-    data = sock.recv(65536)
-    if len(data) < 20:
-        return errno.EIO
-    (err,) = struct.unpack("i", data[16:20])
-    return -err
+    try:
+        _nl_request(sock, (_NFNL_SUBSYS_ACCT << 8) | _NFNL_MSG_ACCT_NEW, _NLM_F_ACK | _NLM_F_CREATE,
+                    _nfgen(socket.AF_UNSPEC) + attr, seq)
+    except _NlAckError as e:
+        return e.errno
+    return 0
 
 
 # ---------------------------------------------------------------------- fake
@@ -838,8 +845,7 @@ class FakeNetns(Netns):
     def __init__(self, spelling: Callable[[str], str] | None = None,
                  refuse: Callable[[str], str | None] | None = None,
                  backend: str = "auto", system: str = "nft") -> None:
-        if backend not in BACKENDS:
-            raise NetnsError(f"--iptables-backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        check_backend(backend)
         self.spaces: dict[str, FakeNamespace] = {}
         self.spelling = spelling or (lambda s: s)
         self.refuse = refuse

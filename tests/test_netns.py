@@ -7,9 +7,12 @@ with the same payloads (namespaces prefixed `rgt-apply-`, always deleted).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
+import socket
+import struct
 import subprocess
 
 import pytest
@@ -336,6 +339,60 @@ def test_backend_tool_names(monkeypatch):
     assert backend_tool("", 4, "nft") == "iptables"  # only the plain name: fine for the system's own backend
     with pytest.raises(NetnsError, match="iptables-legacy is not installed"):
         backend_tool("", 4, "legacy")
+
+
+def test_real_tools_ask_the_backend_once(monkeypatch):
+    """iptables_restore and list_chains pick the backend (a namespace visit on auto) once per call."""
+    monkeypatch.setattr(netnsmod.shutil, "which", lambda n: f"/usr/sbin/{n}")
+    ops = RealNetns("auto")
+    asked, ran = [], []
+    monkeypatch.setattr(ops, "_need", lambda name: None)
+    monkeypatch.setattr(ops, "backend_for", lambda name, family=4: asked.append(name) or "legacy")
+    monkeypatch.setattr(ops, "_run_raw", lambda name, argv, **kw: ran.append(argv) or
+                        subprocess.CompletedProcess(argv, 0, "-A KUBE-X -j ACCEPT\n", ""))
+    ops.iptables_restore("rgt-x", "*nat\nCOMMIT\n", 6)
+    assert ops.list_chains("rgt-x", 4, "nat", ["KUBE-X"]) == {"KUBE-X": ["-j ACCEPT"]}
+    assert asked == ["rgt-x", "rgt-x"]
+    assert ran == [["ip6tables-legacy-restore", "--noflush"], ["iptables-legacy-restore", "--noflush", "--test"]]
+
+
+class _AckSocket:
+    """A netlink socket stand-in that answers every request with one ack carrying ERR."""
+
+    def __init__(self, err: int = 0, fail: OSError | None = None):
+        self.err, self.fail, self.sent = err, fail, []
+
+    def send(self, data: bytes) -> int:
+        self.sent.append(data)
+        return len(data)
+
+    def recv(self, size: int) -> bytes:
+        if self.fail:
+            raise self.fail
+        req = self.sent[-1]
+        seq = struct.unpack_from("IHHII", req)[3]
+        return struct.pack("IHHII", 36, 2, 0, seq, 0) + struct.pack("i", -self.err) + req[:16]
+
+
+def test_nfacct_new_message_and_ack():
+    name = b"rgt_ctr\0"
+    attr = struct.pack("HH", 4 + len(name), 1) + name
+    attr += b"\0" * (-len(attr) % 4)
+    body = struct.pack("BBH", socket.AF_UNSPEC, 0, 0) + attr
+    want = struct.pack("IHHII", 16 + len(body), 7 << 8, 0x1 | 0x4 | 0x400, 3, 0) + body
+    for err in (0, errno.EBUSY, errno.EEXIST, errno.ENOENT):
+        sock = _AckSocket(err)
+        assert netnsmod._nfacct_new(sock, "rgt_ctr", 3) == err
+        assert sock.sent == [want]
+    with pytest.raises(OSError) as e:  # the socket's own failure is not an ack's errno
+        netnsmod._nfacct_new(_AckSocket(fail=OSError(errno.ENOBUFS, "No buffer space available")), "rgt_ctr", 1)
+    assert e.value.errno == errno.ENOBUFS
+
+
+def test_check_backend():
+    assert [netnsmod.check_backend(b) for b in ("auto", "nft", "legacy")] == ["auto", "nft", "legacy"]
+    with pytest.raises(NetnsError, match=r"^--iptables-backend 'x': choose one of auto, nft, legacy$"):
+        netnsmod.check_backend("x")
 
 
 def test_restore_reason_drops_nft_warnings():
