@@ -88,7 +88,6 @@ class ApplyResult:
     timings: list[tuple[str, float]] = field(default_factory=list)
     backend: str = ""  # "nft" / "legacy" (iptables backend used)
     source: str = ""  # where the live state came from: "cache" (fresh, nothing read) or "dump"
-    checks: int = 0  # `iptables -C` processes run
 
     def summary(self) -> str:
         made = " (namespace created)" if self.created else ""
@@ -521,7 +520,6 @@ def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_
             want_c = canonical(args)
             present = any(canonical(s) == want_c for s in lrules)
             if not present:
-                res.checks += 1
                 present = ops.check_rule(netns, table, chain, args, fam)
         if not present:
             jumps_by_table.setdefault(table, []).append((chain, args))
@@ -692,7 +690,6 @@ def _send(ops: Netns, netns: str, fam: int, plans: list[_TablePlan], table_lines
         clock.lap("test")
     done: list[int] = []
     for i in order:
-        p = plans[i]
         try:
             ops.iptables_restore(netns, "".join(ln + "\n" for ln in table_lines[i]), fam)
         except ApplyError as e:
