@@ -237,11 +237,6 @@ def _load_generation(state_dir: str, netns: str, family: int) -> _Generation | N
         return None
 
 
-def _write(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    write_atomic(path, data)
-
-
 def _save_cache(state_dir: str | None, netns: str, family: int, identity: str, backend: str,
                 tables: dict[str, _TableState], generation: int | None) -> None:
     if not state_dir or not identity:
@@ -254,10 +249,12 @@ def _save_cache(state_dir: str | None, netns: str, family: int, identity: str, b
             os.unlink(_gen_path(state_dir, netns, family))
         except FileNotFoundError:
             pass
-        _write(_cache_path(state_dir, netns, family),
-               msgspec.json.encode(_Cache(CACHE_VERSION, identity, backend, family, serial, tables)))
+        write_atomic(_cache_path(state_dir, netns, family),
+                     msgspec.json.encode(_Cache(CACHE_VERSION, identity, backend, family, serial, tables)),
+                     private_dir=True)
         if generation is not None:
-            _write(_gen_path(state_dir, netns, family), msgspec.json.encode(_Generation(serial, generation)))
+            write_atomic(_gen_path(state_dir, netns, family), msgspec.json.encode(_Generation(serial, generation)),
+                         private_dir=True)
     except OSError:
         pass  # the cache only saves work; without it the live tables are read
 
@@ -270,7 +267,8 @@ def _advance_other_family(state_dir: str | None, netns: str, family: int, before
     g = _load_generation(state_dir, netns, other)
     if g is not None and g.generation == before:
         try:
-            _write(_gen_path(state_dir, netns, other), msgspec.json.encode(_Generation(g.serial, after)))
+            write_atomic(_gen_path(state_dir, netns, other), msgspec.json.encode(_Generation(g.serial, after)),
+                         private_dir=True)
         except OSError:
             pass
 

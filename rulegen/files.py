@@ -14,13 +14,20 @@ import stat
 import tempfile
 
 
-def write_atomic(path: str | os.PathLike[str], data: str | bytes, mode: int | None = None) -> None:
+def write_atomic(path: str | os.PathLike[str], data: str | bytes, mode: int | None = None,
+                 private_dir: bool = False) -> None:
     """Replace PATH with DATA in one step (text as UTF-8, newlines untouched).
 
     The new file keeps the old one's permissions; a new file gets MODE, or
-    what the umask allows. Raises OSError, with nothing left behind.
+    what the umask allows. With PRIVATE_DIR, missing folders are made first
+    (`os.makedirs`: the file's own folder accessible to the owner only,
+    0700, as apply's state is). Raises OSError, with nothing left behind.
     """
     path = os.fspath(path)
+    if private_dir:
+        folder = os.path.dirname(path)
+        if folder:
+            os.makedirs(folder, mode=0o700, exist_ok=True)
     raw = data.encode("utf-8") if isinstance(data, str) else data
     try:
         st = os.stat(path)

@@ -58,6 +58,30 @@ def test_a_relative_name_in_the_working_directory(tmp_path, monkeypatch):
     assert (tmp_path / "plain.txt").read_text() == "x"
 
 
+def test_private_dir_makes_the_missing_folders_the_last_owner_only(tmp_path, monkeypatch):
+    old = os.umask(0o022)
+    try:
+        existing = tmp_path / "state"
+        existing.mkdir(mode=0o755)
+        os.chmod(existing, 0o755)
+        p = existing / "ns" / "deeper" / "cache.json"
+        files.write_atomic(p, b"{}", private_dir=True)
+        assert p.read_bytes() == b"{}"
+        assert stat.S_IMODE((existing / "ns" / "deeper").stat().st_mode) == 0o700
+        assert stat.S_IMODE((existing / "ns").stat().st_mode) == 0o755  # os.makedirs: the umask's default
+        assert stat.S_IMODE(existing.stat().st_mode) == 0o755  # a folder that was there is left as it is
+        files.write_atomic(p, b"[]", private_dir=True)  # folders there already: fine
+        assert p.read_bytes() == b"[]"
+        monkeypatch.chdir(tmp_path)
+        files.write_atomic("plain", "x", private_dir=True)  # no folder in the name
+        assert (tmp_path / "plain").read_text() == "x"
+    finally:
+        os.umask(old)
+    with pytest.raises(FileNotFoundError):  # without it, a missing folder is an error
+        files.write_atomic(tmp_path / "no" / "such" / "f", "x")
+    assert not (tmp_path / "no").exists()
+
+
 def test_a_fifo_is_written_into_not_replaced(tmp_path):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)

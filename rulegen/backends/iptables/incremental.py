@@ -33,7 +33,6 @@ every group dirty.
 
 from __future__ import annotations
 
-import os
 from hashlib import blake2b
 from typing import Any, Callable
 
@@ -166,10 +165,7 @@ class IncrementalCompiled:
             return
         data = msgspec.msgpack.encode(self.cache)
         try:
-            folder = os.path.dirname(path)
-            if folder:
-                os.makedirs(folder, mode=0o700, exist_ok=True)
-            write_atomic(path, data)
+            write_atomic(path, data, private_dir=True)
         except OSError:
             pass
 
