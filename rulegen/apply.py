@@ -635,6 +635,13 @@ def _deletable(lchains: dict[str, list[str]], stale: list[str],
     stale_set = set(stale)
     kept: dict[str, str] = {}
     todo: list[tuple[str, str]] = []
+
+    def pin(s: str, by: str) -> None:
+        t = rule_target(s)
+        if t in stale_set and t not in kept:
+            kept[t] = by
+            todo.append((t, by))
+
     for c, specs in lchains.items():
         if c in rewritten or c in stale_set:
             continue
@@ -642,19 +649,12 @@ def _deletable(lchains: dict[str, list[str]], stale: list[str],
             # A jump to a user chain takes no target options, so the chain is
             # the last word (kube-proxy writes it so, iptables-save prints it
             # so); the full tokenizer confirms the few candidates.
-            if s[s.rfind(" ") + 1:] not in stale_set:
-                continue
-            t = rule_target(s)
-            if t in stale_set and t not in kept:
-                kept[t] = c
-                todo.append((t, c))
+            if s[s.rfind(" ") + 1:] in stale_set:
+                pin(s, c)
     while todo:
         c, _ = todo.pop()
-        for s in lchains.get(c, []):
-            t = rule_target(s)
-            if t in stale_set and t not in kept:
-                kept[t] = c
-                todo.append((t, c))
+        for s in lchains.get(c, []):  # a pinned stale chain: every rule, no last-word filter
+            pin(s, c)
     delete = [c for c in stale if c not in kept]
     return delete, [(c, kept[c]) for c in stale if c in kept]
 
