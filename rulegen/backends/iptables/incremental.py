@@ -95,7 +95,7 @@ def _fingerprint(*parts: str) -> str:
 def _group_fp(digests: list[str]) -> str:
     # Unit names are fixed-length hashes: joined, they name the group's inputs
     # (the settings are checked once for the whole cache, as its context).
-    return digests[0] if len(digests) == 1 else "".join(digests)
+    return "".join(digests)
 
 
 class _Decoded:
@@ -240,7 +240,8 @@ def compile_incremental(paths: list[str], flags: dict[str, Any], report: Report,
     if settings.mode != "iptables":
         return None
     fam = settings.family
-    context = _fingerprint(str(FORMAT), __version__, repr(settings))
+    # load_cache has already dropped a cache of another FORMAT or __version__.
+    context = _fingerprint(repr(settings))
 
     members: dict[tuple[str, str], list[int]] = {}
     for i, info in enumerate(infos):
