@@ -33,9 +33,12 @@ class Timings:
 
     def lines(self) -> list[str]:
         total = sum(t for _, t in self.stages)
-        out = [f"{name:<10} {t * 1000:9.1f} ms" for name, t in self.stages]
-        out.append(f"{'total':<10} {total * 1000:9.1f} ms")
-        return out
+        return [timing_line(name, t) for name, t in (*self.stages, ("total", total))]
+
+
+def timing_line(name: str, seconds: float) -> str:
+    """One line of `--timings` output."""
+    return f"{name:<10} {seconds * 1000:9.1f} ms"
 
 
 @dataclass

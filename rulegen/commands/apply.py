@@ -17,6 +17,7 @@ import click
 from ..apply import COMPILE_CACHE, apply, default_state_dir
 from ..cli import flags_of, guarded, run_compile, settings_options
 from ..netns import BACKENDS, check_name
+from ..pipeline import timing_line
 
 BACKEND_HELP = (
     "Which iptables to load with: 'nft' (iptables-nft, what current distributions install as "
@@ -64,9 +65,6 @@ def command(files, netns, create, dry_run, backend, timings, config_path, **kw):
         if stats:
             click.echo(f"compile cache: parsed {stats['parsed']} of {stats['units']} input units, "
                        f"compiled {stats['compiled']} of {stats['groups']} Services", err=True)
-        for name, t in c.timings.stages:
-            click.echo(f"timing: {name:<10} {t * 1000:9.1f} ms", err=True)
-        for name, t in res.timings:
-            click.echo(f"timing: {name:<10} {t * 1000:9.1f} ms", err=True)
-        total = sum(t for _, t in c.timings.stages) + res.seconds
-        click.echo(f"timing: {'total':<10} {total * 1000:9.1f} ms", err=True)
+        total = sum(t for _, t in c.timings.stages) + res.seconds  # apply counts as its whole run
+        for name, t in (*c.timings.stages, *res.timings, ("total", total)):
+            click.echo(f"timing: {timing_line(name, t)}", err=True)
