@@ -42,7 +42,7 @@ from ... import __version__, plan as planmod
 from ...diagnostics import Report
 from ...files import write_atomic
 from ...model import Inputs
-from ...settings import Settings, resolve
+from ...settings import Settings
 from ...units import Unit, read_units
 from .compile import NAT_CHAINS, Context, compile_plan, compile_ports, finish, head, is_large
 from .ir import Rule, Ruleset, Table, TableView, chain_digest, views
@@ -206,7 +206,7 @@ class _NatView(TableView):
 def compile_incremental(paths: list[str], flags: dict[str, Any], report: Report, timings: Any,
                         config_path: str | None, cache: CompileCache | None) -> IncrementalCompiled | None:
     """The compile of PATHS re-using CACHE; None when the mode is not iptables (compile in full)."""
-    from ...loader import load_config_file
+    from ...pipeline import resolve_settings
 
     with timings.stage("read"):
         units = read_units(paths)
@@ -235,8 +235,7 @@ def compile_incremental(paths: list[str], flags: dict[str, Any], report: Report,
             glob.nodes += d.inputs.nodes
             glob.configs += d.inputs.configs
             glob.service_cidrs += d.inputs.service_cidrs
-    file_cfg = load_config_file(config_path, report) if config_path else None
-    settings = resolve(flags, glob, report, file_cfg)
+    settings = resolve_settings(glob, flags, report, config_path)
     if settings.mode != "iptables":
         return None
     fam = settings.family
