@@ -4,16 +4,20 @@ Owns `rulegen apply`: compare the compile chain by chain with what is live
 in the namespace, and send per table one `iptables-restore --noflush`
 payload that declares and rewrites only the new and changed KUBE-* chains,
 declares and `-X`es the KUBE-SVC-/SVL-/SEP-/FW-/EXT- chains that are live
-but no longer wanted (kube-proxy's partial sync), and inserts the missing
-jumps from the built-in chains (`-I CHAIN 1` in kube-proxy's order, so the
-last listed ends up first). One table loads all or nothing; the other tables
-are checked with `--test` before the first loads, and if the kernel still
-refuses a later one, those loaded before it are put back from the live
-rules, so a failed apply leaves the previous rules in place. Chains that are
-not kube-proxy's are never touched. The kernel is reached only through
-`rulegen.netns.Netns`, so tests run on its fake. Appliers are registered by
-mode (`APPLIERS`); IPVS and nftables plug in beside iptables as
-`fn(compiled, netns, ops, dry_run=, state_dir=) -> ApplyResult`.
+but no longer wanted (kube-proxy's partial sync), and leaves exactly one
+copy of each jump from the built-in chains: missing ones inserted (`-I CHAIN
+1` in kube-proxy's order, so the last listed ends up first), extra copies
+(two applies that raced, a copy made by hand) deleted by rule number. The
+whole run holds the namespace's lock (`rulegen.nslock`), so a second apply
+waits instead of reading what the first is changing. One table loads all
+or nothing; the other tables are checked with `--test` before the first
+loads, and if the kernel still refuses a later one, those loaded before it
+are put back from the live rules, so a failed apply leaves the previous
+rules in place. Chains that are not kube-proxy's are never touched. The
+kernel is reached only through `rulegen.netns.Netns`, so tests run on its
+fake. Appliers are registered by mode (`APPLIERS`); IPVS and nftables plug
+in beside iptables as `fn(compiled, netns, ops, dry_run=, state_dir=) ->
+ApplyResult`.
 
 What is live comes from one of two places. The per-namespace cache
 (`state_dir/NETNS/iptables-ipvF.json`) describes the live tables as the last
@@ -40,11 +44,16 @@ can therefore cost time but never a wrong result. This is kube-proxy's
 partial sync, which trusts its memory of what it wrote, with the memory
 checked instead of trusted; kube-proxy's periodic full sync corresponds to
 the slow path, taken whenever the check fails.
+
+The state files are opened as `rulegen.files` opens state: never through a
+link, never blocking on a FIFO, owner-only in folders rulegen marks as its
+own, and `prune_state` deletes only such folders' own files.
 """
 from __future__ import annotations
 
 import os
 import re
+import stat
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -54,9 +63,10 @@ import msgspec
 
 from .backends.iptables.ir import BUILTIN_CHAINS, Rule, TableView, chain_digest, views
 from .diagnostics import UsageError
-from .files import write_atomic
+from .files import STATE_MARK, StateFileError, read_state, remove_state, remove_state_folder, write_state
 from .gcpause import gc_paused
 from .netns import ApplyError, Netns, RealNetns, check_name, restore_reason, restore_tool, rule_target
+from .nslock import LOCK_DIR, lock_names, namespace_lock, remove_lock, try_lock
 
 # Live chains with these prefixes belong to kube-proxy's per-service state
 # and are deleted when the compile no longer has them (spec section 10).
@@ -80,28 +90,56 @@ class ApplyResult:
     removed: list[tuple[str, str]] = field(default_factory=list)
     kept: list[tuple[str, str, str]] = field(default_factory=list)  # (table, stale chain, referenced by)
     jumps: list[tuple[str, str, str]] = field(default_factory=list)  # inserted (table, chain, args)
+    jumps_removed: list[tuple[str, str, str]] = field(default_factory=list)  # extra copies deleted
     payload: str = ""
-    lines: int = 0  # rule, declaration, -I and -X lines sent (0 = nothing sent)
+    lines: int = 0  # rule, declaration, -I, -D and -X lines sent (0 = nothing sent)
     seconds: float = 0.0
     dry_run: bool = False
     created: bool = False
     timings: list[tuple[str, float]] = field(default_factory=list)
     backend: str = ""  # "nft" / "legacy" (iptables backend used)
     source: str = ""  # where the live state came from: "cache" (fresh, nothing read) or "dump"
+    warnings: list[str] = field(default_factory=list)  # state files that could not be used, and the like
 
     def summary(self) -> str:
         made = " (namespace created)" if self.created else ""
         jumps = "to insert" if self.dry_run else "inserted"
         sent = f"would send {self.lines} lines (dry run)" if self.dry_run else f"sent {self.lines} lines"
         s = (f"netns {self.netns}{made}: {len(self.added)} chains added, {len(self.changed)} changed, "
-             f"{len(self.removed)} removed, {len(self.jumps)} jump rules {jumps}; "
-             f"{sent} in {self.seconds:.3f} s")
+             f"{len(self.removed)} removed, {len(self.jumps)} jump rules {jumps}")
+        if self.jumps_removed:
+            s += f", {len(self.jumps_removed)} duplicate jump rules {'to remove' if self.dry_run else 'removed'}"
+        s += f"; {sent} in {self.seconds:.3f} s"
         if self.backend:
             where = "the cache" if self.source == "cache" else "iptables-save"
             s += f" (iptables-{self.backend}, live state from {where})"
         for table, chain, by in self.kept:
             s += f"\nnetns {self.netns}: kept stale {table} chain {chain}: still referenced by {by}"
         return s
+
+    def to_json(self, warnings: list[dict[str, Any]], timings: list[tuple[str, float]]) -> dict[str, Any]:
+        """What `rulegen apply --json` prints (its shape is documented in README.md).
+
+        WARNINGS and TIMINGS are the whole command's (the compile's and this
+        run's), which the caller puts together.
+        """
+        def jump_list(js: list[tuple[str, str, str]]) -> list[dict[str, str]]:
+            return [{"table": t, "chain": c, "rule": a} for t, c, a in js]
+
+        out: dict[str, Any] = {
+            "netns": self.netns, "mode": self.mode, "family": self.family, "backend": self.backend,
+            "created": self.created, "dry_run": self.dry_run, "live_state_from": self.source,
+            "lines": self.lines,
+            "chains": {"added": len(self.added), "changed": len(self.changed), "removed": len(self.removed),
+                       "kept": [{"table": t, "chain": c, "referenced_by": by} for t, c, by in self.kept]},
+            "jumps": {"inserted": jump_list(self.jumps), "removed": jump_list(self.jumps_removed)},
+            "warnings": warnings,
+            "seconds": round(self.seconds, 6),
+            "timings": [{"stage": n, "seconds": round(t, 6)} for n, t in timings],
+        }
+        if self.dry_run:
+            out["payload"] = self.payload
+        return out
 
 
 class _Clock:
@@ -130,11 +168,18 @@ def applier(mode: str) -> Callable[[Applier], Applier]:
 
 
 def apply(compiled: Any, netns: str, create: bool = False, dry_run: bool = False,
-          ops: Netns | None = None, state_dir: Any = DEFAULT, backend: str = "auto") -> ApplyResult:
+          ops: Netns | None = None, state_dir: Any = DEFAULT, backend: str = "auto",
+          lock_dir: Any = DEFAULT, lock_timeout: float | None = None,
+          notify: Callable[[str], None] | None = None) -> ApplyResult:
     """Bring namespace NETNS to the rules of COMPILED (a `pipeline.Compiled`).
 
     `state_dir` holds the per-namespace cache; None turns it off. `backend`
     ("auto", "nft", "legacy") picks the iptables backend when OPS is not given.
+    The whole run holds the namespace's apply lock (`rulegen.nslock`) in
+    `lock_dir`: by default `nslock.LOCK_DIR` when apply reaches the kernel
+    itself, none when the caller passes OPS (a fake, or the lab's own
+    namespaces); `lock_timeout` seconds (None: no limit) before giving up,
+    and `notify` hears that it waits.
     """
     t0 = time.perf_counter()
     check_name(netns)
@@ -142,21 +187,24 @@ def apply(compiled: Any, netns: str, create: bool = False, dry_run: bool = False
     fn = APPLIERS.get(mode)
     if fn is None:
         raise UsageError(f"rulegen apply --mode {mode}: not implemented yet (available: {', '.join(APPLIERS)})")
+    if lock_dir is DEFAULT:
+        lock_dir = LOCK_DIR if ops is None else None
     ops = ops if ops is not None else RealNetns(backend)
     ops.require_root("rulegen apply")
-    created = False
-    if not ops.exists(netns):
-        if not create:
-            raise UsageError(f"network namespace {netns!r} does not exist (use --create to make it)")
-        if not dry_run:
-            ops.create(netns)
-            created = True
-    t_ready = time.perf_counter()
     if state_dir is DEFAULT:
         state_dir = default_state_dir()
-    res = fn(compiled, netns, ops, dry_run=dry_run, state_dir=state_dir)
-    if not dry_run:
-        prune_state(state_dir, ops)
+    with namespace_lock(netns, lock_dir, lock_timeout, notify):
+        created = False
+        if not ops.exists(netns):
+            if not create:
+                raise UsageError(f"network namespace {netns!r} does not exist (use --create to make it)")
+            if not dry_run:
+                ops.create(netns)
+                created = True
+        t_ready = time.perf_counter()
+        res = fn(compiled, netns, ops, dry_run=dry_run, state_dir=state_dir)
+        if not dry_run:
+            prune_state(state_dir, ops, lock_dir)
     res.created = created
     if created:
         res.timings.insert(0, ("create", t_ready - t0))
@@ -216,90 +264,130 @@ def _gen_path(state_dir: str, netns: str, family: int) -> str:
     return os.path.join(state_dir, netns, f"iptables-ipv{family}.gen")
 
 
-def _load_cache(state_dir: str | None, netns: str, family: int, identity: str, backend: str) -> _Cache | None:
+# Every file rulegen keeps in a namespace's state folder (what pruning deletes).
+STATE_FILES = (COMPILE_CACHE,
+               *(os.path.basename(path("", "", fam)) for fam in (4, 6) for path in (_cache_path, _gen_path)))
+
+
+def _read_state(path: str, warn: list[str]) -> bytes | None:
+    """A state file's bytes; None when missing or unusable (what is wrong with it goes to WARN)."""
+    try:
+        return read_state(path)
+    except StateFileError as e:
+        msg = f"{e}; ignored, the live tables are read instead"
+        if msg not in warn:
+            warn.append(msg)
+    except OSError:
+        pass
+    return None
+
+
+def _write_state(path: str, data: bytes, warn: list[str]) -> bool:
+    try:
+        write_state(path, data)
+        return True
+    except StateFileError as e:
+        msg = f"{e}; the apply cache is not kept"
+        if msg not in warn:
+            warn.append(msg)
+    except OSError:
+        pass  # the cache only saves work; without it the live tables are read
+    return False
+
+
+def _load_cache(state_dir: str | None, netns: str, family: int, identity: str, backend: str,
+                warn: list[str]) -> _Cache | None:
     if not state_dir or not identity:
         return None
+    raw = _read_state(_cache_path(state_dir, netns, family), warn)
+    if raw is None:
+        return None
     try:
-        with open(_cache_path(state_dir, netns, family), "rb") as f:
-            c = msgspec.json.decode(f.read(), type=_Cache)
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        c = msgspec.json.decode(raw, type=_Cache)
+    except (msgspec.DecodeError, msgspec.ValidationError):
         return None
     if c.version != CACHE_VERSION or c.identity != identity or c.family != family or c.backend != backend:
         return None
     return c
 
 
-def _load_generation(state_dir: str, netns: str, family: int) -> _Generation | None:
+def _load_generation(state_dir: str, netns: str, family: int, warn: list[str]) -> _Generation | None:
+    raw = _read_state(_gen_path(state_dir, netns, family), warn)
+    if raw is None:
+        return None
     try:
-        with open(_gen_path(state_dir, netns, family), "rb") as f:
-            return msgspec.json.decode(f.read(), type=_Generation)
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return msgspec.json.decode(raw, type=_Generation)
+    except (msgspec.DecodeError, msgspec.ValidationError):
         return None
 
 
 def _save_cache(state_dir: str | None, netns: str, family: int, identity: str, backend: str,
-                tables: dict[str, _TableState], generation: int | None) -> None:
+                tables: dict[str, _TableState], generation: int | None, warn: list[str]) -> None:
     if not state_dir or not identity:
         return
     serial = uuid.uuid4().hex
+    # The generation file goes first (away) and last (back): a reader
+    # never pairs a new generation with old contents, or the reverse.
+    gen_path = _gen_path(state_dir, netns, family)
     try:
-        # The generation file goes first (away) and last (back): a reader
-        # never pairs a new generation with old contents, or the reverse.
-        try:
-            os.unlink(_gen_path(state_dir, netns, family))
-        except FileNotFoundError:
-            pass
-        write_atomic(_cache_path(state_dir, netns, family),
-                     msgspec.json.encode(_Cache(CACHE_VERSION, identity, backend, family, serial, tables)),
-                     private_dir=True)
-        if generation is not None:
-            write_atomic(_gen_path(state_dir, netns, family), msgspec.json.encode(_Generation(serial, generation)),
-                         private_dir=True)
+        remove_state(gen_path)
+    except StateFileError:
+        pass  # the folder is not ours: writing the cache below says so
     except OSError:
-        pass  # the cache only saves work; without it the live tables are read
+        return
+    if not _write_state(_cache_path(state_dir, netns, family),
+                        msgspec.json.encode(_Cache(CACHE_VERSION, identity, backend, family, serial, tables)), warn):
+        return
+    if generation is not None:
+        _write_state(gen_path, msgspec.json.encode(_Generation(serial, generation)), warn)
 
 
-def _advance_other_family(state_dir: str | None, netns: str, family: int, before: int, after: int) -> None:
+def _advance_other_family(state_dir: str | None, netns: str, family: int, before: int, after: int,
+                          warn: list[str]) -> None:
     """The generation counts both families' commits: carry the other family's cache over ours."""
     if not state_dir:
         return
     other = 6 if family == 4 else 4
-    g = _load_generation(state_dir, netns, other)
+    g = _load_generation(state_dir, netns, other, warn)
     if g is not None and g.generation == before:
-        try:
-            write_atomic(_gen_path(state_dir, netns, other), msgspec.json.encode(_Generation(g.serial, after)),
-                         private_dir=True)
-        except OSError:
-            pass
+        _write_state(_gen_path(state_dir, netns, other), msgspec.json.encode(_Generation(g.serial, after)), warn)
 
 
-def prune_state(state_dir: str | None, ops: Netns) -> None:
-    """Forget the caches of namespaces that are gone (only rulegen's own files)."""
-    if not state_dir:
-        return
-    try:
-        entries = os.listdir(state_dir)
-    except OSError:
-        return
-    for name in entries:
-        d = os.path.join(state_dir, name)
+def prune_state(state_dir: str | None, ops: Netns, lock_dir: str | None = None) -> None:
+    """Forget the caches and lock files of namespaces that are gone.
+
+    Only folders rulegen made and marked (`files.STATE_MARK`) are touched,
+    and in them only rulegen's own files, so a state directory shared with
+    other programs keeps everything else. A namespace whose lock is held
+    (an apply about to create it) is left alone.
+    """
+    def gone(name: str) -> bool:
         try:
-            if ops.exists(name) or not os.path.isdir(d):
-                continue
+            return not ops.exists(name)
         except UsageError:  # not a namespace name at all: not ours
-            continue
-        files = [os.path.join(d, COMPILE_CACHE)]
-        for fam in (4, 6):
-            files += [_cache_path(state_dir, name, fam), _gen_path(state_dir, name, fam)]
-        for path in files:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+            return False
+
+    if state_dir:
         try:
-            os.rmdir(d)
+            entries = os.listdir(state_dir)
         except OSError:
-            pass
+            entries = []
+        for name in entries:
+            d = os.path.join(state_dir, name)
+            try:
+                if (not stat.S_ISDIR(os.lstat(d).st_mode)
+                        or not stat.S_ISREG(os.lstat(os.path.join(d, STATE_MARK)).st_mode)):
+                    continue
+            except OSError:
+                continue  # not a folder, or not one rulegen made
+            if not gone(name):
+                continue
+            with try_lock(lock_dir, name) as got:
+                if got:
+                    remove_state_folder(d, list(STATE_FILES))
+    for name in lock_names(lock_dir):
+        if gone(name):
+            remove_lock(lock_dir, name)
 
 
 # ---------------------------------------------------------------------- iptables
@@ -328,6 +416,8 @@ class _TablePlan:
     delete: list[str]  # stale chains declared and -X'ed
     jumps: list[tuple[str, str]]  # (built-in chain, args) to insert at 1, in order
     rules: list[Rule]
+    drops: list[tuple[str, int, str]] = field(default_factory=list)  # (built-in chain, rule number, live
+    # spec): extra copies of a jump, numbered as before this payload, highest first per chain
 
     def lines(self, backend: str = "") -> list[str]:
         out = [f"*{self.name}"]
@@ -343,6 +433,9 @@ class _TablePlan:
             declare = sorted(declare, reverse=True)
         out += [f":{c} - [0:0]" for c in declare]
         out += [r.line() for r in self.rules]
+        # By number, highest first, before any -I: each number still means
+        # the rule it meant when the chain was read.
+        out += [f"-D {c} {n}" for c, n, _ in self.drops]
         out += [f"-I {c} 1 {a}" for c, a in self.jumps]
         out += [f"-X {c}" for c in self.delete]
         out.append("COMMIT")
@@ -382,12 +475,12 @@ def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_
     identity = ops.identity(netns) if exists else ""
     # Read before anything else: a change after this point shows as a gap.
     gen0 = ops.generation(netns, fam) if exists else None
-    cache = _load_cache(state_dir, netns, fam, identity, backend)
+    cache = _load_cache(state_dir, netns, fam, identity, backend, res.warnings)
     jumps_all = jump_rules(settings)
     tables_needed = {t.name for t in want} | {t for t, _, _ in jumps_all}
     fresh = False
     if trust_cache and cache is not None and gen0 is not None and state_dir:
-        g = _load_generation(state_dir, netns, fam)
+        g = _load_generation(state_dir, netns, fam, res.warnings)
         fresh = (g is not None and g.serial == cache.serial and g.generation == gen0
                  and tables_needed <= set(cache.tables))
     live: dict[str, _Live] = {}
@@ -506,33 +599,57 @@ def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_
             continue
         p.rules = wt.rules_of(p.sent)
 
-    # Jumps from the built-in chains (spec section 9). Present: a rule there
-    # with the same meaning (canonical form), or failing that `-C` says so; a
-    # built-in chain with no rule jumping to the target cannot hold it.
+    # Jumps from the built-in chains (spec section 9): exactly one copy of
+    # each. A copy is a rule there with the same meaning (canonical form).
+    # Where a jump has several, one is kept and the others are deleted, so
+    # two applies that raced or a copy made by hand are put right; the copy
+    # kept is the first that keeps the chain's kube-proxy jumps in kube-proxy's
+    # order (the last listed first), else the first. When no rule matches by
+    # form, `-C` may still find one in a spelling the canonical form cannot
+    # undo: then it is left as it is. A built-in chain with no rule jumping
+    # to the target cannot hold it.
     jumps_by_table: dict[str, list[tuple[str, str]]] = {}
+    drops_by_table: dict[str, list[tuple[str, int, str]]] = {}
+    found: dict[tuple[str, str], list[tuple[str, list[int]]]] = {}  # (table, chain) -> (args, copies)
     for table, chain, args in jumps_all:
         target = rule_target(args)
-        lrules = [s for s in live.get(table, _Live([], {}, {}, {})).specs.get(chain, []) if rule_target(s) == target]
-        present = False
-        if lrules:
+        lspecs = live.get(table, _Live([], {}, {}, {})).specs.get(chain, [])
+        same_target = [i for i, s in enumerate(lspecs) if rule_target(s) == target]
+        copies: list[int] = []
+        if same_target:
             want_c = canonical(args)
-            present = any(canonical(s) == want_c for s in lrules)
-            if not present:
-                present = ops.check_rule(netns, table, chain, args, fam)
-        if not present:
+            copies = [i for i in same_target if canonical(lspecs[i]) == want_c]
+            if not copies and ops.check_rule(netns, table, chain, args, fam):
+                continue
+        if not copies:
             jumps_by_table.setdefault(table, []).append((chain, args))
             res.jumps.append((table, chain, args))
+        else:
+            found.setdefault((table, chain), []).append((args, copies))
+    for (table, chain), got in found.items():
+        lspecs = live[table].specs[chain]
+        prev = -1
+        for args, copies in reversed(got):  # kube-proxy's order in the chain
+            keep = next((i for i in copies if i > prev), copies[0])
+            prev = max(prev, keep)
+            for i in copies:
+                if i != keep:
+                    drops_by_table.setdefault(table, []).append((chain, i + 1, lspecs[i]))
+                    res.jumps_removed.append((table, chain, args))
+    for drops in drops_by_table.values():
+        drops.sort(key=lambda d: (d[0], -d[1]))
     for p in plans:
         p.jumps = jumps_by_table.pop(p.name, [])
-    for table, js in jumps_by_table.items():  # a jump into a table the compile does not write
-        plans.append(_TablePlan(table, [], [], js, []))
+        p.drops = drops_by_table.pop(p.name, [])
+    for table in sorted(jumps_by_table.keys() | drops_by_table.keys()):  # a table the compile does not write
+        plans.append(_TablePlan(table, [], [], jumps_by_table.get(table, []), [], drops_by_table.get(table, [])))
     for table in tables_needed - set(before):
         lt = live.get(table, _Live([], {}, {}, {}))
         before[table] = _TableState(dict(lt.ours), {c: s for c, s in lt.specs.items() if c not in lt.ours},
                                     dict(lt.spelt))
     clock.lap("jumps")
 
-    plans = [p for p in plans if p.sent or p.delete or p.jumps]
+    plans = [p for p in plans if p.sent or p.delete or p.jumps or p.drops]
     table_lines = [p.lines(backend) for p in plans]
     res.payload = "".join(ln + "\n" for lines in table_lines for ln in lines)
     res.lines = sum(len(lines) - 2 for lines in table_lines)
@@ -542,7 +659,7 @@ def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_
             # What was found is still true if nothing moved while we looked.
             same = gen0 is not None and ops.generation(netns, fam) == gen0
             if res.source == "dump" or not same:
-                _save_cache(state_dir, netns, fam, identity, backend, before, gen0 if same else None)
+                _save_cache(state_dir, netns, fam, identity, backend, before, gen0 if same else None, res.warnings)
         return res
 
     counters = sorted(set(_NFACCT_RE.findall(res.payload)))
@@ -588,9 +705,10 @@ def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_
                 for c in p.sent:
                     if c in achains:
                         ts.spelt[c] = chain_digest(achains[c])
-        _save_cache(state_dir, netns, fam, identity, backend, after, gen1 if fresh_after else None)
+        _save_cache(state_dir, netns, fam, identity, backend, after, gen1 if fresh_after else None,
+                    res.warnings)
         if fresh_after and gen0 is not None and gen1 is not None:
-            _advance_other_family(state_dir, netns, fam, gen0, gen1)
+            _advance_other_family(state_dir, netns, fam, gen0, gen1, res.warnings)
         clock.lap("cache")
     res.timings = clock.stages
     return res
@@ -619,6 +737,8 @@ def _after(before: dict[str, _TableState], plans: list[_TablePlan],
             ts.ours.pop(c, None)
             ts.spelt.pop(c, None)
             ts.others.pop(c, None)
+        for chain, n, _ in p.drops:  # highest number first, as sent
+            del ts.others[chain][n - 1]
         for chain, args in p.jumps:  # each `-I CHAIN 1` lands in front of the ones before it
             ts.others[chain] = [args] + ts.others.get(chain, [])
     return out
@@ -727,6 +847,7 @@ def _rollback_payload(p: _TablePlan, lchains: dict[str, list[str]]) -> str:
     for c in restore:
         out += [f"-A {c} {s}" if s else f"-A {c}" for s in lchains.get(c, [])]
     out += [f"-D {c} {a}" for c, a in p.jumps]
+    out += [f"-I {c} {n} {spec}" for c, n, spec in reversed(p.drops)]  # lowest first: each back at its number
     out += [f"-X {c}" for c in drop]
     out.append("COMMIT")
     return "".join(ln + "\n" for ln in out)

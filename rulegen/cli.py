@@ -9,13 +9,14 @@ problems become one-line messages.
 from __future__ import annotations
 
 import functools
+import json
 import shlex
 import sys
 from typing import Any, Callable
 
 import click
 
-from .diagnostics import Report, UsageError
+from .diagnostics import Problem, Report, UsageError
 from .files import write_atomic
 from .pipeline import Compiled, compile_files, compile_files_cached
 
@@ -90,17 +91,64 @@ def emit_report(report: Report, strict: bool) -> None:
 
 
 def run_compile(files: tuple[str, ...], flags: dict[str, Any], config_path: str | None,
-                cache_file: str | None = None) -> Compiled:
-    """Compile FILES and print the report; with CACHE_FILE, re-use the compile cached there."""
+                cache_file: str | None = None, warn: list[str] | None = None) -> Compiled:
+    """Compile FILES and print the report; with CACHE_FILE, re-use the compile cached there.
+
+    A compile cache that cannot be used is said in WARN (the caller prints it).
+    """
     if not files:
         raise UsageError("no input files given (use - for standard input)")
     report = Report()
     if cache_file:
-        c = compile_files_cached(list(files), flags, report, config_path, cache_file)
+        c = compile_files_cached(list(files), flags, report, config_path, cache_file, warn)
     else:
         c = compile_files(list(files), flags, report, config_path)
     emit_report(report, bool(flags.get("strict")))
     return c
+
+
+def service_count(c: Any) -> int:
+    """Usable Services in the input of C (a `Compiled` or an incremental compile)."""
+    n = getattr(c, "services", None)
+    return n if isinstance(n, int) else len(c.inputs.services)
+
+
+# An empty pipe (kubectl failed) reads as an input with no Service. Its
+# payload is valid and removes every Service rule, so it is said, not obeyed
+# silently: a warning, exit 2 under --strict, and refused by apply.
+EMPTY_INPUT = "no Service in the input: the rules hold no Service at all (did the command feeding it fail?)"
+
+
+def warn_if_empty(c: Any, strict: bool, files: tuple[str, ...]) -> str | None:
+    """The empty-input warning when C holds no Service (printed; exit 2 under STRICT), else None."""
+    if service_count(c):
+        return None
+    msg = f"{' '.join(files)}: {EMPTY_INPUT}"
+    if strict:
+        raise UsageError(f"{msg}; --strict given")
+    click.echo(f"rulegen: warning: {msg}", err=True)
+    return msg
+
+
+def problem_json(p: Problem) -> dict[str, Any]:
+    """One reported input problem as `--json` prints it (the same line stderr shows, in parts)."""
+    pl = p.place
+    obj = f"{pl.kind} {pl.name}" if pl.kind else None
+    return {"file": pl.file, "document": pl.document, "item": pl.item or None, "object": obj,
+            "field": p.field or None, "message": p.message, "notice": p.notice}
+
+
+def message_json(msg: str) -> dict[str, Any]:
+    """A warning about the input or the state as a whole, in the shape of `problem_json`."""
+    return {"file": None, "document": None, "item": None, "object": None, "field": None, "message": msg,
+            "notice": False}
+
+
+def compile_counts(c: Compiled) -> dict[str, Any]:
+    """Services, service ports, endpoints (summed over the service ports) and per table chains and rules."""
+    tables = {t.name: {"chains": len(t.chains), "rules": len(t.rules)} for t in getattr(c.ir, "tables", ())}
+    return {"services": service_count(c), "service_ports": len(c.plan.ports),
+            "endpoints": c.plan.endpoint_total, "tables": tables}
 
 
 class _LazyGroup(click.Group):
@@ -146,11 +194,15 @@ def main() -> None:
 @settings_options
 @click.option("-o", "--output", default=None, help="Write here instead of standard output.")
 @click.option("--timings", is_flag=True, help="Per-stage times on stderr.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object on stdout: the payload (or, with -o, its path and size), "
+                   "counts and warnings.")
 @guarded
-def compile_cmd(files, output, timings, config_path, **kw):
+def compile_cmd(files, output, timings, as_json, config_path, **kw):
     """Compile FILES into the payload kube-proxy would write on a full sync."""
     flags = flags_of(kw)
     c = run_compile(files, flags, config_path)
+    empty = warn_if_empty(c, bool(flags.get("strict")), files)
     text = c.text
     if output:
         with c.timings.stage("write"):
@@ -158,10 +210,21 @@ def compile_cmd(files, output, timings, config_path, **kw):
                 write_atomic(output, text)  # a failed write leaves the previous payload whole
             except OSError as e:
                 raise UsageError(f"{output}: cannot write: {e.strerror}") from None
-    else:
+    elif not as_json:
         with c.timings.stage("write"):
             sys.stdout.write(text)
             sys.stdout.flush()
+    if as_json:
+        out: dict[str, Any] = {"mode": c.settings.mode, "family": c.settings.family}
+        if output:
+            out["output"] = {"path": output, "bytes": len(text.encode("utf-8"))}
+        else:
+            out["payload"] = text
+        out["counts"] = compile_counts(c)
+        out["warnings"] = [problem_json(p) for p in c.report.problems] + ([message_json(empty)] if empty else [])
+        out["timings"] = [{"stage": n, "seconds": round(t, 6)} for n, t in c.timings.stages]
+        with c.timings.stage("write"):
+            click.echo(json.dumps(out, indent=2))
     if timings:
         for line in c.timings.lines():
             click.echo(f"timing: {line}", err=True)

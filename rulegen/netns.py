@@ -7,10 +7,11 @@ single rules (`-C` / `-I`), create nfacct counters, set a sysctl, and run a
 command inside a namespace. `RealNetns` does it with pyroute2, iproute2 and
 the iptables tools; `FakeNetns` keeps every namespace's tables in memory
 with iptables-restore `--noflush` semantics (a declared chain is flushed or
-created, `-A` appends, `-I` inserts, `-D` deletes one rule, `-X` deletes an
-empty unreferenced chain, each table commits at `COMMIT` and a refused line
-leaves its table as it was), so apply logic is tested without root. Its
-dump is in iptables-save syntax, so the same parser reads both.
+created, `-A` appends, `-I` inserts, `-D` deletes one rule, by its spec or
+its number, `-X` deletes an empty unreferenced chain, each table commits at
+`COMMIT` and a refused line leaves its table as it was), so apply logic is
+tested without root. Its dump is in iptables-save syntax, so the same parser
+reads both.
 
 Both iptables backends are reachable (`RealNetns(backend=...)`): `nft`
 (iptables-nft, what current distributions ship as `iptables`) and `legacy`
@@ -1007,6 +1008,12 @@ class FakeNetns(Netns):
                 raise _Refused(f"chain {chain} is still referenced")
             del t.chains[chain]
         elif op == "-D":
+            if spec.isdigit():  # by rule number, counted from 1
+                n = int(spec)
+                if not 1 <= n <= len(t.chains[chain]):
+                    raise _Refused("Index of deletion too big")
+                del t.chains[chain][n - 1]
+                return
             want = self.spelling(spec)
             for i, s in enumerate(t.chains[chain]):
                 if self.spelling(s) == want:

@@ -101,18 +101,19 @@ def compile_files(paths: list[str], flags: dict[str, Any], report: Report | None
 
 
 def compile_files_cached(paths: list[str], flags: dict[str, Any], report: Report, config_path: str | None,
-                         cache_file: str | None) -> Any:
+                         cache_file: str | None, warn: list[str] | None = None) -> Any:
     """`compile_files` that re-uses the compile cached in CACHE_FILE for what did not change.
 
     Returns an `IncrementalCompiled` (iptables mode), else a `Compiled`. The
-    caller saves the new cache (`.save(path)`) once the result is used.
+    caller saves the new cache (`.save(path)`) once the result is used. A
+    cache file that cannot be used (not a regular file) is said in WARN.
     """
     from .backends.iptables import incremental
 
     timings = Timings()
     with gc_paused():
         with timings.stage("load-cache"):
-            cache = incremental.load_cache(cache_file)
+            cache = incremental.load_cache(cache_file, warn)
         c = incremental.compile_incremental(paths, flags, report, timings, config_path, cache)
     if c is None:
         return compile_files(paths, flags, report, config_path)

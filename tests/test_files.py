@@ -1,4 +1,8 @@
-"""Files rulegen writes replace the old ones in one step (`rulegen.files.write_atomic`)."""
+"""Files rulegen writes replace the old ones in one step (`write_atomic`).
+
+Its state files (`read_state`, `write_state`) are private, and safe to open
+whatever is put in their place.
+"""
 
 from __future__ import annotations
 
@@ -58,28 +62,98 @@ def test_a_relative_name_in_the_working_directory(tmp_path, monkeypatch):
     assert (tmp_path / "plain.txt").read_text() == "x"
 
 
-def test_private_dir_makes_the_missing_folders_the_last_owner_only(tmp_path, monkeypatch):
-    old = os.umask(0o022)
+def test_state_files_are_owner_only_in_a_marked_owner_only_folder(tmp_path):
+    old = os.umask(0)  # the loosest umask: the modes must not come from it
     try:
         existing = tmp_path / "state"
         existing.mkdir(mode=0o755)
-        os.chmod(existing, 0o755)
-        p = existing / "ns" / "deeper" / "cache.json"
-        files.write_atomic(p, b"{}", private_dir=True)
+        p = existing / "ns" / "cache.json"
+        files.write_state(p, b"{}")
         assert p.read_bytes() == b"{}"
-        assert stat.S_IMODE((existing / "ns" / "deeper").stat().st_mode) == 0o700
-        assert stat.S_IMODE((existing / "ns").stat().st_mode) == 0o755  # os.makedirs: the umask's default
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600
+        assert stat.S_IMODE((existing / "ns").stat().st_mode) == 0o700
+        assert (existing / "ns" / files.STATE_MARK).is_file()
         assert stat.S_IMODE(existing.stat().st_mode) == 0o755  # a folder that was there is left as it is
-        files.write_atomic(p, b"[]", private_dir=True)  # folders there already: fine
-        assert p.read_bytes() == b"[]"
-        monkeypatch.chdir(tmp_path)
-        files.write_atomic("plain", "x", private_dir=True)  # no folder in the name
-        assert (tmp_path / "plain").read_text() == "x"
+        os.chmod(p, 0o644)
+        files.write_state(p, b"[]")  # replaced, and private again
+        assert p.read_bytes() == b"[]" and stat.S_IMODE(p.stat().st_mode) == 0o600
+        assert files.read_state(p) == b"[]"
+        assert sorted(os.listdir(existing / "ns")) == sorted([files.STATE_MARK, "cache.json"])  # no temporaries
     finally:
         os.umask(old)
-    with pytest.raises(FileNotFoundError):  # without it, a missing folder is an error
-        files.write_atomic(tmp_path / "no" / "such" / "f", "x")
-    assert not (tmp_path / "no").exists()
+    assert files.read_state(tmp_path / "none" / "x.json") is None
+    assert files.read_state(existing / "ns" / "missing.json") is None
+
+
+def _in_thread(fn):
+    """FN's result or exception, from a thread that must finish (a FIFO must not hang the test run)."""
+    out: list = []
+
+    def run():
+        try:
+            out.append(("ok", fn()))
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            out.append(("err", e))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout=20)
+    assert not t.is_alive(), "blocked"
+    return out[0]
+
+
+def test_a_fifo_or_link_at_a_state_path_is_refused_at_once_and_replaced_on_write(tmp_path):
+    folder = tmp_path / "ns"
+    files.write_state(folder / "other", b"x")
+    fifo = folder / "cache.json"
+    os.mkfifo(fifo)
+    kind, got = _in_thread(lambda: files.read_state(fifo))
+    assert kind == "err" and isinstance(got, files.StateFileError) and "a FIFO" in str(got)
+    kind, _ = _in_thread(lambda: files.write_state(fifo, b"new"))
+    assert kind == "ok" and fifo.is_file() and fifo.read_bytes() == b"new"
+    target = tmp_path / "precious"
+    target.write_text("mine")
+    link = folder / "gen.json"
+    link.symlink_to(target)
+    with pytest.raises(files.StateFileError, match="symbolic link"):
+        files.read_state(link)
+    files.write_state(link, b"cache")  # the link is replaced, what it points to is untouched
+    assert not link.is_symlink() and link.read_bytes() == b"cache" and target.read_text() == "mine"
+
+
+def test_state_in_a_folder_that_is_a_link_or_not_private_is_refused(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "ns").symlink_to(elsewhere)
+    with pytest.raises(files.StateFileError, match="not a folder rulegen made"):
+        files.write_state(tmp_path / "state" / "ns" / "cache.json", b"x")
+    with pytest.raises(files.StateFileError):
+        files.read_state(tmp_path / "state" / "ns" / "cache.json")
+    assert os.listdir(elsewhere) == []
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    with pytest.raises(files.StateFileError, match="not private"):
+        files.write_state(shared / "cache.json", b"x")
+    assert os.listdir(shared) == []
+
+
+def test_remove_state_folder_takes_only_rulegen_files_from_marked_folders(tmp_path):
+    ours = tmp_path / "ns-gone"
+    files.write_state(ours / "cache.json", b"x")
+    files.remove_state_folder(str(ours), ["cache.json", "never-made.json"])
+    assert not ours.exists()
+    mixed = tmp_path / "ns-mixed"
+    files.write_state(mixed / "cache.json", b"x")
+    (mixed / "notes.txt").write_text("someone else's")
+    files.remove_state_folder(str(mixed), ["cache.json"])
+    assert sorted(os.listdir(mixed)) == ["notes.txt"]
+    foreign = tmp_path / "not-ours"  # no mark: not rulegen's, whatever its files are called
+    foreign.mkdir(mode=0o700)
+    (foreign / "cache.json").write_text("theirs")
+    files.remove_state_folder(str(foreign), ["cache.json"])
+    assert (foreign / "cache.json").read_text() == "theirs"
 
 
 def test_a_fifo_is_written_into_not_replaced(tmp_path):

@@ -131,6 +131,17 @@ def test_fake_insert_delete_and_check(fake):
     assert chains(fake, "rgt-apply-f")["OUTPUT"] == ["-j KUBE-A"]
 
 
+def test_fake_delete_by_rule_number(fake):
+    fake.iptables_restore("rgt-apply-f", "*nat\n-A PREROUTING -j KUBE-B\n-A PREROUTING -j KUBE-A\nCOMMIT\n")
+    assert chains(fake, "rgt-apply-f")["PREROUTING"] == ["-j KUBE-A", "-j KUBE-B", "-j KUBE-A"]
+    fake.iptables_restore("rgt-apply-f", "*nat\n-D PREROUTING 3\n-D PREROUTING 1\nCOMMIT\n")
+    assert chains(fake, "rgt-apply-f")["PREROUTING"] == ["-j KUBE-B"]
+    with pytest.raises(ApplyError, match="Index of deletion too big") as ei:
+        fake.iptables_restore("rgt-apply-f", "*nat\n-D PREROUTING 2\nCOMMIT\n")
+    assert ei.value.line_no == 2
+    assert chains(fake, "rgt-apply-f")["PREROUTING"] == ["-j KUBE-B"]
+
+
 def test_fake_refused_line_leaves_its_table_and_keeps_earlier_ones(fake):
     payload = ("*filter\n:KUBE-F - [0:0]\n-A KUBE-F -j ACCEPT\nCOMMIT\n"
                "*nat\n:KUBE-A - [0:0]\n-A KUBE-A -j KUBE-MISSING\nCOMMIT\n")
@@ -219,6 +230,9 @@ def test_real_matches_fake_semantics(real):
         "*nat\n-I PREROUTING 1 -j KUBE-B\nCOMMIT\n",
         "*nat\n:KUBE-A - [0:0]\n:KUBE-C - [0:0]\n-A KUBE-A -j KUBE-C\n-A KUBE-C -j ACCEPT\nCOMMIT\n",
         "*nat\n-D PREROUTING -j KUBE-B\n:KUBE-B - [0:0]\n-X KUBE-B\nCOMMIT\n",
+        # copies removed by number, highest first (how apply removes duplicated jumps)
+        "*nat\n-A PREROUTING -j KUBE-C\n-A PREROUTING -j KUBE-A\n-A PREROUTING -j KUBE-C\nCOMMIT\n",
+        "*nat\n-D PREROUTING 4\n-D PREROUTING 3\n-I PREROUTING 1 -j KUBE-C\nCOMMIT\n",
     ]
     for p in steps:
         ops.iptables_restore(ns, p)
@@ -231,6 +245,13 @@ def test_real_matches_fake_semantics(real):
         assert ei.value.line == "-A KUBE-A -j KUBE-NOPE" and ei.value.line_no == 6
     assert chains(ops, ns) == chains(fake, "rgt-apply-f")
     assert chains(ops, ns, "filter") == chains(fake, "rgt-apply-f", "filter")
+    too_far = "*nat\n-D PREROUTING 1\n-D PREROUTING 9\nCOMMIT\n"
+    for o, n in ((ops, ns), (fake, "rgt-apply-f")):
+        with pytest.raises(ApplyError) as ei:
+            o.iptables_restore(n, too_far)
+        assert ei.value.line == "-D PREROUTING 9" and ei.value.line_no == 3
+    assert chains(ops, ns) == chains(fake, "rgt-apply-f")
+    assert chains(ops, ns)["PREROUTING"] == ["-j KUBE-C", "-j KUBE-A", "-j KUBE-C"]
 
 
 @root

@@ -40,20 +40,21 @@ import msgspec
 
 from ... import __version__, plan as planmod
 from ...diagnostics import Report
-from ...files import write_atomic
+from ...files import StateFileError, read_state, write_state
 from ...model import Inputs
 from ...settings import Settings
 from ...units import Unit, read_units
 from .compile import NAT_CHAINS, Context, compile_plan, compile_ports, finish, head, is_large
 from .ir import Rule, Ruleset, Table, TableView, chain_digest, views
 
-FORMAT = 2
+FORMAT = 3
 NAT_BASE = frozenset(NAT_CHAINS)
 
 
 class UnitInfo(msgspec.Struct, array_like=True, gc=False):
     docs: int  # documents in the unit (to number the documents after it)
     groups: list[tuple[str, str]]  # (namespace, service) of every group it feeds
+    services: int  # Services it holds (an input with none is refused by apply)
 
 
 class Segment(msgspec.Struct, array_like=True, gc=False):
@@ -75,12 +76,19 @@ class CompileCache(msgspec.Struct):
     groups: list[tuple[str, str, Segment]]  # (namespace, service, its output)
 
 
-def load_cache(path: str | None) -> CompileCache | None:
+def load_cache(path: str | None, warn: list[str] | None = None) -> CompileCache | None:
+    """The compile cache at PATH, or None; a path that is not a usable state file is said in WARN."""
     if not path:
         return None
     try:
-        with open(path, "rb") as f:
-            c = msgspec.msgpack.decode(f.read(), type=CompileCache)
+        raw = read_state(path)
+        if raw is None:
+            return None
+        c = msgspec.msgpack.decode(raw, type=CompileCache)
+    except StateFileError as e:
+        if warn is not None:
+            warn.append(f"{e}; ignored, everything is compiled")
+        return None
     except (OSError, msgspec.DecodeError, msgspec.ValidationError):
         return None
     if c.format != FORMAT or c.version != __version__:
@@ -131,8 +139,10 @@ class IncrementalCompiled:
     """What `pipeline.Compiled` offers apply, from the cache where it can serve."""
 
     def __init__(self, settings: Settings, report: Report, timings: Any, tables: list[TableView],
-                 materialize: Callable[[], Ruleset], cache: CompileCache | None, stats: dict[str, int]):
+                 materialize: Callable[[], Ruleset], cache: CompileCache | None, stats: dict[str, int],
+                 services: int = 0):
         self.settings = settings
+        self.services = services  # Services in the input (usable ones)
         self.report = report
         self.timings = timings
         self._tables = tables
@@ -159,13 +169,16 @@ class IncrementalCompiled:
                 self.disagreed = True
         return full
 
-    def save(self, path: str) -> None:
+    def save(self, path: str, warn: list[str] | None = None) -> None:
         """Keep this compile for the next run (atomically; a failure only costs time)."""
         if self.cache is None:
             return
         data = msgspec.msgpack.encode(self.cache)
         try:
-            write_atomic(path, data, private_dir=True)
+            write_state(path, data)
+        except StateFileError as e:
+            if warn is not None:
+                warn.append(f"{e}; the compile cache is not kept")
         except OSError:
             pass
 
@@ -226,7 +239,7 @@ def compile_incremental(paths: list[str], flags: dict[str, Any], report: Report,
             info = known.get(u.digest)
             if info is None:
                 d = decoded[i] = _decode(u, before, report)
-                info = UnitInfo(d.docs, d.groups)
+                info = UnitInfo(d.docs, d.groups, len(d.inputs.services))
             infos.append(info)
             befores.append(before)
             before += info.docs
@@ -332,7 +345,10 @@ def compile_incremental(paths: list[str], flags: dict[str, Any], report: Report,
         return compile_plan(planmod.build(everything, settings), settings)
 
     stats = {"units": len(units), "parsed": len(decoded), "groups": len(fps), "compiled": len(dirty)}
-    out = IncrementalCompiled(settings, report, timings, [], materialize, None if unchanged else new_cache, stats)
+    services = sum(len(decoded[i].inputs.services) if i in decoded else infos[i].services
+                   for i in range(len(units)))
+    out = IncrementalCompiled(settings, report, timings, [], materialize, None if unchanged else new_cache, stats,
+                              services)
     tables: list[TableView] = []
     for t in base.tables:
         tables.append(_NatView(t, digests, own_specs, out) if t.name == "nat" else TableView(t))
