@@ -1,17 +1,20 @@
 """The `rulegen` command line: parse options, call one function, print.
 
-Exit status (CONTRACT.md): 2 for unusable input or arguments, 1 when a
-command compares or checks and finds a difference or a problem, 0 otherwise.
-No command lets a Python traceback reach the user: `UsageError` and input
-problems become one-line messages.
+Exit status: 2 for unusable input or arguments, 1 when a command compares
+or checks and finds a difference or a problem, 0 otherwise, 70 for an
+internal error (a bug). No command lets a Python traceback reach the user:
+`UsageError` and input problems become one-line messages, and so does any
+unexpected exception (`guarded`).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import shlex
 import sys
+import traceback
 from typing import Any, Callable
 
 import click
@@ -64,7 +67,14 @@ def flags_of(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def guarded(f: Callable) -> Callable:
-    """Turn UsageError (and stray exceptions) into a one-line message and exit 2."""
+    """Turn UsageError into a one-line message and exit 2, and any unexpected exception into exit 70.
+
+    An unexpected exception is a bug in rulegen, not a problem of the input:
+    it is one line, `rulegen: internal error: ...`, and exit status 70
+    (EX_SOFTWARE); the traceback is printed only with RULEGEN_DEBUG=1 in the
+    environment. click's own exceptions (bad option values, exits, aborts)
+    pass through to click, which reports them itself.
+    """
 
     @functools.wraps(f)
     def wrapper(*a, **kw):
@@ -78,8 +88,24 @@ def guarded(f: Callable) -> Callable:
             sys.exit(130)
         except BrokenPipeError:
             sys.exit(0)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as e:  # noqa: BLE001 - the last line of defence, by design
+            internal_error(e)
 
     return wrapper
+
+
+def internal_error(e: BaseException) -> None:
+    """Report a bug in rulegen in one line (the traceback with RULEGEN_DEBUG=1) and exit 70."""
+    debug = os.environ.get("RULEGEN_DEBUG", "") not in ("", "0")
+    if debug:
+        traceback.print_exception(e)
+    text = " ".join(str(e).split())  # one line, whatever the exception's text holds
+    what = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    hint = "" if debug else " (run again with RULEGEN_DEBUG=1 for the traceback)"
+    click.echo(f"rulegen: internal error: {what}{hint}", err=True)
+    sys.exit(70)
 
 
 def emit_report(report: Report, strict: bool) -> None:

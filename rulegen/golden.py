@@ -46,6 +46,11 @@ class Case:
     modes: tuple[str, ...]  # modes with an expected file, sorted; () for a new case
     args_error: str = ""  # why the args file could not be read; compiling reports it
 
+    @property
+    def empty(self) -> bool:
+        """No input file and no expected file: a case folder whose files were never added (or lost)."""
+        return not self.inputs and not self.modes
+
     def expected_path(self, mode: str) -> Path:
         return self.path / f"{EXPECTED_PREFIX}{mode}"
 
@@ -61,6 +66,7 @@ class Outcome:
     diff: str = ""  # unified diff, expected → compiled (DIFFERS, UPDATED)
     problems: tuple[str, ...] = ()  # input problems the loader reported (left out as kube-proxy would)
     notices: tuple[str, ...] = ()  # informational: kinds rulegen skips
+    internal: bool = False  # ERROR from a bug in rulegen, not from the case's files
 
     @property
     def failed(self) -> bool:
@@ -113,16 +119,14 @@ def discover(root: str | os.PathLike) -> list[Case]:
         raise UsageError(f"{root}: no such directory")
     if not root_path.is_dir():
         raise UsageError(f"{root}: not a directory (expected a folder of case folders)")
-    cases = []
     try:
         subdirs = sorted((p for p in root_path.iterdir() if p.is_dir() and not p.name.startswith(".")),
                          key=lambda p: p.name)
     except OSError as e:
         raise UsageError(f"{root}: cannot list: {e.strerror}") from None
-    for d in subdirs:
-        case = load_case(d)
-        if case.inputs or case.modes:
-            cases.append(case)
+    # Every folder is a case, an empty one too: skipping it would let a case whose files
+    # were never committed pass in CI unnoticed. `run_case` reports it as an ERROR.
+    cases = [load_case(d) for d in subdirs]
     if not cases:
         raise UsageError(f"{root}: no golden cases (each case is a folder with input files "
                          f"and expected.<mode>)")
@@ -214,6 +218,10 @@ def _new_case_mode(case: Case) -> str:
 
 def run_case(case: Case, update: bool = False) -> list[Outcome]:
     """Compile and compare every mode of a case; with `update`, rewrite what differs."""
+    if case.empty:
+        return [Outcome(case, "", ERROR, message=(
+            "empty case folder: no input files (*.yaml, *.yml, *.json) and no expected.<mode> file "
+            "(add the case's files, or remove the folder)"))]
     out = []
     for mode in case.modes or (_new_case_mode(case),):
         try:
@@ -222,7 +230,8 @@ def run_case(case: Case, update: bool = False) -> list[Outcome]:
             out.append(Outcome(case, mode, ERROR, message=str(e)))
             continue
         except Exception as e:  # a compiler bug in one case must not hide the others
-            out.append(Outcome(case, mode, ERROR, message=f"internal error: {type(e).__name__}: {e}"))
+            out.append(Outcome(case, mode, ERROR, message=f"internal error: {type(e).__name__}: {e}",
+                               internal=True))
             continue
         actual, seen = compiled.text, {"problems": compiled.problems, "notices": compiled.notices}
         path = case.expected_path(mode)

@@ -2,6 +2,11 @@
 
 Templates lay out whole outputs (tables, headers, COMMIT, reports). The hot
 per-rule lines are joined in code before they reach a template.
+
+They are read from the package's own `templates` folder: in a checkout,
+`rulegen/templates` is a link to the top-level `templates/`; an installed
+rulegen carries the files there as package data (pyproject.toml), so it
+works outside the checkout too.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from pathlib import Path
 
 import jinja2
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 
 
 @lru_cache(maxsize=1)

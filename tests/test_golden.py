@@ -252,10 +252,13 @@ def test_new_case_is_created_and_broken_cases_are_errors(scratch: Path):
     bad_args = scratch / "bad-args"
     shutil.copytree(FIXTURES / "clusterip-basic", bad_args)
     (bad_args / "args").write_text("# a comment line is fine\n--no-such-flag\n")
-    (scratch / "not-a-case").mkdir()  # no inputs, no expected files: ignored
+    (scratch / "empty-case").mkdir()  # no inputs, no expected files: an error, not skipped
+    (scratch / "empty-case" / "notes.txt").write_text("not an input\n")
 
     outcomes = {o.case.name: o for o in golden.run(scratch)}
-    assert set(outcomes) == {"bad-args", "bad-yaml", "clusterip-basic", "ipv6-basic", "new-case"}
+    assert set(outcomes) == {"bad-args", "bad-yaml", "clusterip-basic", "empty-case", "ipv6-basic", "new-case"}
+    assert outcomes["empty-case"].status == golden.ERROR
+    assert outcomes["empty-case"].message.startswith("empty case folder: no input files")
     assert outcomes["new-case"].status == golden.DIFFERS
     assert "no expected.iptables yet" in outcomes["new-case"].message
     assert outcomes["bad-yaml"].status == golden.ERROR
@@ -264,6 +267,7 @@ def test_new_case_is_created_and_broken_cases_are_errors(scratch: Path):
 
     after = {o.case.name: o.status for o in golden.run(scratch, update=True)}
     assert after["new-case"] == golden.UPDATED and after["bad-yaml"] == golden.ERROR
+    assert after["empty-case"] == golden.ERROR
     umask = os.umask(0)
     os.umask(umask)
     assert (new / "expected.iptables").stat().st_mode & 0o777 == 0o666 & ~umask
@@ -305,12 +309,54 @@ def test_cli_exit_codes_and_readable_diff(scratch: Path):
     (scratch / "broken").mkdir()
     (scratch / "broken" / "svc.json").write_text("{not json")
     err = runner.invoke(cli_main, ["golden", str(scratch)])
-    assert err.exit_code == 1 and "ERROR    broken [iptables]: svc.json: not valid JSON" in err.stdout
+    # a case that cannot be read means the check was not done: unusable input, exit 2 (not 1, "differs")
+    assert err.exit_code == 2 and "ERROR    broken [iptables]: svc.json: not valid JSON" in err.stdout
     assert "Traceback" not in err.output
 
     for target in (scratch / "missing", scratch / "broken" / "svc.json"):
         r = runner.invoke(cli_main, ["golden", str(target)])
         assert r.exit_code == 2 and r.stderr.startswith("rulegen: error: ") and "Traceback" not in r.output
+
+
+def test_cli_broken_yaml_in_one_case_is_exit_2_even_when_another_differs(scratch: Path):
+    bad = scratch / "bad-yaml"
+    bad.mkdir()
+    (bad / "input.yaml").write_text("kind: Service\nmetadata: [unclosed\n")
+    r = CliRunner().invoke(cli_main, ["golden", str(scratch)])
+    assert r.exit_code == 2, r.output
+    assert "ERROR    bad-yaml [iptables]: input.yaml: not valid YAML" in r.stdout
+    assert r.stdout.splitlines()[-1] == "3 case(s): 2 ok, 1 error"
+    path = scratch / "ipv6-basic" / "expected.iptables"
+    path.write_text(path.read_text().replace("! -d ::1/128 ", ""))
+    r = CliRunner().invoke(cli_main, ["golden", str(scratch)])
+    assert r.exit_code == 2 and "DIFFERS  ipv6-basic [iptables]" in r.stdout
+
+
+def test_cli_empty_case_folder_is_named_and_exit_2(scratch: Path):
+    (scratch / "forgotten").mkdir()
+    r = CliRunner().invoke(cli_main, ["golden", str(scratch)])
+    assert r.exit_code == 2, r.output
+    assert ("ERROR    forgotten: empty case folder: no input files (*.yaml, *.yml, *.json) and no "
+            "expected.<mode> file (add the case's files, or remove the folder)") in r.stdout.splitlines()
+    assert "ok       clusterip-basic [iptables]" in r.stdout  # the other cases still ran
+    r = CliRunner().invoke(cli_main, ["golden", str(scratch), "--update"])
+    assert r.exit_code == 2 and "ERROR    forgotten:" in r.stdout
+    assert not list((scratch / "forgotten").iterdir())  # nothing written into it
+
+
+def test_cli_a_bug_in_one_case_is_exit_70_and_the_others_still_run(scratch: Path, monkeypatch):
+    real = golden.compile_case
+
+    def flaky(case, mode=golden.DEFAULT_MODE):
+        if case.name == "ipv6-basic":
+            raise ZeroDivisionError("planner bug")
+        return real(case, mode)
+
+    monkeypatch.setattr(golden, "compile_case", flaky)
+    r = CliRunner().invoke(cli_main, ["golden", str(scratch)])
+    assert r.exit_code == 70, r.output
+    assert "ERROR    ipv6-basic [iptables]: internal error: ZeroDivisionError: planner bug" in r.stdout
+    assert "ok       clusterip-basic [iptables]" in r.stdout
 
 
 def test_cli_as_installed_command(scratch: Path):

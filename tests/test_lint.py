@@ -71,7 +71,8 @@ def test_bad_fixture_raises_exactly_its_code(code):
     others = {f.code for f in found if f.code != code and f.severity != "info"}
     assert not others, f"{bad} also raises {others}"
     for f in mine:
-        assert f.message and f.hint and f.object.startswith(("Service ", "EndpointSlice ", "Endpoints "))
+        assert f.message and f.hint
+        assert f.object.startswith(("Service ", "EndpointSlice ", "Endpoints ")) or f.object == "input"
 
 
 @pytest.mark.parametrize("code", sorted(CODES))
@@ -567,3 +568,63 @@ spec: {{nodeName: node-a, containers: [{{name: c, image: x}}]}}
     # an orphan one transposition from cart-east, selected by nobody, is reported against it only
     found = lint_args([write(tmp_path, docs(*objs, pod("e-2", "cart-eats")))])
     assert codes(found) == ["RG302"] and found[0].name == "default/cart-east" and "e-2" in found[0].message
+
+
+# --------------------------------------------------------------------------- one finding per cause
+
+
+def test_a_nodeport_service_without_cluster_ip_gets_rg001_and_no_rg701(tmp_path):
+    """kube-proxy writes no rules for it, so the NodePort is not open anywhere: RG701 would be wrong."""
+    np_svc = svc(type="NodePort", ports="[{name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30080}]")
+    no_ip = np_svc.replace("  clusterIP: 10.96.0.10\n", "")
+    assert codes(lint_args([write(tmp_path, docs(no_ip, slice_(), NODE))])) == ["RG001"]
+    # with its clusterIP the port is open, and RG701 says so
+    assert codes(lint_args([write(tmp_path, docs(np_svc, slice_(), NODE), "ok.yaml")])) == ["RG701"]
+
+
+def test_an_input_without_any_slice_gets_one_rg200_instead_of_an_error_per_port(tmp_path):
+    many = [svc(name=f"s{i}", cip=f"10.96.0.{10 + i}",
+                ports="[{name: http, protocol: TCP, port: 80}, {name: dns, protocol: UDP, port: 53}]")
+            for i in range(5)]
+    found = lint_args([write(tmp_path, docs(*many, NODE))])
+    assert codes(found) == ["RG200"]
+    (f,) = found
+    assert f.severity == "warning" and f.object == "input" and f.where == ""
+    assert "5 Services (10 ports) cannot be checked" in f.message
+    assert "kubectl get endpointslices -A -o yaml" in f.hint
+    r = run([write(tmp_path, docs(*many, NODE), "j.yaml"), "--json"])
+    assert r.exit_code == 0  # a warning: the input is incomplete, nothing is known to be broken
+    assert json.loads(r.stdout) == [f.to_json()] and json.loads(r.stdout)[0]["object"] == "input"
+
+
+def test_one_slice_anywhere_makes_a_missing_slice_an_rg201_again(tmp_path):
+    found = lint_args([write(tmp_path, docs(svc(), svc(name="api", cip="10.96.0.11"), slice_(svc="api"), NODE))])
+    assert codes(found) == ["RG201"] and found[0].name == "default/web"
+
+
+def test_legacy_endpoints_count_as_slices_for_rg200(tmp_path):
+    ep = """\
+apiVersion: v1
+kind: Endpoints
+metadata: {name: api, namespace: default}
+subsets:
+- addresses: [{ip: 10.244.1.5}]
+  ports: [{name: http, port: 8080, protocol: TCP}]
+"""
+    found = lint_args([write(tmp_path, docs(svc(), svc(name="api", cip="10.96.0.11"), ep, NODE))])
+    assert codes(found) == ["RG201"] and found[0].name == "default/web"
+
+
+def test_rg200_leaves_ports_a_root_cause_explains_to_that_cause(tmp_path):
+    pod = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: default, labels: {app: web}}
+spec: {containers: [{name: c, image: x}]}
+"""
+    # web's Pod exists (its endpoints are unknown: RG200); api's selector matches no Pod (RG301 says why)
+    found = lint_args([write(tmp_path, docs(svc(), svc(name="api", cip="10.96.0.11"), pod, NODE))])
+    assert sorted(codes(found)) == ["RG200", "RG301"]
+    rg200 = next(f for f in found if f.code == "RG200")
+    assert "1 Service (1 port) cannot be checked" in rg200.message
+    assert next(f for f in found if f.code == "RG301").name == "default/api"

@@ -119,13 +119,76 @@ def test_cli_reject_is_exit_0():
     (("--dst", "10.1.2.3"), "is not IP:PORT"),
     (("--dst", "10.1.2.3:0"), "between 1 and 65535"),
     (("--dst", "fd00::1:80"), "[ADDRESS]:PORT"),
-    (("--dst", "[fd00::1]:80"), "IPv6 but the rules are IPv4"),
+    (("--dst", "[fd00::1]:80", "--ip-family", "ipv4"), "is an IPv6 address but --ip-family ipv4 was given"),
+    (("--dst", "10.1.2.3:80", "--ip-family", "ipv6"), "is an IPv4 address but --ip-family ipv6 was given"),
     (("--dst", "10.1.2.3:80", "--src", "nope"), "--src"),
 ])
 def test_cli_bad_arguments_exit_2(args, msg):
     r = cli(NP, *args)
     assert r.exit_code == 2
     assert msg in r.stderr and "Traceback" not in r.output
+
+
+V6 = str(ROOT / "fixtures" / "ipv6-basic" / "input.yaml"), str(ROOT / "fixtures" / "ipv6-basic" / "node.yaml")
+
+
+def test_cli_ipv6_dst_infers_the_family_and_brackets_the_source():
+    # No --ip-family: the bracketed destination alone says IPv6 (before, the IPv4 rules were compiled
+    # and the trace refused the destination).
+    r = cli(*V6, "--dst", "[2001:db8:1b::7]:443", "--src", "2001:db8:f00::1")
+    assert r.exit_code == 0, r.output
+    first = r.stdout.splitlines()[0]
+    assert first == "Trace: TCP [2001:db8:f00::1]:40000 → [2001:db8:1b::7]:443"
+    assert "chance 1/3" in r.stdout and "Verdict: DNAT" in r.stdout
+
+
+def test_cli_ipv6_dst_with_matching_family_flag():
+    r = cli(*V6, "--dst", "[2001:db8:1b::7]:443", "--ip-family", "ipv6")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("Trace: TCP [2001:db8::10]:40000 → [2001:db8:1b::7]:443\n")
+    r = cli(*V6, "--dst", "[2001:db8:1b::7]:443", "--src", "2001:db8:f00::1", "--ip-family", "ipv6", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["verdict"] == "DNAT"
+
+
+def test_rules_of_the_other_family_are_named_not_misread(tmp_path):
+    f = tmp_path / "v4.rules"
+    f.write_text(SAVED)
+    r = cli("--rules", str(f), "--dst", "[fd00::1]:80")
+    assert r.exit_code == 2 and "is IPv6 but the rules are IPv4" in r.stderr
+
+
+def _route_hops(res):
+    return {p.packet.dst: [h.verdict for h in p.hops if h.kind == "route"] for p in res.paths}
+
+
+def test_a_local_pod_is_reached_through_the_pod_interface_a_remote_one_through_eth0():
+    c = compiled_case(Path(NP))
+    res = trace_compiled(c, None, "172.19.8.23", 31080, "tcp", pod_cidrs=pod_cidrs(c))
+    routes = _route_hops(res)
+    assert routes["10.60.3.31"] == ["forwarded (FORWARD, out cni0, to a pod on this node)"]  # wrk-3 = this node
+    assert routes["10.60.2.44"] == ["forwarded (FORWARD, out eth0)"]
+    by_dst = {p.packet.dst: p for p in res.paths}
+    assert by_dst["10.60.3.31"].packet.out_iface == "cni0"
+    assert by_dst["10.60.3.31"].hops[-1].rule == "sent on to 10.60.3.31:8000 via cni0"
+    assert by_dst["10.60.2.44"].hops[-1].rule == "sent on to 10.60.2.44:8000 via eth0"
+
+
+def test_from_the_node_a_local_pod_is_reached_through_the_pod_interface():
+    c = compiled_case(Path(NP))
+    res = trace_compiled(c, "172.19.8.23", "172.19.8.23", 31080, "tcp", pod_cidrs=pod_cidrs(c))
+    routes = _route_hops(res)
+    assert routes["10.60.3.31"][0] == "out cni0, to a pod on this node"
+    assert routes["10.60.2.44"][0] == "out eth0"
+
+
+def test_the_pod_interface_follows_the_local_detector():
+    c = compiled_case(ROOT / "fixtures" / "detect-local-bridge")
+    ep = next(e for p in c.plan.ports for e in p.endpoints if e.node_name == c.settings.hostname)
+    p = next(p for p in c.plan.ports if ep in p.endpoints)
+    res = trace_compiled(c, None, p.cluster_ip, p.port.port, p.proto, pod_cidrs=pod_cidrs(c))
+    path = next(x for x in res.paths if x.packet.dst == ep.ip)
+    assert path.packet.out_iface == c.settings.bridge_interface
 
 
 def test_cli_needs_files_or_rules():

@@ -3,9 +3,14 @@
 Each `DIR/<case>/` is compiled for every `expected.<mode>` it holds and
 compared with that file (`rulegen.golden` owns the layout and the
 comparison). One line per case and mode — ok, DIFFERS with the unified diff
-under it, updated, ERROR with the reason — then a summary. Exit 1 when any
-case differs or cannot be compiled, 2 when DIR itself is unusable, 0
-otherwise; `--update` rewrites the expected files, so only errors fail it.
+under it, updated, ERROR with the reason — then a summary. Exit status:
+
+* 2 when DIR itself is unusable, or any case is: input that is not YAML or
+  JSON, a bad `args` line, an empty case folder (ERROR names each). The
+  check could not be done, which is not the same as "the rules changed";
+* 1 when every case could be compiled and any differs;
+* 70 when compiling a case hit a bug in rulegen (the other cases still run);
+* 0 otherwise. `--update` rewrites the expected files, so only errors fail it.
 """
 
 from __future__ import annotations
@@ -42,15 +47,18 @@ def _echo_diff(diff: str, limit: int) -> None:
 def command(directory: str, update: bool, diff_lines: int, quiet: bool) -> None:
     """Compile every case folder in DIR and compare it with its expected.<mode> files."""
     counts = dict.fromkeys(_LABEL, 0)
+    internal = False
     cases = golden.discover(directory)  # UsageError → exit 2
     for case in cases:
         for o in golden.run_case(case, update):
             counts[o.status] += 1
+            internal = internal or o.internal
             if quiet and o.status == golden.OK:
                 continue
             label = click.style(f"{_LABEL[o.status]:<8}", fg=_COLOUR[o.status], bold=o.failed)
             detail = f": {o.message}" if o.message else ""
-            click.echo(f"{label} {case.name} [{o.mode}]{detail}")
+            mode = f" [{o.mode}]" if o.mode else ""
+            click.echo(f"{label} {case.name}{mode}{detail}")
             for p in o.problems:
                 click.echo(f"    input problem: {p}")
             for p in o.notices:
@@ -59,8 +67,11 @@ def command(directory: str, update: bool, diff_lines: int, quiet: bool) -> None:
                 _echo_diff(o.diff, diff_lines)
     parts = [f"{counts[s]} {_LABEL[s].lower()}" for s in _LABEL if counts[s] or s == golden.OK]
     click.echo(f"{len(cases)} case(s): " + ", ".join(parts))
-    if counts[golden.DIFFERS] or counts[golden.ERROR]:
-        if counts[golden.DIFFERS]:
-            click.echo(f"run `rulegen golden {directory} --update` and review the change with `git diff`",
-                       err=True)
+    if counts[golden.DIFFERS]:
+        click.echo(f"run `rulegen golden {directory} --update` and review the change with `git diff`", err=True)
+    if internal:
+        sys.exit(70)
+    if counts[golden.ERROR]:
+        sys.exit(2)
+    if counts[golden.DIFFERS]:
         sys.exit(1)

@@ -43,6 +43,18 @@ def parse_dst(value: str) -> tuple[str, int]:
     return ip, int(port)
 
 
+def family_of_dst(dst: str, ip: str, flag: str | None) -> str:
+    """The rules to trace are of --dst's family: `--dst [fd00::1]:80` alone means --ip-family ipv6.
+
+    A one-family kube-proxy never sees the other family's packets, so a
+    --ip-family that contradicts --dst is a mistake, not a question.
+    """
+    fam = "ipv6" if ":" in ip else "ipv4"
+    if flag is not None and flag != fam:
+        raise UsageError(f"--dst {dst} is an {fam[:2].upper()}{fam[2:]} address but --ip-family {flag} was given "
+                         f"(leave --ip-family out, or give --ip-family {fam})")
+    return fam
+
 
 @click.command("trace")
 @click.argument("files", nargs=-1)
@@ -57,7 +69,9 @@ def parse_dst(value: str) -> tuple[str, int]:
 @click.option("--in-iface", default=None,
               help="Interface the packet arrives on (default eth0 from outside, cni0 or the detector's "
                    "interface from a pod).")
-@click.option("--out-iface", default="eth0", show_default=True, help="Interface forwarded packets leave on.")
+@click.option("--out-iface", default="eth0", show_default=True,
+              help="Interface packets leave on toward other nodes and the outside (a packet for a pod on this "
+                   "node leaves on that pod's interface: cni0, or the detector's interface).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @settings_options
 @guarded
@@ -76,6 +90,8 @@ def command(files, dst, src, proto, rules_path, in_iface, out_iface, as_json, co
     """
     flags = flags_of(kw)
     dst_ip, dst_port = parse_dst(dst)
+    given_family = flags.get("ip_family")
+    flags["ip_family"] = family_of_dst(dst, dst_ip, given_family)
     try:
         if rules_path is None:
             c = run_compile(files, flags, config_path)
@@ -83,7 +99,9 @@ def command(files, dst, src, proto, rules_path, in_iface, out_iface, as_json, co
                                     out_iface=out_iface, pod_cidrs=c.settings.node_pod_cidrs,
                                     source="compiled from " + " ".join(files))
         else:
-            rs, name = read_ruleset(rules_path, flags.get("ip_family"))  # ParseError is a UsageError
+            # The dump says its own family unless the user forced one: a dump of the other
+            # family than --dst is then named as such, not read as the wrong one.
+            rs, name = read_ruleset(rules_path, given_family)  # ParseError is a UsageError
             if files:
                 c = run_compile(files, flags, config_path)
                 settings, plan = c.settings, c.plan

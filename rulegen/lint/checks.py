@@ -56,6 +56,10 @@ def _direct(pp: PortPlan) -> str:
     return f"clients using this node's {', '.join(direct)} directly are dropped"
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _node_list(names: Iterable[str | None]) -> str:
     ns = sorted({n for n in names if n})
     return ", ".join(ns) if ns else "nodes not named"
@@ -268,10 +272,40 @@ def _conntrack_commands(pp: PortPlan) -> str:
     return "; ".join(cmds)
 
 
+def check_input_has_slices(cx: Context) -> Iterator[Finding]:
+    """An input without a single EndpointSlice (or Endpoints) says nothing about endpoints.
+
+    That is `kubectl get svc -o yaml` alone, not a cluster where every
+    Service lost its Pods: the EndpointSlice controller keeps a slice for
+    every Service with a selector, even an empty one. One finding says so;
+    the per-port "no endpoints" errors it replaces would all be the same
+    guess.
+    """
+    if cx.inputs.slices:
+        return
+    # A port a root-cause check explained (a selector matching no Pod, say) is not in doubt.
+    empty = [pp for pp in cx.plan.ports if not pp.endpoints and not cx.is_explained(pp.service, pp.port)]
+    if not empty:
+        return
+    services = {(pp.service.namespace, pp.service.name) for pp in empty}
+    for pp in empty:
+        cx.explain(pp.service, pp.port)
+    yield Finding(
+        "RG200", "input", "",
+        f"the input holds no EndpointSlice or Endpoints object, so the endpoints of {_count(len(services), 'Service')} "
+        f"({_count(len(empty), 'port')}) cannot be checked; rules compiled from this input reject every "
+        "connection to them",
+        "add the slices to the input: kubectl get endpointslices -A -o yaml "
+        "(Services and slices together: kubectl get svc,endpointslices -A -o yaml)",
+    )
+
+
 def check_endpoints(cx: Context) -> Iterator[Finding]:
     for pp in cx.plan.ports:
         svc, port = pp.service, pp.port
         eps = pp.endpoints
+        if not eps and not cx.inputs.slices:
+            continue  # no slice in the whole input: RG200 (or a root-cause check) spoke for this port
         ready = [e for e in eps if e.ready]
         fallback = [e for e in eps if not e.ready and e.serving and e.terminating]
         if port.protocol == "UDP" and not ready:
@@ -549,6 +583,8 @@ def check_nodeport_exposure(cx: Context) -> Iterator[Finding]:
         addrs += "; and 127.0.0.1 (localhost NodePorts are on)"
     scope = "every node address" if match_all else f"the node addresses in nodePortAddresses ({', '.join(cidrs)})"
     for svc in cx.services:
+        if skipped(svc):
+            continue  # kube-proxy writes no rules for it, so opens no port (RG001 says why)
         for port in svc.ports:
             if not port.node_port:
                 continue
@@ -572,6 +608,7 @@ CHECKS: tuple[Check, ...] = (
     check_selector,
     check_named_target_ports,
     check_target_port_numbers,
+    check_input_has_slices,  # before the per-port endpoint checks: it stands for all of them
     check_endpoints,
     check_local_policies,
     check_local_spread,

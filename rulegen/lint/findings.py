@@ -45,6 +45,9 @@ _TABLE = (
     Code("RG105", "warning", "targetport-mismatch",
          "the EndpointSlices carry a different port number than the Service's numeric targetPort (stale or hand-written slices)",
          "regenerate the slices, or correct targetPort; kube-proxy sends traffic to the slice's port"),
+    Code("RG200", "warning", "no-endpointslices-in-input",
+         "the input holds no EndpointSlice or Endpoints object at all, so no Service's endpoints can be checked (said once, instead of one RG201 per port)",
+         "add the slices to the input: `kubectl get endpointslices -A -o yaml` (with the Services: `kubectl get svc,endpointslices -A -o yaml`)"),
     Code("RG201", "error", "no-endpoints",
          "the Service port has no endpoints; every connection is rejected",
          "make Pods match the selector and become ready, or provide EndpointSlices for a selector-less Service"),
@@ -110,7 +113,7 @@ class Finding:
 
     code: str
     kind: str
-    name: str  # "namespace/name" or a cluster-scoped name
+    name: str  # "namespace/name", a cluster-scoped name, or "" for the input as a whole (kind "input")
     message: str
     hint: str
     port: str = ""
@@ -122,6 +125,8 @@ class Finding:
 
     @property
     def object(self) -> str:
+        if not self.name:  # a finding about the input as a whole
+            return self.kind
         base = f"{self.kind} {self.name}"
         if not self.port:
             return base

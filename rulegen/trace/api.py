@@ -67,8 +67,7 @@ def trace_ruleset(ruleset: Ruleset, settings: Settings, src: str | None, dst_ip:
         raise UsageError(f"--dst: port {dst_port} is not between 1 and 65535")
     fam = family(dst)
     if fam != ruleset.family:
-        raise UsageError(f"--dst {dst} is IPv{fam} but the rules are IPv{ruleset.family}"
-                         + (" (use --ip-family ipv6)" if fam == 6 else ""))
+        raise UsageError(f"--dst {dst} is IPv{fam} but the rules are IPv{ruleset.family}")
     src_default = src is None
     if src is None:
         s = DEFAULT_SRC[fam]
@@ -104,7 +103,7 @@ def trace_ruleset(ruleset: Ruleset, settings: Settings, src: str | None, dst_ip:
                      "an address of this node (addrtype LOCAL)")
 
     pkt = Packet(proto, s, sport, dst, int(dst_port), iface)
-    engine = Engine(rules, node_ips, out_iface)
+    engine = Engine(rules, node_ips, out_iface, _local_pod_iface(fs, eps, pod_cidrs))
     paths = engine.run(pkt, entry.hook)
     if plan is None:
         entry = replace(entry, target=_target_from_rules(paths) or entry.target)
@@ -151,6 +150,32 @@ def _endpoint_nodes(plan: Any) -> dict[str, str | None]:
     return out
 
 
+def _pod_iface(s: Settings) -> str:
+    """The interface a pod of this node is reached on: the detector's when it names one, else the bridge.
+
+    A prefix (`veth+`) stands for every pod's own interface; the trace names
+    one of them (`veth0`), as it names the node's uplink `eth0`.
+    """
+    det = s.local_detector()
+    if not det.iface:
+        return POD_IFACE
+    return det.iface[:-1] + "0" if det.iface.endswith("+") else det.iface
+
+
+def _local_pod_iface(s: Settings, eps: dict[str, str | None], pod_cidrs: tuple[str, ...]):
+    """`dst → interface` for destinations that are pods on this node (None for any other address)."""
+    iface = _pod_iface(s)
+
+    def route(dst: str) -> str | None:
+        if dst in eps and eps[dst] is not None:
+            return iface if s.hostname and eps[dst] == s.hostname else None
+        if any(cidr_contains(c, dst) for c in pod_cidrs if (":" in c) == (":" in dst)):
+            return iface
+        return None
+
+    return route
+
+
 def _entry(src: str, src_default: bool, dst: str, dport: int, proto: str, s: Settings, plan: Any,
            eps: dict[str, str | None], pod_cidrs: tuple[str, ...], in_iface: str | None) -> tuple[Entry, str | None]:
     node_ips = frozenset(s.node_ips)
@@ -158,8 +183,7 @@ def _entry(src: str, src_default: bool, dst: str, dport: int, proto: str, s: Set
     if M.is_local(src, node_ips):
         who = "the node itself (loopback)" if M.is_loopback(src) else "the node itself"
         return Entry("OUTPUT", who, None, src_default, target), None
-    det = s.local_detector()
-    pod_iface = det.iface.rstrip("+") + ("0" if det.iface.endswith("+") else "") if det.iface else POD_IFACE
+    pod_iface = _pod_iface(s)
     if src in eps:
         node = eps[src]
         if node is not None and node == s.hostname:

@@ -141,11 +141,28 @@ class _Ctx:
 
 
 class Engine:
-    def __init__(self, rules: Rules, node_ips: tuple[str, ...] | frozenset[str], out_iface: str = "eth0") -> None:
+    """Walks packets through `rules` for a node owning `node_ips`.
+
+    `out_iface` is where routing sends a packet that leaves the node; a
+    packet for a pod on this node leaves on `pod_iface(dst)` instead, when
+    that names one (the node routes its own pods' addresses to their
+    interfaces, not to its uplink).
+    """
+
+    def __init__(self, rules: Rules, node_ips: tuple[str, ...] | frozenset[str], out_iface: str = "eth0",
+                 pod_iface: Callable[[str], str | None] | None = None) -> None:
         self.rules = rules
         self.local = frozenset(node_ips)
         self.out_iface = out_iface
+        self.pod_iface = pod_iface
         self.steps = 0
+
+    def _out(self, dst: str) -> tuple[str, str]:
+        """The interface routing picks for `dst` (not a node address), and why, for the hop text."""
+        iface = self.pod_iface(dst) if self.pod_iface is not None else None
+        if iface:
+            return iface, f"out {iface}, to a pod on this node"
+        return self.out_iface, f"out {self.out_iface}"
 
     # ------------------------------------------------------------------ errors
 
@@ -208,16 +225,16 @@ class Engine:
                 w.hops.append(Hop("route", "", "", 0, f"routing: {p.dst} is an address of this node",
                                   "to the node itself (INPUT)"))
             else:
-                w.pkt = replace(p, out_iface=self.out_iface)
+                out, why = self._out(p.dst)
+                w.pkt = replace(p, out_iface=out)
                 w.hooks[0:0] = FORWARD
                 w.hops.append(Hop("route", "", "", 0, f"routing: {p.dst} is not an address of this node",
-                                  f"forwarded (FORWARD, out {self.out_iface})"))
+                                  f"forwarded (FORWARD, {why})"))
         elif which == "out":
-            out = "lo" if local else self.out_iface
+            out, why = ("lo", "out lo") if local else self._out(p.dst)
             w.pkt = replace(p, out_iface=out)
             w.hops.append(Hop("route", "", "", 0, f"routing: {p.dst} is " +
-                              ("an address of this node" if local else "not an address of this node"),
-                              f"out {out}"))
+                              ("an address of this node" if local else "not an address of this node"), why))
         elif which == "loop":
             if local:
                 w.pkt = replace(p, in_iface="lo", out_iface=None)

@@ -13,6 +13,7 @@ import json
 from fractions import Fraction
 
 from ..backends.iptables.ir import BUILTIN_CHAINS
+from ..ipaddr import endpoint_string
 from ..templating import render as render_template
 from .model import Destination, Hop, Path, TraceResult
 
@@ -165,7 +166,7 @@ def render_text(r: TraceResult) -> str:
         node += f" ({', '.join(r.node_ips)})"
     return render_template(
         "trace.j2",
-        title=f"{r.packet.proto.upper()} {r.packet.src}:{r.packet.sport} → {r.packet.dst_endpoint}",
+        title=f"{r.packet.proto.upper()} {endpoint_string(r.packet.src, r.packet.sport)} → {r.packet.dst_endpoint}",
         frm=frm, to=f"{r.packet.dst_endpoint}, {e.target}", node=node, source=r.source,
         single_diagram=diagram(r.paths[0], r) if len(r.paths) == 1 else None,
         trunk=_hops(trunk), branches=branches, destinations=dests, other_outcomes=other,
