@@ -542,7 +542,14 @@ def test_interrupt_cleans_up(runs, tmp_path, sig, phase):
             if phase in line:
                 break
         assert run, "the lab never said which run it is"
-        time.sleep(0.5 if phase == "sending" else 0.15)
+        if phase == "sending":
+            time.sleep(0.5)
+        # Wait (bounded) for the first namespace instead of sleeping a fixed time:
+        # on a loaded 2-core machine a fixed 0.15 s could pass before any exists.
+        deadline = time.monotonic() + 20
+        while (not any(n.startswith(run + "-") for n in lab_namespaces())
+               and proc.poll() is None and time.monotonic() < deadline):
+            time.sleep(0.02)
         assert proc.poll() is None, "the run ended before it could be interrupted"
         assert any(n.startswith(run + "-") for n in lab_namespaces())
         if phase == "sending":
