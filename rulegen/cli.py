@@ -9,6 +9,7 @@ problems become one-line messages.
 from __future__ import annotations
 
 import functools
+import os
 import shlex
 import sys
 from typing import Any, Callable
@@ -151,20 +152,41 @@ def compile_cmd(files, output, timings, config_path, **kw):
     """Compile FILES into the payload kube-proxy would write on a full sync."""
     flags = flags_of(kw)
     c = run_compile(files, flags, config_path)
-    text = c.text
-    if output:
+    texts = c.render_files() if output else None
+    if texts is not None:
+        write_files(output, texts, c)
+    elif output:
+        text = c.text
         with c.timings.stage("write"):
             try:
                 write_atomic(output, text)  # a failed write leaves the previous payload whole
             except OSError as e:
                 raise UsageError(f"{output}: cannot write: {e.strerror}") from None
     else:
+        text = c.text
         with c.timings.stage("write"):
             sys.stdout.write(text)
             sys.stdout.flush()
     if timings:
         for line in c.timings.lines():
             click.echo(f"timing: {line}", err=True)
+
+
+def write_files(folder: str, texts: dict[str, str], c: Compiled) -> None:
+    """`-o DIR` for a mode whose output is several files (IPVS): DIR is made if missing.
+
+    Each file replaces its old copy in one step; all are rendered before the first is written.
+    """
+    with c.timings.stage("write"):
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise UsageError(f"{folder}: not a directory (--mode {c.settings.mode} writes "
+                             f"{', '.join(texts)} into a folder)")
+        try:
+            os.makedirs(folder, exist_ok=True)
+            for name, text in texts.items():
+                write_atomic(os.path.join(folder, name), text)
+        except OSError as e:
+            raise UsageError(f"{e.filename or folder}: cannot write: {e.strerror}") from None
 
 
 def parse_args_line(line: str) -> tuple[dict[str, Any], str | None]:

@@ -8,17 +8,18 @@ No backend imports another; what they share lives in `rulegen.selection`,
 
 from __future__ import annotations
 
-
-
 import importlib
 from types import ModuleType
 
 from ..diagnostics import UsageError
 
 # mode → package. Each package has `compile.compile_plan(plan, settings)` → IR
-# and `render.render(ir)` → text. IPVS and nftables plug in here.
+# and `render.render(ir)` → text; a mode whose output is several files also has
+# `render.files(ir)` → {file name: text}, which `compile -o DIR` writes.
+# nftables plugs in here.
 BACKENDS: dict[str, str] = {
     "iptables": "rulegen.backends.iptables",
+    "ipvs": "rulegen.backends.ipvs",
 }
 
 
