@@ -82,7 +82,7 @@ class VirtualServer(Struct, frozen=True, gc=False):
     """One IPVS service, `protocol` lower case; `reals` in the order written."""
 
     protocol: str  # tcp | udp | sctp (| fwmark for a foreign service read from a node)
-    address: str
+    address: str  # for a fwmark service: "" (IPv4) or "::" (IPv6)
     port: int  # the firewall mark for a fwmark service
     scheduler: str
     flags: int = 0  # FLAG_* bits, FLAG_HASHED never set

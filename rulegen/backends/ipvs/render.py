@@ -38,7 +38,7 @@ def hostport(address: str, port: int) -> str:
 def service_arg(vs: VirtualServer) -> str:
     """`-t VIP:PORT` (or `-u`, `--sctp-service`, `-f MARK` for a firewall-mark service)."""
     if vs.protocol == "fwmark":
-        return f"-f {vs.port}"
+        return f"-f {vs.port} -6" if vs.address == "::" else f"-f {vs.port}"
     return f"{_PROTO_OPT[vs.protocol]} {hostport(vs.address, vs.port)}"
 
 
