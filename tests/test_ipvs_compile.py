@@ -518,3 +518,23 @@ def test_compile_does_not_change_the_plan_and_is_repeatable():
     c = compile_objs([service("web", ports=(("http", "TCP", 80, 30080),), lb=["192.0.2.40"]), slice_("web", WEB_EPS)])
     again = ipvs_compile.compile_plan(c.plan, c.settings)
     assert again == c.ir and render.render(again) == render.render(c.ir)
+
+
+# ----------------------------------------------------------------------------- scaling (counted, not timed)
+
+
+def test_ipvs_compile_and_render_grow_linearly(tmp_path):
+    """Lines executed per function at 100, 1,000 and 2,000 generated Services: no superlinear step."""
+    from rulegen.pipeline import compile_files
+    from test_scaling import SIZES, _clear_caches, _write, line_counts, superlinear
+
+    paths = {n: _write(tmp_path, n, "json") for n in SIZES}
+    compile_files([_write(tmp_path, 20, "json")], {"mode": "ipvs"}).text  # imports paid once
+    counts = {}
+    for n, path in paths.items():
+        _clear_caches()
+        counts[n] = line_counts(lambda: compile_files([path], {"mode": "ipvs"}).text)
+    ours = {n: {f: k for f, k in c.items() if f.startswith(("compile.py", "render.py", "ir.py"))}
+            for n, c in counts.items()}
+    assert sum(ours[SIZES[-1]].values()) > 10 * SIZES[-1], "the IPVS compiler was not counted"
+    assert superlinear(counts) == []

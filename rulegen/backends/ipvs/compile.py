@@ -90,18 +90,6 @@ def _net_entry(cidr: str) -> str:
     return cidr[:-3] if cidr.endswith("/32") else cidr
 
 
-class _Sets:
-    """Set entries while they are collected: kube-proxy's view (`active`) and the kernel's (`kernel`)."""
-
-    def __init__(self) -> None:
-        self.kernel: dict[str, set[str]] = {n: set() for n, _, _ in SET_DEFS}
-        self.active: set[str] = set()  # names of the sets kube-proxy holds entries for
-
-    def add(self, name: str, entry: str) -> None:
-        self.kernel[name].add(entry)
-        self.active.add(name)
-
-
 def node_addresses(settings: Settings, fam: int) -> tuple[str, ...]:
     """The node's own addresses of the family, as kube-proxy reads them off its interfaces.
 
@@ -130,24 +118,24 @@ def compile_plan(plan: Plan, settings: Settings) -> IPVSState:
     # kube-proxy's node IP of the family falls back to loopback when unknown.
     node_ip = settings.primary_ip(fam) or LOOPBACK[fam]
 
-    sets = _Sets()
-    add = sets.add
+    kernel: dict[str, set[str]] = {n: set() for n, _, _ in SET_DEFS}  # entries as the kernel holds them
+    loop_back = kernel["KUBE-LOOP-BACK"].add
+    cluster = kernel["KUBE-CLUSTER-IP"].add
+    lb_set = kernel["KUBE-LOAD-BALANCER"].add
+    lb_local = kernel["KUBE-LOAD-BALANCER-LOCAL"].add
+    lb_fw = kernel["KUBE-LOAD-BALANCER-FW"].add
+    lb_cidr = kernel["KUBE-LOAD-BALANCER-SOURCE-CIDR"].add
+    lb_src_ip = kernel["KUBE-LOAD-BALANCER-SOURCE-IP"].add
+    health = kernel["KUBE-HEALTH-CHECK-NODE-PORT"].add
+    any_source_range = False  # kube-proxy counts a /0 range the kernel refuses
     bound: set[str] = set()
-    services: list[VirtualServer] = []
-    index: dict[tuple[str, str, int], int] = {}
+    # One IPVS service per (protocol, address, port): a second service port
+    # re-syncs the same one, and its real servers are what stays. A dict keeps
+    # the first one's place and takes the last one's value.
+    services: dict[tuple[str, str, int], VirtualServer] = {}
     out_filter: list[tuple[str, str, int]] = []
     new_vs = VirtualServer
     new_rs = RealServer
-
-    def place(vs: VirtualServer) -> None:
-        # A second service port on the same address:port/protocol re-syncs the
-        # same IPVS service: the last one's real servers are what stays.
-        i = index.get(vs.key)
-        if i is None:
-            index[vs.key] = len(services)
-            services.append(vs)
-        else:
-            services[i] = vs
 
     for p in plan.ports:
         proto = p.proto
@@ -165,39 +153,42 @@ def compile_plan(plan: Plan, settings: Settings) -> IPVSState:
 
         for e in p.endpoints:
             if e.local:  # hairpin SNAT, whatever the endpoint's conditions
-                add("KUBE-LOOP-BACK", f"{e.ip},{proto}:{e.port},{e.ip}")
+                loop_back(f"{e.ip},{proto}:{e.port},{e.ip}")
 
         cip = p.cluster_ip
-        add("KUBE-CLUSTER-IP", cip + tail)
-        place(new_vs(proto, cip, port, scheduler, flags, timeout, int_reals))
+        cluster(cip + tail)
+        services[(proto, cip, port)] = new_vs(proto, cip, port, scheduler, flags, timeout, int_reals)
         bound.add(cip)
 
-        for eip in sorted(set(p.external_ips), key=_addr_key):
-            add("KUBE-EXTERNAL-IP-LOCAL" if p.ext_local else "KUBE-EXTERNAL-IP", eip + tail)
-            place(new_vs(proto, eip, port, scheduler, flags, timeout, ext_reals))
-            if eip not in on_node:
-                bound.add(eip)
+        if p.external_ips:
+            ext_set = kernel["KUBE-EXTERNAL-IP-LOCAL" if p.ext_local else "KUBE-EXTERNAL-IP"].add
+            for eip in sorted(set(p.external_ips), key=_addr_key):
+                ext_set(eip + tail)
+                services[(proto, eip, port)] = new_vs(proto, eip, port, scheduler, flags, timeout, ext_reals)
+                if eip not in on_node:
+                    bound.add(eip)
 
-        for lbip in sorted(set(p.lb_ips), key=_addr_key):
-            entry = lbip + tail
-            add("KUBE-LOAD-BALANCER", entry)
-            if p.ext_local:
-                add("KUBE-LOAD-BALANCER-LOCAL", entry)
-            if p.source_ranges:
-                add("KUBE-LOAD-BALANCER-FW", entry)
-                allow_node = False
-                for cidr in p.source_ranges:
-                    sets.active.add("KUBE-LOAD-BALANCER-SOURCE-CIDR")
-                    if not cidr.endswith("/0"):  # the kernel refuses a /0 net; kube-proxy's add fails
-                        sets.kernel["KUBE-LOAD-BALANCER-SOURCE-CIDR"].add(f"{entry},{_net_entry(cidr)}")
-                    allow_node = allow_node or cidr_contains(cidr, node_ip)
-                if allow_node:
-                    add("KUBE-LOAD-BALANCER-SOURCE-IP", f"{entry},{lbip}")
-                else:
-                    out_filter.append((lbip, proto, port))
-            place(new_vs(proto, lbip, port, scheduler, flags, timeout, ext_reals))
-            if lbip not in on_node:
-                bound.add(lbip)
+        if p.lb_ips:
+            for lbip in sorted(set(p.lb_ips), key=_addr_key):
+                entry = lbip + tail
+                lb_set(entry)
+                if p.ext_local:
+                    lb_local(entry)
+                if p.source_ranges:
+                    lb_fw(entry)
+                    any_source_range = True
+                    allow_node = False
+                    for cidr in p.source_ranges:
+                        if not cidr.endswith("/0"):  # the kernel refuses a /0 net; kube-proxy's add fails
+                            lb_cidr(f"{entry},{_net_entry(cidr)}")
+                        allow_node = allow_node or cidr_contains(cidr, node_ip)
+                    if allow_node:
+                        lb_src_ip(f"{entry},{lbip}")
+                    else:
+                        out_filter.append((lbip, proto, port))
+                services[(proto, lbip, port)] = new_vs(proto, lbip, port, scheduler, flags, timeout, ext_reals)
+                if lbip not in on_node:
+                    bound.add(lbip)
 
         np_ = p.node_port
         if np_:
@@ -205,22 +196,22 @@ def compile_plan(plan: Plan, settings: Settings) -> IPVSState:
                 continue  # kube-proxy skips the rest of this port, health check entry included
             main, local = _NODEPORT_SETS[proto]
             entries = [f"{ip},sctp:{np_}" for ip in np_ips] if proto == "sctp" else [str(np_)]
-            for entry in entries:
-                add(main, entry)
-                if p.ext_local:
-                    add(local, entry)
+            kernel[main].update(entries)
+            if p.ext_local:
+                kernel[local].update(entries)
             for ip in np_ips:
-                place(new_vs(proto, ip, np_, scheduler, flags, timeout, ext_reals))
+                services[(proto, ip, np_)] = new_vs(proto, ip, np_, scheduler, flags, timeout, ext_reals)
 
         if p.hc_node_port:
-            add("KUBE-HEALTH-CHECK-NODE-PORT", str(p.hc_node_port))
+            health(str(p.hc_node_port))
 
-    for ip in bound:
-        add("KUBE-IPVS-IPS", ip)
-    ipsets = tuple(_ipset(name, typ, comment, sets.kernel[name], fam) for name, typ, comment in SET_DEFS)
-    ips = ipsets[-1]
-    return IPVSState(fam, tuple(services), ipsets, ips.entries,
-                     glue(settings, fam, sets.active, out_filter))
+    kernel["KUBE-IPVS-IPS"].update(bound)
+    active = {n for n, entries_ in kernel.items() if entries_}
+    if any_source_range:
+        active.add("KUBE-LOAD-BALANCER-SOURCE-CIDR")
+    ipsets = tuple(_ipset(name, typ, comment, kernel[name], fam) for name, typ, comment in SET_DEFS)
+    return IPVSState(fam, tuple(services.values()), ipsets, ipsets[-1].entries,
+                     glue(settings, fam, active, out_filter))
 
 
 def _ipset(name: str, typ: str, comment: str, entries: set[str], fam: int) -> IPSet:

@@ -55,17 +55,25 @@ def service_line(vs: VirtualServer) -> str:
 def ipvsadm(state: IPVSState) -> str:
     out: list[str] = []
     # Many virtual servers share one tuple of real servers (ClusterIP, NodePorts,
-    # LB IPs of one port): format each tuple's destinations once.
+    # LB IPs of one port): format each tuple's destinations once, then one
+    # C-level join per virtual server puts the `-a ... -r ` head before each.
     done: dict[int, list[str]] = {}
     for vs in state.virtual_servers:
         svc = service_arg(vs)
         out.append(service_line(vs) + "\n")
-        parts = done.get(id(vs.reals))
+        reals = vs.reals
+        if not reals:
+            continue
+        parts = done.get(id(reals))
         if parts is None:
-            parts = done[id(vs.reals)] = [f"{hostport(r.address, r.port)} -{r.method} -w {r.weight}\n"
-                                          for r in vs.reals]
+            if state.family == 4:  # no brackets to decide: one f-string per destination
+                parts = [f"{r.address}:{r.port} -{r.method} -w {r.weight}\n" for r in reals]
+            else:
+                parts = [f"{hostport(r.address, r.port)} -{r.method} -w {r.weight}\n" for r in reals]
+            done[id(reals)] = parts
         head = f"-a {svc} -r "
-        out.extend([head + s for s in parts])
+        out.append(head)
+        out.append(head.join(parts))
     return "".join(out)
 
 
