@@ -3,7 +3,9 @@
 Each backend turns the backend-neutral plan into its own IR (records shaped
 like the kernel's objects) and renders that IR to the text its loader eats.
 No backend imports another; what they share lives in `rulegen.selection`,
-`rulegen.plan` and `rulegen.naming`.
+`rulegen.plan` and `rulegen.naming`. One exception until the xtables IR,
+renderer and parser move to a neutral package: IPVS mode's iptables glue
+uses iptables mode's, imported in `backends/ipvs/xtables.py` only.
 """
 
 from __future__ import annotations
