@@ -229,8 +229,11 @@ def compile_cmd(files, output, timings, as_json, config_path, **kw):
     flags = flags_of(kw)
     c = run_compile(files, flags, config_path)
     empty = warn_if_empty(c, bool(flags.get("strict")), files)
-    text = c.text
-    if output:
+    texts = c.render_files() if output else None
+    text = "" if texts is not None else c.text
+    if texts is not None:
+        write_files(output, texts, c)
+    elif output:
         with c.timings.stage("write"):
             try:
                 write_atomic(output, text)  # a failed write leaves the previous payload whole
@@ -242,7 +245,9 @@ def compile_cmd(files, output, timings, as_json, config_path, **kw):
             sys.stdout.flush()
     if as_json:
         out: dict[str, Any] = {"mode": c.settings.mode, "family": c.settings.family}
-        if output:
+        if texts is not None:
+            out["output"] = {"path": output, "files": {n: len(t.encode("utf-8")) for n, t in texts.items()}}
+        elif output:
             out["output"] = {"path": output, "bytes": len(text.encode("utf-8"))}
         else:
             out["payload"] = text
@@ -254,6 +259,23 @@ def compile_cmd(files, output, timings, as_json, config_path, **kw):
     if timings:
         for line in c.timings.lines():
             click.echo(f"timing: {line}", err=True)
+
+
+def write_files(folder: str, texts: dict[str, str], c: Compiled) -> None:
+    """`-o DIR` for a mode whose output is several files (IPVS): DIR is made if missing.
+
+    Each file replaces its old copy in one step; all are rendered before the first is written.
+    """
+    with c.timings.stage("write"):
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise UsageError(f"{folder}: not a directory (--mode {c.settings.mode} writes "
+                             f"{', '.join(texts)} into a folder)")
+        try:
+            os.makedirs(folder, exist_ok=True)
+            for name, text in texts.items():
+                write_atomic(os.path.join(folder, name), text)
+        except OSError as e:
+            raise UsageError(f"{e.filename or folder}: cannot write: {e.strerror}") from None
 
 
 def parse_args_line(line: str) -> tuple[dict[str, Any], str | None]:

@@ -51,6 +51,15 @@ class Compiled:
     report: Report
     _text: str | None = None
 
+    def render_files(self) -> dict[str, str] | None:
+        """{file name: text} for a mode that writes several files (`render.files`), else None."""
+        _, render = backends.get(self.settings.mode)
+        files = getattr(render, "files", None)
+        if files is None:
+            return None
+        with self.timings.stage("render"), gc_paused():
+            return files(self.ir)
+
     @property
     def text(self) -> str:
         if self._text is None:
@@ -69,7 +78,7 @@ def resolve_settings(inputs: Inputs, flags: dict[str, Any], report: Report,
                      config_path: str | None = None) -> Settings:
     """The settings: flags over the --config file over the inputs' own objects."""
     file_cfg = loader.load_config_file(config_path, report) if config_path else None
-    return resolve(flags, inputs, report, file_cfg)
+    return resolve(flags, inputs, report, file_cfg, config_path)
 
 
 def plan_inputs(inputs: Inputs, flags: dict[str, Any], report: Report, timings: Timings,

@@ -12,13 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .diagnostics import Report, UsageError
+from .diagnostics import Place, Report, UsageError
 from .ipaddr import cidr_contains, parse_cidr, parse_ip
 from .model import Inputs, Node, ProxyConfig
 
 MODES = ("iptables", "ipvs", "nftables")
 DETECT_MODES = ("ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix", "None")
 LOOPBACK = {4: "127.0.0.1", 6: "::1"}
+# ipvs.scheduler values IPVS mode accepts ("" = rr): those kube-proxy's
+# configuration validation lists, plus mh, which its IPVS proxier supports.
+IPVS_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh")
 
 
 @dataclass(frozen=True)
@@ -170,8 +173,36 @@ def _cidr_flag(values: list[str], flag: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def resolve(flags: dict[str, Any], inputs: Inputs, report: Report, file_config: ProxyConfig | None = None) -> Settings:
-    """Build Settings from CLI flags (None = not given), configs and objects."""
+class _ConfigPlace(Place):
+    """Where a configuration value came from when only the source is known (not its document)."""
+
+    def __str__(self) -> str:
+        return self.file
+
+
+def _scheduler(flags: dict[str, Any], cfg: ProxyConfig, mode: str, report: Report, config_file: str | None,
+               from_file: bool) -> str:
+    """ipvs.scheduler, checked in IPVS mode as kube-proxy checks its configuration.
+
+    kube-proxy refuses to start with a scheduler it does not know; rulegen
+    reports it (fatal under --strict) and compiles with the default, rr.
+    """
+    value = _pick(flags.get("scheduler"), cfg.scheduler, "rr")
+    if mode != "ipvs" or value in IPVS_SCHEDULERS:
+        return value
+    where = (Place(config_file, 1, "KubeProxyConfiguration", "config") if from_file and config_file
+             else _ConfigPlace("KubeProxyConfiguration among the inputs", 0))
+    report.add(where, "ipvs.scheduler", f"{value!r} is not an IPVS scheduler kube-proxy accepts "
+               f"({', '.join(IPVS_SCHEDULERS)}); kube-proxy refuses to start with it (rr used)")
+    return "rr"
+
+
+def resolve(flags: dict[str, Any], inputs: Inputs, report: Report, file_config: ProxyConfig | None = None,
+            config_file: str | None = None) -> Settings:
+    """Build Settings from CLI flags (None = not given), configs and objects.
+
+    `config_file` is the path `file_config` was read from (for messages).
+    """
     configs = ([file_config] if file_config else []) + list(inputs.configs)
     cfg = configs[0] if configs else ProxyConfig()
 
@@ -253,7 +284,7 @@ def resolve(flags: dict[str, Any], inputs: Inputs, report: Report, file_config: 
         detect_local_mode=detect,
         bridge_interface=cfg.bridge_interface,
         interface_name_prefix=cfg.interface_name_prefix,
-        scheduler=_pick(flags.get("scheduler"), cfg.scheduler, "rr"),
+        scheduler=_scheduler(flags, cfg, mode, report, config_file, file_config is not None),
         strict_arp=bool(cfg.strict_arp),
         node_zone=node.zone if node else None,
         node_labels=dict(node.labels) if node else {},

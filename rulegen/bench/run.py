@@ -38,7 +38,7 @@ DEFAULT_REPEAT = 5  # runs per measurement; figures are their median
 # Modes the harness knows. A mode is benchmarked through the shared pipeline
 # (`compile_inputs(..., {"mode": m})`), so adding one here is all it takes
 # once `rulegen.backends` has it.
-MODES = ("iptables",)
+MODES = ("iptables", "ipvs")
 # The default clock is the process's CPU time: on a shared machine other
 # processes stretch wall time but not the work done; on an idle one the two agree.
 CLOCKS = {"cpu": "process CPU time", "wall": "wall-clock time"}
