@@ -16,9 +16,10 @@ from types import ModuleType
 from ..diagnostics import UsageError
 
 # mode → package. Each package has `compile.compile_plan(plan, settings)` → IR
-# and `render.render(ir)` → text. IPVS and nftables plug in here.
+# and `render.render(ir)` → text. IPVS plugs in here.
 BACKENDS: dict[str, str] = {
     "iptables": "rulegen.backends.iptables",
+    "nftables": "rulegen.backends.nftables",
 }
 
 
