@@ -169,8 +169,11 @@ def skeleton(tx: Transaction, cx: Context) -> None:
     def ensure(name: str, comment: str | None = None) -> None:
         if name not in made:
             made.add(name)
-            tx.add(Chain(name, comment=comment))
-            tx.flush(Chain(name))
+            if comment is None:
+                tx.add_chain(name)
+            else:
+                tx.add(Chain(name, comment=comment))
+                tx.flush(Chain(name))
 
     for target, source, match in JUMP_CHAINS:
         ensure(target)
@@ -244,7 +247,7 @@ class _Elements:
             is_map = bool(value)
             self.tx.delete(Element("" if is_map else self.name, self.name if is_map else "", key))
         self.seen[key] = value
-        self.tx.add_elements(self.name, [(key, value, comment)])
+        self.tx.add_element(self.name, key, value, comment)
 
 
 def compile_ports(tx: Transaction, ports, cx: Context) -> None:
@@ -261,7 +264,7 @@ def _service_port(tx: Transaction, p: PortPlan, cx: Context, E) -> None:
     sel = p.sel
     has_eps = sel.has_any
     ipx = cx.ipx
-    add_chain, flush_chain, R = tx.add, tx.flush, tx.add_rule
+    add_chain, R = tx.add_chain, tx.add_rule
 
     cluster_chain, local_chain, ext_chain, fw_chain = names.svc, names.local, names.ext, names.fw
     uses_cluster_chain = bool(sel.cluster) and p.uses_cluster
@@ -284,16 +287,14 @@ def _service_port(tx: Transaction, p: PortPlan, cx: Context, E) -> None:
     for e in sel.all_reachable:
         if p.affinity:
             b = ep_bases[e.ep] = names.endpoint_base(e.ip, e.port)
-            add_chain(Chain("endpoint-" + b))
-            flush_chain(Chain("endpoint-" + b))
+            add_chain("endpoint-" + b)
         if e.local:
             port = str(e.port)
             hairpin.ensure((e.ip, e.ip, proto, port))
     for used, name in ((uses_cluster_chain, cluster_chain), (uses_local_chain, local_chain),
                        (uses_ext_chain, ext_chain)):
         if used:
-            add_chain(Chain(name))
-            flush_chain(Chain(name))
+            add_chain(name)
 
     comment = truncate_comment(p.spn)
     port = str(p.port.port)
@@ -312,8 +313,7 @@ def _service_port(tx: Transaction, p: PortPlan, cx: Context, E) -> None:
             E[NO_ENDPOINT_SERVICES].ensure((eip, proto, port), ext_verdict, comment)
 
     if uses_fw:
-        add_chain(Chain(fw_chain))
-        flush_chain(Chain(fw_chain))
+        add_chain(fw_chain)
     for lbip in p.lb_ips:
         if has_eps:
             E[SERVICE_IPS].ensure((lbip, proto, port), to_ext)

@@ -19,6 +19,7 @@ immutable tuples so a compile of 10,000 Services builds them cheaply.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import NamedTuple
 
 FAMILIES = ("ip", "ip6")
@@ -63,7 +64,7 @@ class Rule(NamedTuple):
 
 class Set(NamedTuple):
     name: str
-    type: str
+    type: str = ""  # needed for add; flush and delete name the set only
     flags: tuple[str, ...] = ()
     timeout: int | None = None  # seconds
     comment: str | None = None
@@ -71,7 +72,7 @@ class Set(NamedTuple):
 
 class Map(NamedTuple):
     name: str
-    type: str  # "KEY . KEY : VALUE"
+    type: str = ""  # "KEY . KEY : VALUE"; needed for add
     flags: tuple[str, ...] = ()
     timeout: int | None = None
     comment: str | None = None
@@ -143,6 +144,7 @@ def parse_priority(priority: str) -> int:
     return NAMED_PRIORITIES[base] + mod
 
 
+@lru_cache(maxsize=256)
 def key_arity(type_: str) -> int:
     """Number of parts of a set's (or map's) key: `ipv4_addr . inet_proto . inet_service` → 3."""
     key = type_.split(":", 1)[0]
@@ -199,6 +201,30 @@ class Transaction:
             check_comment(comment)
         self._check_rule_text(chain, rule)
         self.ops.append((ADD, _new(Rule, (chain, rule, comment))))
+
+    def add_chain(self, name: str) -> None:
+        """`add chain` + `flush chain` of a regular chain: kube-proxy's ensureChain."""
+        if not self._table_added:
+            self._need_table(f"add chain {name}")
+        if len(name) > NAME_LENGTH_MAX or not _NAME_OK.match(name):
+            _check_name("chain", name)
+        c = self._chains.get(name)
+        if c is None:
+            c = self._chains[name] = _new(Chain, (name, None, None, None, None))
+        self.ops += ((ADD, c), (FLUSH, c))
+
+    def add_element(self, container: str, key: tuple[str, ...], value: tuple[str, ...] = (),
+                    comment: str | None = None) -> None:
+        m = self._maps.get(container)
+        if m is not None:
+            self._check_element_parts(container, key, value, comment, key_arity(m.type), True)
+            self.ops.append((ADD, _new(Element, ("", container, key, value, comment))))
+            return
+        s = self._sets.get(container)
+        if s is None:
+            raise NftError(f"element {key}: no set or map {container!r}")
+        self._check_element_parts(container, key, value, comment, key_arity(s.type), False)
+        self.ops.append((ADD, _new(Element, (container, "", key, value, comment))))
 
     def add_elements(self, container: str, elements: list[tuple[tuple[str, ...], tuple[str, ...], str | None]]) -> None:
         """Queue `add element` for (key, value, comment) triples of one set or map."""
@@ -358,9 +384,8 @@ class Transaction:
     def _check_element_parts(self, name, key, value, comment, arity: int, is_map: bool) -> None:
         if len(key) != arity:
             raise NftError(f"element {key} of {name}: the key has {len(key)} part(s), the type {arity}")
-        for part in key:
-            if not part or _BAD_PART.search(part) or part == ":":
-                raise NftError(f"element {key} of {name}: {part!r} is not a key part")
+        if "" in key or _BAD_PART.search("\0".join(key)):
+            raise NftError(f"element {key} of {name}: {' . '.join(key)!r} is not a key")
         if is_map:
             if not value:
                 raise NftError(f"element {key} of map {name}: no value")
