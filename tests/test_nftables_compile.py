@@ -452,3 +452,15 @@ def test_shared_keys_hairpin_once_and_last_port_wins():
 def test_two_ports_share_the_cluster_ip_element():
     c = compile_nft(BASE + [service("shop", "multi", "10.96.60.1", [("a", 80, "TCP"), ("b", 81, "TCP")])])
     assert c.text.count("add element ip kube-proxy cluster-ips") == 1
+
+
+def test_many_endpoints_are_numbered_past_the_precomputed_indexes():
+    eps = [(f"10.71.{i // 200}.{i % 200 + 1}", "edge-1") for i in range(300)]
+    st = table(BASE + [service("shop", "wide", "10.96.9.9", TCP80), endpoints("shop", "wide", EP80, eps)])
+    (rule,) = rules(st, names("shop", "wide")["service"])
+    body = rule.split("map { ", 1)[1].rstrip(" }")
+    entries = body.split(" , ")
+    assert rule.startswith("meta l4proto tcp dnat ip addr . port to numgen random mod 300 map { ")
+    assert [int(e.split(" : ")[0]) for e in entries] == list(range(300))
+    expected_order = sorted(f"{ip}:8080" for ip, _ in eps)  # byte-wise ip:port order
+    assert [e.split(" : ")[1].replace(" . ", ":") for e in entries] == expected_order

@@ -21,6 +21,8 @@ writes ~150k operations); everything else is a typed record.
 
 from __future__ import annotations
 
+import operator
+
 from ...naming import NftNames
 from ...plan import Plan, PortPlan, node_ip_in_ranges
 from ...settings import Settings
@@ -379,5 +381,16 @@ def _to_endpoints(R, chain: str, eps, p: PortPlan, ipx: str, ep_bases: dict[str,
         vmap = " , ".join([f"{i} : goto endpoint-{ep_bases[e.ep]}" for i, e in enumerate(eps)])
         R(chain, f"numgen random mod {n} vmap {{ {vmap} }}")
         return
-    targets = " , ".join([f"{i} : {e.ip} . {e.port}" for i, e in enumerate(eps)])
+    if ipx == "ip":
+        # IPv4 `ip:port` → `ip . port` with C-level calls: ~130k endpoints in a 10k-Service cluster.
+        targets = " , ".join(map(_add, _INDEX[:n] if n <= len(_INDEX) else [f"{i} : " for i in range(n)],
+                                 map(_ip_dot_port, map(_ep_of, eps))))
+    else:
+        targets = " , ".join([f"{i} : {e.ip} . {e.port}" for i, e in enumerate(eps)])
     R(chain, f"meta l4proto {p.proto} dnat {ipx} addr . port to numgen random mod {n} map {{ {targets} }}")
+
+
+_INDEX = [f"{i} : " for i in range(256)]
+_add = operator.add
+_ep_of = operator.attrgetter("ep")
+_ip_dot_port = operator.methodcaller("replace", ":", " . ")
