@@ -464,3 +464,22 @@ def test_many_endpoints_are_numbered_past_the_precomputed_indexes():
     assert [int(e.split(" : ")[0]) for e in entries] == list(range(300))
     expected_order = sorted(f"{ip}:8080" for ip, _ in eps)  # byte-wise ip:port order
     assert [e.split(" : ")[1].replace(" . ", ":") for e in entries] == expected_order
+
+
+def test_a_bad_nftables_mark_bit_is_a_clear_usage_error(tmp_path):
+    from click.testing import CliRunner
+
+    from rulegen.cli import main
+
+    cfg = tmp_path / "kp.yaml"
+    cfg.write_text("kind: KubeProxyConfiguration\napiVersion: kubeproxy.config.k8s.io/v1alpha1\n"
+                   "nftables: {masqueradeBit: 40}\n")
+    svc = tmp_path / "svc.yaml"
+    svc.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: b}\n"
+                   "spec: {clusterIP: 10.96.0.5, ports: [{name: p, port: 80, protocol: TCP}]}\n")
+    r = CliRunner().invoke(main, ["compile", str(svc), "--config", str(cfg), "--mode", "nftables"])
+    assert r.exit_code == 2 and "nftables.masqueradeBit: 40 is not between 0 and 31" in r.stderr
+    assert "Traceback" not in r.output
+    # iptables mode does not read the nftables section.
+    r = CliRunner().invoke(main, ["compile", str(svc), "--config", str(cfg)])
+    assert r.exit_code == 0 and "--or-mark 0x00004000" in r.stdout
