@@ -483,3 +483,30 @@ def test_a_bad_nftables_mark_bit_is_a_clear_usage_error(tmp_path):
     # iptables mode does not read the nftables section.
     r = CliRunner().invoke(main, ["compile", str(svc), "--config", str(cfg)])
     assert r.exit_code == 0 and "--or-mark 0x00004000" in r.stdout
+
+
+@pytest.mark.parametrize("mode, field, value", [
+    ("BridgeInterface", "bridgeInterface", "br0 accept ; flush ruleset"),
+    ("BridgeInterface", "bridgeInterface", 'br"0'),
+    ("InterfaceNamePrefix", "interfaceNamePrefix", "veth\nadd"),
+    ("InterfaceNamePrefix", "interfaceNamePrefix", "a-name-far-too-long"),
+])
+def test_interface_names_from_the_configuration_are_checked(mode, field, value):
+    from rulegen.diagnostics import UsageError
+
+    objs = [node(), config(detectLocalMode=mode, detectLocal={field: value}), service("ops", "idle", "10.96.40.1", TCP80)]
+    with pytest.raises(UsageError, match=f"detectLocal.{field}: .* is not a network interface name"):
+        compile_nft(objs)
+
+
+def test_the_compile_cache_compiles_this_mode_in_full(tmp_path):
+    from pathlib import Path
+
+    from rulegen.diagnostics import Report
+    from rulegen.pipeline import compile_files, compile_files_cached
+
+    case = Path(__file__).resolve().parent.parent / "fixtures" / "clusterip-basic"
+    paths = [str(case / "input.yaml"), str(case / "node.yaml")]
+    cached = compile_files_cached(paths, {"mode": "nftables"}, Report(), None, str(tmp_path / "c.msgpack"))
+    assert cached.text == compile_files(paths, {"mode": "nftables"}).text
+    assert cached.text.startswith("add table ip kube-proxy")

@@ -21,8 +21,11 @@ writes ~150k operations); everything else is a typed record.
 
 from __future__ import annotations
 
+import ipaddress
 import operator
+import re
 
+from ...diagnostics import UsageError
 from ...naming import NftNames
 from ...plan import Plan, PortPlan, node_ip_in_ranges
 from ...settings import Settings
@@ -131,19 +134,26 @@ def local_detector(settings: Settings, fam: int) -> tuple[str, str]:
     if det.cidr:
         ipx = "ip6" if ":" in det.cidr else "ip"
         return f"{ipx} saddr {det.cidr}", f"{ipx} saddr != {det.cidr}"
+    # The interface name comes from the configuration file and is written
+    # unquoted, as kube-proxy writes it: only a real interface name may pass.
     if settings.detect_local_mode == "InterfaceNamePrefix":
-        name = f"{settings.interface_name_prefix}*"
+        field, name = "detectLocal.interfaceNamePrefix", settings.interface_name_prefix or ""
     else:
-        name = det.iface
+        field, name = "detectLocal.bridgeInterface", det.iface
+    if not _IFNAME.match(name):
+        raise UsageError(f"{field}: {name!r} is not a network interface name")
+    if field == "detectLocal.interfaceNamePrefix":
+        name += "*"
     return f"iifname {name}", f"iifname != {name}"
+
+
+_IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}\Z")
 
 
 def sorted_cidrs(cidrs) -> list[str]:
     """Service CIDRs once each, by address: kube-proxy's order is a Go set's, so any fixed order will do."""
-    import ipaddress
-
-    seen = dict.fromkeys(cidrs)
-    return sorted(seen, key=lambda c: (ipaddress.ip_network(c).network_address, ipaddress.ip_network(c).prefixlen))
+    nets = {c: ipaddress.ip_network(c) for c in cidrs}
+    return sorted(nets, key=lambda c: (nets[c].network_address, nets[c].prefixlen))
 
 
 def compile_plan(plan: Plan, settings: Settings) -> Transaction:

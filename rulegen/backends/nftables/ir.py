@@ -255,6 +255,9 @@ class Transaction:
     def maps(self) -> dict[str, Map]:
         return dict(self._maps)
 
+    def has_map(self, name: str) -> bool:
+        return name in self._maps
+
     def __len__(self) -> int:
         return len(self.ops)
 

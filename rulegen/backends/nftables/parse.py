@@ -133,7 +133,7 @@ def _object(tx: Transaction, verb: str, kind: str, rest: str):
     if not (tail.startswith("{") and tail.endswith("}")):
         raise ValueError(f"element of {name}: expected {{ ... }}")
     key, value, comment = _element_parts(tail[1:-1].strip())
-    if name in tx.maps():
+    if tx.has_map(name):
         return Element("", name, key, value, comment)
     return Element(name, "", key, value, comment)
 
