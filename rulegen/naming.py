@@ -4,7 +4,8 @@ kube-proxy names per-service objects by hashing: iptables chains are
 `PREFIX + base32(sha256(SPN + proto [+ endpoint]))[:16]`, nftables objects
 `PREFIX-` + 8 hash characters + `-` + a readable base. Each hash costs a
 SHA-256, so each is computed once and cached (a 10k-Service cluster needs
-~110k of them).
+~110k of them in iptables mode; nftables mode needs one per service port, and
+one per endpoint only under session affinity).
 
 Length arithmetic: iptables chain names may be 28 characters long (29 with
 the terminating NUL in the kernel's 29-byte field). `KUBE-SEP-` is 9 + 16 =
@@ -14,12 +15,11 @@ all fit. nftables names are cut at 240 characters (237 + "...").
 
 from __future__ import annotations
 
-import base64
 import hashlib
+import re
 from functools import lru_cache
 
 _sha = hashlib.sha256
-_b32 = base64.b32encode
 _ALPHA = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 # Two base32 characters per 10 bits: 16 characters are 80 bits = 8 lookups.
 # CPython's base64.b32encode is pure Python (~7 us a call); this is ~10x less.
@@ -69,13 +69,64 @@ class IptablesNames:
         return "KUBE-SEP-" + sep_hash(self._base, endpoint)
 
 
+# nftables names: knftables allows 256 characters; kube-proxy keeps 16 for the
+# longest prefix ("endpoint-", "external-", "firewall-", ...) and cuts the
+# hashed base at 240 (chainNameBaseLengthMax): 237 characters and "...". The
+# hash is taken before the cut, so two long names that differ only in the cut
+# part still differ. A service-port base is at most 8 + 1 + 63 + 1 + 63 + 1 +
+# 4 + 1 + 63 = 205 characters and is never cut; an endpoint base adds "__",
+# up to 39 characters of IPv6 address and "/" + 5 port digits, so it can be.
 NFT_NAME_MAX = 240
+
+# What may appear in a name base: DNS labels, port names, protocols, the
+# separators kube-proxy adds and an address with ":" already turned into ".".
+# The loader validates names as the API server does; this is the last guard
+# before a name becomes an nftables identifier.
+_NFT_BASE_OK = re.compile(r"[a-z0-9][a-z0-9./_-]*\Z")
+
+
+def b32_8(data: bytes) -> str:
+    """First 8 characters of the standard base32 encoding of sha256(data): 40 bits, 4 lookups."""
+    n = _from_bytes(_sha(data).digest()[:5], "big")
+    P = _PAIRS
+    return f"{P[n >> 30]}{P[(n >> 20) & 1023]}{P[(n >> 10) & 1023]}{P[n & 1023]}"
+
+
+def nft_base(base: str) -> str:
+    """kube-proxy's hashAndTruncate: 8 hash characters, "-", the base; cut to 240."""
+    if not _NFT_BASE_OK.match(base):
+        raise ValueError(f"{base!r} cannot be part of an nftables object name")
+    full = f"{b32_8(base.encode())}-{base}"
+    if len(full) > NFT_NAME_MAX:
+        full = full[: NFT_NAME_MAX - 3] + "..."
+    return full
 
 
 def nft_name(prefix: str, base: str) -> str:
     """nftables object name: `prefix` + 8 hash chars + `-` + base, cut to 240."""
-    h = _b32(_sha(base.encode()).digest())[:8].decode()
-    full = f"{h}-{base}"
-    if len(full) > NFT_NAME_MAX:
-        full = full[: NFT_NAME_MAX - 3] + "..."
-    return prefix + full
+    return prefix + nft_base(base)
+
+
+class NftNames:
+    """The nftables object names of one service port, hashed once.
+
+    The four per-port chains share one base, `ns/name/proto/port`, so one
+    SHA-256 serves them all; an endpoint's chain and affinity set share the
+    base `ns/name/proto/port__IP/PORT` (IPv6 colons become dots, which
+    nftables names allow).
+    """
+
+    __slots__ = ("svc", "local", "ext", "fw", "_ep")
+
+    def __init__(self, namespace: str, name: str, proto: str, port_name: str):
+        base = f"{namespace}/{name}/{proto}/{port_name}"
+        b = nft_base(base)
+        self.svc = "service-" + b
+        self.local = "local-" + b
+        self.ext = "external-" + b
+        self.fw = "firewall-" + b
+        self._ep = base + "__"
+
+    def endpoint_base(self, ip: str, port: int) -> str:
+        """The hashed base of one endpoint's objects; prefix it with "endpoint-" or "affinity-"."""
+        return nft_base(f"{self._ep}{ip.replace(':', '.')}/{port}")

@@ -151,6 +151,40 @@ class Settings:
         return False, tuple(out)
 
 
+    def nft_nodeport_ips(self, fam: int | None = None) -> tuple[bool, tuple[str, ...]]:
+        """nftables mode's view of nodePortAddresses: (matches all, addresses for @nodeport-ips).
+
+        Two differences from `nodeport_ips`, both kube-proxy's: an unset
+        nodePortAddresses means `primary` in this mode (cmd/kube-proxy sets it
+        for nftables only), and loopback addresses are left out (the nftables
+        proxier does not support localhost NodePorts). A node with no address
+        of the family has kube-proxy's fallback node IP, loopback, so
+        `primary` then selects nothing rather than everything.
+        """
+        fam = fam or self.family
+        raw = self.nodeport_addresses or ("primary",)
+        cidrs: list[str] = []
+        for c in raw:
+            if c == "primary":
+                ip = self.primary_ip(fam) or LOOPBACK[fam]
+                cidrs.append(f"{ip}/{128 if fam == 6 else 32}")
+                continue
+            canon = parse_cidr(c)
+            if canon and (":" in canon) == (fam == 6):
+                cidrs.append(canon)
+        if not cidrs or any(c in ("0.0.0.0/0", "::/0") for c in cidrs):
+            return True, ()
+        out: list[str] = []
+        for ip in (*self.node_ips_of(fam), LOOPBACK[fam]):
+            if ip not in out and any(cidr_contains(c, ip) for c in cidrs):
+                out.append(ip)
+        return False, tuple(ip for ip in out if not _loopback(ip))
+
+
+def _loopback(ip: str) -> bool:
+    return ip.startswith("127.") or ip == "::1"
+
+
 # ---------------------------------------------------------------------- resolving
 
 
@@ -262,9 +296,16 @@ def resolve(flags: dict[str, Any], inputs: Inputs, report: Report, file_config: 
     if npa and "primary" in npa and not node_ips:
         raise UsageError("nodePortAddresses 'primary' needs the node's IP (--node-ip or a Node object)")
 
-    bit = _pick(flags.get("masquerade_bit"), cfg.masquerade_bit, 14)
+    # Each proxier reads its own section of the configuration: nftables mode
+    # takes nftables.masqueradeAll / masqueradeBit, the others iptables.*.
+    if mode == "nftables":
+        cfg_masq_all, cfg_bit, bit_field = cfg.nft_masquerade_all, cfg.nft_masquerade_bit, "nftables.masqueradeBit"
+    else:
+        cfg_masq_all, cfg_bit, bit_field = cfg.masquerade_all, cfg.masquerade_bit, "iptables.masqueradeBit"
+    bit = _pick(flags.get("masquerade_bit"), cfg_bit, 14)
     if not 0 <= bit <= 31:
-        raise UsageError(f"--masquerade-bit: {bit} is not between 0 and 31")
+        src = "--masquerade-bit" if flags.get("masquerade_bit") is not None else bit_field
+        raise UsageError(f"{src}: {bit} is not between 0 and 31")
 
     return Settings(
         mode=mode,
@@ -274,7 +315,7 @@ def resolve(flags: dict[str, Any], inputs: Inputs, report: Report, file_config: 
         cluster_cidrs=cluster_cidrs,
         service_cidrs=service_cidrs,
         nodeport_addresses=npa,
-        masquerade_all=bool(_pick(flags.get("masquerade_all") or None, cfg.masquerade_all, False)),
+        masquerade_all=bool(_pick(flags.get("masquerade_all") or None, cfg_masq_all, False)),
         masquerade_bit=bit,
         random_fully=_pick(flags.get("random_fully"), True),
         nfacct=_pick(flags.get("nfacct"), True),

@@ -823,7 +823,7 @@ def test_chain_digest_is_of_the_specs():
 
 def test_other_modes_fail_as_the_full_compile_does(tmp_path):
     files = _cluster(tmp_path, "yaml")
-    _config(files)["mode"] = "nftables"
+    _config(files)["mode"] = "ipvs"
     files.write()
     with pytest.raises(UsageError) as full_err:
         compile_files(files.paths, {}, Report())

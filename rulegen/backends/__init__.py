@@ -18,10 +18,10 @@ from ..diagnostics import UsageError
 # mode → package. Each package has `compile.compile_plan(plan, settings)` → IR
 # and `render.render(ir)` → text; a mode whose output is several files also has
 # `render.files(ir)` → {file name: text}, which `compile -o DIR` writes.
-# nftables plugs in here.
 BACKENDS: dict[str, str] = {
     "iptables": "rulegen.backends.iptables",
     "ipvs": "rulegen.backends.ipvs",
+    "nftables": "rulegen.backends.nftables",
 }
 
 
