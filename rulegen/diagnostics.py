@@ -38,6 +38,7 @@ class Problem:
     field: str
     message: str
     notice: bool = False  # informational (skipped kind), never fatal
+    lint: str = ""  # the slug of the lint code that says the same (a name the API server refuses), if any
 
     def __str__(self) -> str:
         where = f"{self.place}: {self.field}: " if self.field else f"{self.place}: "
@@ -48,8 +49,8 @@ class Problem:
 class Report:
     problems: list[Problem] = field(default_factory=list)
 
-    def add(self, place: Place, fld: str, message: str, notice: bool = False) -> None:
-        self.problems.append(Problem(place, fld, message, notice))
+    def add(self, place: Place, fld: str, message: str, notice: bool = False, lint: str = "") -> None:
+        self.problems.append(Problem(place, fld, message, notice, lint))
 
     @property
     def errors(self) -> list[Problem]:

@@ -12,6 +12,13 @@ loader does the same and reports each thing it leaves out with its place
 (`svc.yaml: document 2 (Service default/web): spec.ports[0].nodePort: 99999
 is not a valid port`), never raising. Only a file that cannot be read or is
 not YAML/JSON at all raises `UsageError`.
+
+Names are text that reaches the rules (`--comment default/web:http`), so
+they get the API server's own checks (`apinames`): an object with a name,
+namespace, port name, label or nodeName the API server would refuse is left
+out whole, as kube-proxy would never see it, and reported with the lint
+slug `refused-name`. Messages show such names escaped (`'web\n-A INPUT'`),
+so a report line stays one line.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from typing import Any, Iterable, Iterator
 import msgspec
 import yaml
 
+from . import apinames
+from .apinames import shown
 from .diagnostics import Place, Report, UsageError
 from .ipaddr import parse_cidr, parse_ip
 from .model import (
@@ -347,6 +356,27 @@ class _Bad(Exception):
         self.message = message
 
 
+class _Refused(Exception):
+    """A name the API server refuses: the whole object is left out, whatever part of it holds the name.
+
+    Not a `_Bad`, so the handlers that leave out one port or endpoint let it through.
+    """
+
+    def __init__(self, fld: str, message: str):
+        super().__init__(message)
+        self.field = fld
+        self.message = message
+
+
+REFUSED_SLUG = "refused-name"  # the lint code that says the same (rulegen.lint.findings)
+
+
+def _check(why: str, fld: str, value: str, what: str) -> None:
+    """Raise `_Refused` for VALUE at FLD when a name check gave a reason WHY."""
+    if why:
+        raise _Refused(fld, f"{shown(value)} is not a valid {what}: {why}")
+
+
 def _type_name(v: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
             int: "an integer", float: "a number", type(None): "null"}.get(type(v), type(v).__name__)
@@ -467,12 +497,25 @@ def _service(doc: dict, cx: _Ctx) -> Service | None:
         families.append(f)
 
     ports: list[ServicePort] = []
-    seen_ports: set[tuple[str, str]] = set()
-    for i, p in enumerate(_list(spec.get("ports"), "spec.ports")):
+    names: set[str] = set()
+    raw_ports = _list(spec.get("ports"), "spec.ports")
+    several = len(raw_ports) > 1
+    good_names = apinames.dns1123_label.good
+    for i, p in enumerate(raw_ports):
         fld = f"spec.ports[{i}]"
         try:
             p = _map(p, fld)
             pname = _str(p.get("name"), f"{fld}.name", "") or ""
+            # The API server's rules: RFC 1123 labels, unique, required when there are
+            # several ports (so no two ports can share a name and protocol either).
+            if pname:
+                if pname not in good_names:
+                    _check(apinames.dns1123_label(pname), f"{fld}.name", pname, "port name")
+                if pname in names:
+                    raise _Refused(f"{fld}.name", f"duplicate port name {pname!r}")
+                names.add(pname)
+            elif several:
+                raise _Refused(f"{fld}.name", "missing: a Service with several ports must name each of them")
             proto = _str(p.get("protocol"), f"{fld}.protocol", "TCP")
             if proto not in PROTOCOLS:
                 raise _Bad(f"{fld}.protocol", f"{proto!r} is not TCP, UDP or SCTP")
@@ -493,9 +536,8 @@ def _service(doc: dict, cx: _Ctx) -> Service | None:
             if tp is not None and not isinstance(tp, (int, str)) or isinstance(tp, bool):
                 cx.warn(f"{fld}.targetPort", f"expected a port number or name, got {_type_name(tp)}")
                 tp = None
-            if (pname, proto) in seen_ports:
-                raise _Bad(f"{fld}", f"duplicate port name {pname!r} for {proto}")
-            seen_ports.add((pname, proto))
+            elif tp.__class__ is str and tp and tp not in apinames.port_name.good:  # "": the port, defaulted
+                _check(apinames.port_name(tp), f"{fld}.targetPort", tp, "port name")
             ports.append(ServicePort(pname, proto, port, np_, tp, i))
         except _Bad as e:
             cx.warn(e.field, e.message + " (port left out)")
@@ -564,6 +606,8 @@ def _service(doc: dict, cx: _Ctx) -> Service | None:
     if selector is not None and not (isinstance(selector, dict) and all(isinstance(v, str) for v in selector.values())):
         cx.warn("spec.selector", "expected a mapping of strings (ignored)")
         selector = None
+    if selector and not _known_labels(selector):
+        _check_labels(selector, "spec.selector")
 
     return Service(
         namespace=ns, name=name, type=stype, cluster_ip=cluster_ip, cluster_ips=tuple(cluster_ips), headless=headless,
@@ -582,13 +626,26 @@ def _cond(v: Any, fld: str, default: bool) -> bool:
     return v
 
 
+def _check_labels(labels: dict, fld: str) -> None:
+    """Label keys and values (or a selector's) as the API server checks them."""
+    bad = apinames.labels(labels)
+    if bad is not None:
+        key, text, part, why = bad
+        shown_key = shown(key) if part == "key" else key
+        raise _Refused(f"{fld}[{shown_key}]", f"{shown(text)} is not a valid label {part}: {why}")
+
+
 def _hints(h: dict, key: str, fld: str) -> tuple[str, ...] | None:
     items = h.get(key)
     if items is None:
         return None
+    # forZones names are label values, forNodes names are node names.
+    check, what = (apinames.label_value, "zone name") if key == "forZones" else (apinames.node_name, "node name")
     out = []
     for i, it in enumerate(_list(items, f"{fld}.{key}")):
         n = _str(_map(it, f"{fld}.{key}[{i}]").get("name"), f"{fld}.{key}[{i}].name")
+        if n is not None:
+            _check(check(n), f"{fld}.{key}[{i}].name", n, what)
         if n:
             out.append(n)
     return tuple(out)
@@ -599,6 +656,8 @@ def _slice_port(p: Any, fld: str) -> SlicePort:
     name = p.get("name")
     if name is not None and not isinstance(name, str):
         raise _Bad(f"{fld}.name", f"expected a string, got {_type_name(name)}")
+    if name and name not in apinames.dns1123_label.good:
+        _check(apinames.dns1123_label(name), f"{fld}.name", name, "port name")
     proto = _str(p.get("protocol"), f"{fld}.protocol", "TCP")
     if proto not in PROTOCOLS:
         raise _Bad(f"{fld}.protocol", f"{proto!r} is not TCP, UDP or SCTP")
@@ -606,6 +665,10 @@ def _slice_port(p: Any, fld: str) -> SlicePort:
     if port is not None and not 0 <= port <= 65535:
         raise _Bad(f"{fld}.port", f"{port} is not a valid port")
     return SlicePort(name, proto, port)
+
+
+# Valid node names seen in nodeName fields, each mapped to its interned copy.
+_NODE_NAMES: dict[str, str] = {}
 
 
 def _endpoint_slice(doc: dict, cx: _Ctx) -> EndpointSlice:
@@ -618,12 +681,21 @@ def _endpoint_slice(doc: dict, cx: _Ctx) -> EndpointSlice:
     if atype not in ("IPv4", "IPv6", "FQDN"):
         raise _Bad("addressType", f"{atype!r} is not IPv4, IPv6 or FQDN")
     ports = []
+    names: set[str] = set()
     for i, p in enumerate(_list(doc.get("ports"), "ports")):
         try:
-            ports.append(_slice_port(p, f"ports[{i}]"))
+            sp = _slice_port(p, f"ports[{i}]")
         except _Bad as e:
             cx.warn(e.field, e.message + " (port left out)")
+            continue
+        # The API server refuses two ports of one slice with the same name ("" included).
+        pname = sp.name or ""
+        if pname in names:
+            raise _Refused(f"ports[{i}].name", f"duplicate port name {pname!r}")
+        names.add(pname)
+        ports.append(sp)
     eps = []
+    good_nodes = _NODE_NAMES
     raw_eps = _list(doc.get("endpoints"), "endpoints")
     want6 = atype == "IPv6"
     # The hot loop of a large cluster (one pass per endpoint): field names are
@@ -661,9 +733,16 @@ def _endpoint_slice(doc: dict, cx: _Ctx) -> EndpointSlice:
             if node is not None:
                 if node.__class__ is not str:
                     raise _Bad(f"endpoints[{i}].nodeName", f"expected a string, got {_type_name(node)}")
-                # A cluster has a few hundred node names and zones over 100k endpoints:
-                # one shared string each keeps the model ~15 MB smaller at 10k.
-                node = _intern(node)
+                # A cluster has a few hundred node names over 100k endpoints: each is
+                # checked once, and one shared string each keeps the model ~15 MB
+                # smaller at 10k. One dict lookup per endpoint does both.
+                seen = good_nodes.get(node)
+                if seen is None:
+                    _check(apinames.node_name(node), f"endpoints[{i}].nodeName", node, "node name")
+                    seen = _intern(node)
+                    if len(good_nodes) < apinames.CACHE_MAX:
+                        good_nodes[seen] = seen
+                node = seen
             zone = e.get("zone")
             zone = _intern(zone) if zone.__class__ is str else None
             h = e.get("hints")
@@ -686,9 +765,13 @@ def _legacy_endpoints(doc: dict, cx: _Ctx) -> list[EndpointSlice]:
     for si, sub in enumerate(_list(doc.get("subsets"), "subsets")):
         sub = _map(sub, f"subsets[{si}]")
         ports = []
-        for pi, p in enumerate(_list(sub.get("ports"), f"subsets[{si}].ports")):
+        raw_ports = _list(sub.get("ports"), f"subsets[{si}].ports")
+        for pi, p in enumerate(raw_ports):
             try:
                 sp = _slice_port(p, f"subsets[{si}].ports[{pi}]")
+                if not sp.name and len(raw_ports) > 1:
+                    raise _Refused(f"subsets[{si}].ports[{pi}].name",
+                                   "missing: a subset with several ports must name each of them")
                 ports.append(SlicePort(sp.name or "", sp.protocol, sp.port))
             except _Bad as e:
                 cx.warn(e.field, e.message + " (port left out)")
@@ -702,6 +785,8 @@ def _legacy_endpoints(doc: dict, cx: _Ctx) -> list[EndpointSlice]:
                     cx.warn(f"{fld}.ip", f"{a.get('ip')!r} is not a valid IP address (endpoint left out)")
                     continue
                 node = a.get("nodeName") if isinstance(a.get("nodeName"), str) else None
+                if node:
+                    _check(apinames.node_name(node), f"{fld}.nodeName", node, "node name")
                 by_family["IPv6" if ":" in ip else "IPv4"].append(Endpoint(ip, ready, True, False, node))
         for fam, eps in by_family.items():
             if eps:
@@ -751,13 +836,18 @@ def _pod(doc: dict, cx: _Ctx) -> Pod:
     spec = _map(doc.get("spec"), "spec")
     status = _map(doc.get("status"), "status")
     ports = []
-    for c in _list(spec.get("containers"), "spec.containers"):
+    for ci, c in enumerate(_list(spec.get("containers"), "spec.containers")):
         if isinstance(c, dict):
-            for p in c.get("ports") or []:
+            for pi, p in enumerate(c.get("ports") or []):
                 if isinstance(p, dict) and isinstance(p.get("containerPort"), int):
+                    pname = p.get("name")
+                    if pname.__class__ is str and pname:
+                        _check(apinames.port_name(pname), f"spec.containers[{ci}].ports[{pi}].name", pname, "port name")
                     ports.append((str(p.get("name") or ""), p["containerPort"], str(p.get("protocol") or "TCP")))
     ip = parse_ip(status["podIP"]) if isinstance(status.get("podIP"), str) else None
     node = spec.get("nodeName") if isinstance(spec.get("nodeName"), str) else None
+    if node:
+        _check(apinames.node_name(node), "spec.nodeName", node, "node name")
     return Pod(ns, name, labels, ip, node, tuple(ports))
 
 
@@ -799,14 +889,25 @@ def config_from_dict(doc: dict, cx: _Ctx) -> ProxyConfig:
         cx.warn("iptables.masqueradeBit", f"{bit} is not between 0 and 31 (default 14 used)")
         bit = None
     top_masq = _bool(doc.get("masqueradeAll"), "masqueradeAll")
+    # These go into the payload as `-i NAME`: a name the kernel or iptables-restore
+    # would not read as one interface is reported and ignored (no local detector).
+    ifaces = {}
+    for key, prefix in (("bridgeInterface", False), ("interfaceNamePrefix", True)):
+        fld = f"detectLocal.{key}"
+        v = _str(det.get(key), fld) or None
+        why = apinames.interface_name(v, prefix) if v else ""
+        if why:
+            cx.warn(fld, f"{shown(v)} {why} (ignored)")
+            v = None
+        ifaces[key] = v
     return ProxyConfig(
         mode=mode,
         cluster_cidr=split_cidr_list(cc, "clusterCIDR", cx) if cc else None,
         hostname_override=_str(doc.get("hostnameOverride"), "hostnameOverride") or None,
         nodeport_addresses=npa_t,
         detect_local_mode=_str(doc.get("detectLocalMode"), "detectLocalMode") or None,
-        bridge_interface=_str(det.get("bridgeInterface"), "detectLocal.bridgeInterface") or None,
-        interface_name_prefix=_str(det.get("interfaceNamePrefix"), "detectLocal.interfaceNamePrefix") or None,
+        bridge_interface=ifaces["bridgeInterface"],
+        interface_name_prefix=ifaces["interfaceNamePrefix"],
         masquerade_all=_bool(ipt.get("masqueradeAll"), "iptables.masqueradeAll") if ipt.get("masqueradeAll") is not None else top_masq,
         masquerade_bit=bit,
         localhost_nodeports=_bool(ipt.get("localhostNodePorts"), "iptables.localhostNodePorts"),
@@ -820,17 +921,75 @@ def config_from_dict(doc: dict, cx: _Ctx) -> ProxyConfig:
 # --------------------------------------------------------------------------- entry points
 
 
-def _name_of(doc: dict, namespaced: bool) -> str:
-    meta = doc.get("metadata")
-    meta = meta if isinstance(meta, dict) else {}
-    name = meta.get("name") if isinstance(meta.get("name"), str) else "?"
-    if not namespaced:
-        return name
-    ns = meta.get("namespace")
-    return f"{ns if isinstance(ns, str) and ns else 'default'}/{name}"
-
-
+# The API server's name rule for each kind the loader reads (its ValidateXName).
+_NAME_RULES = {
+    "Service": apinames.dns1035_label,
+    "EndpointSlice": apinames.dns1123_subdomain,
+    "Endpoints": apinames.dns1123_subdomain,
+    "Node": apinames.dns1123_subdomain,
+    "ServiceCIDR": apinames.dns1123_subdomain,
+    "Pod": apinames.dns1123_subdomain,
+}
 _CLUSTER_SCOPED = ("Node", "ServiceCIDR", "KubeProxyConfiguration")
+_PLAIN = re.compile(r"[A-Za-z0-9._-]{1,253}")
+
+
+def _identify(doc: dict, kind: str) -> tuple[str, _Refused | None]:
+    """The object's name as messages show it, and what in its metadata the API server refuses (or None).
+
+    Names of another type or missing are left to `_meta`, which says so. Once
+    per object, so the common case is a regex for the (distinct) name and set
+    lookups for the rest.
+    """
+    meta = doc.get("metadata")
+    if meta.__class__ is not dict:
+        meta = {}
+    name = meta.get("name")
+    rule = _NAME_RULES.get(kind)
+    if rule is None:  # a kind rulegen skips, or a KubeProxyConfiguration: no API object rules
+        return (name if name.__class__ is str and _PLAIN.fullmatch(name) else "?"), None
+    refused = None
+    if name.__class__ is not str or not name:
+        text = "?"
+    else:
+        why = rule(name)
+        if why:
+            text = shown(name)
+            refused = _Refused("metadata.name", f"{text} is not a valid {kind} name: {why}")
+        else:
+            text = name
+            # Every valid label (RFC 1035 or 1123) of at most 63 characters is also a valid
+            # label value, and a Service's name comes back as one: its app label, its
+            # selector, its EndpointSlices' kubernetes.io/service-name.
+            good_values = apinames.label_value.good
+            if kind == "Service" and len(name) <= apinames.LABEL_MAX and len(good_values) < apinames.CACHE_MAX:
+                good_values.add(name)
+    if kind not in _CLUSTER_SCOPED:
+        ns = meta.get("namespace")
+        if ns.__class__ is not str or not ns:
+            ns = "default"
+        elif ns not in apinames.dns1123_label.good:
+            why = apinames.dns1123_label(ns)
+            if why:
+                refused = refused or _Refused("metadata.namespace", f"{shown(ns)} is not a valid namespace: {why}")
+                ns = shown(ns)
+        text = f"{ns}/{text}"
+    labels = meta.get("labels")
+    if refused is None and labels and labels.__class__ is dict and not _known_labels(labels):
+        try:
+            _check_labels(labels, "metadata.labels")
+        except _Refused as e:
+            refused = e
+    return text, refused
+
+
+def _known_labels(labels: dict) -> bool:
+    """Every key and value of LABELS already passed its check (two C-level set walks)."""
+    good_keys, good_values = apinames.label_key.good, apinames.label_value.good
+    for k, v in labels.items():
+        if v.__class__ is not str or k not in good_keys or v not in good_values:
+            return False
+    return True
 
 
 def load(paths: Iterable[str], report: Report) -> Inputs:
@@ -852,9 +1011,11 @@ def load_objects(objects: Iterable[tuple[Place, Any]], report: Report) -> Inputs
         if not isinstance(kind, str) or not kind:
             report.add(place, "kind", "missing (object left out)")
             continue
-        name = _name_of(doc, kind not in _CLUSTER_SCOPED)
+        name, refused = _identify(doc, kind)
         cx = _Ctx(Place(place.file, place.document, kind, name, place.item), report)
         try:
+            if refused is not None:
+                raise refused
             if kind == "Service":
                 svc = _service(doc, cx)
                 if svc is not None:
@@ -875,6 +1036,9 @@ def load_objects(objects: Iterable[tuple[Place, Any]], report: Report) -> Inputs
                 report.add(place, "", f"kind {kind} is not used by rulegen (skipped)", notice=True)
         except _Bad as e:
             report.add(cx.place, e.field, e.message + " (object left out)")
+        except _Refused as e:
+            report.add(cx.place, e.field, f"{e.message} (the API server refuses the whole {kind}: left out)",
+                       lint=REFUSED_SLUG)
     return inputs
 
 

@@ -19,7 +19,7 @@ from ..plan import Plan
 from ..settings import Settings
 from .checks import CHECKS
 from .context import DEFAULT_NODEPORT_RANGE, Context
-from .findings import CODES, SEVERITIES, Finding
+from .findings import BY_SLUG, CODES, SEVERITIES, Finding
 from .report import collapse, sort_findings
 
 __all__ = ["CODES", "SEVERITIES", "Finding", "Linted", "lint", "lint_files", "parse_nodeport_range"]
@@ -80,6 +80,22 @@ def lint(inputs: Inputs, settings: Settings, plan: Plan,
     return sort_findings(collapse(found))
 
 
+def input_findings(report: Report, ignore: Iterable[str] = ()) -> list[Finding]:
+    """The loader's reports that a lint code also covers (a name the API server refuses), as findings.
+
+    The object is left out of the inputs, so no check can see it: its finding
+    is the loader's own words, with the object and field they name.
+    """
+    skip = set(ignore)
+    out = []
+    for p in report.problems:
+        c = BY_SLUG.get(p.lint) if p.lint else None
+        if c is not None and c.code not in skip:
+            message = f"{p.field}: {p.message}" if p.field else p.message
+            out.append(Finding(c.code, p.place.kind, p.place.name, message, c.fix, where=str(p.place)))
+    return out
+
+
 def lint_files(paths: list[str], flags: dict[str, Any], report: Report, config_path: str | None = None,
                nodeport_range: tuple[int, int] = DEFAULT_NODEPORT_RANGE,
                ignore: Iterable[str] = ()) -> Linted:
@@ -89,4 +105,5 @@ def lint_files(paths: list[str], flags: dict[str, Any], report: Report, config_p
     timings = Timings()
     inputs = load_inputs(paths, report, timings)
     settings, plan = plan_inputs(inputs, flags, report, timings, config_path)
-    return Linted(lint(inputs, settings, plan, nodeport_range, ignore), inputs, settings, plan)
+    found = lint(inputs, settings, plan, nodeport_range, ignore) + input_findings(report, ignore)
+    return Linted(sort_findings(found), inputs, settings, plan)

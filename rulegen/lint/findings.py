@@ -30,6 +30,10 @@ _TABLE = (
     Code("RG001", "warning", "no-cluster-ip",
          "the Service has no usable clusterIP, so kube-proxy writes no rules for it",
          "give spec.clusterIP (take the live object from `kubectl get svc -o yaml`)"),
+    Code("RG002", "error", "refused-name",
+         "a name, namespace, port name, label or nodeName the API server refuses (RFC 1035/1123 names, IANA_SVC_NAME "
+         "port names, label syntax): the object is left out, as kube-proxy never sees it",
+         "rename it within the rule the message names; `kubectl apply --dry-run=server` shows the API server's verdict"),
     Code("RG101", "error", "nodeport-out-of-range",
          "a nodePort or healthCheckNodePort lies outside the node-port range (default 30000-32767); the apiserver rejects it",
          "pick a port inside the range, leave nodePort out to get one allocated, or pass the cluster's --service-node-port-range"),
@@ -105,6 +109,7 @@ _TABLE = (
 )
 
 CODES: dict[str, Code] = {c.code: c for c in _TABLE}
+BY_SLUG: dict[str, Code] = {c.slug: c for c in _TABLE}
 
 
 @dataclass(frozen=True, slots=True)

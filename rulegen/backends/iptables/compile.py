@@ -15,11 +15,17 @@ from __future__ import annotations
 from ...naming import IptablesNames
 from ...plan import Plan, PortPlan, node_ip_in_ranges
 from ...settings import Settings
+from .comments import COMMENT_MAX, comment_arg
 from .ir import Rule, Ruleset, Table
 
 _new = tuple.__new__  # Rule(...) goes through a Python-level __new__; this is ~2x cheaper
 
 LARGE_CLUSTER_THRESHOLD = 1000  # kube-proxy's largeClusterEndpointsThreshold
+
+# Room for the service port name in a comment: the longest words around it
+# ("other traffic to ... will be dropped by KUBE-PROXY-FIREWALL", or " -> " and
+# a bracketed IPv6 endpoint with its port) take 64 bytes of the 255.
+SPN_ROOM = COMMENT_MAX - 64
 
 FILTER_CHAINS = ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS", "KUBE-PROXY-FIREWALL")
 NAT_CHAINS = ("KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ")
@@ -166,9 +172,14 @@ def finish(cx: Context, settings: Settings, fchains: list[str], frules: list[Rul
 
 def _service_port(p: PortPlan, N, F, nchains: list[str], detector, masq_all: bool, large: bool,
                   nfacct_np: bool, node_ip: str | None) -> None:
-    spn = p.spn
     proto = p.proto
-    names = IptablesNames(spn, proto)
+    names = IptablesNames(p.spn, proto)
+    # The service port name in comments: `bare` where kube-proxy writes it as the
+    # whole argument, `spn` inside its quoted phrases. The same text for every
+    # name the API server allows; quoted and escaped (comments.py) for any other.
+    spn = bare = comment_arg(p.spn, SPN_ROOM)
+    if bare is not p.spn:
+        spn = bare[1:-1]
     sel = p.sel
     has_eps = sel.has_any
     has_int = p.has_internal
@@ -216,9 +227,9 @@ def _service_port(p: PortPlan, N, F, nchains: list[str], detector, masq_all: boo
     if np_:
         if has_eps:
             if nfacct_np:
-                N(_new(Rule, ("KUBE-NODEPORTS", f"-m comment --comment {spn} {pp} -d 127.0.0.0/8 --dport {np_} "
+                N(_new(Rule, ("KUBE-NODEPORTS", f"-m comment --comment {bare} {pp} -d 127.0.0.0/8 --dport {np_} "
                        f"-m nfacct --nfacct-name localhost_nps_accepted_pkts -j {ext_chain}")))
-            N(_new(Rule, ("KUBE-NODEPORTS", f"-m comment --comment {spn} {pp} --dport {np_} -j {ext_chain}")))
+            N(_new(Rule, ("KUBE-NODEPORTS", f"-m comment --comment {bare} {pp} --dport {np_} -j {ext_chain}")))
         if not has_ext:
             F(_new(Rule, ("KUBE-EXTERNAL-SERVICES", f"-m comment --comment {ext_comment} -m addrtype --dst-type LOCAL "
                    f"{pp} --dport {np_} -j {ext_target}")))
@@ -275,7 +286,7 @@ def _service_port(p: PortPlan, N, F, nchains: list[str], detector, masq_all: boo
         _to_endpoints(N, names.svl, spn, sel.local, p.affinity, large, seps)
 
     # 5.8 SEP chains
-    c = "" if large else f"-m comment --comment {spn} "
+    c = "" if large else f"-m comment --comment {bare} "
     dnat = f"{pp} -j DNAT --to-destination "
     recent = p.affinity
     C = nchains.append

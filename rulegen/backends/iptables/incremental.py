@@ -47,7 +47,10 @@ from ...units import Unit, read_units
 from .compile import NAT_CHAINS, Context, compile_plan, compile_ports, finish, head, is_large
 from .ir import Rule, Ruleset, Table, TableView, chain_digest, views
 
-FORMAT = 3
+# 3: units record how many Services they hold (the empty-input check).
+# 4: the loader refuses names the API server refuses; a cache written before holds
+# the rules of such objects, so it must not be trusted.
+FORMAT = 4
 NAT_BASE = frozenset(NAT_CHAINS)
 
 
