@@ -61,7 +61,7 @@ from typing import Any, Callable
 
 import msgspec
 
-from .backends.iptables.ir import BUILTIN_CHAINS, Rule, TableView, chain_digest, views
+from .dataplane.xtables.model import BUILTIN_CHAINS, Rule, TableView, chain_digest, views
 from .diagnostics import UsageError
 from .files import STATE_MARK, StateFileError, read_state, remove_state, remove_state_folder, write_state
 from .gcpause import gc_paused
@@ -226,8 +226,8 @@ def default_state_dir() -> str | None:
 
 
 def _live_reader() -> tuple[Callable[..., Any], Callable[[str], str]]:
-    from .backends.iptables.parse import parse
-    from .backends.iptables.spec import canonical
+    from .dataplane.xtables.parse import parse
+    from .dataplane.xtables.spec import canonical
 
     return parse, canonical
 
@@ -463,7 +463,7 @@ def _apply_iptables(compiled: Any, netns: str, ops: Netns, dry_run: bool, state_
     settings = compiled.settings
     # A compile that keeps most chains as hashes (the incremental compile) offers
     # its own views; any other is viewed whole.
-    want: list[TableView] = compiled.views() if hasattr(compiled, "views") else views(compiled.ir)
+    want: list[TableView] = compiled.incremental.views() if compiled.incremental is not None else views(compiled.ir)
     fam = settings.family
     res = ApplyResult(netns, settings.mode, fam, dry_run=dry_run)
     clock = _Clock()

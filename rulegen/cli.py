@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shlex
 import sys
 import traceback
 from typing import Any, Callable
@@ -21,49 +20,8 @@ import click
 
 from .diagnostics import Problem, Report, UsageError
 from .files import write_atomic
+from .flags import compile_options, flags_of, settings_options
 from .pipeline import Compiled, compile_files, compile_files_cached
-
-SETTING_KEYS = (
-    "mode", "hostname", "node_ip", "cluster_cidr", "service_cidr", "nodeport_addresses",
-    "masquerade_all", "masquerade_bit", "ip_family", "random_fully", "nfacct",
-    "tcp_be_liberal", "localhost_nodeports", "strict",
-)
-
-
-def settings_options(f: Callable) -> Callable:
-    """The settings table of CONTRACT.md, shared by every command that compiles."""
-    opts = [
-        click.option("--mode", type=click.Choice(["iptables", "ipvs", "nftables"]), default=None,
-                     help="Data plane (default iptables, or the config's mode)."),
-        click.option("--hostname", default=None, help="The node: picks the Node object and the local endpoints."),
-        click.option("--node-ip", multiple=True, help="A node address (repeatable); the first of each family is primary."),
-        click.option("--cluster-cidr", multiple=True, help="Pod CIDR for the local-traffic detector (repeatable)."),
-        click.option("--service-cidr", multiple=True, help="Service IP range (repeatable)."),
-        click.option("--nodeport-addresses", default=None, help="kube-proxy nodePortAddresses: CIDR,... or 'primary'."),
-        click.option("--masquerade-all", is_flag=True, default=None, help="kube-proxy masqueradeAll."),
-        click.option("--masquerade-bit", type=int, default=None, help="Mark bit for masquerading (default 14)."),
-        click.option("--ip-family", type=click.Choice(["ipv4", "ipv6"]), default=None, help="Which family's rules."),
-        click.option("--random-fully/--no-random-fully", default=None, help="MASQUERADE --random-fully support."),
-        click.option("--nfacct/--no-nfacct", default=None, help="The kernel has nfacct counters."),
-        click.option("--tcp-be-liberal", is_flag=True, default=None, help="The node sets nf_conntrack_tcp_be_liberal."),
-        click.option("--localhost-nodeports/--no-localhost-nodeports", default=None, help="iptables.localhostNodePorts."),
-        click.option("--strict", is_flag=True, default=None, help="Any reported input problem is fatal (exit 2)."),
-        click.option("--config", "config_path", default=None, type=click.Path(),
-                     help="A KubeProxyConfiguration file."),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
-
-
-def flags_of(kwargs: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k in SETTING_KEYS:
-        v = kwargs.pop(k, None)
-        if isinstance(v, tuple):
-            v = list(v) or None
-        out[k] = v
-    return out
 
 
 def guarded(f: Callable) -> Callable:
@@ -133,10 +91,9 @@ def run_compile(files: tuple[str, ...], flags: dict[str, Any], config_path: str 
     return c
 
 
-def service_count(c: Any) -> int:
-    """Usable Services in the input of C (a `Compiled` or an incremental compile)."""
-    n = getattr(c, "services", None)
-    return n if isinstance(n, int) else len(c.inputs.services)
+def service_count(c: Compiled) -> int:
+    """Usable Services in the input of C (a full or an incremental compile)."""
+    return c.services
 
 
 # An empty pipe (kubectl failed) reads as an input with no Service. Its
@@ -145,7 +102,7 @@ def service_count(c: Any) -> int:
 EMPTY_INPUT = "no Service in the input: the rules hold no Service at all (did the command feeding it fail?)"
 
 
-def warn_if_empty(c: Any, strict: bool, files: tuple[str, ...]) -> str | None:
+def warn_if_empty(c: Compiled, strict: bool, files: tuple[str, ...]) -> str | None:
     """The empty-input warning when C holds no Service (printed; exit 2 under STRICT), else None."""
     if service_count(c):
         return None
@@ -172,9 +129,9 @@ def message_json(msg: str) -> dict[str, Any]:
 
 def compile_counts(c: Compiled) -> dict[str, Any]:
     """Services, service ports, endpoints (summed over the service ports) and per table chains and rules."""
-    tables = {t.name: {"chains": len(t.chains), "rules": len(t.rules)} for t in getattr(c.ir, "tables", ())}
+    assert c.plan is not None  # `compile` compiles in full
     return {"services": service_count(c), "service_ports": len(c.plan.ports),
-            "endpoints": c.plan.endpoint_total, "tables": tables}
+            "endpoints": c.plan.endpoint_total, "tables": c.backend.counts(c.ir)}
 
 
 class _LazyGroup(click.Group):
@@ -218,11 +175,7 @@ def main() -> None:
 @main.command("compile")
 @click.argument("files", nargs=-1)
 @settings_options
-@click.option("-o", "--output", default=None, help="Write here instead of standard output.")
-@click.option("--timings", is_flag=True, help="Per-stage times on stderr.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print one JSON object on stdout: the payload (or, with -o, its path and size), "
-                   "counts and warnings.")
+@compile_options
 @guarded
 def compile_cmd(files, output, timings, as_json, config_path, **kw):
     """Compile FILES into the payload kube-proxy would write on a full sync."""
@@ -276,18 +229,6 @@ def write_files(folder: str, texts: dict[str, str], c: Compiled) -> None:
                 write_atomic(os.path.join(folder, name), text)
         except OSError as e:
             raise UsageError(f"{e.filename or folder}: cannot write: {e.strerror}") from None
-
-
-def parse_args_line(line: str) -> tuple[dict[str, Any], str | None]:
-    """A golden case's `args` file: one line of settings flags → (flags, config path)."""
-    argv = shlex.split(line)
-    try:
-        ctx = compile_cmd.make_context("args", ["-"] + argv, resilient_parsing=False)
-    except click.UsageError as e:
-        raise UsageError(f"args: {e.format_message()}") from None
-    params = dict(ctx.params)
-    config = params.pop("config_path", None)
-    return flags_of(params), config
 
 
 if __name__ == "__main__":  # pragma: no cover

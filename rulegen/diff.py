@@ -23,8 +23,8 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from .backends.iptables.ir import BUILTIN_CHAINS, Rule, Ruleset, Table
-from .backends.iptables.spec import SpecError, canonical, parse_spec
+from .dataplane.xtables.model import BUILTIN_CHAINS, Rule, Ruleset, Table
+from .dataplane.xtables.spec import SpecError, canonical, parse_spec
 from .gcpause import gc_paused
 
 TABLE_ORDER = ("filter", "nat", "mangle", "raw", "security")

@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .backends import DEFAULT_MODE
 from .diagnostics import Report, UsageError
 from .files import write_atomic
+from .flags import parse_args_line
 from .loader import is_input
+
 ARGS_FILE = "args"
 EXPECTED_PREFIX = "expected."
-DEFAULT_MODE = "iptables"
 _MODE_FILE = re.compile(r"expected\.[a-z][a-z0-9]*\Z")
 
 OK = "ok"
@@ -138,8 +140,6 @@ def discover(root: str | os.PathLike) -> list[Case]:
 
 def case_flags(case: Case) -> tuple[dict[str, Any], str | None]:
     """The case's settings flags and config path (relative paths are the case's)."""
-    from .cli import parse_args_line  # the CLI owns the flag table; imported late to avoid a cycle
-
     if case.args_error:
         raise CaseError(case.args_error)
     try:

@@ -36,6 +36,7 @@ import yaml
 
 from . import apinames
 from .apinames import shown
+from .backends import modes
 from .diagnostics import Place, Report, UsageError
 from .ipaddr import parse_cidr, parse_ip
 from .model import (
@@ -876,8 +877,9 @@ def config_from_dict(doc: dict, cx: _Ctx) -> ProxyConfig:
     mode = _str(doc.get("mode"), "mode")
     if mode == "":
         mode = None
-    if mode not in (None, "iptables", "ipvs", "nftables"):
-        cx.warn("mode", f"{mode!r} is not iptables, ipvs or nftables (ignored)")
+    if mode is not None and mode not in modes():
+        known = modes()
+        cx.warn("mode", f"{mode!r} is not {', '.join(known[:-1])} or {known[-1]} (ignored)")
         mode = None
     cc = doc.get("clusterCIDR")
     npa = doc.get("nodePortAddresses")

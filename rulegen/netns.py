@@ -45,7 +45,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from .backends.iptables.ir import BUILTIN_CHAINS
+from .dataplane.xtables.model import BUILTIN_CHAINS
 from .diagnostics import UsageError
 
 NETNS_DIR = "/run/netns"

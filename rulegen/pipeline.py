@@ -2,83 +2,29 @@
 
 Each stage is timed (`--timings` prints them), so users see where a large
 cluster's time goes. Commands call `compile_files` and then use the IR
-(apply, diff, trace) or the text (compile, golden).
+(apply, diff, trace) or the text (compile, golden). The mode's backend
+comes from the registry (`rulegen.backends`); the pipeline never names one.
 """
 
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
-from . import backends, loader, plan as planmod
+from . import backends, loader
+from . import plan as planmod
+from .compiled import Compiled, Timings, timing_line
 from .diagnostics import Report
 from .gcpause import gc_paused
 from .model import Inputs
-from .settings import Settings, resolve
+from .settings import Settings, resolve_settings
 
-
-@dataclass
-class Timings:
-    stages: list[tuple[str, float]] = field(default_factory=list)
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.stages.append((name, time.perf_counter() - t0))
-
-    def lines(self) -> list[str]:
-        total = sum(t for _, t in self.stages)
-        return [timing_line(name, t) for name, t in (*self.stages, ("total", total))]
-
-
-def timing_line(name: str, seconds: float) -> str:
-    """One line of `--timings` output."""
-    return f"{name:<10} {seconds * 1000:9.1f} ms"
-
-
-@dataclass
-class Compiled:
-    inputs: Inputs
-    settings: Settings
-    plan: planmod.Plan
-    ir: Any
-    timings: Timings
-    report: Report
-    _text: str | None = None
-
-    def render_files(self) -> dict[str, str] | None:
-        """{file name: text} for a mode that writes several files (`render.files`), else None."""
-        _, render = backends.get(self.settings.mode)
-        files = getattr(render, "files", None)
-        if files is None:
-            return None
-        with self.timings.stage("render"), gc_paused():
-            return files(self.ir)
-
-    @property
-    def text(self) -> str:
-        if self._text is None:
-            _, render = backends.get(self.settings.mode)
-            with self.timings.stage("render"), gc_paused():
-                self._text = render.render(self.ir)
-        return self._text
+__all__ = ["Compiled", "Timings", "timing_line", "load_inputs", "plan_inputs", "compile_inputs", "compile_files",
+           "compile_files_cached"]
 
 
 def load_inputs(paths: list[str], report: Report, timings: Timings) -> Inputs:
     with timings.stage("load"), gc_paused():
         return loader.load(paths, report)
-
-
-def resolve_settings(inputs: Inputs, flags: dict[str, Any], report: Report,
-                     config_path: str | None = None) -> Settings:
-    """The settings: flags over the --config file over the inputs' own objects."""
-    file_cfg = loader.load_config_file(config_path, report) if config_path else None
-    return resolve(flags, inputs, report, file_cfg, config_path)
 
 
 def plan_inputs(inputs: Inputs, flags: dict[str, Any], report: Report, timings: Timings,
@@ -92,13 +38,13 @@ def plan_inputs(inputs: Inputs, flags: dict[str, Any], report: Report, timings: 
 def compile_inputs(inputs: Inputs, flags: dict[str, Any], report: Report, timings: Timings,
                    config_path: str | None = None) -> Compiled:
     settings = resolve_settings(inputs, flags, report, config_path)
-    comp, _ = backends.get(settings.mode)
+    backend = backends.get(settings.mode)
     with gc_paused():
         with timings.stage("plan"):
             p = planmod.build(inputs, settings)
         with timings.stage("compile"):
-            ir = comp.compile_plan(p, settings)
-    return Compiled(inputs, settings, p, ir, timings, report)
+            ir = backend.compile(p, settings)
+    return Compiled(settings, report, timings, backend, len(inputs.services), inputs=inputs, plan=p, ir=ir)
 
 
 def compile_files(paths: list[str], flags: dict[str, Any], report: Report | None = None,
@@ -110,20 +56,20 @@ def compile_files(paths: list[str], flags: dict[str, Any], report: Report | None
 
 
 def compile_files_cached(paths: list[str], flags: dict[str, Any], report: Report, config_path: str | None,
-                         cache_file: str | None, warn: list[str] | None = None) -> Any:
+                         cache_file: str | None, warn: list[str] | None = None) -> Compiled:
     """`compile_files` that re-uses the compile cached in CACHE_FILE for what did not change.
 
-    Returns an `IncrementalCompiled` (iptables mode), else a `Compiled`. The
-    caller saves the new cache (`.save(path)`) once the result is used. A
+    The incremental compile is the backend's (`Backend.incremental`), asked
+    of the mode --mode names (else the default mode); a mode without one,
+    or settings that resolve to another mode, compile in full. The caller
+    saves the new cache (`save_cache(path)`) once the result is used. A
     cache file that cannot be used (not a regular file) is said in WARN.
     """
-    from .backends.iptables import incremental
-
-    timings = Timings()
-    with gc_paused():
-        with timings.stage("load-cache"):
-            cache = incremental.load_cache(cache_file, warn)
-        c = incremental.compile_incremental(paths, flags, report, timings, config_path, cache)
-    if c is None:
-        return compile_files(paths, flags, report, config_path)
-    return c
+    inc = backends.get(flags.get("mode") or backends.DEFAULT_MODE).incremental()
+    if inc is not None:
+        timings = Timings()
+        with gc_paused():
+            c = inc.compile_cached(paths, flags, report, timings, config_path, cache_file, warn)
+        if c is not None:
+            return c
+    return compile_files(paths, flags, report, config_path)

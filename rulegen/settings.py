@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .backends import modes
 from .diagnostics import Place, Report, UsageError
 from .ipaddr import cidr_contains, parse_cidr, parse_ip
 from .model import Inputs, Node, ProxyConfig
 
-MODES = ("iptables", "ipvs", "nftables")
 DETECT_MODES = ("ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix", "None")
 LOOPBACK = {4: "127.0.0.1", 6: "::1"}
 # ipvs.scheduler values IPVS mode accepts ("" = rr): those kube-proxy's
@@ -241,8 +241,8 @@ def resolve(flags: dict[str, Any], inputs: Inputs, report: Report, file_config: 
     cfg = configs[0] if configs else ProxyConfig()
 
     mode = _pick(flags.get("mode"), cfg.mode, "iptables")
-    if mode not in MODES:
-        raise UsageError(f"--mode: {mode!r} is not one of {', '.join(MODES)}")
+    if mode not in modes():
+        raise UsageError(f"--mode: {mode!r} is not one of {', '.join(modes())}")
     fam_flag = flags.get("ip_family") or "ipv4"
     if fam_flag not in ("ipv4", "ipv6"):
         raise UsageError(f"--ip-family: {fam_flag!r} is not ipv4 or ipv6")
@@ -331,3 +331,12 @@ def resolve(flags: dict[str, Any], inputs: Inputs, report: Report, file_config: 
         node_labels=dict(node.labels) if node else {},
         node_pod_cidrs=node.pod_cidrs if node else (),
     )
+
+
+def resolve_settings(inputs: Inputs, flags: dict[str, Any], report: Report,
+                     config_path: str | None = None) -> Settings:
+    """The settings: flags over the --config file over the inputs' own objects."""
+    from .loader import load_config_file
+
+    file_cfg = load_config_file(config_path, report) if config_path else None
+    return resolve(flags, inputs, report, file_cfg, config_path)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 
-from rulegen.backends.nftables import state
+from rulegen.dataplane.nft import state
 from rulegen.diagnostics import Place, Report
 from rulegen.loader import load_objects
 from rulegen.pipeline import Compiled, Timings, compile_inputs

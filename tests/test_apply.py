@@ -19,20 +19,19 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from nshelp import namespace_names
 
 import rulegen.apply as applymod
 from rulegen.apply import STALE_PREFIXES, apply
 from rulegen.backends.iptables.compile import jump_rules
-from rulegen.backends.iptables.ir import BUILTIN_CHAINS, Rule, Ruleset, Table
-from rulegen.backends.iptables.parse import parse
-from rulegen.backends.iptables.spec import canonical
 from rulegen.cli import main
+from rulegen.dataplane.xtables.model import BUILTIN_CHAINS, Rule, Ruleset, Table
+from rulegen.dataplane.xtables.parse import parse
+from rulegen.dataplane.xtables.spec import canonical
 from rulegen.diagnostics import Place, Report, UsageError
 from rulegen.loader import load_objects
 from rulegen.netns import ApplyError, FakeNetns, RealNetns
 from rulegen.pipeline import Compiled, Timings, compile_files, compile_inputs
-
-from nshelp import namespace_names
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "web-frontend" / "cluster.yaml"

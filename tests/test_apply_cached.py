@@ -14,14 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from nshelp import namespace_names
 
 from rulegen.apply import COMPILE_CACHE, apply
 from rulegen.bench import gen
 from rulegen.diagnostics import Report
 from rulegen.netns import FakeNetns, RealNetns
 from rulegen.pipeline import compile_files, compile_files_cached
-
-from nshelp import namespace_names
 
 FLAGS = {"cluster_cidr": ["10.128.0.0/9"]}
 
@@ -56,7 +55,7 @@ def fresh_state(path: Path, ops: FakeNetns, ns: str) -> dict:
 
 def cached(path: Path, cache: Path):
     c = compile_files_cached([str(path)], FLAGS, Report(), None, str(cache))
-    assert hasattr(c, "views"), "iptables mode compiles incrementally"
+    assert c.incremental is not None, "iptables mode compiles incrementally"
     return c
 
 
@@ -65,7 +64,7 @@ def first_apply(tmp_path: Path, path: Path):
     ops, state, cache = FakeNetns(), str(tmp_path / "state"), tmp_path / "compile.msgpack"
     c = cached(path, cache)
     apply(c, "rgt-capply-a", create=True, ops=ops, state_dir=state)
-    c.save(str(cache))
+    c.save_cache(str(cache))
     return ops, state, cache
 
 
@@ -83,7 +82,7 @@ def test_one_endpoint_change_compiles_one_service_and_matches_a_fresh_apply(tmp_
     first = cached(path, cache)
     assert first.stats["compiled"] == first.stats["groups"] > 30
     apply(first, "rgt-capply-a", create=True, ops=ops, state_dir=state)
-    first.save(str(cache))
+    first.save_cache(str(cache))
 
     changed, svc = change_endpoint(objs, 3, "10.255.1.9")
     write(path, changed)
@@ -94,7 +93,7 @@ def test_one_endpoint_change_compiles_one_service_and_matches_a_fresh_apply(tmp_
     assert res.source == "cache"
     assert 0 < res.lines < 30
     assert any(svc in c or c.startswith(("KUBE-SVC-", "KUBE-SEP-")) for _, c in res.changed + res.added)
-    assert second.disagreed is False
+    assert second.incremental.disagreed is False
     assert state_of(ops, "rgt-capply-a") == fresh_state(path, ops, "rgt-capply-ref")
 
 
@@ -102,7 +101,7 @@ def test_unchanged_input_sends_nothing_and_saves_nothing(tmp_path, cluster):
     _, path = cluster
     ops, state, cache = first_apply(tmp_path, path)
     again = cached(path, cache)
-    assert again.stats["compiled"] == 0 and again.cache is None
+    assert again.stats["compiled"] == 0 and again.incremental.cache is None
     res = apply(again, "rgt-capply-a", ops=ops, state_dir=state)
     assert res.lines == 0
 
@@ -124,7 +123,7 @@ def test_chain_changed_behind_the_cache_is_repaired_from_a_full_compile(tmp_path
     res = apply(c2, "rgt-capply-a", ops=ops, state_dir=state)
     assert res.source == "dump"
     assert ("nat", victim) in res.changed
-    assert c2.disagreed is False
+    assert c2.incremental.disagreed is False
     assert state_of(ops, "rgt-capply-a") == fresh_state(path, ops, "rgt-capply-ref")
 
 
@@ -175,7 +174,7 @@ def test_cli_apply_uses_the_compile_cache_and_ends_as_a_fresh_apply(tmp_path, cl
 
 
 def _live(ops: RealNetns, ns: str) -> dict:
-    from rulegen.backends.iptables.parse import parse
+    from rulegen.dataplane.xtables.parse import parse
 
     out = {}
     for t in parse(ops.iptables_save(ns, 4), source=ns, family=4).tables:

@@ -27,19 +27,18 @@ from pathlib import Path
 import msgspec
 import pytest
 from click.testing import CliRunner
+from nshelp import namespace_names
+from test_apply import EXAMPLE, canon, cluster, compile_objs, expected_live, kube_state, save_chains
 
 import rulegen.apply as applymod
 from rulegen import files, nslock
 from rulegen.apply import apply
 from rulegen.backends.iptables import incremental
 from rulegen.backends.iptables.compile import jump_rules
-from rulegen.backends.iptables.parse import parse
 from rulegen.cli import main
+from rulegen.dataplane.xtables.parse import parse
 from rulegen.netns import FakeNetns, RealNetns
 from rulegen.pipeline import compile_files
-
-from nshelp import namespace_names
-from test_apply import EXAMPLE, canon, cluster, compile_objs, expected_live, kube_state, save_chains
 
 RULEGEN = str(Path(sys.executable).with_name("rulegen"))
 NS = "rgt-safe-a"
@@ -425,7 +424,7 @@ def test_the_compile_cache_counts_services_it_did_not_parse(tmp_path):
     with open(src, "w") as f:
         gen.write(gen.generate(12, 2, seed=3), "json", f)
     first = compile_files_cached([str(src)], {}, Report(), None, cache)
-    first.save(cache)
+    first.save_cache(cache)
     again = compile_files_cached([str(src)], {}, Report(), None, cache)
     assert again.stats["parsed"] <= 2 < again.stats["units"]  # only the Node and config units are parsed again
     assert first.services == again.services == 12

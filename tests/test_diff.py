@@ -21,18 +21,17 @@ import uuid
 
 import pytest
 from click.testing import CliRunner
+from clustergen import cluster, settings_flags
 from hypothesis import HealthCheck, given, settings
 
 from rulegen.backends.iptables.compile import jump_rules
-from rulegen.backends.iptables.ir import Rule, Ruleset, Table
-from rulegen.backends.iptables.parse import parse
 from rulegen.cli import main
+from rulegen.dataplane.xtables.model import Rule, Ruleset, Table
+from rulegen.dataplane.xtables.parse import parse
 from rulegen.diagnostics import Place, Report
 from rulegen.diff import diff_rulesets, has_kube_jumps, render_text, with_jumps
 from rulegen.loader import load_objects
 from rulegen.pipeline import Timings, compile_files, compile_inputs
-
-from clustergen import cluster, settings_flags
 
 EXAMPLE = "examples/web-frontend/cluster.yaml"
 
@@ -399,7 +398,7 @@ def test_cli_against_saved_file(files):
 
 
 def _render_with_jumps(c) -> str:
-    from rulegen.backends.iptables.render import render
+    from rulegen.dataplane.xtables.render import render
 
     return render(with_jumps(c.ir, jump_rules(c.settings)))
 

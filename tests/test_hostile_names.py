@@ -19,18 +19,19 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from nshelp import namespace_names
 
 from rulegen import apinames, loader
-from rulegen.backends.iptables.comments import COMMENT_MAX, comment_arg, quoted_body
-from rulegen.backends.iptables.spec import tokenize
 from rulegen.cli import main
+from rulegen.dataplane.xtables.comments import COMMENT_MAX, comment_arg, quoted_body
+from rulegen.dataplane.xtables.spec import tokenize
 from rulegen.diagnostics import Report
 from rulegen.lint import lint_files
 from rulegen.model import Endpoint, EndpointSlice, Inputs, Service, ServicePort, SlicePort
 from rulegen.pipeline import Timings, compile_inputs
-
-from nshelp import namespace_names
 
 BASE = """\
 apiVersion: v1

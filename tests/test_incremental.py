@@ -18,20 +18,19 @@ from typing import Any
 
 import msgspec
 import pytest
+from clustergen import NODE, endpoint, service_with_slices
+from clustergen import cluster as gen_cluster
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rulegen.backends.iptables import incremental
 from rulegen.backends.iptables.compile import is_large
-from rulegen.backends.iptables.incremental import FORMAT, CompileCache, IncrementalCompiled
-from rulegen.backends.iptables.ir import chain_digest, views
+from rulegen.backends.iptables.incremental import FORMAT, CompileCache
 from rulegen.bench.gen import generate, to_json, to_yaml
+from rulegen.dataplane.xtables.model import chain_digest, views
 from rulegen.diagnostics import Report, UsageError
-from rulegen.pipeline import compile_files, compile_files_cached
+from rulegen.pipeline import Compiled, compile_files, compile_files_cached
 from rulegen.units import read_units
-
-from clustergen import NODE, endpoint, service_with_slices
-from clustergen import cluster as gen_cluster
 
 CLUSTER_WIDE = ("Node", "KubeProxyConfiguration", "ServiceCIDR")
 
@@ -93,9 +92,9 @@ def full_compile(paths: list[str], flags: dict, config_path: str | None = None):
     return compile_files(list(paths), dict(flags), report, config_path), report
 
 
-def assert_views_equal(inc: IncrementalCompiled, full_ir) -> None:
+def assert_views_equal(inc: Compiled, full_ir) -> None:
     want = views(full_ir)
-    got = inc.views()
+    got = inc.incremental.views()
     assert [v.name for v in got] == [v.name for v in want]
     for mine, theirs in zip(got, want):
         assert mine.name == theirs.name
@@ -103,23 +102,23 @@ def assert_views_equal(inc: IncrementalCompiled, full_ir) -> None:
         assert mine.digests() == theirs.digests(), mine.name
         for c in theirs.chains:
             assert mine.specs(c) == theirs.specs(c), (mine.name, c)
-    assert inc.disagreed is False
+    assert inc.incremental.disagreed is False
 
 
 def run(files: Files | list[str], flags: dict, cache_file: str, config_path: str | None = None,
-        save: bool = True) -> tuple[IncrementalCompiled, Any, Report, Report]:
+        save: bool = True) -> tuple[Compiled, Any, Report, Report]:
     """Incremental compile (cache from CACHE_FILE), checked against the full compile; the cache saved."""
     paths = files.paths if isinstance(files, Files) else files
     report = Report()
     inc = compile_files_cached(list(paths), dict(flags), report, config_path, cache_file)
-    assert isinstance(inc, IncrementalCompiled)
+    assert inc.incremental is not None
     full, full_report = full_compile(paths, flags, config_path)
     assert_views_equal(inc, full.ir)
     assert [str(p) for p in report.problems] == [str(p) for p in full_report.problems]
     assert inc.ir == full.ir
     assert inc.stats["units"] == len(read_units(list(paths)))
     if save:
-        inc.save(cache_file)
+        inc.save_cache(cache_file)
     return inc, full, report, full_report
 
 
@@ -434,7 +433,7 @@ def test_rules_of_equals_the_full_views_rules(tmp_path, form):
     files.write()
     cache = str(tmp_path / "c.msgpack")
     first = compile_files_cached(files.paths, {}, Report(), None, cache)
-    first.save(cache)
+    first.save_cache(cache)
 
     # Change one Service's endpoint: its chains are compiled again, every other one comes from the cache.
     sl = _single_port_slice(files, 2)
@@ -444,7 +443,7 @@ def test_rules_of_equals_the_full_views_rules(tmp_path, form):
     assert inc.stats["compiled"] == 1
     full, _ = full_compile(files.paths, {})
     want = {v.name: v for v in views(full.ir)}
-    nat = {v.name: v for v in inc.views()}["nat"]
+    nat = {v.name: v for v in inc.incremental.views()}["nat"]
     ns, name = group_of(sl)
     own = [c for c in nat.chains if c.startswith(("KUBE-SVC-", "KUBE-SEP-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SVL-"))]
     theirs_nat = want["nat"]
@@ -459,14 +458,14 @@ def test_rules_of_equals_the_full_views_rules(tmp_path, form):
         ["KUBE-MARK-MASQ", dirty[0], cached[-1], "KUBE-SVC-NOT-DECLARED"],
         list(reversed(nat.chains)),  # many chains: the full view answers in write order
     ]
-    for v in inc.views():
+    for v in inc.incremental.views():
         for chains in picks:
             chains = [c for c in chains if v.name == "nat" or c in v.chains] or list(v.chains)
             got = v.rules_of(chains)
             exp = want[v.name].rules_of(chains)
             assert _per_chain(got) == _per_chain(exp), (v.name, chains)
             assert sorted(got) == sorted(exp)  # nothing more, nothing less
-    assert inc.disagreed is False
+    assert inc.incremental.disagreed is False
     assert _per_chain(nat.rules_of(cached[:1]))[cached[0]] == theirs_nat.specs(cached[0]) != []
 
 
@@ -483,12 +482,12 @@ def _cluster(tmp_path: Path, form: str = "json", n: int = 12) -> Files:
     return files
 
 
-def _cold(inc: IncrementalCompiled) -> bool:
+def _cold(inc: Compiled) -> bool:
     return inc.stats["parsed"] == inc.stats["units"] and inc.stats["compiled"] == inc.stats["groups"]
 
 
 def _valid_cache(files: Files, cache: str) -> bytes:
-    compile_files_cached(files.paths, {}, Report(), None, cache).save(cache)
+    compile_files_cached(files.paths, {}, Report(), None, cache).save_cache(cache)
     with open(cache, "rb") as f:
         return f.read()
 
@@ -528,7 +527,7 @@ def test_unusable_cache_is_a_cold_compile(tmp_path, mangle):
     files.write()
     inc, _, _, _ = run(files, {}, cache)
     assert _cold(inc)
-    assert inc.cache is not None
+    assert inc.incremental.cache is not None
     if mangle != "directory":
         # saved over the bad one: the next run is warm
         inc, _, _, _ = run(files, {}, cache)
@@ -554,11 +553,11 @@ def test_full_views_detect_a_wrong_cache(tmp_path):
 
     inc = compile_files_cached(files.paths, {}, Report(), None, cache)
     assert inc.stats["compiled"] == 0  # the cache was believed
-    assert inc.disagreed is False
+    assert inc.incremental.disagreed is False
     full, _ = full_compile(files.paths, {})
-    assert [v.chains for v in inc.views()] != [v.chains for v in views(full.ir)]
-    got = inc.full_views()
-    assert inc.disagreed is True
+    assert [v.chains for v in inc.incremental.views()] != [v.chains for v in views(full.ir)]
+    got = inc.incremental.full_views()
+    assert inc.incremental.disagreed is True
     assert [v.digests() for v in got] == [v.digests() for v in views(full.ir)]
 
 
@@ -589,12 +588,12 @@ def test_unchanged_rerun_parses_only_cluster_wide_units(tmp_path, form):
     assert inc.stats["parsed"] == wide
     assert inc.stats["compiled"] == 0
     assert inc.stats["groups"] == 12
-    assert inc.cache is None
+    assert inc.incremental.cache is None
     # nothing to save: save() leaves the file alone, and does not write one where there is none
-    inc.save(cache)
+    inc.save_cache(cache)
     assert (os.stat(cache).st_mtime_ns, open(cache, "rb").read()) == before
     os.remove(cache)
-    inc.save(cache)
+    inc.save_cache(cache)
     assert not os.path.exists(cache)
 
 
@@ -761,7 +760,7 @@ def test_node_and_config_changes_take_effect_warm(tmp_path, form):
     cache = str(tmp_path / "c.msgpack")
     _, prev, _, _ = run(files, {}, cache)
 
-    def step(change) -> IncrementalCompiled:
+    def step(change) -> Compiled:
         nonlocal prev
         change()
         files.write()
@@ -849,7 +848,7 @@ def test_save_to_a_bare_file_name(tmp_path, monkeypatch):
     files = _cluster(tmp_path, "json")
     monkeypatch.chdir(tmp_path)
     inc = compile_files_cached(files.paths, {}, Report(), None, "compile.msgpack")
-    inc.save("compile.msgpack")
+    inc.save_cache("compile.msgpack")
     assert os.path.exists(tmp_path / "compile.msgpack")
 
 
@@ -858,5 +857,5 @@ def test_failed_save_leaves_no_temporary_file(tmp_path):
     cache = tmp_path / "st" / "compile.msgpack"
     cache.mkdir(parents=True)  # a directory where the cache file should be: os.replace fails
     inc = compile_files_cached(files.paths, {}, Report(), None, str(cache))
-    inc.save(str(cache))
+    inc.save_cache(str(cache))
     assert os.listdir(tmp_path / "st") == ["compile.msgpack"]

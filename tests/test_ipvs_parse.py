@@ -9,19 +9,24 @@ the node dumps below are written the way `ipvsadm -Sn` (ipvsadm 1.31) and
 from __future__ import annotations
 
 import pytest
+from clustergen import cluster, settings_flags
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_ipvs_compile import WEB_EPS, config, service, slice_, state
 
 from rulegen.backends.ipvs import parse, render
 from rulegen.backends.ipvs.ir import (
-    FLAG_PERSISTENT, FLAG_SCHED1, FLAG_SCHED2, IPVSState, RealServer, VirtualServer, normalised,
+    FLAG_PERSISTENT,
+    FLAG_SCHED1,
+    FLAG_SCHED2,
+    IPVSState,
+    RealServer,
+    VirtualServer,
+    normalised,
 )
 from rulegen.diagnostics import Place, Report, UsageError
 from rulegen.loader import load_objects
 from rulegen.pipeline import Timings, compile_inputs
-
-from clustergen import cluster, settings_flags
-from test_ipvs_compile import WEB_EPS, config, service, slice_, state
 
 
 def compile_generated(objs: list, flags: dict, scheduler: str) -> IPVSState:

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from rulegen import lab
-from rulegen.cli import SETTING_KEYS
 from rulegen.diagnostics import UsageError
+from rulegen.flags import SETTING_KEYS
 from rulegen.pipeline import compile_files
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -428,7 +428,7 @@ def test_no_endpoints_rejects_and_source_ranges_drop(runs):
 
 def _without(c, pred) -> None:
     """Drop the nat rules matching PRED from a compile (to break it on purpose)."""
-    from rulegen.backends.iptables.ir import Ruleset, Table
+    from rulegen.dataplane.xtables.model import Ruleset, Table
 
     tables = []
     for t in c.ir.tables:
@@ -444,7 +444,7 @@ def test_lab_notices_broken_rules(runs):
     c = compiled(EXAMPLE)
     # No masquerade for external traffic, and a first endpoint that takes 90%.
     _without(c, lambda r: r.chain.startswith("KUBE-EXT-") and "KUBE-MARK-MASQ" in r.spec)
-    from rulegen.backends.iptables.ir import Rule, Ruleset, Table
+    from rulegen.dataplane.xtables.model import Rule, Ruleset, Table
 
     tables = []
     for t in c.ir.tables:

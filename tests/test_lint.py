@@ -15,12 +15,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
-from hypothesis import given, settings as hsettings, strategies as st
-
-from rulegen.cli import flags_of, main
+from rulegen.cli import main
 from rulegen.commands.lint import command as lint_command
 from rulegen.diagnostics import Report, UsageError
+from rulegen.flags import flags_of
 from rulegen.lint import CODES, check_codes, lint_files, parse_nodeport_range
 from rulegen.lint.findings import SEVERITIES, Finding, docs_lines
 from rulegen.lint.labels import LabelIndex, edit_distance, near_miss, similar

@@ -16,13 +16,25 @@ import struct
 import subprocess
 
 import pytest
+from nshelp import namespace_names
 
 import rulegen.netns as netnsmod
-from rulegen.backends.iptables.parse import parse
-from rulegen.netns import (ApplyError, FakeNetns, NetnsError, RealNetns, _renumber, backend_tool, check_name,
-                           choose_backend, nft_payload, restore_error, restore_reason, rule_target, split_listing)
-
-from nshelp import namespace_names
+from rulegen.dataplane.xtables.parse import parse
+from rulegen.netns import (
+    ApplyError,
+    FakeNetns,
+    NetnsError,
+    RealNetns,
+    _renumber,
+    backend_tool,
+    check_name,
+    choose_backend,
+    nft_payload,
+    restore_error,
+    restore_reason,
+    rule_target,
+    split_listing,
+)
 
 BASE = """*nat
 :KUBE-A - [0:0]

@@ -20,12 +20,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from nshelp import namespace_names
 
 from rulegen import golden
-from rulegen.backends.nftables import parse, state
+from rulegen.dataplane.nft import parse, state
 from rulegen.pipeline import compile_files
-
-from nshelp import namespace_names
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = [c for c in golden.discover(ROOT / "fixtures") if "nftables" in c.modes]

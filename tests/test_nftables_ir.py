@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-from rulegen.backends.nftables.ir import (
-    Chain, Element, Map, NftError, Rule, Set, Table, Transaction, check_comment, key_arity, parse_priority,
+from rulegen.dataplane.nft.model import (
+    Chain,
+    Element,
+    Map,
+    NftError,
+    Rule,
+    Set,
+    Table,
+    Transaction,
+    check_comment,
+    key_arity,
+    parse_priority,
     truncate_comment,
 )
-from rulegen.backends.nftables.render import lines, render
+from rulegen.dataplane.nft.render import lines, render
 
 
 def base_tx(family: str = "ip") -> Transaction:

@@ -15,10 +15,9 @@ from __future__ import annotations
 import re
 
 import pytest
-
-from rulegen.backends.nftables import parse, state
-
 from nftgen import NODE, compile_nft, config, endpoints, hashed, node, service, service_cidr
+
+from rulegen.dataplane.nft import parse, state
 
 M = "0x00004000"
 

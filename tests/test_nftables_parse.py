@@ -6,15 +6,18 @@ import shutil
 import subprocess
 
 import pytest
-
-from rulegen.backends.nftables import state
-from rulegen.backends.nftables.ir import Chain, Element, Map, Rule, Set, Table, Transaction
-from rulegen.backends.nftables.parse import (
-    NftParseError, parse_duration, parse_listing, parse_script, read_state,
-)
-from rulegen.backends.nftables.render import render
-
 from nshelp import namespace_names
+
+from rulegen.dataplane.nft import state
+from rulegen.dataplane.nft.model import Chain, Element, Map, Rule, Set, Table, Transaction
+from rulegen.dataplane.nft.parse import (
+    NftParseError,
+    parse_duration,
+    parse_listing,
+    parse_script,
+    read_state,
+)
+from rulegen.dataplane.nft.render import render
 
 # A script in rulegen's (knftables') syntax and the listing nft 1.0.6 prints
 # after loading it: the same state in two spellings. Invented names.

@@ -14,15 +14,14 @@ from __future__ import annotations
 import random
 import re
 
+from clustergen import cluster, settings_flags
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rulegen.backends.nftables import parse, state
+from rulegen.dataplane.nft import parse, state
 from rulegen.diagnostics import Place, Report
 from rulegen.loader import load_objects
 from rulegen.pipeline import Compiled, Timings, compile_inputs
-
-from clustergen import cluster, settings_flags
 
 prop_settings = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -14,16 +14,15 @@ from __future__ import annotations
 import time
 
 import pytest
+from clustergen import cluster, settings_flags
 from hypothesis import HealthCheck, given, settings
 
-from rulegen.backends.iptables.ir import Rule, Ruleset, Table
-from rulegen.backends.iptables.parse import ParseError, detect_family, parse, read_ruleset
-from rulegen.backends.iptables.render import CHUNK, render, rule_pieces
+from rulegen.dataplane.xtables.model import Rule, Ruleset, Table
+from rulegen.dataplane.xtables.parse import ParseError, detect_family, parse, read_ruleset
+from rulegen.dataplane.xtables.render import CHUNK, render, rule_pieces
 from rulegen.diagnostics import Place, Report, UsageError
 from rulegen.loader import load_objects
 from rulegen.pipeline import Timings, compile_files, compile_inputs
-
-from clustergen import cluster, settings_flags
 
 EXAMPLE = "examples/web-frontend/cluster.yaml"
 

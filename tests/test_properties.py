@@ -13,14 +13,13 @@ import random
 import re
 from fractions import Fraction
 
+from clustergen import cluster, settings_flags
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rulegen.diagnostics import Place, Report
 from rulegen.loader import load_objects
 from rulegen.pipeline import Compiled, Timings, compile_inputs
-
-from clustergen import cluster, settings_flags
 
 BUILTIN_TARGETS = {"ACCEPT", "DROP", "REJECT", "RETURN", "DNAT", "MASQUERADE", "MARK", "SNAT"}
 PER_SERVICE = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-")

@@ -11,8 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rulegen.backends.iptables.spec import (
-    SpecError, _tokenize_chars, canonical, canonical_of, parse_spec, tokenize,
+from rulegen.dataplane.xtables.spec import (
+    SpecError,
+    _tokenize_chars,
+    canonical,
+    canonical_of,
+    parse_spec,
+    tokenize,
 )
 
 SAME = [
@@ -119,7 +124,7 @@ def test_fast_tokenizer_paths_agree_with_the_character_loop(s):
 @pytest.mark.parametrize("v", ["10.0.0.1/32", "010.0.0.1/32", "10.0.0.400/32", "::ffff:10.0.0.1/32",
                                "10.0.0.1/032", "10.0.0.1/24", "fd00::1/128", "::ffff:10.0.0.1/128"])
 def test_host_prefix_fast_path_matches_the_cidr_rules(v):
-    from rulegen.backends.iptables import spec
+    from rulegen.dataplane.xtables import spec
     from rulegen.ipaddr import parse_cidr
 
     c = parse_cidr(v)

@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 
 from rulegen import lab
-from rulegen.cli import SETTING_KEYS
+from rulegen.flags import SETTING_KEYS
 from rulegen.pipeline import compile_files
 from rulegen.trace import trace_compiled
 

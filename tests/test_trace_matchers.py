@@ -7,10 +7,11 @@ from __future__ import annotations
 from fractions import Fraction
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rulegen.backends.iptables.compile import probability as kube_probability
-from rulegen.backends.iptables.parse import parse
+from rulegen.dataplane.xtables.parse import parse
 from rulegen.trace import matchers as M
 from rulegen.trace.engine import Engine, Rules
 from rulegen.trace.matchers import Unsupported

@@ -17,9 +17,9 @@ import pytest
 
 from rulegen import golden
 from rulegen.backends.iptables.compile import jump_rules
-from rulegen.backends.iptables.ir import BUILTIN_CHAINS
-from rulegen.backends.iptables.parse import parse
-from rulegen.backends.iptables.spec import canonical
+from rulegen.dataplane.xtables.model import BUILTIN_CHAINS
+from rulegen.dataplane.xtables.parse import parse
+from rulegen.dataplane.xtables.spec import canonical
 from rulegen.pipeline import compile_files
 from rulegen.trace import trace_compiled, trace_ruleset
 from rulegen.trace.engine import Rules

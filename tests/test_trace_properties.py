@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+from clustergen import cluster, settings_flags
 from hypothesis import HealthCheck, given, settings
 
 from rulegen.diagnostics import Place, Report
 from rulegen.loader import load_objects
-from rulegen.pipeline import compile_inputs, Timings
+from rulegen.pipeline import Timings, compile_inputs
 from rulegen.trace import trace_compiled
-
-from clustergen import cluster, settings_flags
 
 POD = {4: "10.244.0.177", 6: "fd00:10:244::177"}  # in the generated pod CIDRs, never an endpoint
 OUTSIDE = {4: "198.18.0.10", 6: "2001:db8::10"}

@@ -22,8 +22,8 @@ root. `python -m rulegen.bench.incremental --services 10000 --endpoints 10`.
 from __future__ import annotations
 
 import argparse
-import re
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -135,8 +135,8 @@ def _cli_apply(path: str, ns: str, backend: str, state: str, create: bool, label
 
 def live_chains(ops, ns: str, family: int = 4) -> dict[tuple[str, str], list[str]]:
     """Every chain's rules as the kernel prints them (empty built-ins dropped)."""
-    from ..backends.iptables.ir import BUILTIN_CHAINS
-    from ..backends.iptables.parse import parse
+    from ..dataplane.xtables.model import BUILTIN_CHAINS
+    from ..dataplane.xtables.parse import parse
 
     out: dict[tuple[str, str], list[str]] = {}
     for t in parse(ops.iptables_save(ns, family), source=f"netns {ns}", family=family).tables:

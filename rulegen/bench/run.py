@@ -292,7 +292,11 @@ def run(sizes: list[int], endpoints: int = 10, modes: list[str] | None = None, r
     return text, ok
 
 
-if __name__ == "__main__":  # `make bench`
-    from rulegen.commands.bench import run_cmd
+if __name__ == "__main__":  # `make bench`: `rulegen bench run`, found through the CLI's own command table
+    import click
 
-    run_cmd(prog_name="python -m rulegen.bench.run")
+    from rulegen.cli import main
+
+    bench = main.get_command(click.Context(main), "bench")
+    assert isinstance(bench, click.Group)
+    bench.commands["run"](prog_name="python -m rulegen.bench.run")

@@ -19,9 +19,9 @@ import time
 import click
 
 from ..apply import COMPILE_CACHE, apply, default_state_dir
-from ..cli import (EMPTY_INPUT, flags_of, guarded, message_json, problem_json, run_compile, service_count,
-                   settings_options)
+from ..cli import EMPTY_INPUT, guarded, message_json, problem_json, run_compile, service_count
 from ..diagnostics import UsageError
+from ..flags import flags_of, settings_options
 from ..netns import BACKENDS, check_name
 from ..nslock import LOCK_DIR, namespace_lock
 from ..pipeline import timing_line
@@ -85,9 +85,9 @@ def command(files, netns, create, dry_run, backend, allow_empty, lock_timeout, a
             raise UsageError(_refusal(netns, False))
         res = apply(c, netns, create=create, dry_run=dry_run, backend=backend, state_dir=state,
                     lock_dir=lock_dir, lock_timeout=lock_timeout)
-        if cache_file and not dry_run and hasattr(c, "save"):
+        if cache_file and not dry_run and c.incremental is not None:
             t1 = time.perf_counter()
-            c.save(cache_file, warn)
+            c.save_cache(cache_file, warn)
             res.timings.append(("save-cache", time.perf_counter() - t1))
     stages = [("lock", waited), *c.timings.stages, *res.timings]  # in the order they ran
     warn += [w for w in res.warnings if w not in warn]
@@ -105,7 +105,7 @@ def command(files, netns, create, dry_run, backend, allow_empty, lock_timeout, a
     else:
         click.echo(res.summary())
     if timings:
-        stats = getattr(c, "stats", None)
+        stats = c.stats
         if stats:
             click.echo(f"compile cache: parsed {stats['parsed']} of {stats['units']} input units, "
                        f"compiled {stats['compiled']} of {stats['groups']} Services", err=True)

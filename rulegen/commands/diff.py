@@ -21,11 +21,12 @@ import sys
 import click
 
 from ..backends.iptables.compile import jump_rules
-from ..backends.iptables.ir import Ruleset
-from ..backends.iptables.parse import ParseError, parse, read_ruleset
-from ..cli import flags_of, guarded, run_compile, settings_options
+from ..cli import guarded, run_compile
+from ..dataplane.xtables.model import Ruleset
+from ..dataplane.xtables.parse import ParseError, parse, read_ruleset
 from ..diagnostics import UsageError
 from ..diff import DiffResult, diff_rulesets, has_kube_jumps, render_text, with_jumps
+from ..flags import flags_of, settings_options
 
 
 def _parse_file(path: str, ip_family: str | None) -> tuple[Ruleset, str]:

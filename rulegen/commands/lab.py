@@ -17,8 +17,9 @@ import sys
 import click
 
 from .. import lab
-from ..cli import flags_of, guarded, run_compile, settings_options
+from ..cli import guarded, run_compile
 from ..diagnostics import UsageError
+from ..flags import flags_of, settings_options
 
 
 @click.command("lab")

@@ -13,8 +13,9 @@ import sys
 
 import click
 
-from ..cli import emit_report, flags_of, guarded, settings_options
+from ..cli import emit_report, guarded
 from ..diagnostics import Report
+from ..flags import flags_of, settings_options
 from ..lint import check_codes, lint_files, parse_nodeport_range
 from ..lint.report import render_text, to_json
 

@@ -16,12 +16,13 @@ import sys
 
 import click
 
-from ..backends.iptables.parse import read_ruleset
-from ..cli import emit_report, flags_of, guarded, run_compile, settings_options
+from ..cli import emit_report, guarded, run_compile
+from ..dataplane.xtables.parse import read_ruleset
 from ..diagnostics import Report, UsageError
+from ..flags import flags_of, settings_options
 from ..ipaddr import parse_ip
 from ..model import Inputs
-from ..pipeline import resolve_settings
+from ..settings import resolve_settings
 from ..trace import TraceError, trace_compiled, trace_ruleset
 from ..trace.render import render_json, render_text
 

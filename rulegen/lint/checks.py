@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Callable, Iterable, Iterator
 
+from .. import backends
 from ..ipaddr import cidr_contains, endpoint_string, is_loopback
 from ..model import Service, ServicePort
 from ..plan import PortPlan, skipped
@@ -559,8 +560,8 @@ def check_nodeport_exposure(cx: Context) -> Iterator[Finding]:
     s = cx.settings
     fam = s.family
     match_all, listed = s.nodeport_ips(fam)
-    # Only the iptables mode routes 127.0.0.1 to NodePorts (route_localnet); ipvs and nftables never do.
-    localhost = s.mode == "iptables" and s.localhost_nodeports_effective(fam)
+    # Only a mode that routes 127.0.0.1 to NodePorts (route_localnet: iptables) exposes them there.
+    localhost = backends.get(s.mode).localhost_nodeports and s.localhost_nodeports_effective(fam)
     here = [ip for ip in (s.node_ips_of(fam) if match_all else listed) if not is_loopback(ip)]
     _, cidrs = s.nodeport_cidrs(fam)
     others = []

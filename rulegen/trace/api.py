@@ -3,7 +3,7 @@
 `trace_compiled` traces what `rulegen compile` produced, with kube-proxy's
 jump rules from the built-in chains added as kube-proxy inserts them;
 `trace_ruleset` traces any iptables `Ruleset` (e.g. a node's iptables-save
-parsed by `backends.iptables.parse`), using the built-in chains' own rules,
+parsed by `dataplane.xtables.parse`), using the built-in chains' own rules,
 or kube-proxy's standard jumps when the dump has none. This module decides
 where the packet enters (who sends it), names what the destination is, puts
 node names on the endpoints, and folds the engine's paths into
@@ -17,8 +17,8 @@ from fractions import Fraction
 from typing import Any
 
 from ..backends.iptables.compile import jump_rules
-from ..backends.iptables.ir import Ruleset
-from ..backends.iptables.spec import SpecError, parse_spec
+from ..dataplane.xtables.model import Ruleset
+from ..dataplane.xtables.spec import SpecError, parse_spec
 from ..diagnostics import UsageError
 from ..ipaddr import cidr_contains, family, parse_ip
 from ..settings import Settings

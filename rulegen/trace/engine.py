@@ -28,8 +28,8 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Callable
 
-from ..backends.iptables.ir import BUILTIN_CHAINS, Ruleset
-from ..backends.iptables.spec import Match, Spec, SpecError, parse_spec
+from ..dataplane.xtables.model import BUILTIN_CHAINS, Ruleset
+from ..dataplane.xtables.spec import Match, Spec, SpecError, parse_spec
 from . import matchers as M
 from .matchers import Unsupported
 from .model import Hop, Packet, Path, TraceError

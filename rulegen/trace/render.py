@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from fractions import Fraction
 
-from ..backends.iptables.ir import BUILTIN_CHAINS
+from ..dataplane.xtables.model import BUILTIN_CHAINS
 from ..ipaddr import endpoint_string
 from ..templating import render as render_template
 from .model import Destination, Hop, Path, TraceResult

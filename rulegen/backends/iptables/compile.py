@@ -12,11 +12,11 @@ shared/spec/kube-proxy-iptables.md.
 
 from __future__ import annotations
 
+from ...dataplane.xtables.comments import COMMENT_MAX, comment_arg
+from ...dataplane.xtables.model import Rule, Ruleset, Table
 from ...naming import IptablesNames
 from ...plan import Plan, PortPlan, node_ip_in_ranges
 from ...settings import Settings
-from .comments import COMMENT_MAX, comment_arg
-from .ir import Rule, Ruleset, Table
 
 _new = tuple.__new__  # Rule(...) goes through a Python-level __new__; this is ~2x cheaper
 

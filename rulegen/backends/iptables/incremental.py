@@ -18,7 +18,7 @@ unit the cache has seen is not parsed (the cache knows which groups it feeds).
 Groups whose fingerprint matches keep their cached output; the others are
 parsed, planned and compiled with the same code as a full compile
 (`compile.compile_ports`), then everything is put together in kube-proxy's
-order. Apply sees the result as table views (`ir.TableView`): every chain
+order. Apply sees the result as table views (`xtables.model.TableView`): every chain
 with its hash, the rules of the shared chains and of the recompiled groups.
 When apply needs the rules of a chain the cache knows only by hash (a live
 table that differs from what the cache of the last apply says), the whole
@@ -34,18 +34,23 @@ every group dirty.
 from __future__ import annotations
 
 from hashlib import blake2b
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from ... import __version__, plan as planmod
+from ... import __version__
+from ... import plan as planmod
+from ...compiled import Compiled, Timings
+from ...dataplane.xtables.model import Rule, Ruleset, Table, TableView, chain_digest, views
 from ...diagnostics import Report
 from ...files import StateFileError, read_state, write_state
 from ...model import Inputs
-from ...settings import Settings
+from ...settings import resolve_settings
 from ...units import Unit, read_units
 from .compile import NAT_CHAINS, Context, compile_plan, compile_ports, finish, head, is_large
-from .ir import Rule, Ruleset, Table, TableView, chain_digest, views
+
+if TYPE_CHECKING:
+    from ..base import Backend
 
 # 3: units record how many Services they hold (the empty-input check).
 # 4: the loader refuses names the API server refuses; a cache written before holds
@@ -138,35 +143,29 @@ def _decode(unit: Unit, before: int, report: Report) -> _Decoded:
     return _Decoded(inputs, docs, cacheable, _groups_of(inputs))
 
 
-class IncrementalCompiled:
-    """What `pipeline.Compiled` offers apply, from the cache where it can serve."""
+class IncrementalViews:
+    """The incremental compile's own form (`Compiled.incremental`): what apply reads of it.
 
-    def __init__(self, settings: Settings, report: Report, timings: Any, tables: list[TableView],
-                 materialize: Callable[[], Ruleset], cache: CompileCache | None, stats: dict[str, int],
-                 services: int = 0):
-        self.settings = settings
-        self.services = services  # Services in the input (usable ones)
-        self.report = report
-        self.timings = timings
-        self._tables = tables
-        self._materialize = materialize
-        self._full: Ruleset | None = None
-        self.cache = cache  # what to save for the next run; None when the saved one still holds
-        self.stats = stats  # units, parsed, groups, compiled
+    `views()` are the table views apply compares, most chains known by hash
+    only; `full_views()` compiles everything (through `Compiled.ir`) when
+    apply needs rules the cache knows only by hash, and checks the two
+    agree; `cache` is what to save for the next run (None when the saved
+    one still holds).
+    """
+
+    def __init__(self, cache: CompileCache | None):
+        self._tables: list[TableView] = []
+        self.compiled: Compiled | None = None
+        self.cache = cache
         self.disagreed = False  # the full compile differed from the incremental one (a bug)
 
     def views(self) -> list[TableView]:
         return self._tables
 
-    @property
-    def ir(self) -> Ruleset:
-        if self._full is None:
-            self._full = self._materialize()
-        return self._full
-
     def full_views(self) -> list[TableView]:
         """The whole compile's views, checked against the incremental ones."""
-        full = views(self.ir)
+        assert self.compiled is not None
+        full = views(self.compiled.ir)
         for mine, theirs in zip(self._tables, full):
             if mine.name != theirs.name or mine.chains != theirs.chains or mine.digests() != theirs.digests():
                 self.disagreed = True
@@ -190,7 +189,7 @@ class _NatView(TableView):
     """The nat table: base chains from their rules, a group's own chains by cached hash."""
 
     def __init__(self, base: Table, digests: dict[str, str], specs: dict[str, list[str]],
-                 owner: IncrementalCompiled):
+                 owner: IncrementalViews):
         super().__init__(base)
         by: dict[str, list[str]] = {c: [] for c in NAT_CHAINS}
         for r in base.rules:  # the base chains' rules only; the groups' own are in SPECS or hashed
@@ -219,11 +218,23 @@ class _NatView(TableView):
         return [Rule(c, s) for c in chains for s in self.specs(c)]
 
 
-def compile_incremental(paths: list[str], flags: dict[str, Any], report: Report, timings: Any,
-                        config_path: str | None, cache: CompileCache | None) -> IncrementalCompiled | None:
-    """The compile of PATHS re-using CACHE; None when the mode is not iptables (compile in full)."""
-    from ...pipeline import resolve_settings
+class Incremental:
+    """iptables mode's `base.Incremental`: the compile cache in one msgpack file."""
 
+    def __init__(self, backend: Backend):
+        self.backend = backend
+
+    def compile_cached(self, paths: list[str], flags: dict[str, Any], report: Report, timings: Timings,
+                       config_path: str | None, cache_file: str | None,
+                       warn: list[str] | None = None) -> Compiled | None:
+        with timings.stage("load-cache"):
+            cache = load_cache(cache_file, warn)
+        return compile_incremental(paths, flags, report, timings, config_path, cache, self.backend)
+
+
+def compile_incremental(paths: list[str], flags: dict[str, Any], report: Report, timings: Timings,
+                        config_path: str | None, cache: CompileCache | None, backend: Backend) -> Compiled | None:
+    """The compile of PATHS re-using CACHE; None when the mode is not iptables (compile in full)."""
     with timings.stage("read"):
         units = read_units(paths)
     known = cache.units if cache is not None else {}
@@ -252,7 +263,7 @@ def compile_incremental(paths: list[str], flags: dict[str, Any], report: Report,
             glob.configs += d.inputs.configs
             glob.service_cidrs += d.inputs.service_cidrs
     settings = resolve_settings(glob, flags, report, config_path)
-    if settings.mode != "iptables":
+    if settings.mode != backend.mode:
         return None
     fam = settings.family
     # load_cache has already dropped a cache of another FORMAT or __version__.
@@ -350,10 +361,12 @@ def compile_incremental(paths: list[str], flags: dict[str, Any], report: Report,
     stats = {"units": len(units), "parsed": len(decoded), "groups": len(fps), "compiled": len(dirty)}
     services = sum(len(decoded[i].inputs.services) if i in decoded else infos[i].services
                    for i in range(len(units)))
-    out = IncrementalCompiled(settings, report, timings, [], materialize, None if unchanged else new_cache, stats,
-                              services)
+    form = IncrementalViews(None if unchanged else new_cache)
+    out = Compiled(settings, report, timings, backend, services, materialize=materialize, incremental=form,
+                   stats=stats, saver=form.save)
+    form.compiled = out
     tables: list[TableView] = []
     for t in base.tables:
-        tables.append(_NatView(t, digests, own_specs, out) if t.name == "nat" else TableView(t))
-    out._tables = tables
+        tables.append(_NatView(t, digests, own_specs, form) if t.name == "nat" else TableView(t))
+    form._tables = tables
     return out

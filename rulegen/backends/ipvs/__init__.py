@@ -1,1 +1,36 @@
-"""IPVS mode: kube-proxy's IPVS virtual servers, KUBE-* ipsets, kube-ipvs0 addresses and iptables glue."""
+"""IPVS mode: kube-proxy's IPVS virtual servers, KUBE-* ipsets, kube-ipvs0 addresses and iptables glue.
+
+The IR (`ir.IPVSState`), the compiler, the three-part renderer and its
+parser are this mode's; the glue's xtables IR, renderer and parser are the
+shared ones in `rulegen.dataplane.xtables`. Apply, trace and diff views are
+not written yet: the registry says so (exit 2).
+"""
+
+from __future__ import annotations
+
+from ..base import Backend
+from . import compile as compiler
+from . import parse as iparse
+from . import render as irender
+from .ir import IPVSState
+
+
+class IPVSBackend(Backend[IPVSState]):
+    mode = "ipvs"
+    output = "ipvsadm, ipset and iptables-restore texts"
+    writes_files = True
+
+    def compile(self, plan, settings) -> IPVSState:
+        return compiler.compile_plan(plan, settings)
+
+    def render(self, ir: IPVSState) -> str:
+        return irender.render(ir)
+
+    def render_files(self, ir: IPVSState) -> dict[str, str]:
+        return irender.files(ir)
+
+    def parse(self, text: str, source: str = "<input>", family: int | None = None) -> IPVSState:
+        return iparse.parse(text, source, family)
+
+
+BACKEND = IPVSBackend()

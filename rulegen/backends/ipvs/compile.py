@@ -19,14 +19,26 @@ from __future__ import annotations
 
 import socket
 
+from ...dataplane.xtables.model import Rule, Ruleset, Table
 from ...ipaddr import cidr_contains
 from ...plan import Plan
 from ...settings import LOOPBACK, Settings
 from .ir import (
-    BITMAP_OPTIONS, BITMAP_PORT, DEFAULT_SCHEDULER, FLAG_PERSISTENT, FLAG_SCHED2, HASH_OPTIONS, MAXELEM,
-    SET_DEFS, IPSet, IPVSState, RealServer, VirtualServer, hash_family, set_name,
+    BITMAP_OPTIONS,
+    BITMAP_PORT,
+    DEFAULT_SCHEDULER,
+    FLAG_PERSISTENT,
+    FLAG_SCHED2,
+    HASH_OPTIONS,
+    MAXELEM,
+    SET_DEFS,
+    IPSet,
+    IPVSState,
+    RealServer,
+    VirtualServer,
+    hash_family,
+    set_name,
 )
-from .xtables import Rule, Ruleset, Table
 
 NAT_CHAINS = ("KUBE-SERVICES", "KUBE-POSTROUTING", "KUBE-NODE-PORT", "KUBE-LOAD-BALANCER", "KUBE-MARK-MASQ")
 FILTER_CHAINS = ("KUBE-FORWARD", "KUBE-NODE-PORT", "KUBE-PROXY-FIREWALL", "KUBE-SOURCE-RANGES-FIREWALL",

@@ -21,8 +21,9 @@ from typing import Any
 
 from msgspec import Struct
 
+from ...dataplane.xtables.model import Ruleset
+from ...dataplane.xtables.spec import canonical as canonical_rule
 from ...settings import IPVS_SCHEDULERS
-from .xtables import Ruleset, canonical_rule
 
 # ------------------------------------------------------------------ virtual servers
 

@@ -20,14 +20,26 @@ from __future__ import annotations
 
 import os
 
+from ...dataplane.xtables.model import Ruleset
+from ...dataplane.xtables.parse import ParseError as XtablesParseError
+from ...dataplane.xtables.parse import parse as parse_xtables
 from ...diagnostics import UsageError
 from ...ipaddr import parse_ip
 from .ir import (
-    BITMAP_PORT, FLAG_PERSISTENT, MASQ, ROUTE, SET_COMMENTS, TUNNEL, IPSet, IPVSState, RealServer,
-    VirtualServer, sched_flag_bit, set_name,
+    BITMAP_PORT,
+    FLAG_PERSISTENT,
+    MASQ,
+    ROUTE,
+    SET_COMMENTS,
+    TUNNEL,
+    IPSet,
+    IPVSState,
+    RealServer,
+    VirtualServer,
+    sched_flag_bit,
+    set_name,
 )
 from .render import FILES, HEADER, SECTIONS
-from .xtables import Ruleset, XtablesParseError, parse_xtables
 
 
 class ParseError(UsageError):

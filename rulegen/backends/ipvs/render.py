@@ -22,8 +22,8 @@ Without `-o`, `render` gives the three texts in that order, each after a
 
 from __future__ import annotations
 
+from ...dataplane.xtables.render import render as render_xtables
 from .ir import BITMAP_PORT, IPVSState, VirtualServer, sched_flag_names
-from .xtables import render_xtables
 
 SECTIONS = ("ipvsadm", "ipset", "iptables")
 FILES = {"ipvsadm": "ipvsadm.rules", "ipset": "ipset.rules", "iptables": "iptables.rules"}

@@ -1,1 +1,37 @@
-"""nftables mode: kube-proxy's `ip kube-proxy` / `ip6 kube-proxy` table, as an `nft -f` script."""
+"""nftables mode: kube-proxy's `ip kube-proxy` / `ip6 kube-proxy` table, as an `nft -f` script.
+
+The mode's own part is the compiler (`compile`: plan → `Transaction`, the
+v1.36 design of docs/nftables-mode.md). The nftables object model, the
+script renderer, the script and listing parsers and the normal form live in
+`rulegen.dataplane.nft`, beside the nft client and its fake. Apply, trace
+and diff views are not written yet: the registry says so (exit 2).
+"""
+
+from __future__ import annotations
+
+from ...dataplane.nft import parse as nparse
+from ...dataplane.nft import render as nrender
+from ...dataplane.nft.model import Transaction
+from ...diagnostics import UsageError
+from ..base import Backend
+from . import compile as compiler
+
+
+class NftablesBackend(Backend[Transaction]):
+    mode = "nftables"
+    output = "nft -f script"
+
+    def compile(self, plan, settings) -> Transaction:
+        return compiler.compile_plan(plan, settings)
+
+    def render(self, ir: Transaction) -> str:
+        return nrender.render(ir)
+
+    def parse(self, text: str, source: str = "<input>", family: int | None = None) -> Transaction:
+        try:
+            return nparse.parse_script(text)
+        except (nparse.NftParseError, ValueError) as e:
+            raise UsageError(f"{source}: {e}") from None
+
+
+BACKEND = NftablesBackend()

@@ -25,11 +25,11 @@ import ipaddress
 import operator
 import re
 
+from ...dataplane.nft.model import Chain, Element, Map, Set, Table, Transaction, truncate_comment
 from ...diagnostics import UsageError
 from ...naming import NftNames
 from ...plan import Plan, PortPlan, node_ip_in_ranges
 from ...settings import Settings
-from .ir import Chain, Element, Map, Set, Table, Transaction, truncate_comment
 
 TABLE = "kube-proxy"
 TABLE_COMMENT = "rules for kube-proxy"

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import NamedTuple
 
-from .ir import ADD, DELETE, FLUSH, Chain, Element, Map, Rule, Set, Table, Transaction, parse_priority
+from .model import ADD, DELETE, FLUSH, Chain, Element, Map, Rule, Set, Table, Transaction, parse_priority
 
 
 @dataclass

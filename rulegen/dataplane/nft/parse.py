@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 
-from .ir import ADD, DELETE, FLUSH, Chain, Element, Map, NftError, Rule, Set, Table, Transaction
+from .model import ADD, DELETE, FLUSH, Chain, Element, Map, NftError, Rule, Set, Table, Transaction
 from .state import ChainState, SetState, TableState, replay
 
 

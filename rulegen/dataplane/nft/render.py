@@ -12,7 +12,7 @@ strings.
 
 from __future__ import annotations
 
-from .ir import ADD, Chain, Element, Map, Rule, Set, Table, Transaction, parse_priority
+from .model import ADD, Chain, Element, Map, Rule, Set, Table, Transaction, parse_priority
 
 CHUNK = 2048
 

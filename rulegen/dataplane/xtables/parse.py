@@ -22,7 +22,7 @@ import sys
 
 from ...diagnostics import UsageError
 from ...gcpause import gc_paused
-from .ir import BUILTIN_CHAINS, Rule, Ruleset, Table
+from .model import BUILTIN_CHAINS, Rule, Ruleset, Table
 from .spec import SpecError, tokenize
 
 

@@ -12,7 +12,7 @@ pieces: each piece's line strings are freed while still in cache, so a
 from __future__ import annotations
 
 from ...templating import render as render_template
-from .ir import Rule, Ruleset, Table
+from .model import Rule, Ruleset, Table
 
 CHUNK = 2048  # rules per piece: ~250 KiB of line strings, which stay in the CPU's L2 cache
 

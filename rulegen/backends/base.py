@@ -1,0 +1,217 @@
+"""The contract every data-plane backend meets: what a mode supplies, hook by hook.
+
+A backend is one kube-proxy mode (iptables, ipvs, nftables, ...). It owns
+the step from the backend-neutral plan to its own IR (records shaped like
+the kernel's objects) and back from text to that IR; everything above it
+(the pipeline, golden, and the generic halves of apply, diff and trace)
+reaches it only through this class and the registry in
+`rulegen.backends`, never by importing a mode's package. A new mode is a
+new package whose `__init__` defines `BACKEND`, plus one line in
+`backends.REGISTRY`.
+
+Required of every mode: `compile`, `render` and `parse` (its saved or
+listed form back to the IR, so golden, diff and trace read what a node
+dumps). Optional, each returning None until the mode has it: `incremental`,
+`applier`, `tracer`, `diff_view`. A command that needs a missing hook
+gets it through `backends.require`, which is the one place that says
+"--mode M: apply is not implemented yet" (exit 2).
+
+The hooks are called once per command, never per rule: a hot loop stays
+inside the backend. Each backend's `__init__` imports nothing heavy, so
+asking the registry about a mode (the CLI's choices, lint's capability
+flags) does not load its compiler; the hooks import their modules when
+called.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from ..apply.kernel import Kernel
+    from ..apply.result import ApplyResult
+    from ..compiled import Compiled, Timings
+    from ..diagnostics import Report
+    from ..diff.model import Side
+    from ..plan import Plan
+    from ..settings import Settings
+    from ..trace.model import TraceResult
+
+IR = TypeVar("IR")
+
+
+class Backend(Generic[IR]):
+    """One mode. Subclasses set the class attributes and override the hooks they have."""
+
+    mode: str = ""  # the --mode value (and the `mode` of a KubeProxyConfiguration)
+    output: str = ""  # what `compile` prints, for help texts: "iptables-restore payload"
+    writes_files: bool = False  # `compile -o DIR` writes several files (`render_files`)
+    # Does this mode answer NodePorts on 127.0.0.1 (route_localnet)? Only iptables
+    # mode does; lint's exposure check asks.
+    localhost_nodeports: bool = False
+
+    # ------------------------------------------------------------ required
+
+    def compile(self, plan: Plan, settings: Settings) -> IR:
+        """Plan → IR for the plan's family, without changing the plan (every record frozen)."""
+        raise NotImplementedError
+
+    def render(self, ir: IR) -> str:
+        """IR → the one text `rulegen compile` prints (what the mode's loader eats, or its sections)."""
+        raise NotImplementedError
+
+    def render_files(self, ir: IR) -> dict[str, str]:
+        """IR → {file name: text}, for a mode with `writes_files` (IPVS: ipvsadm, ipset, iptables)."""
+        raise NotImplementedError
+
+    def parse(self, text: str, source: str = "<input>", family: int | None = None) -> IR:
+        """`render`'s text, or the mode's dump of a live node, → IR; a UsageError names SOURCE and line.
+
+        FAMILY is a hint for texts that do not say theirs. `parse(render(ir))`
+        must give IR back exactly (each mode has a round-trip test).
+        """
+        raise NotImplementedError
+
+    def counts(self, ir: IR) -> dict[str, dict[str, int]]:
+        """`compile --json`'s per-table counts ({table: {"chains": n, "rules": n}}); {} when not tables."""
+        return {}
+
+    # ------------------------------------------------------------ optional: None until the mode has it
+
+    def incremental(self) -> Incremental | None:
+        """The compile that re-uses the last one for unchanged Services (`rulegen apply`'s cache)."""
+        return None
+
+    def applier(self) -> Applier | None:
+        """What loads a compile into a network namespace (`rulegen apply`, the lab)."""
+        return None
+
+    def tracer(self) -> Tracer | None:
+        """What follows one connection through the mode's objects (`rulegen trace`, the lab)."""
+        return None
+
+    def diff_view(self) -> DiffView | None:
+        """What lays the mode's IR out for `rulegen diff`'s neutral comparison."""
+        return None
+
+
+class Incremental(Protocol):
+    """A compile that re-uses the cached compile of every Service whose inputs did not change.
+
+    The iptables mode caches per Service its rules in the shared chains and
+    the hash of each chain of its own (backends/iptables/incremental.py).
+    A mode that adds one keeps the same promise: its result renders to
+    exactly the text a full compile gives (tests compare the two), and a
+    cache it cannot trust is ignored, never half-used.
+    """
+
+    def compile_cached(self, paths: list[str], flags: dict[str, Any], report: Report, timings: Timings,
+                       config_path: str | None, cache_file: str | None,
+                       warn: list[str] | None) -> Compiled | None:
+        """Compile PATHS re-using CACHE_FILE; None when the settings resolve to another mode.
+
+        The result's `save_cache(path, warn)` writes the new cache; the caller
+        calls it once the result is used (after a successful apply). A cache
+        file that cannot be used is said in WARN.
+        """
+        ...
+
+
+class Applier(Protocol):
+    """Brings one network namespace to a compile's objects, sending only what changed.
+
+    `rulegen.apply.apply` owns what every mode shares and calls `apply`
+    inside it: the namespace name check, root, the namespace's lock, making
+    the namespace (`--create`), the state directory and its pruning, and
+    the total time. The applier owns the rest, under these rules:
+
+    - Never lose what the user had: a refused load leaves the previous
+      objects in place (roll back what was sent), and an input with no
+      Service is refused before any applier runs.
+    - Kernel access goes only through the clients in KERNEL
+      (`rulegen.apply.kernel.Kernel`: `netns` for namespaces, identity,
+      sysctl and the nf_tables generation; `xtables`, `nft`, and for IPVS
+      mode the ipvs, ipset and link clients), so every applier runs on the
+      fakes without root.
+    - A cache of what it left (its `state_files`, in
+      `state_dir/NETNS/`) may spare reading the live state only when the
+      kernel proves it fresh: same namespace identity and, where the data
+      plane has one, the nf_tables generation the cache was written at
+      (`dataplane/xtables/sync.py` shows the pattern). Otherwise read the
+      live state and compare.
+    - `dry_run`: compute and report what would be sent (`result.payload`),
+      send nothing.
+
+    What comes next, concretely: the nftables applier sends `nft -f`
+    scripts through `kernel.nft` (a phased first load that adds the base
+    chains last, then small diff-based updates), with its state cache
+    proven fresh by the generation; the IPVS applier programs the
+    kube-ipvs0 link and its addresses, the IPVS virtual and real servers,
+    `ipset restore`s the sets, and loads its iptables glue with
+    `dataplane.xtables.sync` (the shared xtables applier iptables mode
+    uses, with IPVS mode's jumps and stale-chain rules).
+    """
+
+    state_files: tuple[str, ...]  # file names it keeps in a namespace's state folder (pruning deletes these)
+
+    def apply(self, compiled: Compiled, netns: str, kernel: Kernel, *, dry_run: bool,
+              state_dir: str | None) -> ApplyResult:
+        ...
+
+
+class Tracer(Protocol):
+    """Follows one new connection through a mode's objects as the kernel would.
+
+    The neutral half lives in `rulegen.trace`: the records (`TraceResult`,
+    `Path`, `Hop`), where the packet enters and what its destination is
+    (`trace.entry`), folding paths into destinations, and the rendering.
+    A tracer walks its own objects (xtables chains, nft chains and maps,
+    IPVS virtual servers then the glue) and must fail loudly (`TraceError`
+    naming the rule) on anything it does not understand on the packet's
+    way, never guess.
+    """
+
+    def trace_compiled(self, compiled: Compiled, src: str | None, dst_ip: str, dst_port: int,
+                       proto: str = "tcp", **kw: Any) -> TraceResult:
+        """Trace a full compile, plus what kube-proxy installs outside its payload (jumps, hooks)."""
+        ...
+
+    def read(self, path: str, ip_family: str | None) -> tuple[Any, str]:
+        """A saved file of the mode (`trace --rules`) → (IR, name to show)."""
+        ...
+
+    def trace_saved(self, ir: Any, settings: Settings, src: str | None, dst_ip: str, dst_port: int,
+                    proto: str = "tcp", **kw: Any) -> TraceResult:
+        """Trace IR read from a saved file (kw: plan, source, in_iface, out_iface, pod_cidrs)."""
+        ...
+
+
+class DiffView(Protocol):
+    """Lays a mode's IR out as neutral containers for `rulegen.diff`.
+
+    Ordered containers (xtables and nft chains: their rules, in order) are
+    compared with moves found by a longest increasing subsequence;
+    unordered ones (set and map elements, IPVS virtual servers and their
+    real servers) by membership. Items are compared by the view's canonical
+    form, so spelling the kernel changes on the way back never shows.
+    """
+
+    def read(self, path: str, ip_family: str | None) -> tuple[Any, str]:
+        """A saved file (`diff --against SAVED`, `diff OLD NEW`) → (IR, name to show)."""
+        ...
+
+    def live(self, kernel: Kernel, netns: str, family: int) -> tuple[Any, str]:
+        """The namespace's live state (`diff --netns`) → (IR, name to show)."""
+        ...
+
+    def side(self, ir: Any, name: str, kube_only: bool) -> Side:
+        """IR → one side of the comparison; KUBE_ONLY keeps kube-proxy's part of a node."""
+        ...
+
+    def has_outside(self, ir: Any) -> bool:
+        """Does IR (a node's dump) hold what kube-proxy installs outside its payload (jumps)?"""
+        ...
+
+    def with_outside(self, ir: Any, settings: Settings) -> Any:
+        """IR plus what kube-proxy installs outside its payload, placed as kube-proxy places it."""
+        ...
