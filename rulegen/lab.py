@@ -628,14 +628,15 @@ def _set_no_pdeath() -> None:  # pragma: no cover - runs in the child
 class Lab:
     """The namespaces, links, rules and helper processes of one run; `close()` removes them all."""
 
-    def __init__(self, plan: LabPlan, run_id: str | None = None, netns: Any = None,
+    def __init__(self, plan: LabPlan, run_id: str | None = None, kernel: Any = None,
                  deadline: float | None = None) -> None:
-        from .netns import RealNetns
+        from .apply.kernel import Kernel
 
         self.plan = plan
         self.run_id = run_id or secrets.token_hex(2)
         self.prefix = f"{PREFIX}{self.run_id}"
-        self.ns = netns or RealNetns()
+        self.kernel = kernel or Kernel.real()
+        self.ns = self.kernel.netns
         self.deadline = deadline if deadline is not None else time.time() + 120
         self.attempted: list[str] = []  # names we generated and tried to create, in order
         self.procs: list[subprocess.Popen] = []
@@ -770,14 +771,14 @@ class Lab:
 
         # Also sets route_localnet when localhost NodePorts are on.
         # state_dir=None: leave no cache files behind for a namespace about to vanish.
-        apply(compiled, self.node, ops=self.ns, state_dir=None)
+        apply(compiled, self.node, kernel=self.kernel, state_dir=None)
         if compiled.settings.tcp_be_liberal:
             self._sysctl(self.node, [("net.netfilter.nf_conntrack_tcp_be_liberal", "1")])
 
     def nfacct_works(self) -> bool:
         """Whether nfacct counters can be made here (else the payload must go without -m nfacct)."""
         try:
-            self.ns.ensure_nfacct(self.node, ["localhost_nps_accepted_pkts"])
+            self.kernel.xtables.ensure_nfacct(self.node, ["localhost_nps_accepted_pkts"])
             return True
         except UsageError:
             return False

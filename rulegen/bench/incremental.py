@@ -133,13 +133,13 @@ def _cli_apply(path: str, ns: str, backend: str, state: str, create: bool, label
     return Run(label, wall, compile_s, apply_s, lines, source, summary, stages, cache)
 
 
-def live_chains(ops, ns: str, family: int = 4) -> dict[tuple[str, str], list[str]]:
+def live_chains(xtables, ns: str, family: int = 4) -> dict[tuple[str, str], list[str]]:
     """Every chain's rules as the kernel prints them (empty built-ins dropped)."""
     from ..dataplane.xtables.model import BUILTIN_CHAINS
     from ..dataplane.xtables.parse import parse
 
     out: dict[tuple[str, str], list[str]] = {}
-    for t in parse(ops.iptables_save(ns, family), source=f"netns {ns}", family=family).tables:
+    for t in parse(xtables.save(ns, family), source=f"netns {ns}", family=family).tables:
         for chain, specs in t.by_chain().items():
             if specs or chain not in BUILTIN_CHAINS.get(t.name, ()):
                 out[(t.name, chain)] = specs
@@ -159,9 +159,9 @@ def compare(a: dict[tuple[str, str], list[str]], b: dict[tuple[str, str], list[s
 
 def bench_backend(backend: str, services: int, endpoints: int, seed: int, workdir: str,
                   names: list[str], repeat: bool = True, changes: int = 3) -> Result:
-    from ..netns import RealNetns
+    from ..dataplane.xtables.client import RealXtables
 
-    ops = RealNetns(backend)
+    xtables = RealXtables(backend=backend)
     res = Result(backend, services, endpoints)
     tag = uuid.uuid4().hex[:6]
     ns, fresh = f"rgt-inc-{backend[:3]}-{tag}-a", f"rgt-inc-{backend[:3]}-{tag}-b"
@@ -195,7 +195,7 @@ def bench_backend(backend: str, services: int, endpoints: int, seed: int, workdi
     # The reference: the changed cluster loaded whole into a namespace of its own.
     res.runs.append(_cli_apply(after_path, fresh, backend, os.path.join(workdir, f"state-{backend}-ref"), True,
                                "fresh full (reference)"))
-    res.differences = compare(live_chains(ops, ns), live_chains(ops, fresh))
+    res.differences = compare(live_chains(xtables, ns), live_chains(xtables, fresh))
     res.equal = not res.differences
     return res
 
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         print("rulegen.bench.incremental needs root (network namespaces and iptables-restore)", file=sys.stderr)
         return 2
     from ..diagnostics import UsageError
-    from ..netns import backend_tool, system_backend
+    from ..dataplane.xtables.restore import backend_tool, system_backend
 
     system = system_backend()
     backends = {"both": ["nft", "legacy"], "auto": [system]}.get(args.backend, [args.backend])

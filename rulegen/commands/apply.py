@@ -19,12 +19,13 @@ import time
 import click
 
 from ..apply import COMPILE_CACHE, apply, default_state_dir
+from ..apply.lock import LOCK_DIR, namespace_lock
 from ..cli import EMPTY_INPUT, guarded, message_json, problem_json, run_compile, service_count
 from ..diagnostics import UsageError
 from ..flags import flags_of, settings_options
-from ..netns import BACKENDS, check_name
-from ..nslock import LOCK_DIR, namespace_lock
-from ..pipeline import timing_line
+from ..compiled import timing_line
+from ..dataplane.xtables.restore import BACKENDS
+from ..kernel.netns import check_name
 
 BACKEND_HELP = (
     "Which iptables to load with: 'nft' (iptables-nft, what current distributions install as "

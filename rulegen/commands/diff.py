@@ -41,9 +41,9 @@ def _parse_file(path: str, ip_family: str | None) -> tuple[Ruleset, str]:
 
 def _live_dump(netns: str, family: int) -> str:
     """The namespace's `iptables-save` (or `ip6tables-save`) text."""
-    from ..netns import RealNetns
+    from ..dataplane.xtables.client import RealXtables
 
-    return RealNetns().iptables_save(netns, family)
+    return RealXtables().save(netns, family)
 
 
 def _compare_files(args: tuple[str, ...], flags: dict, kube_only: bool | None) -> DiffResult:

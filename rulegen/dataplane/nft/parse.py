@@ -17,6 +17,7 @@ Errors are `NftParseError`s naming the line; nothing is guessed.
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 from .model import ADD, DELETE, FLUSH, Chain, Element, Map, NftError, Rule, Set, Table, Transaction
 from .state import ChainState, SetState, TableState, replay
@@ -40,10 +41,7 @@ def parse_script(text: str) -> Transaction:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        m = _CMD.match(line)
-        if m is None:
-            raise NftParseError(f"line {lineno}: not an add/flush/delete command: {line[:80]!r}")
-        verb, kind, family, table, rest = m.group(1), m.group(2), m.group(3), m.group(4), m.group(5) or ""
+        verb, kind, family, table, rest = read_command(line, lineno)
         if tx is None:
             try:
                 tx = Transaction(family, table)
@@ -52,7 +50,7 @@ def parse_script(text: str) -> Transaction:
         elif (family, table) != (tx.family, tx.table):
             raise NftParseError(f"line {lineno}: table {family} {table}, but the script is for {tx.family} {tx.table}")
         try:
-            obj = _object(tx, verb, kind, rest)
+            obj = command_object(verb, kind, rest, tx.has_map)
             {ADD: tx.add, FLUSH: tx.flush, DELETE: tx.delete}[verb](obj)
         except (NftError, ValueError) as e:
             raise NftParseError(f"line {lineno}: {e}") from None
@@ -90,7 +88,16 @@ def _unquote(value: str, what: str) -> str:
     return value[1:-1]
 
 
-def _object(tx: Transaction, verb: str, kind: str, rest: str):
+def read_command(line: str, lineno: int) -> tuple[str, str, str, str, str]:
+    """One command line → (verb, kind, family, table, the rest); NftParseError when it is not one."""
+    m = _CMD.match(line)
+    if m is None:
+        raise NftParseError(f"line {lineno}: not an add/flush/delete command: {line[:80]!r}")
+    return m.group(1), m.group(2), m.group(3), m.group(4), m.group(5) or ""
+
+
+def command_object(verb: str, kind: str, rest: str, is_map: Callable[[str], bool]):
+    """The record a command names (ValueError when its text cannot be read); IS_MAP tells map elements apart."""
     if kind == "table":
         if rest:
             props = _props(rest, "table")
@@ -133,7 +140,7 @@ def _object(tx: Transaction, verb: str, kind: str, rest: str):
     if not (tail.startswith("{") and tail.endswith("}")):
         raise ValueError(f"element of {name}: expected {{ ... }}")
     key, value, comment = _element_parts(tail[1:-1].strip())
-    if tx.has_map(name):
+    if is_map(name):
         return Element("", name, key, value, comment)
     return Element(name, "", key, value, comment)
 

@@ -1,0 +1,272 @@
+"""An in-memory iptables with iptables-restore `--noflush` semantics, for tests and dry reasoning.
+
+`FakeXtables` keeps every namespace's tables (both backends, both
+families) inside the namespace of a `kernel.fake.FakeNamespaces`: a
+declared chain is flushed or created, `-A` appends, `-I` inserts, `-D`
+deletes one rule, by its spec or its number, `-X` deletes an empty
+unreferenced chain, each table commits at `COMMIT` and a refused line
+leaves its table as it was; `--test` checks syntax only, as the real tool
+does. Its dump is in iptables-save syntax, so the same parser reads both,
+and tests/dataplane/test_xtables_parity.py runs one script against this
+and against the kernel. Like the kernel, the nft backend bumps the
+namespace's nf_tables generation once per committed table; legacy has none.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from ...kernel.fake import FakeNamespaces
+from .client import Xtables
+from .model import BUILTIN_CHAINS
+from .restore import check_backend, choose_backend, restore_error, restore_tool, rule_target, save_tool
+
+# Targets that are extensions, not chains; anything else must be an existing chain.
+TARGET_EXTENSIONS = frozenset({
+    "ACCEPT", "DROP", "RETURN", "QUEUE", "REJECT", "DNAT", "SNAT", "MASQUERADE", "REDIRECT", "MARK",
+    "CONNMARK", "LOG", "NFLOG", "NOTRACK", "CT", "TPROXY", "TCPMSS", "CHECKSUM", "NFQUEUE", "TRACE",
+})
+
+
+@dataclass
+class FakeTable:
+    policies: dict[str, str]
+    chains: dict[str, list[str]]  # built-in and user chains, insertion order
+
+    @classmethod
+    def new(cls, name: str) -> "FakeTable":
+        builtins = BUILTIN_CHAINS.get(name, ())
+        return cls({c: "ACCEPT" for c in builtins}, {c: [] for c in builtins})
+
+    def copy(self) -> "FakeTable":
+        return FakeTable(dict(self.policies), {c: list(r) for c, r in self.chains.items()})
+
+
+def _backend_tables() -> dict[str, dict[int, dict[str, FakeTable]]]:
+    return {"nft": {4: {}, 6: {}}, "legacy": {4: {}, 6: {}}}
+
+
+class _Refused(Exception):
+    pass
+
+
+class FakeXtables(Xtables):
+    """In-memory iptables over FakeNamespaces.
+
+    `spelling` rewrites a rule body the way the kernel round trip would
+    (iptables-save prints rules in its own spelling; it must be idempotent,
+    since `-C`/`-D` compare both sides through it); identity by default.
+    `refuse` is a hook that makes the "kernel" refuse a line in a real
+    restore although `--test` accepted it (as a missing nfacct counter
+    does), returning the reason or None. `log` records every call.
+    `backend` picks as `RealXtables` does ("auto": the one with tables, else
+    `system`), and `view(backend)` is the same namespaces through another
+    backend (what a second tool run with another `iptables` would see).
+    """
+
+    def __init__(self, namespaces: FakeNamespaces | None = None, spelling: Callable[[str], str] | None = None,
+                 refuse: Callable[[str], str | None] | None = None,
+                 backend: str = "auto", system: str = "nft") -> None:
+        check_backend(backend)
+        self.netns = namespaces if namespaces is not None else FakeNamespaces()
+        self.spelling = spelling or (lambda s: s)
+        self.refuse = refuse
+        self.backend = backend
+        self.system = system
+        self.log: list[tuple] = []
+
+    def view(self, backend: str) -> "FakeXtables":
+        other = FakeXtables(self.netns, self.spelling, self.refuse, backend, self.system)
+        other.log = self.log
+        return other
+
+    def _all(self, name: str) -> dict[str, dict[int, dict[str, FakeTable]]]:
+        ns = self.netns.get(name)
+        got = ns.objects.get("xtables")
+        if got is None:
+            got = ns.objects["xtables"] = _backend_tables()
+        return got
+
+    def backend_for(self, name: str, family: int = 4) -> str:
+        ns = self.netns.spaces.get(name)
+        if ns is None:
+            return choose_backend(self.backend, self.system, set())
+        tabs = self._all(name)
+        present = {b for b, fams in tabs.items() if fams[family]}
+        return choose_backend(self.backend, self.system, present,
+                              lambda b: "KUBE-SERVICES" in tabs[b][family].get("nat", FakeTable({}, {})).chains)
+
+    def generation(self, name: str, family: int = 4) -> int | None:
+        ns = self.netns.get(name)
+        return ns.gen if self.backend_for(name, family) == "nft" else None
+
+    def tables(self, name: str, family: int = 4) -> dict[str, FakeTable]:
+        """The live tables of NAME in the backend this client uses there (tests read and change them)."""
+        return self._all(name)[self.backend_for(name, family)][family]
+
+    def save(self, name: str, family: int = 4, table: str | None = None) -> str:
+        tabs = self.tables(name, family)
+        self.log.append(("save", name, family))
+        out = [f"# Generated by fake {save_tool(family)}\n"]
+        for tname in sorted(tabs):
+            if table and tname != table:
+                continue
+            t = tabs[tname]
+            builtins = [c for c in BUILTIN_CHAINS.get(tname, ()) if c in t.chains]
+            users = sorted(c for c in t.chains if c not in t.policies)
+            out.append(f"*{tname}\n")
+            out.extend(f":{c} {t.policies[c]} [0:0]\n" for c in builtins)
+            out.extend(f":{c} - [0:0]\n" for c in users)
+            for c in builtins + users:
+                out.extend(f"-A {c} {self.spelling(s)}\n".replace(" \n", "\n") for s in t.chains[c])
+            out.append("COMMIT\n")
+        return "".join(out)
+
+    def restore(self, name: str, payload: str, family: int = 4, test: bool = False) -> None:
+        ns = self.netns.get(name)
+        self.log.append(("restore", name, family, test, payload))
+        tool = restore_tool(family) + (" --test" if test else "")
+        backend = self.backend_for(name, family)
+        tabs = self._all(name)[backend][family]
+        cur: FakeTable | None = None
+        cur_name = ""
+        touched = False
+        for no, raw in enumerate(payload.splitlines(), 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            try:
+                if line.startswith("*"):
+                    if cur is not None:
+                        raise _Refused("table without COMMIT")
+                    cur_name = line[1:]
+                    if cur_name not in BUILTIN_CHAINS:
+                        raise _Refused(f"table '{cur_name}' does not exist")
+                    live = tabs.get(cur_name)
+                    cur = live.copy() if live else FakeTable.new(cur_name)
+                    touched = False
+                    continue
+                if cur is None:
+                    raise _Refused("no table specified")
+                if line == "COMMIT":
+                    if not test:
+                        tabs[cur_name] = cur
+                        if touched and backend == "nft":
+                            ns.gen += 1
+                    cur = None
+                    continue
+                touched = True
+                if not test and self.refuse is not None:
+                    reason = self.refuse(line)
+                    if reason:
+                        raise _Refused(reason)
+                self._apply_line(cur, line, test)
+            except _Refused as e:
+                raise restore_error(payload, f"line {no}: {e}", tool, cur_name or None) from None
+        if cur is not None:
+            raise restore_error(payload, f"line {len(payload.splitlines())}: COMMIT expected", tool, cur_name)
+
+    def _apply_line(self, t: FakeTable, line: str, test: bool) -> None:
+        if line.startswith(":"):
+            parts = line[1:].split()
+            if len(parts) < 2:
+                raise _Refused("malformed chain declaration")
+            chain, policy = parts[0], parts[1]
+            if chain in t.policies:
+                if policy != "-":
+                    t.policies[chain] = policy
+            else:
+                t.chains[chain] = []  # --noflush: a declared user chain is flushed (or created)
+            return
+        op, _, rest = line.partition(" ")
+        chain, _, spec = rest.partition(" ")
+        spec = spec.strip()
+        if op not in ("-A", "-I", "-D", "-X", "-F", "-N"):
+            raise _Refused(f"unknown command {op!r}")
+        if not chain:
+            raise _Refused(f"{op} without a chain")
+        try:
+            shlex.split(spec)
+        except ValueError:
+            raise _Refused("unbalanced quotes") from None
+        if test:  # like the real --test: syntax only, no kernel checks
+            return
+        if op == "-N":
+            if chain in t.chains:
+                raise _Refused("Chain already exists")
+            t.chains[chain] = []
+            return
+        if chain not in t.chains:
+            raise _Refused(f"Chain '{chain}' does not exist")
+        if op == "-F":
+            t.chains[chain] = []
+        elif op == "-X":
+            if chain in t.policies:
+                raise _Refused(f"cannot delete built-in chain {chain}")
+            if t.chains[chain]:
+                raise _Refused(f"chain {chain} is not empty")
+            if any(rule_target(s) == chain for c, rules in t.chains.items() for s in rules):
+                raise _Refused(f"chain {chain} is still referenced")
+            del t.chains[chain]
+        elif op == "-D":
+            if spec.isdigit():  # by rule number, counted from 1
+                n = int(spec)
+                if not 1 <= n <= len(t.chains[chain]):
+                    raise _Refused("Index of deletion too big")
+                del t.chains[chain][n - 1]
+                return
+            want = self.spelling(spec)
+            for i, s in enumerate(t.chains[chain]):
+                if self.spelling(s) == want:
+                    del t.chains[chain][i]
+                    return
+            raise _Refused("Bad rule (does a matching rule exist in that chain?)")
+        else:
+            pos = None
+            if op == "-I":
+                first, _, after = spec.partition(" ")
+                if first.isdigit():
+                    pos, spec = int(first), after.strip()
+                else:
+                    pos = 1
+            target = rule_target(spec)
+            if target and target not in TARGET_EXTENSIONS and target not in t.chains:
+                raise _Refused(f"Chain '{target}' does not exist")
+            if pos is None:
+                t.chains[chain].append(spec)
+            else:
+                if pos < 1 or pos > len(t.chains[chain]) + 1:
+                    raise _Refused("Index of insertion too big")
+                t.chains[chain].insert(pos - 1, spec)
+
+    def check_rule(self, name: str, table: str, chain: str, args: str, family: int = 4) -> bool:
+        self.log.append(("check", name, table, chain, args))
+        t = self.tables(name, family).get(table)
+        if t is None or chain not in t.chains:
+            return False
+        want = self.spelling(args)
+        return any(self.spelling(s) == want for s in t.chains[chain])
+
+    def insert_rule(self, name: str, table: str, chain: str, args: str, family: int = 4,
+                    position: int = 1) -> None:
+        self.restore(name, f"*{table}\n-I {chain} {position} {args}\nCOMMIT\n", family)
+
+    def list_chains(self, name: str, family: int, table: str,
+                    chains: Sequence[str]) -> dict[str, list[str]] | None:
+        self.log.append(("list", name, family, table, tuple(chains)))
+        t = self.tables(name, family).get(table)
+        if t is None:
+            return None if chains else {}
+        if any(c not in t.chains for c in chains):
+            return None
+        return {c: [self.spelling(s) for s in t.chains[c]] for c in chains}
+
+    def ensure_nfacct(self, name: str, counters: Sequence[str]) -> None:
+        self.netns.get(name).nfacct.update(counters)
+        self.log.append(("nfacct", name, tuple(counters)))
+
+    def restores(self, name: str | None = None, test: bool = False) -> list[str]:
+        """Payloads sent (not the --test ones unless asked), oldest first."""
+        return [e[4] for e in self.log if e[0] == "restore" and e[3] == test and (name is None or e[1] == name)]
