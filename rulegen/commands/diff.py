@@ -9,41 +9,36 @@ compiled payload. Against a dump, the comparison keeps to kube-proxy's part
 (KUBE-* chains and the built-in chains' jumps into them) and the compiled
 side gets kube-proxy's jump rules when the dump has such jumps (always for
 `--netns`), so what a live node shows and what kube-proxy would write line
-up. Text output via templates/diff.j2 (coloured on a terminal), `--json`
-for tools. Exit 1 when they differ, 0 when equal, 2 for unusable input.
+up. The files are read, and laid out for the neutral comparison
+(`rulegen.diff`), by the mode's diff view (`backends.require(mode,
+"diff_view")`; OLD NEW are read as the default mode's). Text output via
+templates/diff.j2 (coloured on a terminal), `--json` for tools. Exit 1
+when they differ, 0 when equal, 2 for unusable input.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import click
 
-from ..backends.iptables.compile import jump_rules
+from .. import backends
 from ..cli import guarded, run_compile
-from ..dataplane.xtables.model import Ruleset
-from ..dataplane.xtables.parse import ParseError, parse, read_ruleset
 from ..diagnostics import UsageError
-from ..diff import DiffResult, diff_rulesets, has_kube_jumps, render_text, with_jumps
+from ..diff import DiffResult, compare, render_text
 from ..flags import flags_of, settings_options
 
 
-def _parse_file(path: str, ip_family: str | None) -> tuple[Ruleset, str]:
+def _read(view: Any, path: str, ip_family: str | None) -> tuple[Any, str]:
     try:
-        return read_ruleset(path, ip_family)
-    except ParseError as e:
+        return view.read(path, ip_family)
+    except UsageError as e:
         if path.endswith((".yaml", ".yml", ".json")):
             raise UsageError(f"{e} (a Kubernetes file? compile and compare with "
                              f"`rulegen diff FILES... --against SAVED` or `--netns NAME`)") from None
         raise
-
-
-def _live_dump(netns: str, family: int) -> str:
-    """The namespace's `iptables-save` (or `ip6tables-save`) text."""
-    from ..dataplane.xtables.client import RealXtables
-
-    return RealXtables().save(netns, family)
 
 
 def _compare_files(args: tuple[str, ...], flags: dict, kube_only: bool | None) -> DiffResult:
@@ -55,34 +50,38 @@ def _compare_files(args: tuple[str, ...], flags: dict, kube_only: bool | None) -
     if extra:
         opt = "--" + extra[0].replace("_", "-")
         raise UsageError(f"{opt} applies only when compiling (with --against or --netns)")
-    old, old_name = _parse_file(args[0], flags.get("ip_family"))
-    new, new_name = _parse_file(args[1], flags.get("ip_family"))
-    return diff_rulesets(old, new, kube_only=bool(kube_only), old_name=old_name, new_name=new_name)
+    view = backends.require(backends.DEFAULT_MODE, "diff_view")
+    old, old_name = _read(view, args[0], flags.get("ip_family"))
+    new, new_name = _read(view, args[1], flags.get("ip_family"))
+    kube = bool(kube_only)
+    return compare(view.side(old, old_name, kube), view.side(new, new_name, kube))
 
 
 def _compare_compiled(files: tuple[str, ...], netns: str | None, against: str | None, flags: dict,
                       config_path: str | None, kube_only: bool | None, jumps: bool | None) -> DiffResult:
     if against == "-" and "-" in files:
         raise UsageError("only one of FILES and --against can be - (standard input)")
-    if flags.get("mode") not in (None, "iptables"):
-        raise UsageError(f"diff compares iptables rules; --mode {flags['mode']} is not supported")
+    first = flags.get("mode") or backends.DEFAULT_MODE
+    view = backends.require(first, "diff_view")  # a mode without a view fails before the compile work
     if against is not None:  # a bad SAVED file fails before the compile work
-        old, old_name = _parse_file(against, None)
+        old, old_name = _read(view, against, None)
     c = run_compile(files, flags, config_path)
-    if c.settings.mode != "iptables":
-        raise UsageError(f"diff compares iptables rules; mode {c.settings.mode} (from the configuration) "
-                         "is not supported")
+    if c.settings.mode != first:  # the configuration chose another mode
+        view = backends.require(c.settings.mode, "diff_view")
+        if against is not None:
+            old, old_name = _read(view, against, None)
     fam = c.settings.family
     if netns is not None:
-        old_name = f"netns {netns} ({'ip6tables' if fam == 6 else 'iptables'}-save)"
-        old = parse(_live_dump(netns, fam), old_name, fam)
+        from ..apply.kernel import Kernel
+
+        old, old_name = view.live(Kernel.real(), netns, fam)
         add_jumps = True if jumps is None else jumps
     else:
-        add_jumps = has_kube_jumps(old) if jumps is None else jumps
-    new = with_jumps(c.ir, jump_rules(c.settings)) if add_jumps else c.ir
+        add_jumps = view.has_outside(old) if jumps is None else jumps
+    new = view.with_outside(c.ir, c.settings) if add_jumps else c.ir
     new_name = "compiled from " + " ".join(files) + (" + kube-proxy's jump rules" if add_jumps else "")
-    return diff_rulesets(old, new, kube_only=True if kube_only is None else kube_only,
-                         old_name=old_name, new_name=new_name)
+    kube = True if kube_only is None else kube_only
+    return compare(view.side(old, old_name, kube), view.side(new, new_name, kube))
 
 
 @click.command("diff")
