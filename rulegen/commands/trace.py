@@ -1,10 +1,11 @@
 """`rulegen trace`: follow one new connection through the rules, hop by hop.
 
 `rulegen trace FILES... --dst IP:PORT [--src IP] [--proto P] [--json]`
-compiles FILES (iptables mode) and traces the payload plus kube-proxy's
-jumps from the built-in chains. `rulegen trace --rules SAVED --dst ...`
-traces a saved rule file (a node's iptables-save, or rulegen's own
-output); FILES may be given too, then they only name the destination and
+compiles FILES and traces the result with the mode's tracer (iptables
+mode: the payload plus kube-proxy's jumps from the built-in chains; a mode
+without a tracer is refused by the registry, exit 2). `rulegen trace
+--rules SAVED --dst ...` traces a saved rule file (a node's iptables-save,
+or rulegen's own output); FILES may be given too, then they only name the destination and
 the endpoints' nodes, and supply the settings. Exit 0 for any finished
 trace whatever its verdict, 2 for unusable input, including a rule the
 tracer does not understand on the packet's way (named in the message).
@@ -16,14 +17,14 @@ import sys
 
 import click
 
+from .. import backends
 from ..cli import emit_report, guarded, run_compile
-from ..dataplane.xtables.parse import read_ruleset
 from ..diagnostics import Report, UsageError
 from ..flags import flags_of, settings_options
 from ..ipaddr import parse_ip
 from ..model import Inputs
 from ..settings import resolve_settings
-from ..trace import TraceError, trace_compiled, trace_ruleset
+from ..trace import TraceError, trace_compiled
 from ..trace.render import render_json, render_text
 
 
@@ -102,7 +103,9 @@ def command(files, dst, src, proto, rules_path, in_iface, out_iface, as_json, co
         else:
             # The dump says its own family unless the user forced one: a dump of the other
             # family than --dst is then named as such, not read as the wrong one.
-            rs, name = read_ruleset(rules_path, given_family)  # ParseError is a UsageError
+            first = flags.get("mode") or backends.DEFAULT_MODE
+            tracer = backends.require(first, "tracer")
+            rs, name = tracer.read(rules_path, given_family)  # a bad file is a UsageError
             if files:
                 c = run_compile(files, flags, config_path)
                 settings, plan = c.settings, c.plan
@@ -111,9 +114,12 @@ def command(files, dst, src, proto, rules_path, in_iface, out_iface, as_json, co
                 settings = resolve_settings(Inputs([], [], [], [], [], []), flags, report, config_path)
                 emit_report(report, bool(flags.get("strict")))
                 plan = None
-            result = trace_ruleset(rs, settings, src, dst_ip, dst_port, proto.lower(), plan=plan, source=name,
-                                   in_iface=in_iface, out_iface=out_iface,
-                                   pod_cidrs=settings.node_pod_cidrs)
+            if settings.mode != first:  # the configuration chose another mode: read the file as its
+                tracer = backends.require(settings.mode, "tracer")
+                rs, name = tracer.read(rules_path, given_family)
+            result = tracer.trace_saved(rs, settings, src, dst_ip, dst_port, proto.lower(), plan=plan, source=name,
+                                        in_iface=in_iface, out_iface=out_iface,
+                                        pod_cidrs=settings.node_pod_cidrs)
     except TraceError as e:
         raise UsageError(f"cannot trace: {e}") from None
     sys.stdout.write(render_json(result) if as_json else render_text(result))

@@ -132,6 +132,7 @@ class TraceResult:
     node_ips: tuple[str, ...] = ()
     outcomes: dict[str, Fraction] = field(default_factory=dict)  # verdict → total chance
     nodes_known: bool = True  # the Kubernetes objects were given, so endpoints' nodes are known
+    base_chains: frozenset[str] = frozenset()  # chains the hooks enter: the diagram names only the others
 
     @property
     def masquerade(self) -> bool:

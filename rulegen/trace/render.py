@@ -12,12 +12,9 @@ from __future__ import annotations
 import json
 from fractions import Fraction
 
-from ..dataplane.xtables.model import BUILTIN_CHAINS
 from ..ipaddr import endpoint_string
 from ..templating import render as render_template
 from .model import Destination, Hop, Path, TraceResult
-
-_BUILTINS = {c for cs in BUILTIN_CHAINS.values() for c in cs}
 
 
 def percent(p: Fraction) -> str:
@@ -92,7 +89,7 @@ def diagram(p: Path, r: TraceResult) -> str:
     for h in p.hops:
         if h.kind != "rule":
             continue
-        if h.chain not in _BUILTINS and h.chain not in seen:
+        if h.chain not in r.base_chains and h.chain not in seen:
             seen.add(h.chain)
             parts.append(h.chain)
         if h.verdict.startswith("DNAT "):

@@ -11,10 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rulegen.backends.iptables.compile import probability as kube_probability
+from rulegen.dataplane.xtables import matchers as M
+from rulegen.dataplane.xtables.matchers import Unsupported
 from rulegen.dataplane.xtables.parse import parse
-from rulegen.trace import matchers as M
-from rulegen.trace.engine import Engine, Rules
-from rulegen.trace.matchers import Unsupported
+from rulegen.dataplane.xtables.walk import Engine, Rules
 from rulegen.trace.model import Packet, TraceError
 
 NODE = ("192.168.1.10", "fd00::10")

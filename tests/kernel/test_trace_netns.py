@@ -17,12 +17,13 @@ import pytest
 
 from rulegen import golden
 from rulegen.backends.iptables.compile import jump_rules
+from rulegen.backends.iptables.trace import trace_ruleset
 from rulegen.dataplane.xtables.model import BUILTIN_CHAINS
 from rulegen.dataplane.xtables.parse import parse
 from rulegen.dataplane.xtables.spec import canonical
+from rulegen.dataplane.xtables.walk import Rules
 from rulegen.pipeline import compile_files
-from rulegen.trace import trace_compiled, trace_ruleset
-from rulegen.trace.engine import Rules
+from rulegen.trace import trace_compiled
 from rulegen.trace.tables import TABLE_FILE, load_table, problems
 
 pytestmark = pytest.mark.root

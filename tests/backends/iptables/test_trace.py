@@ -13,10 +13,11 @@ import pytest
 from click.testing import CliRunner
 
 from rulegen import golden
+from rulegen.backends.iptables.trace import trace_ruleset
 from rulegen.cli import main
 from rulegen.dataplane.xtables.parse import parse
 from rulegen.pipeline import compile_files
-from rulegen.trace import TraceError, trace_compiled, trace_ruleset
+from rulegen.trace import TraceError, trace_compiled
 from rulegen.trace.tables import TABLE_FILE, load_table, problems
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -1,4 +1,4 @@
-"""The evaluator: one new connection walked through the iptables rules as the kernel would.
+"""The xtables walk: one new connection through iptables rules as the kernel would (for the tracers).
 
 Owns the order of hooks and tables for a new connection, the chain walk
 (jump, goto, RETURN, policies), the effect of each target on the packet,
@@ -28,11 +28,11 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Callable
 
-from ..dataplane.xtables.model import BUILTIN_CHAINS, Ruleset
-from ..dataplane.xtables.spec import Match, Spec, SpecError, parse_spec
+from ...trace.model import Hop, Packet, Path, TraceError
 from . import matchers as M
 from .matchers import Unsupported
-from .model import Hop, Packet, Path, TraceError
+from .model import BUILTIN_CHAINS, Ruleset
+from .spec import Match, Spec, SpecError, parse_spec
 
 PRE = (("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("nat", "PREROUTING"), ("route", "in"))
 TO_LOCAL = (("mangle", "INPUT"), ("filter", "INPUT"), ("security", "INPUT"), ("nat", "INPUT"), ("deliver", "local"))

@@ -1,6 +1,6 @@
 """The two tiny programs `rulegen lab` runs inside its network namespaces: a server and a prober.
 
-`python -m rulegen.labnet serve --ip IP --tcp 3000,8080 --udp 53` binds TCP
+`python -m rulegen.lab.net serve --ip IP --tcp 3000,8080 --udp 53` binds TCP
 and UDP sockets on IP and answers every connection (TCP) or datagram (UDP)
 with one line `ip=<own address> port=<own port> peer=<source address>
 peerport=<source port>`, the source being what arrived after the node's
@@ -8,7 +8,7 @@ netfilter hooks (so a masqueraded client shows up as the node's address).
 It prints `ready` once bound, and stops by itself when its standard input
 closes (the lab process died or finished) or after `--lifetime` seconds.
 
-`python -m rulegen.labnet probe --deadline EPOCH` reads a JSON list of jobs
+`python -m rulegen.lab.net probe --deadline EPOCH` reads a JSON list of jobs
 on standard input (`{"id", "proto", "dst", "port", "count", "timeout"}`),
 runs all jobs' connections together with a bounded number in flight (jobs
 marked `sticky`, for ClientIP affinity, one at a time with their first
@@ -273,7 +273,7 @@ def probe(deadline_epoch: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="rulegen.labnet")
+    ap = argparse.ArgumentParser(prog="rulegen.lab.net")
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve")
     s.add_argument("--ip", required=True)
