@@ -26,16 +26,14 @@ IPVS_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed",
 
 @dataclass(frozen=True)
 class LocalDetector:
-    """kube-proxy's local-traffic detector: iptables args for "local" and "not local"."""
+    """kube-proxy's local-traffic detector: what "from a pod of this node" is; each backend writes its own match."""
 
-    if_local: str = ""
-    if_not_local: str = ""
     cidr: str = ""  # the pod CIDR in ClusterCIDR/NodeCIDR mode
     iface: str = ""  # interface (or prefix with '+') in the interface modes
 
     @property
     def implemented(self) -> bool:
-        return bool(self.if_local)
+        return bool(self.cidr or self.iface)
 
 
 @dataclass(frozen=True)
@@ -95,13 +93,13 @@ class Settings:
             if not cidrs:
                 return LocalDetector()
             c = cidrs[0]
-            return LocalDetector(f"-s {c}", f"! -s {c}", cidr=c)
+            return LocalDetector(cidr=c)
         if mode == "BridgeInterface" and self.bridge_interface:
             i = self.bridge_interface
-            return LocalDetector(f"-i {i}", f"! -i {i}", iface=i)
+            return LocalDetector(iface=i)
         if mode == "InterfaceNamePrefix" and self.interface_name_prefix:
             i = self.interface_name_prefix + "+"
-            return LocalDetector(f"-i {i}", f"! -i {i}", iface=i)
+            return LocalDetector(iface=i)
         return LocalDetector()
 
     def nodeport_cidrs(self, fam: int | None = None) -> tuple[bool, tuple[str, ...]]:

@@ -13,7 +13,7 @@ shared/spec/kube-proxy-iptables.md.
 from __future__ import annotations
 
 from ...dataplane.xtables.comments import COMMENT_MAX, comment_arg
-from ...dataplane.xtables.model import Rule, Ruleset, Table
+from ...dataplane.xtables.model import Rule, Ruleset, Table, local_match
 from ...naming import IptablesNames
 from ...plan import Plan, PortPlan, node_ip_in_ranges
 from ...settings import Settings
@@ -82,7 +82,8 @@ class Context:
         self.is4 = fam == 4
         self.mark = settings.mark
         self.masked = f"{self.mark}/{self.mark}"
-        self.detector = settings.local_detector(fam)
+        det = settings.local_detector(fam)
+        self.detector = local_match(det.cidr, det.iface)
         self.localhost_np = self.is4 and settings.localhost_nodeports_effective(fam)
         self.masq_all = settings.masquerade_all
         self.node_ip = settings.primary_ip(fam)

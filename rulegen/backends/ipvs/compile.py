@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import socket
 
-from ...dataplane.xtables.model import Rule, Ruleset, Table
+from ...dataplane.xtables.model import Rule, Ruleset, Table, local_match
 from ...ipaddr import cidr_contains
 from ...plan import Plan
 from ...settings import LOOPBACK, Settings
@@ -256,7 +256,8 @@ def glue(settings: Settings, fam: int, active: set[str], out_filter: list[tuple[
 
     if "KUBE-CLUSTER-IP" in active:
         head = match("KUBE-CLUSTER-IP", "")
-        detector = settings.local_detector(fam)
+        det = settings.local_detector(fam)
+        detector = local_match(det.cidr, det.iface)
         if settings.masquerade_all:
             N(Rule("KUBE-SERVICES", f"{head}dst,dst -j KUBE-MARK-MASQ"))
         elif detector.implemented:

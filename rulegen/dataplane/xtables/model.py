@@ -73,6 +73,26 @@ class Ruleset:
         return None
 
 
+class LocalMatch(NamedTuple):
+    """kube-proxy's local-traffic detector as xtables matches ("" and "" when there is none)."""
+
+    if_local: str  # `-s CIDR` / `-i IFACE`
+    if_not_local: str  # `! -s CIDR` / `! -i IFACE`
+
+    @property
+    def implemented(self) -> bool:
+        return bool(self.if_local)
+
+
+def local_match(cidr: str, iface: str) -> LocalMatch:
+    """The matches for a detector of pod CIDR CIDR, or else of interface (or `prefix+`) IFACE."""
+    if cidr:
+        return LocalMatch(f"-s {cidr}", f"! -s {cidr}")
+    if iface:
+        return LocalMatch(f"-i {iface}", f"! -i {iface}")
+    return LocalMatch("", "")
+
+
 def chain_digest(specs) -> str:
     """The hash by which apply and its caches know a chain's rules (12-byte BLAKE2b of the specs)."""
     return blake2b("\n".join(specs).encode(), digest_size=12).hexdigest()

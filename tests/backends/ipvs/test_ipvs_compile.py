@@ -13,7 +13,13 @@ import pytest
 from rulegen.backends.ipvs import compile as ipvs_compile
 from rulegen.backends.ipvs import render
 from rulegen.backends.ipvs.ir import (
-    BITMAP_PORT, FLAG_PERSISTENT, FLAG_SCHED2, MAXELEM, IPVSState, RealServer, VirtualServer,
+    BITMAP_PORT,
+    FLAG_PERSISTENT,
+    FLAG_SCHED2,
+    MAXELEM,
+    IPVSState,
+    RealServer,
+    VirtualServer,
 )
 from rulegen.diagnostics import Place, Report
 from rulegen.loader import load_objects
@@ -525,8 +531,9 @@ def test_compile_does_not_change_the_plan_and_is_repeatable():
 
 def test_ipvs_compile_and_render_grow_linearly(tmp_path):
     """Lines executed per function at 100, 1,000 and 2,000 generated Services: no superlinear step."""
+    from linecount import SIZES, _clear_caches, _write, line_counts, superlinear
+
     from rulegen.pipeline import compile_files
-    from test_scaling import SIZES, _clear_caches, _write, line_counts, superlinear
 
     paths = {n: _write(tmp_path, n, "json") for n in SIZES}
     compile_files([_write(tmp_path, 20, "json")], {"mode": "ipvs"}).text  # imports paid once
