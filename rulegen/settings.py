@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backends import modes
+from . import backends
 from .diagnostics import Place, Report, UsageError
 from .ipaddr import cidr_contains, parse_cidr, parse_ip
 from .model import Inputs, Node, ProxyConfig
@@ -220,7 +220,7 @@ def _scheduler(flags: dict[str, Any], cfg: ProxyConfig, mode: str, report: Repor
     reports it (fatal under --strict) and compiles with the default, rr.
     """
     value = _pick(flags.get("scheduler"), cfg.scheduler, "rr")
-    if mode != "ipvs" or value in IPVS_SCHEDULERS:
+    if not backends.get(mode).reads_scheduler or value in IPVS_SCHEDULERS:
         return value
     where = (Place(config_file, 1, "KubeProxyConfiguration", "config") if from_file and config_file
              else _ConfigPlace("KubeProxyConfiguration among the inputs", 0))
@@ -239,8 +239,8 @@ def resolve(flags: dict[str, Any], inputs: Inputs, report: Report, file_config: 
     cfg = configs[0] if configs else ProxyConfig()
 
     mode = _pick(flags.get("mode"), cfg.mode, "iptables")
-    if mode not in modes():
-        raise UsageError(f"--mode: {mode!r} is not one of {', '.join(modes())}")
+    if mode not in backends.modes():
+        raise UsageError(f"--mode: {mode!r} is not one of {', '.join(backends.modes())}")
     fam_flag = flags.get("ip_family") or "ipv4"
     if fam_flag not in ("ipv4", "ipv6"):
         raise UsageError(f"--ip-family: {fam_flag!r} is not ipv4 or ipv6")
@@ -296,7 +296,7 @@ def resolve(flags: dict[str, Any], inputs: Inputs, report: Report, file_config: 
 
     # Each proxier reads its own section of the configuration: nftables mode
     # takes nftables.masqueradeAll / masqueradeBit, the others iptables.*.
-    if mode == "nftables":
+    if backends.get(mode).masquerade_section == "nftables":
         cfg_masq_all, cfg_bit, bit_field = cfg.nft_masquerade_all, cfg.nft_masquerade_bit, "nftables.masqueradeBit"
     else:
         cfg_masq_all, cfg_bit, bit_field = cfg.masquerade_all, cfg.masquerade_bit, "iptables.masqueradeBit"

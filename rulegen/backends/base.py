@@ -49,6 +49,10 @@ class Backend(Generic[IR]):
     # Does this mode answer NodePorts on 127.0.0.1 (route_localnet)? Only iptables
     # mode does; lint's exposure check asks.
     localhost_nodeports: bool = False
+    # The KubeProxyConfiguration section whose masqueradeAll / masqueradeBit the
+    # mode's proxier reads, and whether it reads ipvs.scheduler (settings asks).
+    masquerade_section: str = "iptables"
+    reads_scheduler: bool = False
 
     # ------------------------------------------------------------ required
 

@@ -12,9 +12,11 @@ import sys
 
 import click
 
-from ..bench import gen, run as runmod
+from ..bench import gen
+from ..bench import run as runmod
 from ..cli import guarded
 from ..diagnostics import UsageError
+from ..flags import ModeChoice
 
 
 @click.group("bench")
@@ -63,8 +65,8 @@ def _sizes(ctx, param, value: str) -> list[int]:
               help="Service counts, comma-separated.")
 @click.option("--endpoints", "-e", type=click.IntRange(min=1), default=10, show_default=True,
               help="Endpoints per Service.")
-@click.option("--mode", "modes", multiple=True, type=click.Choice(list(runmod.MODES)),
-              help="Mode(s) to measure (default: all the harness knows).")
+@click.option("--mode", "modes", multiple=True, type=ModeChoice(),
+              help=f"Mode(s) to measure (default: {', '.join(runmod.MODES)}).")
 @click.option("--repeat", "-r", type=click.IntRange(min=1), default=runmod.DEFAULT_REPEAT, show_default=True,
               help="Runs per measurement; the median time is reported (the floors: the fastest).")
 @click.option("--quick", is_flag=True, help="Sizes 100,1000 and one run each (budgets needing 10k are skipped).")

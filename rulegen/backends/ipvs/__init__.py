@@ -19,6 +19,7 @@ class IPVSBackend(Backend[IPVSState]):
     mode = "ipvs"
     output = "ipvsadm, ipset and iptables-restore texts"
     writes_files = True
+    reads_scheduler = True
 
     def compile(self, plan, settings) -> IPVSState:
         return compiler.compile_plan(plan, settings)

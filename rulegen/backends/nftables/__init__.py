@@ -20,6 +20,7 @@ from . import compile as compiler
 class NftablesBackend(Backend[Transaction]):
     mode = "nftables"
     output = "nft -f script"
+    masquerade_section = "nftables"
 
     def compile(self, plan, settings) -> Transaction:
         return compiler.compile_plan(plan, settings)
