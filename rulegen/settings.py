@@ -1,6 +1,6 @@
 """The proxy settings for one compile, resolved once from flags, config and objects.
 
-Precedence, as CONTRACT.md sets it: a command-line flag, then `--config
+Precedence (the settings table in README.md): a command-line flag, then `--config
 FILE`, then a KubeProxyConfiguration document among the inputs, then the
 Node object, then kube-proxy's default. `Settings` is frozen; per-family
 views (`node_ips_of`, `local_detector`, `nodeport_addresses`) are small

@@ -4,5 +4,5 @@
 EndpointSlices spread over nodes, one Node, a KubeProxyConfiguration) as
 multi-document YAML or `kubectl get -o json` JSON; `run` times each stage
 of the pipeline on those inputs against the floors (`json.loads`, the C YAML
-loader, one `"".join`) and checks the budgets of issue 5.
+loader, one `"".join`) and checks the budgets README.md's Performance section states.
 """

@@ -1,4 +1,4 @@
-"""The incremental-apply benchmark of issue 5: one endpoint change on a large namespace, in the kernel.
+"""The incremental-apply benchmark: one endpoint change on a large namespace, in the kernel.
 
 For each iptables backend asked for (`--backend nft|legacy|both|auto`), it
 generates a cluster (`rulegen.bench.gen`, one seed), loads it with `rulegen
@@ -230,7 +230,7 @@ def report(results: list[Result], system: str, elapsed: float) -> str:
             continue
         b = r.budget()
         if b is not None:
-            out.append(f"- budget (issue 5): **{'met' if b[0] else 'missed'}**: {b[1]}")
+            out.append(f"- budget: **{'met' if b[0] else 'missed'}**: {b[1]}")
         if r.equal is not None:
             out.append(f"- live state after the incremental applies equals a fresh full apply: "
                        f"**{'yes' if r.equal else 'NO'}**")

@@ -1,4 +1,4 @@
-"""`rulegen bench`: generate realistic clusters and run the scale benchmark (issue 5).
+"""`rulegen bench`: generate realistic clusters and run the scale benchmark against its budgets.
 
 `rulegen bench gen` writes a seeded cluster of N Services × E endpoints as
 YAML or JSON; `rulegen bench run` times the pipeline on such clusters
@@ -78,7 +78,7 @@ def _sizes(ctx, param, value: str) -> list[int]:
               help="Process CPU time (steady on a shared machine) or wall-clock time.")
 @guarded
 def run_cmd(sizes, endpoints, modes, repeat, quick, seed, output, workdir, clock):
-    """Time load / plan+compile / render against the floors and check the budgets of issue 5."""
+    """Time load / plan+compile / render against the floors and check the budgets (README.md, Performance)."""
     if quick:
         sizes, repeat = [100, 1000], 1
     try:

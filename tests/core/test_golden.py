@@ -35,7 +35,7 @@ FIXTURES = ROOT / "fixtures"
 CASES = golden.discover(FIXTURES)
 IDS = [c.name for c in CASES]
 # The checks below that read iptables payloads run on the cases that have one
-# (tests/test_nftables_golden.py checks the expected.nftables files).
+# (tests/backends/nftables/test_nftables_golden.py checks the expected.nftables files).
 IPT_CASES = [c for c in CASES if "iptables" in c.modes]
 IPT_IDS = [c.name for c in IPT_CASES]
 

@@ -6,8 +6,7 @@ KUBE-SERVICES / KUBE-NODEPORTS / KUBE-EXTERNAL-SERVICES / KUBE-PROXY-FIREWALL,
 the masquerade rule, the EXT, FW, SVC, SVL and SEP chains, and the
 KUBE-NODEPORTS tail rule. Rule bodies are built by string formatting in the
 hot loop (a 10k-Service cluster writes ~350k lines); everything else is
-records. The section numbers in comments refer to
-shared/spec/kube-proxy-iptables.md.
+records. The comments name each part in kube-proxy's write order.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ FILTER_CHAINS = ("KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUB
 NAT_CHAINS = ("KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ")
 NODEPORTS_COMMENT = '"kubernetes service nodeports; NOTE: this must be the last rule in this chain"'
 
-# Jumps from the built-in chains, installed outside the payload (section 9):
+# Jumps from the built-in chains, which kube-proxy installs outside the payload:
 # (table, built-in chain, rule args). Each is inserted at position 1 when
 # missing, in this order, so the last one listed for a chain ends up first.
 JUMP_RULES: tuple[tuple[str, str, str], ...] = (
@@ -104,7 +103,7 @@ def is_large(endpoint_total: int) -> bool:
 
 def compile_ports(ports, cx: Context, large: bool, nrules: list[Rule], frules: list[Rule],
                   nchains: list[str]) -> None:
-    """Every service port's rules, appended in kube-proxy's write order (section 5)."""
+    """Every service port's rules, appended in kube-proxy's write order."""
     N, F = nrules.append, frules.append
     detector, masq_all, nfacct_np, node_ip = cx.detector, cx.masq_all, cx.nfacct_np, cx.node_ip
     for p in ports:
@@ -112,7 +111,7 @@ def compile_ports(ports, cx: Context, large: bool, nrules: list[Rule], frules: l
 
 
 def head(cx: Context, settings: Settings) -> tuple[list[str], list[Rule], list[str], list[Rule]]:
-    """The fixed chains and the rules written before any service port (sections 4.1, 4.2)."""
+    """The fixed chains and the rules written before any service port (fixed nat rules, KUBE-FIREWALL)."""
     mark, masked = cx.mark, cx.masked
     fchains: list[str] = list(FILTER_CHAINS)
     frules: list[Rule] = []
@@ -120,14 +119,14 @@ def head(cx: Context, settings: Settings) -> tuple[list[str], list[Rule], list[s
     nrules: list[Rule] = []
     N = nrules.append
 
-    # 4.1 fixed nat rules
+    # fixed nat rules
     N(Rule("KUBE-POSTROUTING", f"-m mark ! --mark {masked} -j RETURN"))
     N(Rule("KUBE-POSTROUTING", f"-j MARK --xor-mark {mark}"))
     masq = '-m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE'
     N(Rule("KUBE-POSTROUTING", masq + (" --random-fully" if settings.random_fully else "")))
     N(Rule("KUBE-MARK-MASQ", f"-j MARK --or-mark {mark}"))
 
-    # 4.2 KUBE-FIREWALL
+    # KUBE-FIREWALL
     if cx.localhost_np:
         fchains.append("KUBE-FIREWALL")
         frules.append(Rule("KUBE-FIREWALL", '-m comment --comment "block incoming localnet connections" '
@@ -137,11 +136,11 @@ def head(cx: Context, settings: Settings) -> tuple[list[str], list[Rule], list[s
 
 def finish(cx: Context, settings: Settings, fchains: list[str], frules: list[Rule], nchains: list[str],
            nrules: list[Rule]) -> Ruleset:
-    """The rules written after every service port (sections 4.5, 4.3), and the Ruleset."""
+    """The rules written after every service port (the KUBE-SERVICES tail, KUBE-FORWARD), and the Ruleset."""
     N, F = nrules.append, frules.append
     is4, fam = cx.is4, cx.fam
 
-    # 4.5 the last KUBE-SERVICES rule
+    # the last KUBE-SERVICES rule
     match_all, addrs = settings.nodeport_ips(fam)
     if match_all:
         if not is4:
@@ -157,7 +156,7 @@ def finish(cx: Context, settings: Settings, fchains: list[str], frules: list[Rul
                 continue
             N(Rule("KUBE-SERVICES", f"-m comment --comment {NODEPORTS_COMMENT} -d {ip} -j KUBE-NODEPORTS"))
 
-    # 4.3 KUBE-FORWARD, always last in filter
+    # KUBE-FORWARD, always last in filter
     if not settings.tcp_be_liberal:
         acct = " -m nfacct --nfacct-name ct_state_invalid_dropped_pkts" if settings.nfacct else ""
         F(Rule("KUBE-FORWARD", f"-m conntrack --ctstate INVALID{acct} -j DROP"))
@@ -203,7 +202,7 @@ def _service_port(p: PortPlan, N, F, nchains: list[str], detector, masq_all: boo
     port = p.port.port
     dport = f"--dport {port}"
 
-    # 5.2 capture rules
+    # capture rules
     if has_int:
         N(_new(Rule, ("KUBE-SERVICES", f'-m comment --comment "{spn} cluster IP" {pp} -d {cip} {dport} -j {internal_chain}')))
     else:
@@ -223,7 +222,7 @@ def _service_port(p: PortPlan, N, F, nchains: list[str], detector, masq_all: boo
         for lbip in p.lb_ips:
             F(_new(Rule, ("KUBE-EXTERNAL-SERVICES", f"-m comment --comment {ext_comment} {pp} -d {lbip} {dport} -j {ext_target}")))
 
-    # 5.3 NodePort
+    # NodePort
     np_ = p.node_port
     if np_:
         if has_eps:
@@ -238,7 +237,7 @@ def _service_port(p: PortPlan, N, F, nchains: list[str], detector, masq_all: boo
         F(_new(Rule, ("KUBE-NODEPORTS", f'-m comment --comment "{spn} health check node port" -m tcp -p tcp '
                f"--dport {p.hc_node_port} -j ACCEPT")))
 
-    # 5.4 cluster-IP masquerade rule
+    # cluster-IP masquerade rule
     if has_int:
         head = f'-m comment --comment "{spn} cluster IP" {pp} -d {cip} {dport}'
         if masq_all:
@@ -246,7 +245,7 @@ def _service_port(p: PortPlan, N, F, nchains: list[str], detector, masq_all: boo
         elif detector.implemented:
             N(_new(Rule, (internal_chain, f"{head} {detector.if_not_local} -j KUBE-MARK-MASQ")))
 
-    # 5.5 EXT chain
+    # EXT chain
     if uses_ext:
         nchains.append(ext_chain)
         if not p.ext_local:
@@ -262,7 +261,7 @@ def _service_port(p: PortPlan, N, F, nchains: list[str], detector, masq_all: boo
         if has_ext:
             N(_new(Rule, (ext_chain, f"-j {ext_policy_chain}")))
 
-    # 5.6 FW chain
+    # FW chain
     if uses_fw:
         fw = names.fw
         nchains.append(fw)
@@ -274,7 +273,7 @@ def _service_port(p: PortPlan, N, F, nchains: list[str], detector, masq_all: boo
                 N(_new(Rule, (fw, f"{head} -s {lbip} -j {ext_chain}")))
         N(_new(Rule, (fw, f'-m comment --comment "other traffic to {spn} will be dropped by KUBE-PROXY-FIREWALL"')))
 
-    # 5.7 SVC / SVL chains. Every endpoint that gets a jump also gets a SEP
+    # SVC / SVL chains. Every endpoint that gets a jump also gets a SEP
     # chain (selection.categorize makes the cluster and local lists subsets of
     # all_reachable), so the SEP names are hashed once, here, and looked up afterwards.
     sep_name = names.sep
@@ -286,7 +285,7 @@ def _service_port(p: PortPlan, N, F, nchains: list[str], detector, masq_all: boo
         nchains.append(names.svl)
         _to_endpoints(N, names.svl, spn, sel.local, p.affinity, large, seps)
 
-    # 5.8 SEP chains
+    # SEP chains
     c = "" if large else f"-m comment --comment {bare} "
     dnat = f"{pp} -j DNAT --to-destination "
     recent = p.affinity

@@ -443,7 +443,7 @@ def _sync(goal: Target, netns: str, kernel: Kernel, mode: str, fam: int, dry_run
             continue
         p.rules = wt.rules_of(p.sent)
 
-    # Jumps from the built-in chains (spec section 9): exactly one copy of
+    # Jumps from the built-in chains (installed outside the payload): exactly one copy of
     # each. A copy is a rule there with the same meaning (canonical form).
     # Where a jump has several, one is kept and the others are deleted, so
     # two applies that raced or a copy made by hand are put right; the copy

@@ -1,6 +1,6 @@
 """Golden IPVS outputs (fixtures/*/expected.ipvs): consistent with kube-proxy's logic, and loadable.
 
-`tests/test_golden.py` compares every expected file with the compiler byte
+`tests/core/test_golden.py` compares every expected file with the compiler byte
 for byte. Here each expected.ipvs is read back and checked against rules
 re-derived from kube-proxy's IPVS proxier with nothing but the text (which
 virtual servers each set implies, which glue rules each non-empty set

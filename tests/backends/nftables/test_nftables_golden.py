@@ -1,6 +1,6 @@
 """Golden nftables scripts: each expected.nftables is consistent on its own, loads into a kernel, and lists back as compiled.
 
-`tests/test_golden.py` already compares every expected.<mode> file with the
+`tests/core/test_golden.py` already compares every expected.<mode> file with the
 compiler byte for byte. Here, each fixtures/*/expected.nftables is also
 checked against rules re-derived from kube-proxy's scheme (object names are
 the hash of their readable part, every `numgen ... mod N` maps exactly 0..N-1,
