@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from rgtest import run_cli
 
 from rulegen.cli import main
 
@@ -25,10 +26,7 @@ spec:
 def run(tmp_path: Path, text: str, *args: str, name: str = "svc.yaml"):
     f = tmp_path / name
     f.write_text(textwrap.dedent(text))
-    r = CliRunner().invoke(main, ["compile", str(f), *args])
-    # SystemExit is how click reports exit codes; anything else is a leaked traceback.
-    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
-    return r, str(f)
+    return run_cli("compile", str(f), *args), str(f)  # a leaked exception fails the test
 
 
 def test_malformed_yaml_is_exit_2_with_line(tmp_path):

@@ -15,13 +15,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from rgtest import run_cli
 
 import rulegen.lint.labels as labels_mod
-from rulegen.cli import main
 from rulegen.commands.lint import command as lint_command
 from rulegen.diagnostics import Report, UsageError
 from rulegen.flags import flags_of
@@ -52,7 +51,7 @@ def lint_args(argv: list[str]) -> list[Finding]:
 
 
 def run(args: list[str], stdin: str | None = None):
-    return CliRunner().invoke(main, ["lint", *args], input=stdin)
+    return run_cli("lint", *args, input=stdin)
 
 
 def write(tmp_path: Path, text: str, name: str = "in.yaml") -> str:

@@ -21,17 +21,10 @@ import rulegen.dataplane.xtables.parse as parsemod
 from rulegen.dataplane.xtables.model import Rule, Ruleset, Table
 from rulegen.dataplane.xtables.parse import ParseError, detect_family, parse, read_ruleset
 from rulegen.dataplane.xtables.render import CHUNK, render, rule_pieces
-from rulegen.diagnostics import Place, Report, UsageError
-from rulegen.loader import load_objects
-from rulegen.pipeline import Timings, compile_files, compile_inputs
+from rulegen.diagnostics import UsageError
+from rulegen.pipeline import compile_files
 
 EXAMPLE = "examples/web-frontend/cluster.yaml"
-
-
-def compile_objs(objs, flags):
-    report = Report()
-    inputs = load_objects([(Place("gen.yaml", i + 1), o) for i, o in enumerate(objs)], report)
-    return compile_inputs(inputs, dict(flags), report, Timings())
 
 
 # ---------------------------------------------------------------------- round trip
@@ -39,7 +32,7 @@ def compile_objs(objs, flags):
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(objs=cluster(), flags=settings_flags)
-def test_roundtrip_of_compiled_payload_is_byte_exact(objs, flags):
+def test_roundtrip_of_compiled_payload_is_byte_exact(compile_objs, objs, flags):
     c = compile_objs(objs, flags)
     text = c.text
     rs = parse(text, "payload", family=c.ir.family)

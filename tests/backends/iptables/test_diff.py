@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner
 from clustergen import cluster, settings_flags
 from hypothesis import HealthCheck, given, settings
+from rgtest import run_cli
 
 import rulegen.dataplane.xtables.views as xviews
 import rulegen.diff.core as diffcore
@@ -329,7 +330,7 @@ def files(tmp_path):
 
 
 def run(args, input=None):
-    return CliRunner().invoke(main, ["diff", *args], input=input)
+    return run_cli("diff", *args, input=input)
 
 
 def test_cli_equal_and_different(files):

@@ -17,20 +17,9 @@ from clustergen import cluster, settings_flags
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rulegen.diagnostics import Place, Report
-from rulegen.loader import load_objects
-from rulegen.pipeline import Compiled, Timings, compile_inputs
-
 BUILTIN_TARGETS = {"ACCEPT", "DROP", "REJECT", "RETURN", "DNAT", "MASQUERADE", "MARK", "SNAT"}
 PER_SERVICE = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-EXT-", "KUBE-FW-", "KUBE-SEP-")
 FIXED_NAT = {"KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"}
-
-
-def compile_objs(objs: list, flags: dict) -> Compiled:
-    report = Report()
-    places = [(Place("gen.yaml", i + 1), o) for i, o in enumerate(objs)]
-    inputs = load_objects(places, report)
-    return compile_inputs(inputs, dict(flags), report, Timings())
 
 
 def _target(spec: str) -> str | None:
@@ -43,7 +32,7 @@ prop_settings = settings(max_examples=60, deadline=None, suppress_health_check=[
 
 @prop_settings
 @given(cluster(), settings_flags)
-def test_compile_never_raises_and_targets_are_declared(objs, flags):
+def test_compile_never_raises_and_targets_are_declared(compile_objs, objs, flags):
     c = compile_objs(objs, flags)
     text = c.text
     assert text.startswith("*filter\n") and text.endswith("COMMIT\n")
@@ -58,7 +47,7 @@ def test_compile_never_raises_and_targets_are_declared(objs, flags):
 
 @prop_settings
 @given(cluster(), settings_flags)
-def test_no_declared_per_service_chain_is_unused(objs, flags):
+def test_no_declared_per_service_chain_is_unused(compile_objs, objs, flags):
     c = compile_objs(objs, flags)
     nat = c.ir.table("nat")
     jumped = {_target(r.spec) for r in nat.rules}
@@ -70,7 +59,7 @@ def test_no_declared_per_service_chain_is_unused(objs, flags):
 
 @prop_settings
 @given(cluster(), settings_flags, st.randoms(use_true_random=False))
-def test_output_does_not_depend_on_input_order(objs, flags, rnd: random.Random):
+def test_output_does_not_depend_on_input_order(compile_objs, objs, flags, rnd: random.Random):
     first = compile_objs(objs, flags).text
     shuffled = list(objs)
     rnd.shuffle(shuffled)
@@ -95,7 +84,7 @@ def chances(rules: list[str]) -> dict[str, Fraction]:
 
 @prop_settings
 @given(cluster(), settings_flags)
-def test_every_endpoint_is_reached_with_equal_chance(objs, flags):
+def test_every_endpoint_is_reached_with_equal_chance(compile_objs, objs, flags):
     c = compile_objs(objs, flags)
     by_chain = c.ir.table("nat").by_chain()
     checked = 0

@@ -10,11 +10,10 @@ from functools import lru_cache
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from rgtest import run_cli
 
 from rulegen import golden
 from rulegen.backends.iptables.trace import trace_ruleset
-from rulegen.cli import main
 from rulegen.dataplane.xtables.parse import parse
 from rulegen.pipeline import compile_files
 from rulegen.trace import TraceError, trace_compiled
@@ -70,9 +69,7 @@ NP = str(ROOT / "fixtures" / "nodeport-cluster")
 
 
 def cli(*args: str, input: str | None = None):
-    r = CliRunner().invoke(main, ["trace", *args], input=input)
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    return r
+    return run_cli("trace", *args, input=input)
 
 
 def test_cli_text_draws_the_path_and_the_destinations():

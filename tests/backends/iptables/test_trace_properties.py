@@ -14,20 +14,11 @@ from fractions import Fraction
 from clustergen import cluster, settings_flags
 from hypothesis import HealthCheck, given, settings
 
-from rulegen.diagnostics import Place, Report
-from rulegen.loader import load_objects
-from rulegen.pipeline import Timings, compile_inputs
 from rulegen.trace import trace_compiled
 
 POD = {4: "10.244.0.177", 6: "fd00:10:244::177"}  # in the generated pod CIDRs, never an endpoint
 OUTSIDE = {4: "198.18.0.10", 6: "2001:db8::10"}
 NODE_IP = {4: "192.168.0.10", 6: "fd00:192::10"}
-
-
-def compile_objs(objs, flags):
-    report = Report()
-    inputs = load_objects([(Place("gen.yaml", i + 1), o) for i, o in enumerate(objs)], report)
-    return compile_inputs(inputs, dict(flags), report, Timings())
 
 
 def even(eps) -> dict[str, Fraction]:
@@ -36,7 +27,7 @@ def even(eps) -> dict[str, Fraction]:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cluster(), settings_flags)
-def test_traces_agree_with_endpoint_selection(objs, flags):
+def test_traces_agree_with_endpoint_selection(compile_objs, objs, flags):
     c = compile_objs(objs, flags)
     fam = c.settings.family
     for p in c.plan.ports:

@@ -5,17 +5,16 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from click.testing import CliRunner
+from rgtest import run_cli
 
 from rulegen.backends.ipvs import parse, render
-from rulegen.cli import main
 
 ROOT = Path(__file__).resolve().parents[3]
 CASE = ROOT / "fixtures" / "ipvs-scheduler-mh"
 
 
 def run(*args: str):
-    return CliRunner().invoke(main, list(args))
+    return run_cli(*args)
 
 
 def test_stdout_holds_the_three_sections_after_their_headers():

@@ -9,6 +9,7 @@ cluster CIDR 10.42.0.0/16, Services in 10.43.0.0/16.
 from __future__ import annotations
 
 import pytest
+from rgtest import compile_objects
 
 from rulegen.backends.ipvs import compile as ipvs_compile
 from rulegen.backends.ipvs import render
@@ -21,9 +22,8 @@ from rulegen.backends.ipvs.ir import (
     RealServer,
     VirtualServer,
 )
-from rulegen.diagnostics import Place, Report
-from rulegen.loader import load_objects
-from rulegen.pipeline import Compiled, Timings, compile_inputs
+from rulegen.diagnostics import Report
+from rulegen.pipeline import Compiled
 
 NODE = "edge-2"
 NODE_IP = "203.0.113.20"
@@ -81,9 +81,8 @@ def compile_objs(objs: list, with_node: bool = True, **flags) -> Compiled:
     objs = list(objs) + ([node()] if with_node and not any(o["kind"] == "Node" for o in objs) else [])
     if not any(o["kind"] == "KubeProxyConfiguration" for o in objs):
         objs.append(config())
-    inputs = load_objects([(Place("test.yaml", i + 1), o) for i, o in enumerate(objs)], report)
     flags = {"mode": "ipvs", **flags}
-    c = compile_inputs(inputs, flags, report, Timings())
+    c = compile_objects(objs, flags, report=report)
     assert isinstance(c.ir, IPVSState) or flags["mode"] != "ipvs"
     return c
 

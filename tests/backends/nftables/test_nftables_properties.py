@@ -19,23 +19,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rulegen.dataplane.nft import parse, state
-from rulegen.diagnostics import Place, Report
-from rulegen.loader import load_objects
-from rulegen.pipeline import Compiled, Timings, compile_inputs
 
 prop_settings = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def compile_objs(objs: list, flags: dict) -> Compiled:
-    report = Report()
-    inputs = load_objects([(Place("gen.yaml", i + 1), o) for i, o in enumerate(objs)], report)
-    return compile_inputs(inputs, dict(flags, mode="nftables"), report, Timings())
-
-
 @prop_settings
 @given(cluster(), settings_flags)
-def test_compile_never_raises_and_the_script_reads_back(objs, flags):
-    c = compile_objs(objs, flags)
+def test_compile_never_raises_and_the_script_reads_back(compile_objs, objs, flags):
+    c = compile_objs(objs, dict(flags, mode="nftables"))
     st_ = state.replay(c.ir)
     assert state.normalise(parse.read_state(c.text)) == state.normalise(st_)
     referenced = set()
@@ -56,8 +47,8 @@ def test_compile_never_raises_and_the_script_reads_back(objs, flags):
 
 @prop_settings
 @given(cluster(), settings_flags, st.randoms(use_true_random=False))
-def test_output_does_not_depend_on_input_order(objs, flags, rnd: random.Random):
-    first = compile_objs(objs, flags).text
+def test_output_does_not_depend_on_input_order(compile_objs, objs, flags, rnd: random.Random):
+    first = compile_objs(objs, dict(flags, mode="nftables")).text
     shuffled = list(objs)
     rnd.shuffle(shuffled)
-    assert compile_objs(shuffled, flags).text == first
+    assert compile_objs(shuffled, dict(flags, mode="nftables")).text == first
