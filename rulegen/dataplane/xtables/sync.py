@@ -307,53 +307,87 @@ def sync(target: Target, netns: str, kernel: Kernel, *, mode: str, family: int, 
 
 def _sync(goal: Target, netns: str, kernel: Kernel, mode: str, fam: int, dry_run: bool, state_dir: str | None,
           trust_cache: bool) -> XtablesApplyResult:
-    want = goal.views
-    name = goal.name
-    res = XtablesApplyResult(netns, mode, fam, dry_run=dry_run)
-    clock = Clock()
-    xt, ns = kernel.xtables, kernel.netns
-
-    exists = ns.exists(netns)
-    backend = xt.backend_for(netns, fam)
-    res.backend = backend
-    identity = ns.identity(netns) if exists else ""
-    # Read before anything else: a change after this point shows as a gap.
-    gen0 = xt.generation(netns, fam) if exists else None
-    cache = _load_cache(state_dir, netns, fam, identity, backend, res.warnings, name)
-    jumps_all = goal.jumps
-    tables_needed = {t.name for t in want} | {t for t, _, _ in jumps_all}
-    fresh = False
-    if trust_cache and cache is not None and gen0 is not None and state_dir:
-        g = _load_generation(state_dir, netns, fam, res.warnings, name)
-        fresh = (g is not None and g.serial == cache.serial and g.generation == gen0
-                 and tables_needed <= set(cache.tables))
-    live: dict[str, _Live] = {}
-    if fresh:
-        assert cache is not None
-        for tname, ts in cache.tables.items():
-            builtin = BUILTIN_CHAINS.get(tname, ())
-            names = list(ts.ours) + [c for c in ts.others if c not in builtin]  # no built-in holds a compile
-            live[tname] = _Live(names, {c: list(s) for c, s in ts.others.items()}, dict(ts.ours), dict(ts.spelt))
-        res.source = "cache"
-        clock.lap("read-cache")
+    run = _Run(goal, netns, kernel, mode, fam, dry_run, state_dir)
+    run.read_live(trust_cache)
+    run.compare()
+    if run.res.source == "cache":
+        run.list_known_by_hash()
+    run.plan_deletions()
+    run.plan_jumps()
+    table_lines = run.payload()
+    if dry_run or not run.plans:
+        run.keep_what_was_found()
     else:
-        dump = parse(xt.save(netns, fam) if exists else "", source=f"netns {netns}", family=fam)
-        for t in dump.tables:
-            live[t.name] = _Live(list(t.chains), t.by_chain(), {}, {})
-        res.source = "dump"
-        clock.lap("read-live")
-    known = cache.tables if cache is not None else {}
+        run.send(table_lines)
+        run.update_cache()
+    run.res.timings = run.clock.stages
+    return run.res
 
-    wanted_by: dict[str, TableView] = {}
-    wdig: dict[str, dict[str, str]] = {}
-    plans: list[_TablePlan] = []
-    before: dict[str, _TableState] = {}  # the live state as this run found it
-    suspects = 0
-    for wt in want:
-        lt = live.setdefault(wt.name, _Live([], {}, {}, {}))
-        wanted_by[wt.name] = wt
-        digests = wdig[wt.name] = wt.digests()
-        tstate = known.get(wt.name)
+
+class _Run:
+    """One sync's state, stage by stage: what is live, what is wanted, and the plan per table."""
+
+    def __init__(self, goal: Target, netns: str, kernel: Kernel, mode: str, fam: int, dry_run: bool,
+                 state_dir: str | None) -> None:
+        self.goal, self.netns, self.fam, self.state_dir = goal, netns, fam, state_dir
+        self.name = goal.name
+        self.res = XtablesApplyResult(netns, mode, fam, dry_run=dry_run)
+        self.clock = Clock()
+        self.xt, self.ns = kernel.xtables, kernel.netns
+        self.live: dict[str, _Live] = {}
+        self.known: dict[str, _TableState] = {}  # the cache's tables (fresh or not): hints for spelling
+        self.wanted_by: dict[str, TableView] = {}
+        self.wdig: dict[str, dict[str, str]] = {}
+        self.plans: list[_TablePlan] = []
+        self.before: dict[str, _TableState] = {}  # the live state as this run found it
+        self.suspects = 0  # chains sent as compiled last time and still not recognised
+
+    def read_live(self, trust_cache: bool) -> None:
+        """What is live: from the cache when the kernel proves it fresh, else from iptables-save."""
+        netns, fam, xt, res, name = self.netns, self.fam, self.xt, self.res, self.name
+        self.exists = exists = self.ns.exists(netns)
+        self.backend = backend = xt.backend_for(netns, fam)
+        res.backend = backend
+        self.identity = identity = self.ns.identity(netns) if exists else ""
+        # Read before anything else: a change after this point shows as a gap.
+        self.gen0 = gen0 = xt.generation(netns, fam) if exists else None
+        cache = _load_cache(self.state_dir, netns, fam, identity, backend, res.warnings, name)
+        self.tables_needed = {t.name for t in self.goal.views} | {t for t, _, _ in self.goal.jumps}
+        fresh = False
+        if trust_cache and cache is not None and gen0 is not None and self.state_dir:
+            g = _load_generation(self.state_dir, netns, fam, res.warnings, name)
+            fresh = (g is not None and g.serial == cache.serial and g.generation == gen0
+                     and self.tables_needed <= set(cache.tables))
+        live = self.live
+        if fresh:
+            assert cache is not None
+            for tname, ts in cache.tables.items():
+                builtin = BUILTIN_CHAINS.get(tname, ())
+                names = list(ts.ours) + [c for c in ts.others if c not in builtin]  # no built-in holds a compile
+                live[tname] = _Live(names, {c: list(s) for c, s in ts.others.items()}, dict(ts.ours),
+                                    dict(ts.spelt))
+            res.source = "cache"
+            self.clock.lap("read-cache")
+        else:
+            dump = parse(xt.save(netns, fam) if exists else "", source=f"netns {netns}", family=fam)
+            for t in dump.tables:
+                live[t.name] = _Live(list(t.chains), t.by_chain(), {}, {})
+            res.source = "dump"
+            self.clock.lap("read-live")
+        self.known = cache.tables if cache is not None else {}
+
+    def compare(self) -> None:
+        """Per wanted table: the chains to send (added and changed) and the stale chains to delete."""
+        for wt in self.goal.views:
+            self._compare_table(wt)
+        self.clock.lap("diff")
+
+    def _compare_table(self, wt: TableView) -> None:
+        res = self.res
+        lt = self.live.setdefault(wt.name, _Live([], {}, {}, {}))
+        self.wanted_by[wt.name] = wt
+        digests = self.wdig[wt.name] = wt.digests()
+        tstate = self.known.get(wt.name)
         tours, tspelt = (tstate.ours, tstate.spelt) if tstate is not None else ({}, {})
         hashed = lt.ours  # from a fresh cache: chains that hold a compile, by its hash
         # Chains known by hash: unchanged exactly when the hashes agree (and
@@ -392,30 +426,32 @@ def _sync(goal: Target, netns: str, kernel: Kernel, mode: str, fam: int, dry_run
             if hit == wd and not hit_live:
                 # Sent exactly this last time and still not recognised: the
                 # kernel's spelling defeats the canonical form, so learn it.
-                suspects += 1
+                self.suspects += 1
         sent = _in_order(changed | added, wt.chains)
         res.added += [(wt.name, c) for c in sent if c in added]
         res.changed += [(wt.name, c) for c in sent if c in changed]
-        before[wt.name] = _TableState(ours, {c: s for c, s in lt.specs.items() if c not in ours}, spelt)
+        self.before[wt.name] = _TableState(ours, {c: s for c, s in lt.specs.items() if c not in ours}, spelt)
 
         gone = {c for c in lt.chains if c not in digests} if not hashed else (
             lt.ours.keys() - digests.keys()) | {c for c in lt.specs if c not in digests}
-        stale = _in_order({c for c in gone if c.startswith(goal.stale_prefixes)}, lt.chains)
-        plans.append(_TablePlan(wt.name, sent, stale, [], []))
-    clock.lap("diff")
+        stale = _in_order({c for c in gone if c.startswith(self.goal.stale_prefixes)}, lt.chains)
+        self.plans.append(_TablePlan(wt.name, sent, stale, [], []))
 
-    if res.source == "cache":
-        # Rules of the chains about to be rewritten or deleted, and of any
-        # chain known only by hash that the stale-chain check must read:
-        # for the rollback, and to check the cache once more where it is cheap.
-        for p in plans:
-            lt = live[p.name]
-            wanted = wdig[p.name]
+    def list_known_by_hash(self) -> None:
+        """From a fresh cache: list the rules this run needs of chains known only by hash.
+
+        Those about to be rewritten or deleted (for the rollback), and those
+        the stale-chain check must read; each checked against its cached hash
+        where known, the cache once more where it is cheap.
+        """
+        for p in self.plans:
+            lt = self.live[p.name]
+            wanted = self.wdig[p.name]
             need = [c for c in p.sent + p.delete if c in lt.ours and c not in lt.specs] + [
                 c for c in lt.ours.keys() - wanted.keys() if c not in lt.specs and c not in p.delete]
             if not need:
                 continue
-            got = xt.list_chains(netns, fam, p.name, need)
+            got = self.xt.list_chains(self.netns, self.fam, p.name, need)
             if got is None:
                 raise _CacheDisagrees()
             for c in need:
@@ -423,111 +459,128 @@ def _sync(goal: Target, netns: str, kernel: Kernel, mode: str, fam: int, dry_run
                 if ld and chain_digest(got[c]) != ld:
                     raise _CacheDisagrees()
                 lt.specs[c] = got[c]
-        clock.lap("list")
+        self.clock.lap("list")
 
-    for p in plans:
-        lt = live[p.name]
-        if p.delete:
-            # The rules of every live chain that stays as it is. A chain known
-            # only by hash holds the compile's rules, and those jump only to
-            # chains the compile declares (were one to jump to a chain deleted
-            # here, the kernel would refuse the -X and nothing would change),
-            # so only the chains whose rules are known can pin a stale one.
-            lchains = {c: lt.specs[c] for c in list(BUILTIN_CHAINS.get(p.name, ())) + lt.chains if c in lt.specs}
-            delete, kept = _deletable(lchains, p.delete, set(p.sent))
-            p.delete = delete
-            res.removed += [(p.name, c) for c in delete]
-            res.kept += [(p.name, c, by) for c, by in kept]
-        wt = wanted_by.get(p.name)
-        if wt is None or not p.sent:
-            continue
-        p.rules = wt.rules_of(p.sent)
-
-    # Jumps from the built-in chains (installed outside the payload): exactly one copy of
-    # each. A copy is a rule there with the same meaning (canonical form).
-    # Where a jump has several, one is kept and the others are deleted, so
-    # two applies that raced or a copy made by hand are put right; the copy
-    # kept is the first that keeps the chain's kube-proxy jumps in kube-proxy's
-    # order (the last listed first), else the first. When no rule matches by
-    # form, `-C` may still find one in a spelling the canonical form cannot
-    # undo: then it is left as it is. A built-in chain with no rule jumping
-    # to the target cannot hold it.
-    jumps_by_table: dict[str, list[tuple[str, str]]] = {}
-    drops_by_table: dict[str, list[tuple[str, int, str]]] = {}
-    found: dict[tuple[str, str], list[tuple[str, list[int]]]] = {}  # (table, chain) -> (args, copies)
-    for table, chain, args in jumps_all:
-        target = rule_target(args)
-        lspecs = live.get(table, _Live([], {}, {}, {})).specs.get(chain, [])
-        same_target = [i for i, s in enumerate(lspecs) if rule_target(s) == target]
-        copies: list[int] = []
-        if same_target:
-            want_c = canonical(args)
-            copies = [i for i in same_target if canonical(lspecs[i]) == want_c]
-            if not copies and xt.check_rule(netns, table, chain, args, fam):
+    def plan_deletions(self) -> None:
+        """Which stale chains can go (none a kept chain still jumps to), and the rules of the chains sent."""
+        res = self.res
+        for p in self.plans:
+            lt = self.live[p.name]
+            if p.delete:
+                # The rules of every live chain that stays as it is. A chain known
+                # only by hash holds the compile's rules, and those jump only to
+                # chains the compile declares (were one to jump to a chain deleted
+                # here, the kernel would refuse the -X and nothing would change),
+                # so only the chains whose rules are known can pin a stale one.
+                lchains = {c: lt.specs[c] for c in list(BUILTIN_CHAINS.get(p.name, ())) + lt.chains
+                           if c in lt.specs}
+                delete, kept = _deletable(lchains, p.delete, set(p.sent))
+                p.delete = delete
+                res.removed += [(p.name, c) for c in delete]
+                res.kept += [(p.name, c, by) for c, by in kept]
+            wt = self.wanted_by.get(p.name)
+            if wt is None or not p.sent:
                 continue
-        if not copies:
-            jumps_by_table.setdefault(table, []).append((chain, args))
-            res.jumps.append((table, chain, args))
-        else:
-            found.setdefault((table, chain), []).append((args, copies))
-    for (table, chain), got in found.items():
-        lspecs = live[table].specs[chain]
-        prev = -1
-        for args, copies in reversed(got):  # kube-proxy's order in the chain
-            keep = next((i for i in copies if i > prev), copies[0])
-            prev = max(prev, keep)
-            for i in copies:
-                if i != keep:
-                    drops_by_table.setdefault(table, []).append((chain, i + 1, lspecs[i]))
-                    res.jumps_removed.append((table, chain, args))
-    for drops in drops_by_table.values():
-        drops.sort(key=lambda d: (d[0], -d[1]))
-    for p in plans:
-        p.jumps = jumps_by_table.pop(p.name, [])
-        p.drops = drops_by_table.pop(p.name, [])
-    for table in sorted(jumps_by_table.keys() | drops_by_table.keys()):  # a table the compile does not write
-        plans.append(_TablePlan(table, [], [], jumps_by_table.get(table, []), [], drops_by_table.get(table, [])))
-    for table in tables_needed - set(before):
-        lt = live.get(table, _Live([], {}, {}, {}))
-        before[table] = _TableState(dict(lt.ours), {c: s for c, s in lt.specs.items() if c not in lt.ours},
-                                    dict(lt.spelt))
-    clock.lap("jumps")
+            p.rules = wt.rules_of(p.sent)
 
-    plans = [p for p in plans if p.sent or p.delete or p.jumps or p.drops]
-    table_lines = [p.lines(backend) for p in plans]
-    res.payload = "".join(ln + "\n" for lines in table_lines for ln in lines)
-    res.lines = sum(len(lines) - 2 for lines in table_lines)
-    if dry_run or not plans:
-        res.timings = clock.stages
-        if state_dir and exists:
-            # What was found is still true if nothing moved while we looked.
-            same = gen0 is not None and xt.generation(netns, fam) == gen0
+    def plan_jumps(self) -> None:
+        """Jumps from the built-in chains (installed outside the payload): exactly one copy of each.
+
+        A copy is a rule there with the same meaning (canonical form). Where
+        a jump has several, one is kept and the others are deleted, so two
+        applies that raced or a copy made by hand are put right; the copy
+        kept is the first that keeps the chain's jumps in the target's order
+        (the last listed first), else the first. When no rule matches by
+        form, `-C` may still find one in a spelling the canonical form cannot
+        undo: then it is left as it is. A built-in chain with no rule jumping
+        to the target cannot hold it.
+        """
+        res, live, plans = self.res, self.live, self.plans
+        jumps_by_table: dict[str, list[tuple[str, str]]] = {}
+        drops_by_table: dict[str, list[tuple[str, int, str]]] = {}
+        found: dict[tuple[str, str], list[tuple[str, list[int]]]] = {}  # (table, chain) -> (args, copies)
+        for table, chain, args in self.goal.jumps:
+            target = rule_target(args)
+            lspecs = live.get(table, _Live([], {}, {}, {})).specs.get(chain, [])
+            same_target = [i for i, s in enumerate(lspecs) if rule_target(s) == target]
+            copies: list[int] = []
+            if same_target:
+                want_c = canonical(args)
+                copies = [i for i in same_target if canonical(lspecs[i]) == want_c]
+                if not copies and self.xt.check_rule(self.netns, table, chain, args, self.fam):
+                    continue
+            if not copies:
+                jumps_by_table.setdefault(table, []).append((chain, args))
+                res.jumps.append((table, chain, args))
+            else:
+                found.setdefault((table, chain), []).append((args, copies))
+        for (table, chain), got in found.items():
+            lspecs = live[table].specs[chain]
+            prev = -1
+            for args, copies in reversed(got):  # the target's order in the chain
+                keep = next((i for i in copies if i > prev), copies[0])
+                prev = max(prev, keep)
+                for i in copies:
+                    if i != keep:
+                        drops_by_table.setdefault(table, []).append((chain, i + 1, lspecs[i]))
+                        res.jumps_removed.append((table, chain, args))
+        for drops in drops_by_table.values():
+            drops.sort(key=lambda d: (d[0], -d[1]))
+        for p in plans:
+            p.jumps = jumps_by_table.pop(p.name, [])
+            p.drops = drops_by_table.pop(p.name, [])
+        for table in sorted(jumps_by_table.keys() | drops_by_table.keys()):  # a table the compile does not write
+            plans.append(_TablePlan(table, [], [], jumps_by_table.get(table, []), [], drops_by_table.get(table, [])))
+        for table in self.tables_needed - set(self.before):
+            lt = live.get(table, _Live([], {}, {}, {}))
+            self.before[table] = _TableState(dict(lt.ours), {c: s for c, s in lt.specs.items() if c not in lt.ours},
+                                             dict(lt.spelt))
+        self.clock.lap("jumps")
+
+    def payload(self) -> list[list[str]]:
+        """The lines of each table to send (plans with nothing to send dropped); the result's payload."""
+        self.plans = [p for p in self.plans if p.sent or p.delete or p.jumps or p.drops]
+        table_lines = [p.lines(self.backend) for p in self.plans]
+        self.res.payload = "".join(ln + "\n" for lines in table_lines for ln in lines)
+        self.res.lines = sum(len(lines) - 2 for lines in table_lines)
+        return table_lines
+
+    def keep_what_was_found(self) -> None:
+        """Nothing sent (a dry run, or nothing to do): cache what was read, if nothing moved meanwhile."""
+        res = self.res
+        if self.state_dir and self.exists:
+            same = self.gen0 is not None and self.xt.generation(self.netns, self.fam) == self.gen0
             if res.source == "dump" or not same:
-                _save_cache(state_dir, netns, fam, identity, backend, before, gen0 if same else None, res.warnings,
-                            name)
-        return res
+                _save_cache(self.state_dir, self.netns, self.fam, self.identity, self.backend, self.before,
+                            self.gen0 if same else None, res.warnings, self.name)
 
-    counters = sorted(set(_NFACCT_RE.findall(res.payload)))
-    if counters:
-        xt.ensure_nfacct(netns, counters)
-    for key, value in goal.sysctls:
-        ns.set_sysctl(netns, key, value)
-    clock.lap("prepare")
-    live_by = {t: lt.specs for t, lt in live.items()}
-    _send(xt, netns, fam, plans, table_lines, live_by, clock)
+    def send(self, table_lines: list[list[str]]) -> None:
+        """nfacct counters and sysctls first, then the tables, each all or nothing (`_send`)."""
+        counters = sorted(set(_NFACCT_RE.findall(self.res.payload)))
+        if counters:
+            self.xt.ensure_nfacct(self.netns, counters)
+        for key, value in self.goal.sysctls:
+            self.ns.set_sysctl(self.netns, key, value)
+        self.clock.lap("prepare")
+        live_by = {t: lt.specs for t, lt in self.live.items()}
+        _send(self.xt, self.netns, self.fam, self.plans, table_lines, live_by, self.clock)
 
-    gen1 = xt.generation(netns, fam)
-    # Exactly one step per table loaded: nobody else committed meanwhile.
-    fresh_after = gen0 is not None and gen1 is not None and gen1 == gen0 + len(plans)
-    if state_dir:
-        after = _after(before, plans, wdig)
+    def update_cache(self) -> None:
+        """The cache of what is live now, vouched for by the generation only when nobody else committed."""
+        xt, netns, fam, plans, gen0 = self.xt, self.netns, self.fam, self.plans, self.gen0
+        gen1 = xt.generation(netns, fam)
+        # Exactly one step per table loaded: nobody else committed meanwhile.
+        fresh_after = gen0 is not None and gen1 is not None and gen1 == gen0 + len(plans)
+        if not self.state_dir:
+            return
+        after = _after(self.before, plans, self.wdig)
         # The kernel prints rules back in its own spelling; remembering that
         # spelling spares a later full read the canonical compare. When the
         # generation vouches for the cache that read rarely happens, so it is
         # left to that run; otherwise it pays off from READBACK_MIN chains,
         # or when chains were resent for no visible reason.
         n_sent = sum(len(p.sent) for p in plans)
-        readback = not fresh_after and (n_sent >= READBACK_MIN or suspects > 0)
+        readback = not fresh_after and (n_sent >= READBACK_MIN or self.suspects > 0)
         if fresh_after and 0 < n_sent <= LISTBACK_MAX:
             # A few chains: listing just them is cheap, and their spelling lets
             # the next fast run check them when it lists them again.
@@ -549,13 +602,11 @@ def _sync(goal: Target, netns: str, kernel: Kernel, mode: str, fam: int, dry_run
                 for c in p.sent:
                     if c in achains:
                         ts.spelt[c] = chain_digest(achains[c])
-        _save_cache(state_dir, netns, fam, identity, backend, after, gen1 if fresh_after else None,
-                    res.warnings, name)
+        _save_cache(self.state_dir, netns, fam, self.identity, self.backend, after, gen1 if fresh_after else None,
+                    self.res.warnings, self.name)
         if fresh_after and gen0 is not None and gen1 is not None:
-            _advance_other_family(state_dir, netns, fam, gen0, gen1, res.warnings, name)
-        clock.lap("cache")
-    res.timings = clock.stages
-    return res
+            _advance_other_family(self.state_dir, netns, fam, gen0, gen1, self.res.warnings, self.name)
+        self.clock.lap("cache")
 
 
 def _in_order(few: set[str], chains: Any) -> list[str]:
