@@ -67,14 +67,14 @@ class Compiled(Generic[IR]):
     timings: Timings
     backend: Backend
     services: int  # usable Services in the input (an input with none is refused by apply)
-    inputs: Inputs | None = None
-    plan: Plan | None = None
-    ir: IR | None = None  # read through the property installed below: built on first use when None
-    materialize: Callable[[], IR] | None = None
-    incremental: Any = None  # the backend's incremental form; None after a full compile
+    inputs: Inputs | None = field(default=None, repr=False)
+    plan: Plan | None = field(default=None, repr=False)
+    ir: IR | None = field(default=None, repr=False)  # read through the property below: built on first use
+    materialize: Callable[[], IR] | None = field(default=None, repr=False)
+    incremental: Any = field(default=None, repr=False)  # the backend's incremental form; None after a full compile
     stats: dict[str, int] | None = None  # incremental: units, parsed, groups, compiled
-    saver: Callable[[str, list[str] | None], None] | None = None
-    _text: str | None = None
+    saver: Callable[[str, list[str] | None], None] | None = field(default=None, repr=False)
+    _text: str | None = field(default=None, repr=False)
 
     def save_cache(self, path: str, warn: list[str] | None = None) -> None:
         """Keep an incremental compile for the next run (a full compile keeps nothing); a failure only costs time."""
