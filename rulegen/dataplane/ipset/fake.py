@@ -4,7 +4,7 @@
 hash:ip,port,ip, hash:ip,port,net, hash:net, bitmap:port) and the commands
 a restore payload holds (create, add, del, flush, destroy, swap), with what
 ipset 7 on Linux 6.x does, checked against it by
-tests/dataplane/test_ipset_parity.py:
+tests/dataplane/test_ipset.py:
 
 - a restore stops at the first refused line and keeps the lines before it;
 - members are stored in the kernel's spelling: `10.0.0.1,80` is
