@@ -696,6 +696,30 @@ def _in_netns(name: str, fn: Callable[[], Any]) -> Any:
     return out["value"]
 
 
+def in_netns(name: str | None, fn: Callable[[], Any]) -> Any:
+    """Run FN inside network namespace NAME (None: where the caller is) and return its result.
+
+    The public face of `_in_netns` for kernel clients (rulegen.dataplane):
+    only failing to enter NAME becomes NetnsError; whatever FN raises, an
+    OSError included, reaches the caller unchanged, so a client can tell
+    "no such namespace" from the kernel refusing its request.
+    """
+    if name is None:
+        return fn()
+    check_name(name)
+
+    def guarded() -> tuple[bool, Any]:
+        try:
+            return True, fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            return False, e
+
+    ok, value = _in_netns(name, guarded)
+    if not ok:
+        raise value
+    return value
+
+
 def _netlink_socket_in(name: str) -> socket.socket:
     """A NETLINK_NETFILTER socket bound to namespace NAME."""
     return _in_netns(name, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER))

@@ -1,4 +1,5 @@
-"""Shared test set-up: the `root` marker skips with a reason off-root or without the tools."""
+"""Shared test set-up: the `root` marker skips with a reason off-root or without the tools;
+`ipvs_kernel` tests run inside the IPVS VM (the plugin tests/vmhelp.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 import shutil
 
 import pytest
+
+pytest_plugins = ["vmhelp"]
 
 
 def pytest_collection_modifyitems(config, items):
