@@ -20,8 +20,8 @@ class UsageError(Exception):
 class Place:
     """Where an object came from: `svc.yaml: document 2 (Service default/web)`."""
 
-    file: str
-    document: int  # 1-based
+    file: str  # or a flag (`--cluster-cidr`), with document 0
+    document: int  # 1-based; 0 when the place is not in a file
     kind: str = ""
     name: str = ""  # "namespace/name" or "name"
     item: int = 0  # 1-based position inside a `kind: List`, 0 when not in one
@@ -29,7 +29,8 @@ class Place:
     def __str__(self) -> str:
         obj = f" ({self.kind} {self.name})" if self.kind else ""
         item = f" item {self.item}" if self.item else ""
-        return f"{self.file}: document {self.document}{item}{obj}"
+        doc = f": document {self.document}" if self.document else ""
+        return f"{self.file}{doc}{item}{obj}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ import msgspec
 import yaml
 
 from .diagnostics import Place, Report, UsageError
-from .ipaddr import parse_cidr, parse_ip
+from .ipaddr import host_bits, host_bits_note, parse_cidr, parse_ip
 from .model import (
     Endpoint,
     EndpointSlice,
@@ -419,6 +419,10 @@ class _Ctx:
     def warn(self, fld: str, message: str) -> None:
         self.report.add(self.place, fld, message)
 
+    def note(self, fld: str, message: str) -> None:
+        """Informational: never fatal, not even under --strict."""
+        self.report.add(self.place, fld, message, notice=True)
+
 
 def _meta(doc: dict, namespaced: bool = True) -> tuple[str, str]:
     meta = _map(doc.get("metadata"), "metadata")
@@ -774,6 +778,8 @@ def split_cidr_list(v: Any, fld: str, cx: _Ctx) -> tuple[str, ...]:
         if canon is None:
             cx.warn(fld, f"{c!r} is not a valid CIDR (left out)")
         else:
+            if host_bits(c, canon):
+                cx.note(fld, host_bits_note(c, canon))
             out.append(canon)
     return tuple(out)
 

@@ -159,7 +159,8 @@ def apply_edit(data, files: Files, flags: dict, what: str) -> set | None:
                                          "nodeport_addresses"]))
         flags[key] = data.draw({
             "masquerade_all": st.sampled_from([None, True]),
-            "hostname": st.sampled_from([None, NODE, "node-b", "elsewhere"]),
+            # a hostname naming no Node of the input is exit 2 (test_node_choice_fails_as_the_full_compile_does)
+            "hostname": st.sampled_from([None, NODE]),
             "cluster_cidr": st.sampled_from([None, ["10.244.0.0/16", "fd00:10:244::/48"], ["10.0.0.0/8"]]),
             "ip_family": st.sampled_from(["ipv4", "ipv6"]),
             "nodeport_addresses": st.sampled_from([None, "192.168.0.0/24,fd00:192::/64", "10.9.0.0/16"]),
@@ -819,6 +820,26 @@ def test_chain_digest_is_of_the_specs():
     assert chain_digest([]) == chain_digest(())
     assert chain_digest(["a", "b"]) != chain_digest(["b", "a"])
     assert chain_digest(["a b"]) != chain_digest(["a", "b"])
+
+
+@pytest.mark.parametrize("flags,extra_node,want", [
+    ({"hostname": "node-x"}, False, "--hostname node-x: no Node of that name in the input (Nodes: node-0000)"),
+    ({}, True, "2 Nodes in the input and no --hostname to pick one (Nodes: node-0000, node-0001)"),
+])
+def test_node_choice_fails_as_the_full_compile_does(tmp_path, flags, extra_node, want):
+    files = _cluster(tmp_path, "json")
+    cache = str(tmp_path / "c.msgpack")
+    run(files, {}, cache)  # warm: the failing run below has a cache to consult
+    if extra_node:
+        second = copy.deepcopy(_node(files))
+        second["metadata"]["name"] = "node-0001"
+        files.add(second)
+        files.write()
+    with pytest.raises(UsageError) as full_err:
+        compile_files(files.paths, flags, Report())
+    with pytest.raises(UsageError) as inc_err:
+        compile_files_cached(files.paths, flags, Report(), None, cache)
+    assert str(inc_err.value) == str(full_err.value) == want
 
 
 def test_other_modes_fail_as_the_full_compile_does(tmp_path):
