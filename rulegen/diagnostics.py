@@ -5,6 +5,8 @@ problem becomes one `Problem` line naming the file, document, object and
 field, collected in a `Report`. The command prints them on stderr and, with
 `--strict`, turns any of them into exit status 2. `UsageError` is for input
 that cannot be used at all (not YAML, a bad flag value): always exit 2.
+Objects of kinds rulegen does not use are counted, not reported one by one:
+one summary line per run names the kinds and how many of each.
 """
 
 from __future__ import annotations

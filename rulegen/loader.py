@@ -740,6 +740,14 @@ def _bool(v: Any, fld: str) -> bool | None:
     return v
 
 
+def _not_an_ip(holder: dict, key: str) -> str:
+    """Why HOLDER[KEY] is no IP address: missing, null, or not one."""
+    if key not in holder:
+        return "missing"
+    v = holder[key]
+    return "null" if v is None else f"{v!r} is not a valid IP address"
+
+
 def _parsed(items: list, fld: str, cx: "_Ctx", cidr: bool = False, strip: bool = False) -> list[str]:
     """Each entry of an address or CIDR list in canonical form; bad ones reported and left out."""
     parse, what = (parse_cidr, "CIDR") if cidr else (parse_ip, "IP address")
@@ -747,7 +755,7 @@ def _parsed(items: list, fld: str, cx: "_Ctx", cidr: bool = False, strip: bool =
     for i, v in enumerate(items):
         canon = parse(v.strip() if strip else v) if isinstance(v, str) else None
         if canon is None:
-            cx.warn(f"{fld}[{i}]", f"{v!r} is not a valid {what} (left out)")
+            cx.warn(f"{fld}[{i}]", ("null" if v is None else f"{v!r} is not a valid {what}") + " (left out)")
         else:
             out.append(canon)
     return out
@@ -1049,7 +1057,7 @@ def _legacy_endpoints(doc: dict, cx: _Ctx) -> list[EndpointSlice]:
                 a = _map(a, fld)
                 ip = parse_ip(a.get("ip")) if isinstance(a.get("ip"), str) else None
                 if ip is None:
-                    cx.warn(f"{fld}.ip", f"{a.get('ip')!r} is not a valid IP address (endpoint left out)")
+                    cx.warn(f"{fld}.ip", _not_an_ip(a, "ip") + " (endpoint left out)")
                     continue
                 node = a.get("nodeName") if isinstance(a.get("nodeName"), str) else None
                 by_family["IPv6" if ":" in ip else "IPv4"].append(Endpoint(ip, ready, True, False, node))
@@ -1073,7 +1081,7 @@ def _node(doc: dict, cx: _Ctx) -> Node:
             continue
         ip = parse_ip(a.get("address")) if isinstance(a.get("address"), str) else None
         if ip is None:
-            cx.warn(f"status.addresses[{i}].address", f"{a.get('address')!r} is not a valid IP address (left out)")
+            cx.warn(f"status.addresses[{i}].address", _not_an_ip(a, "address") + " (left out)")
         else:
             (internal if a.get("type") == "InternalIP" else external).append(ip)
     # kube-proxy's primary node IP of a family (utilnode.GetNodeHostIPs) is the
@@ -1223,24 +1231,80 @@ def load_objects(objects: Iterable[tuple[Place, Any]], report: Report) -> Inputs
                 inputs.configs.append(config_from_dict(doc, cx))
             elif kind == "Pod":
                 inputs.pods.append(_pod(doc, cx))
+            elif kind == "ConfigMap" and name == KUBE_PROXY_CONFIGMAP:
+                inputs.configs.append(_kube_proxy_configmap(doc, cx))
             else:
-                report.add(place, "", f"kind {kind} is not used by rulegen (skipped)", notice=True)
+                report.skip(kind)
         except _Bad as e:
             report.add(cx.place, e.field, e.message + " (object left out)")
+        except RecursionError:  # a JSON value nested past what Python can print or walk
+            raise UsageError(f"{cx.place}: {JSON_TOO_DEEP}") from None
     return inputs
 
 
+# kubeadm keeps kube-proxy's configuration in this ConfigMap, under this key
+# (`kubectl get cm -n kube-system kube-proxy -o yaml`); other ConfigMaps are
+# skipped like any kind rulegen does not use.
+KUBE_PROXY_CONFIGMAP = "kube-system/kube-proxy"
+KUBE_PROXY_CONFIG_KEY = "config.conf"
+
+
+class _Within(_Ctx):
+    """Reports for the fields of a document held in one string field of the object."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, cx: _Ctx, prefix: str):
+        super().__init__(cx.place, cx.report)
+        self.prefix = prefix
+
+    def warn(self, fld: str, message: str) -> None:
+        self.report.add(self.place, self.prefix + fld, message)
+
+    def note(self, fld: str, message: str) -> None:
+        self.report.add(self.place, self.prefix + fld, message, notice=True)
+
+
+def _kube_proxy_configmap(doc: dict, cx: _Ctx) -> ProxyConfig:
+    """The KubeProxyConfiguration in the ConfigMap's `config.conf` (YAML or JSON text)."""
+    fld = f"data[{KUBE_PROXY_CONFIG_KEY}]"
+    text = _map(doc.get("data"), "data").get(KUBE_PROXY_CONFIG_KEY)
+    if text is None:
+        raise _Bad(fld, "missing")
+    if not isinstance(text, str):
+        raise _Bad(fld, f"expected a string, got {_type_name(text)}")
+    # Its text is held to the same bounds as a file; kube-proxy cannot start
+    # without it, so text that is not YAML at all is unusable input (exit 2).
+    docs = read_documents(f"{cx.place}: {fld}", text)
+    if len(docs) != 1 or not isinstance(docs[0], dict):
+        raise _Bad(fld, "expected one KubeProxyConfiguration document")
+    conf = docs[0]
+    if conf.get("kind") not in (None, "KubeProxyConfiguration"):
+        raise _Bad(f"{fld}.kind", f"{conf.get('kind')!r} is not KubeProxyConfiguration")
+    try:
+        return config_from_dict(conf, _Within(cx, fld + "."))
+    except _Bad as e:
+        raise _Bad(f"{fld}.{e.field}", e.message) from None
+
+
 def load_config_file(path: str, report: Report) -> ProxyConfig:
-    """`--config FILE`: a KubeProxyConfiguration document."""
-    configs = [doc for _, doc in iter_objects([path]) if isinstance(doc, dict)]
-    for i, doc in enumerate(configs, 1):
-        if doc.get("kind") in (None, "KubeProxyConfiguration"):
-            cx = _Ctx(Place(path, i, "KubeProxyConfiguration", "config"), report)
+    """`--config FILE`: a KubeProxyConfiguration document, or kube-proxy's ConfigMap."""
+    configs = [(place, doc) for place, doc in iter_objects([path]) if isinstance(doc, dict)]
+    for place, doc in configs:
+        kind = doc.get("kind")
+        if kind in (None, "KubeProxyConfiguration"):
+            cx = _Ctx(Place(path, place.document, "KubeProxyConfiguration", "config", place.item), report)
             try:
                 return config_from_dict(doc, cx)
             except _Bad as e:
                 raise UsageError(f"{cx.place}: {e.field}: {e.message}") from None
-    raise UsageError(f"{path}: no KubeProxyConfiguration document")
+        if kind == "ConfigMap" and _name_of(doc, True) == KUBE_PROXY_CONFIGMAP:
+            cx = _Ctx(Place(path, place.document, kind, KUBE_PROXY_CONFIGMAP, place.item), report)
+            try:
+                return _kube_proxy_configmap(doc, cx)
+            except _Bad as e:
+                raise UsageError(f"{cx.place}: {e.field}: {e.message}") from None
+    raise UsageError(f"{path}: no KubeProxyConfiguration document (nor kube-system/kube-proxy ConfigMap)")
 
 
 def stdin_is_tty() -> bool:
