@@ -132,9 +132,11 @@ def _decode(unit: Unit, before: int, report: Report) -> _Decoded:
     from ...loader import load_objects
 
     objects, docs = unit.decode(before)
-    n = len(report.problems)
+    n, skipped = len(report.problems), sum(report.skipped.values())
     inputs = load_objects(objects, report)
-    cacheable = len(report.problems) == n and not (inputs.nodes or inputs.configs or inputs.service_cidrs)
+    # A unit that reports (a problem, or a kind it skips) is read again each run to report again.
+    cacheable = (len(report.problems) == n and sum(report.skipped.values()) == skipped
+                 and not (inputs.nodes or inputs.configs or inputs.service_cidrs))
     return _Decoded(inputs, docs, cacheable, _groups_of(inputs))
 
 
