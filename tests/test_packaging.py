@@ -121,7 +121,7 @@ def test_compile_and_diff(installed):
 
 def test_golden(installed):
     r = rulegen(installed, "golden", "golden")
-    assert r.returncode == 0 and "1 case(s): 1 ok" in r.stdout
+    assert r.returncode == 0 and "1 case(s): 3 ok" in r.stdout
 
 
 def test_trace_and_lint(installed):
