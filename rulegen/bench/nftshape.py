@@ -136,6 +136,7 @@ def script(services: int, endpoints: int, *, seed: int = 1, mix: Mix = Mix(),
 
     MOVED is the index of a Service whose first endpoint was replaced by a
     new pod (another address): the one-endpoint change of a partial sync.
+    (The next Service with endpoints, if that one has none.)
     """
     if layout not in ("v1.36", "endpoint-chains"):
         raise ValueError(f"layout {layout!r}: choose v1.36 or endpoint-chains")
@@ -170,8 +171,9 @@ def script(services: int, endpoints: int, *, seed: int = 1, mix: Mix = Mix(),
         eps = []
         for j in range(n_eps):
             ip = _ip(_POD_BASE, pod)
-            if i == moved and j == 0:
+            if moved is not None and i >= moved and j == 0:
                 ip = _ip(_POD_BASE, services * endpoints + 1000)  # a pod no Service has yet
+                moved = None
             eps.append((ip, rnd.random() < mix.local_share))
             pod += 1
         eps.sort(key=lambda e: f"{e[0]}:{tport}")
