@@ -160,12 +160,13 @@ def test_changes_give_the_state_of_a_full_load(netlink):
             assert paths[0] == "change-netlink"
 
 
-def test_cache_is_proven_by_the_generation():
+@pytest.mark.parametrize("netlink", [True, False])
+def test_cache_is_proven_by_the_generation(netlink):
     text = nftshape.script(60, 3)
     moved = nftshape.script(60, 3, moved=2)
     with namespace_names("rgt-nft") as make:
         ns, ref = _ns(make), _ns(make)
-        ld = L.Loader(ns)
+        ld = L.Loader(ns, L.Options(netlink=netlink))
         cache = ld.apply(text)
         assert cache.genid == ld.kernel.genid()
         # Someone else changes the table: the cache is stale and must not be trusted.
@@ -176,13 +177,27 @@ def test_cache_is_proven_by_the_generation():
         L.naive(ref, moved)
         assert state(ns) == state(ref)  # the stray element is gone, as after a full sync
         assert cache2 is not None and cache2.genid == ld.kernel.genid()
-        # A netlink change bound to an old generation is refused whole by the kernel.
+        # And a change on the fresh cache is a difference again.
+        ld.apply(text, cache2)
+        assert ld.report.path.startswith("change")
+
+
+def test_a_netlink_batch_bound_to_an_old_generation_is_refused_whole():
+    text = nftshape.script(30, 2)
+    with namespace_names("rgt-nft") as make:
+        ns = _ns(make)
+        ld = L.Loader(ns)
+        cache = ld.apply(text)
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "add", "chain", *REF.split(), "someone-elses"], check=True)
         enc = nl.Encoder("ip", "kube-proxy")
-        enc.learn_sets(sc.parse(moved).sets.values())
+        enc.learn_sets(sc.parse(text).sets.values())
+        msgs = enc.command("add element ip kube-proxy cluster-ips { 10.250.0.2 }")
         with pytest.raises(nl.NetlinkError) as e:
-            ld.kernel.send(enc.command("add element ip kube-proxy cluster-ips { 10.250.0.2 }"), cache.genid)
+            ld.kernel.send(msgs, cache.genid)
         assert e.value.errno == 85  # ERESTART
         assert "10.250.0.2" not in listing(ns)
+        ld.kernel.send(msgs, ld.kernel.genid())
+        assert "10.250.0.2" in listing(ns)
 
 
 def test_no_cache_means_a_full_sync_that_removes_leftovers():
