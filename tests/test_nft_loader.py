@@ -220,3 +220,44 @@ def test_bench_answers_for_a_small_cluster():
     assert len(res.change_netlink.wall) == 4 and len(res.change_nft.wall) == 4 and len(res.change_bare.wall) == 4
     table = nftload.markdown(res)
     assert "| naive: the whole script as one `nft -f` |" in table and "200 Services × 3 endpoints" in table
+
+
+@pytest.mark.parametrize("family", ["ip", "ip6"])
+def test_netlink_encoding_lists_as_nft_encoding(family):
+    a, b = ("10.128.0.1", "10.128.0.2") if family == "ip" else ("fd00:10::1", "fd00:10::2")
+    sets = f"""add table {family} rgt {{ comment "probe" ; }}
+add chain {family} rgt svc
+add chain {family} rgt ep1
+add chain {family} rgt ep2
+add map {family} rgt dispatch {{ type {family}v4_addr . inet_proto . inet_service : verdict ; comment "d" ; }}
+add set {family} rgt pairs {{ type {family}v4_addr . {family}v4_addr . inet_proto . inet_service ; }}
+add map {family} rgt ports {{ type inet_proto . inet_service : verdict ; }}
+""".replace("ipv4_addr", "ipv4_addr").replace("ip6v4_addr", "ipv6_addr")
+    cmds = f"""add rule {family} rgt svc meta l4proto tcp dnat {family} addr . port to numgen random mod 2 map {{ 0 : {a} . 8080 , 1 : {b} . 8080 }}
+add rule {family} rgt svc meta l4proto udp dnat {family} addr . port to numgen random mod 1 map {{ 0 : {b} . 53 }}
+add rule {family} rgt svc numgen random mod 2 vmap {{ 0 : goto ep1 , 1 : jump ep2 }}
+add element {family} rgt dispatch {{ {a} . tcp . 80 comment "ns/svc:http" : goto ep1 }}
+add element {family} rgt dispatch {{ {b} . sctp . 9 : drop }}
+add element {family} rgt pairs {{ {a} . {a} . tcp . 8080 }}
+add element {family} rgt ports {{ udp . 30053 comment "ns/dns" : goto ep2 }}
+flush chain {family} rgt ep2
+"""
+    with namespace_names("rgt-nft") as make:
+        by_nft, by_netlink = _ns(make), _ns(make)
+        L.naive(by_nft, sets + cmds)
+        L.naive(by_netlink, sets)
+        enc = nl.Encoder(family, "rgt")
+        enc.learn_sets(sc.parse(sets).sets.values())
+        msgs = []
+        for line in cmds.strip().split("\n"):
+            m = enc.command(line)
+            assert m is not None, line
+            msgs += m
+        k = L.Kernel(by_netlink)
+        k.send(msgs, k.genid())
+
+        def show(ns):
+            return subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "table", family, "rgt"],
+                                  capture_output=True, text=True, check=True).stdout
+        assert show(by_netlink) == show(by_nft)
+        assert "numgen random mod 2 map" in show(by_nft)

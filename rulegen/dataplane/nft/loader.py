@@ -5,16 +5,18 @@ measurements behind each choice):
 
 - **first apply** (the table is not there): the script is played into its
   end state (`script.parse`) and sent again as bounded transactions in an
-  order that keeps every transaction small and the kernel's name searches
-  short: the table, every regular chain and the named sets first; then the
-  rules, at most `chunk_maps` anonymous maps per transaction (the kernel's
-  cost per anonymous map grows with the transaction and with the sets of
-  the table); then the elements; and last, in one small transaction, the
-  base chains and their rules. Until that last commit no hook leads into
-  the table, so no packet ever meets a half-built state. Rules of
-  kube-proxy's anonymous-map shapes and plain elements go over raw netlink
-  (`netlink`), the rest through `nft -f`. Any failure deletes the table:
-  the namespace is as it was.
+  order that keeps every transaction small and the kernel's searches of
+  the table's sets short (`plan_first`): the table, the regular chains and
+  most named sets; the rules nft must send; the anonymous-map rules, at
+  most `chunk_maps` per transaction (the kernel's cost per anonymous map
+  grows with the transaction and with the sets of the table); the named
+  sets few rules use, then those rules; the elements; and last, in one
+  small transaction, the base chains and their rules. Until that last
+  commit no hook leads into the table, so no packet ever meets a
+  half-built state. Rules of kube-proxy's anonymous-map shapes, plain
+  chains and plain elements go over raw netlink (`netlink`), the rest
+  through `nft -f`. Any failure deletes the table: the namespace is as it
+  was.
 - **change** (the table is there and the cache of what was loaded is
   proven fresh: same namespace, same nf_tables generation): only the
   difference is sent (`script.diff`), in one transaction; over raw
@@ -32,6 +34,7 @@ in one `nft -f`, which is correct by definition.
 
 from __future__ import annotations
 
+import errno
 import re
 import socket
 import struct
@@ -428,14 +431,14 @@ class Loader:
         chunks = plan_first(table, self.opts, enc)
         self.report = Report("first", len(chunks), sum(len(c.commands) for c in chunks))
         worker = _encode_in_background(enc, chunks) if enc is not None else None
-        created = False
         try:
-            return self._first_chunks(table, ident, chunks, created)
+            return self._first_chunks(table, ident, chunks)
         finally:
             if worker is not None:
                 worker.stop()
 
-    def _first_chunks(self, table: sc.Table, ident: str, chunks: list[Chunk], created: bool) -> Loaded:
+    def _first_chunks(self, table: sc.Table, ident: str, chunks: list[Chunk]) -> Loaded:
+        created = False
         before: int | None = None
         for i, ch in enumerate(chunks):
             t = time.perf_counter()
@@ -503,7 +506,7 @@ class Loader:
             try:
                 self.kernel.send(msgs, cache.genid)
             except nl.NetlinkError as e:
-                if e.errno == 85:  # ERESTART: someone committed since the cache was taken
+                if e.errno == errno.ERESTART:  # someone committed since the cache was taken
                     return self.full_sync(table, cache.identity)
                 cmd = cmds[msgs[e.index].command] if e.index is not None else None
                 raise LoadError(f"{e.strerror}" + (f" at {cmd!r}" if cmd else ""), cmd) from None

@@ -10,15 +10,18 @@ This module speaks nf_tables' batch protocol directly for:
   `meta l4proto P dnat ip|ip6 addr . port to numgen random mod N map { K : ADDR . PORT , ... }`
   and `numgen random mod N vmap { K : goto|jump CHAIN , ... }`, encoded
   attribute for attribute as nft 1.0.6 encodes them (so `nft list` prints
-  them the same), except that each anonymous map gets a concrete name
-  (`__rg…`) instead of the `__map%d` template, which spares the kernel the
-  name search, and its elements are sent by set id alone;
-- `flush chain` (a rule deletion without a handle);
+  them the same), except that each anonymous map gets a concrete short
+  name (`__<counter>.<tag>`) instead of the `__map%d` template, which
+  spares the kernel a numbering search, and its elements are sent by set
+  id alone, which spares it a name search (anonymous sets' names are
+  internal: no listing shows them);
+- `add chain` of a chain without properties, `delete chain`, and
+  `flush chain` (a rule deletion without a handle);
 - elements added to or deleted from named sets and maps of plain
   concatenated types (ipv4_addr, ipv6_addr, inet_proto, inet_service,
   mark; verdict data), with comments.
 
-`encode(command, table)` returns the messages for one script command, or
+`Encoder.command(line)` returns the messages for one script command, or
 None when the command is outside these shapes (the caller then uses nft).
 `send` wraps messages in one batch (one transaction), optionally bound to a
 ruleset generation: the kernel refuses the batch with ERESTART when the
@@ -132,8 +135,10 @@ class Encoder:
         self.table = table
         self._ids = itertools.count(1)
         # Anonymous map names: short (every later search of the table's sets
-        # measures each name), unique (a random tag per encoder, a counter),
-        # and never of nft's `__map%d` form, which the kernel would parse.
+        # measures each name), different from each other from their third
+        # character on (the kernel's uniqueness check compares each new name
+        # with every set's), unique (a counter, then a random tag per
+        # encoder), and never of nft's `__map%d` form, which the kernel parses.
         self._tag = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz234567") for _ in range(5))
         self._names = itertools.count()
         self.set_types: dict[str, tuple[list[str], str | None]] = {}  # named set → (key types, data type)
@@ -166,7 +171,7 @@ class Encoder:
 
     def _anon_set(self, size: int, data_type: int, data_len: int, udata: bytes) -> tuple[Msg, str, int]:
         set_id = next(self._ids)
-        name = f"__{self._tag}{_b36(next(self._names))}"
+        name = f"__{_b36(next(self._names))[::-1]}.{self._tag}"
         fixed = self._set_fixed.get((data_type, data_len))
         if fixed is None:
             fixed = (_u32(3, SET_ANONYMOUS | SET_CONSTANT | SET_MAP) + _u32(4, TYPE_INTEGER) + _u32(5, 4)
