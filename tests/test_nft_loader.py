@@ -99,23 +99,26 @@ def test_nothing_is_hooked_before_the_last_transaction():
     assert last[1] == "activate" and last[2]
 
 
-def test_a_failed_chunk_leaves_no_table():
+@pytest.mark.parametrize("extra, phase", [
+    # refused in the last transaction: a base chain jumps to a chain that does not exist
+    ("add chain ip kube-proxy zz-filter { type filter hook forward priority 0 ; }\n"
+     "add rule ip kube-proxy zz-filter jump endpoint-nowhere\n", "activate"),
+    # refused in an element transaction (netlink): a verdict naming a chain that does not exist
+    ("add element ip kube-proxy service-ips { 10.99.0.1 . tcp . 80 : goto endpoint-nowhere }\n", "elements"),
+    # refused in a rule transaction (nft): a lookup of a set that does not exist
+    ("add chain ip kube-proxy zz-plain\nadd rule ip kube-proxy zz-plain ip daddr @endpoint-nowhere drop\n", "rules"),
+])
+def test_a_failed_chunk_leaves_no_table(extra, phase):
     good = nftshape.script(80, 3, mix=AFFINITY_MIX)
-    # A rule the kernel refuses at commit, in one of the last transactions:
-    # it jumps to a chain of the wrong type for `dnat` (a filter base chain).
-    broken = good + ("add chain ip kube-proxy zz-filter { type filter hook forward priority 0 ; }\n"
-                     "add rule ip kube-proxy zz-filter jump endpoint-nowhere\n")
     with namespace_names("rgt-nft") as make:
         ns = _ns(make)
         ld = L.Loader(ns, L.Options(chunk_maps=20))
         with pytest.raises(L.LoadError) as e:
-            ld.apply(broken)
+            ld.apply(good + extra)
         assert "endpoint-nowhere" in str(e.value)
-        assert not has_table(ns)
-        # A failure in the middle (a netlink chunk), by a rule whose chain is missing at that point.
-        enc_broken = good.replace("add chain ip kube-proxy service-", "add chain ip kube-proxy servicex-", 1)
-        with pytest.raises(L.LoadError):
-            ld.apply(enc_broken)
+        assert len(ld.report.timings) >= 2  # transactions had committed before the refused one
+        assert ld.report.failed.startswith(phase)
+        assert extra.strip().split("\n")[-1].split(" { ")[-1].split(" : ")[0] in str(e.value)
         assert not has_table(ns)
         # And the namespace still takes the good script.
         ld.apply(good)

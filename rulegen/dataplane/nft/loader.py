@@ -35,6 +35,7 @@ in one `nft -f`, which is correct by definition.
 from __future__ import annotations
 
 import errno
+import os
 import re
 import socket
 import struct
@@ -101,6 +102,7 @@ class Report:
     commands: int = 0
     seconds: float = 0.0
     timings: list[tuple[str, float]] = field(default_factory=list)
+    failed: str = ""  # the transaction the kernel refused, if one was
 
 
 class Kernel:
@@ -169,6 +171,22 @@ class Kernel:
         return chains, sets
 
 
+def refused(e: nl.NetlinkError, msgs: list[nl.Msg], commands: list[str]) -> LoadError:
+    """A netlink refusal as a LoadError naming the command (and the element) the kernel refused."""
+    if e.index is None or not 0 <= e.index < len(msgs):
+        return LoadError(str(e))
+    m = msgs[e.index]
+    cmd = commands[m.command] if 0 <= m.command < len(commands) else None
+    if m.items and e.offset is not None:
+        i = m.element_at(e.offset)
+        if i is not None and i < len(m.items):
+            verb = "delete" if m.mtype == nl.NFT_MSG_DELSETELEM else "add"
+            cmd = f"{verb} element {cmd.split()[2]} {cmd.split()[3]} {cmd.split()[4]} {{ {m.items[i]} }}" \
+                if cmd else m.items[i]
+    why = e.detail or os.strerror(e.errno)
+    return LoadError(f"nf_tables refused {cmd!r}: {why}" if cmd else str(e), cmd)
+
+
 def nft_error(text: str, stderr: str) -> LoadError:
     """nft's complaint, with the command it names."""
     m = _STDIN_LINE_RE.search(stderr)
@@ -178,7 +196,7 @@ def nft_error(text: str, stderr: str) -> LoadError:
         no = int(m.group(1))
         command = lines[no - 1] if 0 < no <= len(lines) else None
     first = next((ln.strip() for ln in stderr.splitlines() if "Error" in ln), stderr.strip().split("\n")[0])
-    first = _STDIN_LINE_RE.sub("", first).strip()
+    first = re.sub(r"^/dev/stdin:\d+:(?:\d+-\d+:)?\s*(?:Error:\s*)?", "", first).strip()
     msg = f"nft refused {command!r}: {first}" if command else f"nft failed: {first}"
     return LoadError(msg, command)
 
@@ -451,9 +469,9 @@ class Loader:
             except (LoadError, nl.NetlinkError) as e:
                 if created:
                     self._drop_table(table, e)
+                self.report.failed = f"{ch.phase} ({ch.via})"
                 if isinstance(e, nl.NetlinkError):
-                    cmd = ch.commands[ch.msgs[e.index].command] if e.index is not None else None
-                    raise LoadError(f"nf_tables refused {cmd!r}: {e.strerror}" if cmd else str(e), cmd) from None
+                    raise refused(e, ch.msgs, ch.commands) from None
                 raise
             created = True
             self.report.timings.append((f"{ch.phase} ({ch.via}, {len(ch.commands)})", time.perf_counter() - t))
@@ -508,8 +526,7 @@ class Loader:
             except nl.NetlinkError as e:
                 if e.errno == errno.ERESTART:  # someone committed since the cache was taken
                     return self.full_sync(table, cache.identity)
-                cmd = cmds[msgs[e.index].command] if e.index is not None else None
-                raise LoadError(f"{e.strerror}" + (f" at {cmd!r}" if cmd else ""), cmd) from None
+                raise refused(e, msgs, cmds) from None
             # The batch was bound to cache.genid and a commit adds exactly one.
             return Loaded(cache.identity, table, (cache.genid + 1) & 0xFFFFFFFF)  # type: ignore[operator]
         self.report = Report("change-nft", 1, len(cmds))

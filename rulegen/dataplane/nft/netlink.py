@@ -52,6 +52,9 @@ NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM = 12, 14
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x1, 0x4, 0x200, 0x400, 0x800
 NLA_F_NESTED = 0x8000
 NLMSG_ERROR = 2
+SOL_NETLINK, NETLINK_CAP_ACK, NETLINK_EXT_ACK = 270, 10, 11
+NLM_F_CAPPED, NLM_F_ACK_TLVS = 0x100, 0x200
+NLMSGERR_ATTR_MSG, NLMSGERR_ATTR_OFFS = 1, 2
 FAMILIES = {"ip": 2, "ip6": 10, "inet": 1}
 SET_ANONYMOUS, SET_CONSTANT, SET_MAP = 0x1, 0x2, 0x8
 TYPE_INTEGER, TYPE_VERDICT_DATA = 4, 0xFFFFFF00
@@ -74,11 +77,15 @@ _CHAIN_NAME_RE = re.compile(r"^[A-Za-z_.][A-Za-z0-9_./-]*$")
 
 
 class NetlinkError(OSError):
-    """The kernel refused a batch: `errno`, and `index` of the refused message when it names one."""
+    """The kernel refused a batch: `errno`; `index` of the refused message and `offset` of the refused
+    attribute in it when the kernel names them; `detail`, the kernel's own words, if any."""
 
-    def __init__(self, err: int, message: str, index: int | None = None) -> None:
+    def __init__(self, err: int, message: str, index: int | None = None, offset: int | None = None,
+                 detail: str = "") -> None:
         super().__init__(err, message)
         self.index = index
+        self.offset = offset
+        self.detail = detail
 
 
 # ------------------------------------------------------------------ encoding
@@ -117,6 +124,16 @@ class Msg:
     family: int
     body: bytes
     command: int = -1  # index of the script command it came from
+    items: list[str] | None = None  # an element message's elements, as written
+
+    def element_at(self, offset: int) -> int | None:
+        """Which element of this message holds byte OFFSET (counted from the message's header)."""
+        for atype, payload, start in _walk(self.body, 20):  # after the netlink header and nfgenmsg
+            if atype == 3:  # the element list
+                for i, (_, elem, at) in enumerate(_walk(payload, start + 4)):
+                    if at <= offset < at + 4 + len(elem):
+                        return i
+        return None
 
     def pack(self, seq: int) -> bytes:
         head = struct.pack("IHHII", 16 + 4 + len(self.body), (NFNL_SUBSYS_NFTABLES << 8) | self.mtype,
@@ -286,8 +303,12 @@ class Encoder:
             out.append(_nest(1, *parts))
         head = _str(1, self.table) + _str(2, set_name)
         mtype = NFT_MSG_NEWSETELEM if verb == "add" else NFT_MSG_DELSETELEM
-        return [Msg(mtype, NLM_F_CREATE if verb == "add" else 0, self.nfproto, head + _nest(3, *part))
-                for part in _split(out)]
+        msgs, done = [], 0
+        for part in _split(out):
+            msgs.append(Msg(mtype, NLM_F_CREATE if verb == "add" else 0, self.nfproto, head + _nest(3, *part),
+                            items=items[done:done + len(part)]))
+            done += len(part)
+        return msgs
 
     def command(self, line: str) -> list[Msg] | None:
         """The messages for one script command of this table, or None when nft must send it."""
@@ -347,6 +368,17 @@ _DNAT_HEAD = {p: _expr("meta", _u32(2, 16), _u32(1, 1)) + _expr("cmp", _u32(1, 1
 # dnat, family, address from register 1, port from the register after the address
 _NAT4 = _expr("nat", _u32(1, 1), _u32(2, FAMILIES["ip"]), _u32(3, 1), _u32(5, 9))
 _NAT6 = _expr("nat", _u32(1, 1), _u32(2, FAMILIES["ip6"]), _u32(3, 1), _u32(5, 2))
+
+
+def _walk(buf: bytes, base: int):
+    """(type, payload, absolute offset) of each attribute in BUF, which starts at offset BASE."""
+    off = 0
+    while off + 4 <= len(buf):
+        ln, atype = struct.unpack_from("HH", buf, off)
+        if ln < 4:
+            return
+        yield atype & 0x3FFF, buf[off + 4:off + ln], base + off
+        off += (ln + 3) & ~3
 
 
 def _split(attrs: list[bytes], limit: int = 60000) -> list[list[bytes]]:
@@ -456,12 +488,34 @@ def open_socket(netns: str) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, force, 1 << 26)
         except OSError:
             sock.setsockopt(socket.SOL_SOCKET, plain, 1 << 22)
+    # Errors that name the refused attribute (extended acks), without a copy
+    # of the refused message (capped acks: a batch message can be 64 kB).
+    for opt in (NETLINK_CAP_ACK, NETLINK_EXT_ACK):
+        try:
+            sock.setsockopt(SOL_NETLINK, opt, 1)
+        except OSError:
+            pass
     return sock
 
 
 def genid(sock: socket.socket) -> int | None:
     """The namespace's nf_tables ruleset generation."""
     return _nft_genid(sock)
+
+
+def _ext_ack(msg: bytes, flags: int) -> tuple[int | None, str]:
+    """The refused attribute's offset and the kernel's message from an extended error ack."""
+    if not flags & NLM_F_ACK_TLVS:
+        return None, ""
+    (orig_len,) = struct.unpack_from("I", msg, 20)
+    off = 20 + (16 if flags & NLM_F_CAPPED else (orig_len + 3) & ~3)
+    where, detail = None, ""
+    for atype, payload, _ in _walk(msg[off:], 0):
+        if atype == NLMSGERR_ATTR_OFFS and len(payload) == 4:
+            where = struct.unpack("I", payload)[0]
+        elif atype == NLMSGERR_ATTR_MSG:
+            detail = payload.rstrip(b"\0").decode(errors="replace")
+    return where, detail
 
 
 def send(sock: socket.socket, msgs: list[Msg], gen: int | None = None) -> None:
@@ -490,7 +544,7 @@ def send(sock: socket.socket, msgs: list[Msg], gen: int | None = None) -> None:
     if sock.send(data) != len(data):
         raise NetlinkError(errno.EMSGSIZE, "the batch was sent in part")
     acked = False
-    first_err: tuple[int, int] | None = None
+    first_err: tuple[int, int, int | None, str] | None = None
     while True:
         try:
             buf = sock.recv(1 << 20, socket.MSG_DONTWAIT)
@@ -498,7 +552,7 @@ def send(sock: socket.socket, msgs: list[Msg], gen: int | None = None) -> None:
             break
         off = 0
         while off + 16 <= len(buf):
-            ln, typ, _, seq, _ = struct.unpack_from("IHHII", buf, off)
+            ln, typ, flags, seq, _ = struct.unpack_from("IHHII", buf, off)
             if ln < 16:
                 break
             if typ == NLMSG_ERROR:
@@ -506,13 +560,15 @@ def send(sock: socket.socket, msgs: list[Msg], gen: int | None = None) -> None:
                 if err == 0 and seq == seq0 + 1 + last:
                     acked = True
                 elif err and first_err is None:
-                    first_err = (-err, seq - seq0 - 1)
+                    where, detail = _ext_ack(buf[off:off + ln], flags)
+                    first_err = (-err, seq - seq0 - 1, where, detail)
             off += (ln + 3) & ~3
     if first_err is not None:
-        err, idx = first_err
+        err, idx, where, detail = first_err
         index = idx if 0 <= idx < len(msgs) else None
         what = f" (message {index + 1} of {len(msgs)})" if index is not None else ""
-        raise NetlinkError(err, f"nf_tables refused the batch: {os.strerror(err)}{what}", index)
+        raise NetlinkError(err, f"nf_tables refused the batch: {os.strerror(err)}{what}"
+                           + (f": {detail}" if detail else ""), index, where, detail)
     if not acked:
         raise NetlinkError(errno.EIO, "nf_tables did not acknowledge the batch")
 
