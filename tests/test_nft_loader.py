@@ -264,3 +264,14 @@ flush chain {family} rgt ep2
                                   capture_output=True, text=True, check=True).stdout
         assert show(by_netlink) == show(by_nft)
         assert "numgen random mod 2 map" in show(by_nft)
+
+
+def test_cost_experiments_run_and_report_every_row():
+    from rulegen.bench import nftcost
+
+    rows = nftcost.experiments(60, 3, chunk=20, timeout=120)
+    names = [r[0] for r in rows]
+    assert names[:4] == ["naive", "check-only", "naive phasing", "no anonymous maps"]
+    assert "maps via netlink, chunked" in names and "on the loaded table: nft list table" in names
+    assert all(float(r[1]) >= 0 for r in rows)
+    assert "chunks, first" in dict((r[0], r[3]) for r in rows)["maps via netlink, chunked"]

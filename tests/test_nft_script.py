@@ -9,6 +9,7 @@ load plan must keep every transaction bounded and every hook for last.
 
 from __future__ import annotations
 
+import re
 import struct
 
 import pytest
@@ -251,3 +252,33 @@ def test_plan_without_netlink_sends_everything_through_nft():
     assert {c.via for c in chunks} == {"nft"}
     text = "".join(cmd + "\n" for c in chunks for cmd in c.commands).replace("create table", "add table", 1)
     assert sc.parse(text) == t
+
+
+# ---------------------------------------------------------------- the generator
+
+
+def test_generated_scripts_are_deterministic_and_have_every_part():
+    text = nftshape.script(400, 3, seed=7)
+    assert text == nftshape.script(400, 3, seed=7) != nftshape.script(400, 3, seed=8)
+    t = sc.parse(text)
+    prefixes = {name.split("-")[0] for name in t.chains if "/" in name}
+    assert prefixes == {"service", "external", "firewall", "local", "endpoint"}
+    assert any(name.startswith("affinity-") for name in t.sets)
+    assert sum(1 for c in t.chains.values() if c.base) == 8
+    assert all(len(s.items) for name, s in t.sets.items() if not name.startswith("affinity-")
+               and name not in ("firewall-ips", "no-endpoint-nodeports"))
+    # Every Service port's chain is named as kube-proxy names it: prefix, 8 hash characters, the port.
+    svc = next(n for n in t.chains if n.startswith("service-") and "/svc-0/" in n)
+    assert re.fullmatch(r"service-[A-Z2-7]{8}-ns0/svc-0/(tcp|udp)/p\d+", svc)
+    old_layout = sc.parse(nftshape.script(50, 3, layout="endpoint-chains"))
+    # The older layout: an endpoint chain per endpoint of every Service that has endpoints.
+    assert sum(1 for n in old_layout.chains if n.startswith("endpoint-")) == 3 * sum(
+        1 for n in old_layout.chains if n.startswith("service-") and "/" in n)
+
+
+def test_a_moved_endpoint_changes_one_service():
+    old, new = sc.parse(nftshape.script(200, 4)), sc.parse(nftshape.script(200, 4, moved=5))
+    cmds = sc.diff(old, new)
+    chains = {c.split()[4] for c in cmds if c.startswith(("flush chain", "add rule"))}
+    assert len(chains) == 1 and next(iter(chains)).startswith("service-")
+    assert all(c.startswith(("flush chain", "add rule", "add element", "delete element")) for c in cmds)
