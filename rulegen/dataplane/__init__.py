@@ -2,7 +2,9 @@
 
 One package per kernel API: `ipvs` (IP Virtual Server over generic
 netlink), `ipset` (the `ipset` tool's restore/save), `links` (the
-`kube-ipvs0` dummy interface and its addresses). Each has a `model` of
+`kube-ipvs0` dummy interface and its addresses), `nft` (nftables scripts:
+the phased first load and the differential update, partly over raw
+nf_tables netlink). Each has a `model` of
 frozen records, an interface with a real client that works inside a named
 network namespace (through `rulegen.netns.in_netns`), and an in-memory fake
 with the same semantics, errors included, that ships with the product so
