@@ -1289,6 +1289,7 @@ _NAME_RULES = {
     "Node": apinames.dns1123_subdomain,
     "ServiceCIDR": apinames.dns1123_subdomain,
     "Pod": apinames.dns1123_subdomain,
+    "ConfigMap": apinames.dns1123_subdomain,  # only kube-system/kube-proxy is read
 }
 _CLUSTER_SCOPED = ("Node", "ServiceCIDR", "KubeProxyConfiguration")
 _PLAIN = re.compile(r"[A-Za-z0-9._-]{1,253}")
@@ -1462,7 +1463,7 @@ def load_config_file(path: str, report: Report) -> ProxyConfig:
                 return config_from_dict(doc, cx)
             except _Bad as e:
                 raise UsageError(f"{cx.place}: {e.field}: {e.message}") from None
-        if kind == "ConfigMap" and _name_of(doc, True) == KUBE_PROXY_CONFIGMAP:
+        if kind == "ConfigMap" and _identify(doc, kind) == (KUBE_PROXY_CONFIGMAP, None):
             cx = _Ctx(Place(path, place.document, kind, KUBE_PROXY_CONFIGMAP, place.item), report)
             try:
                 return _kube_proxy_configmap(doc, cx)
