@@ -1070,7 +1070,7 @@ def _endpoint_slice(doc: dict, cx: _Ctx) -> EndpointSlice:
             a0 = addrs[0]
             ip = parse_ip(a0) if isinstance(a0, str) else None
             if ip is None:
-                raise _Bad(f"endpoints[{i}].addresses[0]", f"{a0!r} is not a valid IP address")
+                raise _Bad(f"endpoints[{i}].addresses[0]", "null" if a0 is None else f"{a0!r} is not a valid IP address")
             if (":" in ip) != want6:
                 raise _Bad(f"endpoints[{i}].addresses[0]", f"{a0!r} is not an {atype} address")
             c = e.get("conditions")

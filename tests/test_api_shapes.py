@@ -324,3 +324,13 @@ def test_null_node_address_is_called_null(tmp_path):
     assert f"{place}: status.addresses[0].address: null (left out)" in r.stderr
     assert f"{place}: status.addresses[1].address: missing (left out)" in r.stderr
     assert "None" not in r.stderr
+
+
+def test_null_endpoint_address_is_called_null():
+    sl = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+          "metadata": {"name": "web-x", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+          "addressType": "IPv4", "ports": [{"port": 80}], "endpoints": [{"addresses": [None]}]}
+    r = compile_(["-"], json.dumps(kubectl_list([SVC2, sl])))
+    assert r.exit_code == 0
+    assert "(EndpointSlice default/web-x): endpoints[0].addresses[0]: null (endpoint left out)" in r.stderr
+    assert "None" not in r.stderr
