@@ -1307,7 +1307,10 @@ def _identify(doc: dict, kind: str) -> tuple[str, _Refused | None]:
     name = meta.get("name")
     rule = _NAME_RULES.get(kind)
     if rule is None:  # a kind rulegen skips, or a KubeProxyConfiguration: no API object rules
-        return (name if name.__class__ is str and _PLAIN.fullmatch(name) else "?"), None
+        text = name if name.__class__ is str and _PLAIN.fullmatch(name) else "?"
+        if kind == "ConfigMap":  # kube-proxy's is known by its namespace and name
+            text = f"{_name_of(doc, True).rpartition('/')[0]}/{text}"
+        return text, None
     refused = None
     if name.__class__ is not str or not name:
         text = "?"
@@ -1341,6 +1344,18 @@ def _identify(doc: dict, kind: str) -> tuple[str, _Refused | None]:
         except _Refused as e:
             refused = e
     return text, refused
+
+
+def _name_of(doc: dict, namespaced: bool) -> str:
+    """`namespace/name` (or the name) as metadata gives it, for objects no name rule checks."""
+    meta = doc.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    name = meta.get("name") if isinstance(meta.get("name"), str) else "?"
+    if not namespaced:
+        return name
+    ns = meta.get("namespace")
+    ns = ns if isinstance(ns, str) and _PLAIN.fullmatch(ns) else "default"
+    return f"{ns}/{name}"
 
 
 def _known_labels(labels: dict) -> bool:
