@@ -24,10 +24,13 @@ namespace and name, so a collision always resolves the same way.
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 from dataclasses import dataclass, field
 from hashlib import blake2b
 from typing import Any, Iterable
+
+from socket import inet_ntoa as _ntoa
 
 from msgspec import structs
 
@@ -89,6 +92,21 @@ def _suffix(text: str, n: int = 5) -> str:
         h, r = divmod(h, len(NAME_ALPHABET))
         out.append(NAME_ALPHABET[r])
     return "".join(out)
+
+
+def _suffixes(text: str, count: int) -> list[str]:
+    """COUNT distinct 5-letter suffixes for the pods of one workload (one hash, not one per pod)."""
+    h = _hash(text)
+    space = len(NAME_ALPHABET) ** 5
+    out = []
+    for i in range(count):
+        v = (h + i * 7_777_777) % space  # 7777777 is prime to 27^5: distinct for every i below it
+        letters = []
+        for _ in range(5):
+            v, r = divmod(v, len(NAME_ALPHABET))
+            letters.append(NAME_ALPHABET[r])
+        out.append("".join(letters))
+    return out
 
 
 def _fam(ip_or_cidr: str) -> int:
@@ -160,6 +178,31 @@ def _range_offset(size: int, least: int, most: int, step: int) -> int:
     return min(max(least, size // step), most)
 
 
+class _Band:
+    """Part of a range the allocator searches on its own: from LO to HI, with how much of it is taken."""
+
+    __slots__ = ("lo", "hi", "used")
+
+    def __init__(self, lo: int, hi: int):
+        self.lo, self.hi, self.used = lo, hi, -1  # -1: not counted yet
+
+    def pick(self, key: str, taken: set[int]) -> int | None:
+        """The first free value from KEY's hash on, wrapping round; None when the band is full."""
+        size = self.hi - self.lo + 1
+        if size <= 0:
+            return None
+        if self.used < 0:  # counted once; every value taken afterwards is taken through pick
+            self.used = sum(1 for t in taken if self.lo <= t <= self.hi)
+        if self.used >= size:
+            return None
+        at = _hash(key) % size
+        while self.lo + at in taken:
+            at = (at + 1) % size
+        taken.add(self.lo + at)
+        self.used += 1
+        return self.lo + at
+
+
 class _IPRange:
     """One service CIDR as the API server allocates from it.
 
@@ -176,22 +219,19 @@ class _IPRange:
         self.cidr = cidr
         self.family = net.version
         self.first = int(net.network_address) + 1
-        self.last = int(net.broadcast_address) - (1 if net.version == 4 else 0)
-        self.split = self.first + _range_offset(net.num_addresses, 16, 256, 16)
+        last = int(net.broadcast_address) - (1 if net.version == 4 else 0)
+        split = self.first + _range_offset(net.num_addresses, 16, 256, 16)
+        self.bands = (_Band(split, last), _Band(self.first, split - 1))
         self._ip = ipaddress.IPv4Address if net.version == 4 else ipaddress.IPv6Address
 
     def text(self, n: int) -> str:
         return str(self._ip(n))
 
     def pick(self, key: str, taken: set[int]) -> int | None:
-        for lo, hi in ((self.split, self.last), (self.first, self.split - 1)):
-            size = hi - lo + 1
-            if size <= 0 or sum(1 for t in taken if lo <= t <= hi) >= size:
-                continue  # the band is full: do not walk it
-            at = (_hash(key) % size)
-            while lo + at in taken:
-                at = (at + 1) % size
-            return lo + at
+        for band in self.bands:
+            got = band.pick(key, taken)
+            if got is not None:
+                return got
         return None
 
 
@@ -272,8 +312,10 @@ class _ServiceAllocator:
             if r.family not in self.reserved:
                 self.reserved[r.family] = r.first
                 self.taken[r.family].add(r.first)
+        # The node-port allocator keeps min(max(16, size/32), 128) ports at the bottom for requested ones too.
         lo, hi = NODE_PORT_RANGE
-        self.port_split = lo + _range_offset(hi - lo + 1, 16, 128, 32)
+        split = lo + _range_offset(hi - lo + 1, 16, 128, 32)
+        self.port_bands = (_Band(split, hi), _Band(lo, split - 1))
 
     def cluster_ips(self, svc: Service) -> tuple[Service, int]:
         """SVC with the cluster IPs the API server would give it on create, and how many it made."""
@@ -295,7 +337,6 @@ class _ServiceAllocator:
                 if r.family == fam:
                     n = r.pick(f"{svc.namespace}/{svc.name}", self.taken[fam])
                     if n is not None:
-                        self.taken[fam].add(n)
                         got = r.text(n)
                         break
             if got is None:
@@ -317,16 +358,10 @@ class _ServiceAllocator:
             return [_family_name(self.families[0])]
 
     def _port(self, key: str) -> int | None:
-        lo, hi = NODE_PORT_RANGE
-        for a, b in ((self.port_split, hi), (lo, self.port_split - 1)):
-            size = b - a + 1
-            if size <= 0 or sum(1 for t in self.ports if a <= t <= b) >= size:
-                continue
-            at = _hash(key) % size
-            while a + at in self.ports:
-                at = (at + 1) % size
-            self.ports.add(a + at)
-            return a + at
+        for band in self.port_bands:
+            got = band.pick(key, self.ports)
+            if got is not None:
+                return got
         return None
 
     def node_ports(self, svc: Service) -> tuple[Service, int]:
@@ -434,7 +469,7 @@ class _Addresses:
             return None
         self.next[(node, fam)] = n + 1
         self.taken.add(n)
-        return str(ipaddress.ip_address(n))
+        return _ntoa(n.to_bytes(4, "big")) if fam == 4 else str(ipaddress.IPv6Address(n))
 
 
 # ---------------------------------------------------------------------- the workload controllers and the scheduler
@@ -547,10 +582,62 @@ def _template_of(pod: Pod) -> PodTemplate:
                        pod.host_network)
 
 
-def _pods(inputs: Inputs, nodes: list[Node], report: Report, done: _Allocated) -> list[_PodPlan]:
+class _Scheduler:
+    """Where each pod runs: the least loaded node that fits it, ties to the first by name.
+
+    The real scheduler scores nodes by their free resources and spreads a
+    workload's replicas; counting the pods already on each node gives the
+    same even spread, deterministically. Nodes that fit a template are found
+    once per distinct nodeSelector/nodeName/tolerations, and each such set
+    keeps a heap of (pods, node) whose stale entries are refreshed when met.
+    """
+
+    def __init__(self, nodes: list[Node]):
+        self.nodes = sorted(nodes, key=lambda n: n.name)
+        self.load = {n.name: 0 for n in self.nodes}
+        self._fits: dict[Any, list[Node]] = {}
+        self._heaps: dict[Any, list[tuple[int, str]]] = {}
+
+    @staticmethod
+    def _key(tpl: PodTemplate, tol: tuple[Toleration, ...]) -> Any:
+        return tuple(sorted(tpl.node_selector.items())), tpl.node_name, tol
+
+    def fitting(self, tpl: PodTemplate, tol: tuple[Toleration, ...]) -> list[Node]:
+        key = self._key(tpl, tol)
+        got = self._fits.get(key)
+        if got is None:
+            got = self._fits[key] = [n for n in self.nodes if not _fits(n, tpl, tol)]
+        return got
+
+    def place(self, tpl: PodTemplate, tol: tuple[Toleration, ...]) -> str | None:
+        key = self._key(tpl, tol)
+        fits = self.fitting(tpl, tol)
+        if not fits:
+            return None
+        heap = self._heaps.get(key)
+        if heap is None:
+            heap = self._heaps[key] = [(self.load[n.name], n.name) for n in fits]
+            heapq.heapify(heap)
+        while True:
+            count, name = heap[0]
+            if count != self.load[name]:  # pods were put there through another set: refresh
+                heapq.heapreplace(heap, (self.load[name], name))
+                continue
+            self.load[name] = count + 1
+            heapq.heapreplace(heap, (count + 1, name))
+            return name
+
+    def count(self, node: str | None) -> None:
+        """A pod put on NODE by other means (its nodeName, the DaemonSet controller, the input)."""
+        if node in self.load:
+            self.load[node] += 1
+
+
+def _pods(inputs: Inputs, nodes: list[Node], report: Report) -> list[_PodPlan]:
     """Every pod the cluster would run: the input's, and the ones its workloads ask for, each on a node."""
-    ordered = sorted(nodes, key=lambda n: n.name)
+    sched = _Scheduler(nodes)
     out: list[_PodPlan] = []
+    waiting: list[Pod] = []
     for pod in inputs.pods:
         if pod.phase in TERMINAL_PHASES:
             continue  # finished: the EndpointSlice controller leaves it out
@@ -558,41 +645,45 @@ def _pods(inputs: Inputs, nodes: list[Node], report: Report, done: _Allocated) -
             # Applied: its address (or, Pending, its lack of one) is the cluster's.
             out.append(_PodPlan(pod.namespace, pod.name, pod.labels, pod.container_ports, pod.node_name, pod.ips,
                                 pod.ready, pod.terminating, pod.host_network))
-            continue
+            sched.count(pod.node_name)
+        else:
+            waiting.append(pod)
+    for pod in sorted(waiting, key=lambda p: (p.namespace, p.name)):
         tpl = _template_of(pod)
-        fits = [n for n in ordered if not _fits(n, tpl, pod.tolerations)]
-        if not fits:
+        node = sched.place(tpl, pod.tolerations)
+        if node is None:
             report.add(pod.place, "spec", f"{_why_pending(nodes, tpl, pod.tolerations)}: the Pod stays Pending "
                        "(no endpoint)", notice=True)
             continue
-        node = fits[_hash(f"{pod.namespace}/{pod.name}") % len(fits)].name
         out.append(_PodPlan(pod.namespace, pod.name, pod.labels, pod.container_ports, node,
                             host_network=pod.host_network))
     for w in standing_workloads(inputs):
         tpl, tol = _placement(w)
-        fits = [n for n in ordered if not _fits(n, tpl, tol)]
+        placed: list[tuple[str, str | None]]
         if w.kind == "DaemonSet":
+            fits = sched.fitting(tpl, tol)
             if not fits:
                 report.add(w.place, "spec.template.spec", f"{_why_pending(nodes, tpl, tol)}: the DaemonSet runs "
                            "no pod (no endpoint)", notice=True)
-            names = [(f"{w.name}-{_suffix(f'{w.key}/{n.name}')}", n.name) for n in fits]
+            for n in fits:
+                sched.count(n.name)
+            placed = [(f"{w.name}-{_suffix(f'{w.key}/{n.name}')}", n.name) for n in fits]
         else:
             count = w.replicas or 0
-            if count and not fits:
+            if count and not sched.fitting(tpl, tol):
                 report.add(w.place, "spec.template.spec", f"{_why_pending(nodes, tpl, tol)}: its "
                            f"{_plural(count, 'pod')} stay Pending (no endpoints)", notice=True)
                 continue
             if w.kind == "StatefulSet":
-                base = [f"{w.name}-{i}" for i in range(count)]
+                names = [f"{w.name}-{i}" for i in range(count)]
             elif w.kind == "Deployment":
                 # NAME-<pod-template-hash>-<5 letters>, as the Deployment and ReplicaSet controllers name them.
                 rs = f"{w.name}-{_suffix(repr(tpl), 10)}"
-                base = [f"{rs}-{_suffix(f'{w.key}/{i}')}" for i in range(count)]
+                names = [f"{rs}-{x}" for x in _suffixes(w.key, count)]
             else:
-                base = [f"{w.name}-{_suffix(f'{w.key}/{i}')}" for i in range(count)]
-            # Replicas go round the fitting nodes in name order (the scheduler spreads them).
-            names = [(n, fits[i % len(fits)].name if fits else None) for i, n in enumerate(base)]
-        for name, node in names:
+                names = [f"{w.name}-{x}" for x in _suffixes(w.key, count)]
+            placed = [(n, sched.place(tpl, tol)) for n in names]
+        for name, node in placed:
             out.append(_PodPlan(w.namespace, name, tpl.labels, tpl.container_ports, node,
                                 host_network=tpl.host_network))
     return out
@@ -743,7 +834,7 @@ def allocate(inputs: Inputs, opts: Options, report: Report) -> Inputs:
         if _fam(c) not in families:
             families.append(_fam(c))
     nodes = list(inputs.nodes) or [_synthetic_node(opts, families)]
-    pods = _pods(inputs, nodes, report, done)
+    pods = _pods(inputs, nodes, report)
     ranges = _pod_ranges(nodes, opts, families)
     _address_pods(pods, nodes, ranges, report)
 
