@@ -281,7 +281,7 @@ def _families(svc: Service, cluster: list[int]) -> list[int]:
                 raise _Refuse(f"spec.ipFamilies[{i}]", f"{_family_name(f)} is not a family of the service CIDRs")
     if not fams:
         fams = [cluster[0]]
-    if policy != "SingleStack" and len(fams) == 1 and (len(cluster) == 2 or svc.headless):
+    if policy != "SingleStack" and len(fams) == 1 and (len(cluster) == 2 or (svc.headless and not svc.selector)):
         fams.append(10 - fams[0])  # 4 <-> 6
     return fams
 
@@ -504,6 +504,10 @@ def standing_workloads(inputs: Inputs) -> list[Workload]:
         if pod.owner is None:
             continue
         key = (pod.namespace, *pod.owner)
+        if key not in kinds and pod.owner[0] == "ReplicaSet":
+            # The ReplicaSet is not in the input (`kubectl get deploy,pods`): its name is its
+            # Deployment's and a pod-template hash.
+            key = (pod.namespace, "Deployment", pod.owner[1].rpartition("-")[0])
         while key in kinds and key not in realized:
             realized.add(key)
             owner = kinds[key].owner
@@ -696,6 +700,7 @@ def _address_pods(pods: list[_PodPlan], nodes: list[Node], ranges: dict[str, dic
     taken = [ip for p in pods for ip in p.ips] + [ip for n in nodes for ip in n.addresses]
     addresses = _Addresses(ranges, taken)
     no_address: dict[str, list[str]] = {}
+    no_range: dict[str, list[str]] = {}
     full: dict[str, list[str]] = {}
     for p in sorted(pods, key=lambda p: (p.namespace, p.name)):
         if p.ips or p.node is None:
@@ -706,8 +711,11 @@ def _address_pods(pods: list[_PodPlan], nodes: list[Node], ranges: dict[str, dic
             if not p.ips:
                 no_address.setdefault(p.node, []).append(f"{p.namespace}/{p.name}")
             continue
+        if not ranges.get(p.node):
+            no_range.setdefault(p.node, []).append(f"{p.namespace}/{p.name}")
+            continue
         ips = []
-        for fam in sorted(ranges.get(p.node, {})):
+        for fam in sorted(ranges[p.node]):
             ip = addresses.take(p.node, fam)
             if ip is None:
                 full.setdefault(f"{p.node} ({ranges[p.node][fam]})", []).append(f"{p.namespace}/{p.name}")
@@ -717,6 +725,9 @@ def _address_pods(pods: list[_PodPlan], nodes: list[Node], ranges: dict[str, dic
     for node, names in sorted(no_address.items()):
         report.note(f"--allocate: node {node} has no address (give --node-ip), so its hostNetwork pods "
                     f"{_listed(names)} have none and are no endpoints")
+    for node, names in sorted(no_range.items()):
+        report.note(f"--allocate: node {node} has no podCIDR and the pod network has no room left for one: "
+                    f"pods {_listed(names)} get no address (no endpoints)")
     for where, names in sorted(full.items()):
         report.note(f"--allocate: the pod range of node {where} is full: pods {_listed(names)} get no "
                     "address there (no endpoints)")
