@@ -885,7 +885,7 @@ def _summary(done: _Allocated, cidrs: list[str], nodes: list[Node], inputs: Inpu
         parts.append(f"{_plural(done.slices, 'EndpointSlice')} with {_plural(done.endpoints, 'endpoint')} "
                      f"for {_plural(done.services_with_slices, 'Service')}")
     if not inputs.nodes:
-        parts.append(f"node {nodes[0].name} ({', '.join(nodes[0].pod_cidrs)})")
+        parts.append(f"node {nodes[0].name} (podCIDR {', '.join(nodes[0].pod_cidrs)})")
     if not parts:
         return "--allocate: nothing to allocate (every Service has its cluster IP, node ports and EndpointSlices)"
     return "--allocate: " + "; ".join(parts)
