@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import heapq
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from hashlib import blake2b
-from typing import Any, Iterable
-
 from socket import inet_ntoa as _ntoa
+from typing import Any, Iterable
 
 from msgspec import structs
 

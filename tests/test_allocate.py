@@ -700,3 +700,30 @@ def test_a_dump_without_the_replicaset_still_links_pods_to_their_deployment(tmp_
     end = text.index("- apiVersion: v1\n  kind: Pod")
     c, _ = allocated(write(tmp_path, text[:start] + text[end:]))
     assert endpoints_of(c, "web") == ["10.244.1.7"]  # the one Pod, not two more for the Deployment's replicas
+
+
+def test_compile_json_carries_the_notices():
+    doc = json.loads(run("compile", "--json", str(HELM)).stdout)
+    (w,) = [w for w in doc["warnings"] if "clusterIP" in w["message"]]
+    assert w["notice"] is True and w["file"] is None and w["message"].startswith("4 Services of 6 have no clusterIP")
+    doc = json.loads(run("compile", "--json", "--allocate", str(HELM)).stdout)
+    assert any(w["message"].startswith("--allocate: 4 cluster IPs") and w["notice"] for w in doc["warnings"])
+
+
+def test_an_ipv6_range_keeps_its_last_address_usable(tmp_path):
+    # fd00:96::/126: ::0 is the network, ::1 the kubernetes Service's; IPv6 has no broadcast, so ::3 is given.
+    svcs = [service(f"s{i}", selector=f"{{app: s{i}}}") for i in range(3)]
+    c, report = allocated(write(tmp_path, docs(*svcs)), service_cidr=["fd00:96::/126"])
+    assert sorted(s.cluster_ip for s in c.inputs.services) == ["fd00:96::2", "fd00:96::3"]
+    assert any("no free address left in the service range fd00:96::/126" in str(p) for p in report.problems)
+
+
+def test_node_ports_run_out_with_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setattr(allocate, "NODE_PORT_RANGE", (30000, 30001))
+    svcs = [service(f"s{i}", type_="NodePort", selector=f"{{app: s{i}}}") for i in range(3)]
+    path = write(tmp_path, docs(*svcs))
+    c, report = allocated(path)
+    assert sorted(p.node_port for s in c.inputs.services for p in s.ports) == [30000, 30001]
+    (p,) = report.problems
+    assert str(p) == (f"{path}: document 3 (Service default/s2): spec.ports[0].nodePort: no free node port left "
+                      "in 30000-30001 (the API server refuses the Service: left out)")
