@@ -26,7 +26,7 @@ from .pipeline import Compiled, compile_files, compile_files_cached
 SETTING_KEYS = (
     "mode", "hostname", "node_ip", "cluster_cidr", "service_cidr", "nodeport_addresses",
     "masquerade_all", "masquerade_bit", "ip_family", "random_fully", "nfacct",
-    "tcp_be_liberal", "localhost_nodeports", "strict",
+    "tcp_be_liberal", "localhost_nodeports", "strict", "allocate",
 )
 
 
@@ -48,6 +48,9 @@ def settings_options(f: Callable) -> Callable:
         click.option("--tcp-be-liberal", is_flag=True, default=None, help="The node sets nf_conntrack_tcp_be_liberal."),
         click.option("--localhost-nodeports/--no-localhost-nodeports", default=None, help="iptables.localhostNodePorts."),
         click.option("--strict", is_flag=True, default=None, help="Any reported input problem is fatal (exit 2)."),
+        click.option("--allocate", is_flag=True, default=None,
+                     help="Manifests not yet applied: cluster IPs, node ports and EndpointSlices from the "
+                          "workloads, as the API server and controllers would make them (docs/allocate.md)."),
         click.option("--config", "config_path", default=None, type=click.Path(),
                      help="A KubeProxyConfiguration file."),
     ]
@@ -252,7 +255,9 @@ def compile_cmd(files, output, timings, as_json, config_path, **kw):
         else:
             out["payload"] = text
         out["counts"] = compile_counts(c)
-        out["warnings"] = [problem_json(p) for p in c.report.problems] + ([message_json(empty)] if empty else [])
+        out["warnings"] = ([problem_json(p) for p in c.report.problems]
+                           + [{**message_json(n), "notice": True} for n in c.report.notes]
+                           + ([message_json(empty)] if empty else []))
         out["timings"] = [{"stage": n, "seconds": round(t, 6)} for n, t in c.timings.stages]
         with c.timings.stage("write"):
             click.echo(json.dumps(out, indent=2))

@@ -65,9 +65,14 @@ SUMMARY_KINDS = 12  # kinds named in the skipped-kinds summary; the rest are cou
 class Report:
     problems: list[Problem] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)  # kind rulegen does not use → objects seen
+    notes: list[str] = field(default_factory=list)  # about the input as a whole, one line each, never fatal
 
     def add(self, place: Place, fld: str, message: str, notice: bool = False, lint: str = "") -> None:
         self.problems.append(Problem(place, fld, message, notice, lint))
+
+    def note(self, text: str) -> None:
+        """A line about the input as a whole (printed `rulegen: TEXT`), informational."""
+        self.notes.append(text)
 
     def skip(self, kind: str) -> None:
         """One object of a kind rulegen does not use, left out."""
@@ -94,6 +99,7 @@ class Report:
         summary = self.summary()
         if summary:
             out.append(f"rulegen: {summary}")
+        out += [f"rulegen: {_bounded(n)}" for n in self.notes]
         return out
 
 

@@ -50,11 +50,13 @@ from .model import (
     LBIngress,
     Node,
     Pod,
+    PodTemplate,
     ProxyConfig,
     Service,
     ServiceCIDR,
     ServicePort,
     SlicePort,
+    Workload,
 )
 
 try:  # the C loader is ~10x faster; fall back so a build without libyaml still works
@@ -64,6 +66,8 @@ except AttributeError:  # pragma: no cover
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
+IP_FAMILY_POLICIES = ("SingleStack", "PreferDualStack", "RequireDualStack")
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 INPUT_SUFFIXES = (".yaml", ".yml", ".json")
@@ -967,12 +971,25 @@ def _service(doc: dict, cx: _Ctx) -> Service | None:
     if selector and not _known_labels(selector):
         _check_labels(selector, "spec.selector")
 
+    # The fields the API server and the controllers act on when the Service is
+    # created (`--allocate`); an applied Service carries their results already.
+    policy_ = spec.get("ipFamilyPolicy")
+    if policy_ is not None and policy_ not in IP_FAMILY_POLICIES:
+        raise _Bad("spec.ipFamilyPolicy", f"{_str(policy_, 'spec.ipFamilyPolicy')!r} is not one of "
+                   f"{', '.join(IP_FAMILY_POLICIES)}")
+    lb_ports = spec.get("allocateLoadBalancerNodePorts")
+    publish = spec.get("publishNotReadyAddresses")
+
     return Service(
         namespace=ns, name=name, type=stype, cluster_ip=cluster_ip, cluster_ips=tuple(cluster_ips), headless=headless,
         ip_families=tuple(families), ports=tuple(ports), external_ips=tuple(ext_ips),
         lb_ingress=tuple(ingress), source_ranges=tuple(ranges), external_traffic_policy=etp,
         internal_traffic_policy=itp, health_check_node_port=hc, session_affinity=aff,
         affinity_timeout=timeout, selector=selector, place=cx.place,
+        no_cluster_ip=not raw_cip and not headless and stype != "ExternalName",
+        ip_family_policy=policy_,
+        allocate_lb_node_ports=True if lb_ports is None else bool(_bool(lb_ports, "spec.allocateLoadBalancerNodePorts")),
+        publish_not_ready=bool(_bool(publish, "spec.publishNotReadyAddresses")),
     )
 
 
@@ -1177,7 +1194,21 @@ def _node(doc: dict, cx: _Ctx) -> Node:
             addrs.append(ip)
     raw = _list(spec.get("podCIDRs"), "spec.podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
     cidrs = _parsed(raw, "spec.podCIDRs", cx, cidr=True)
-    return Node(name, tuple(addrs), tuple(cidrs), labels.get(ZONE_LABEL), labels)
+    taints = []
+    for i, t in enumerate(_list(spec.get("taints"), "spec.taints")):
+        fld = f"spec.taints[{i}]"
+        t = _map(t, fld)
+        key = _str(t.get("key"), f"{fld}.key") or ""
+        _check(apinames.label_key(key), f"{fld}.key", key, "taint key")
+        value = _str(t.get("value"), f"{fld}.value") or ""
+        _check(apinames.label_value(value), f"{fld}.value", value, "taint value")
+        effect = _str(t.get("effect"), f"{fld}.effect") or ""
+        if effect not in TAINT_EFFECTS:
+            raise _Bad(f"{fld}.effect", f"{effect!r} is not one of {', '.join(TAINT_EFFECTS)}")
+        taints.append((key, value, effect))
+    if _bool(spec.get("unschedulable"), "spec.unschedulable"):
+        taints.append((UNSCHEDULABLE_TAINT, "", "NoSchedule"))
+    return Node(name, tuple(addrs), tuple(cidrs), labels.get(ZONE_LABEL), labels, tuple(taints))
 
 
 def _service_cidr(doc: dict, cx: _Ctx) -> ServiceCIDR:
@@ -1187,26 +1218,170 @@ def _service_cidr(doc: dict, cx: _Ctx) -> ServiceCIDR:
     return ServiceCIDR(name, tuple(cidrs))
 
 
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+TOLERATION_OPERATORS = ("Equal", "Exists")
+UNSCHEDULABLE_TAINT = "node.kubernetes.io/unschedulable"  # what the node controller makes of spec.unschedulable
+SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+
+
+def _container_ports(spec: dict, fld: str) -> tuple[tuple[str, int, str], ...]:
+    """(name, port, protocol) of every container port, then of every sidecar's.
+
+    Sidecars are init containers with restartPolicy Always: they run beside
+    the containers, and the EndpointSlice controller looks up named target
+    ports in them after the containers.
+    """
+    ports = []
+    sidecars = [c for c in _list(spec.get("initContainers"), f"{fld}.initContainers")
+                if isinstance(c, dict) and c.get("restartPolicy") == "Always"]
+    for key, group in (("containers", _list(spec.get("containers"), f"{fld}.containers")),
+                       ("initContainers", sidecars)):
+        for ci, c in enumerate(group):
+            if not isinstance(c, dict):
+                continue
+            for pi, p in enumerate(_list(c.get("ports"), f"{fld}.{key}[{ci}].ports")):
+                if isinstance(p, dict) and isinstance(p.get("containerPort"), int) and not isinstance(p.get("containerPort"), bool):
+                    pname = p.get("name")
+                    if pname.__class__ is str and pname:
+                        _check(apinames.port_name(pname), f"{fld}.{key}[{ci}].ports[{pi}].name", pname, "port name")
+                    proto = p.get("protocol") or "TCP"
+                    if proto not in PROTOCOLS:
+                        raise _Bad(f"{fld}.{key}[{ci}].ports[{pi}].protocol", f"{proto!r} is not TCP, UDP or SCTP")
+                    ports.append((pname if pname.__class__ is str else "", p["containerPort"], proto))
+    return tuple(ports)
+
+
+def _tolerations(spec: dict, fld: str) -> tuple[tuple[str, str, str, str], ...]:
+    out = []
+    for i, t in enumerate(_list(spec.get("tolerations"), f"{fld}.tolerations")):
+        tf = f"{fld}.tolerations[{i}]"
+        t = _map(t, tf)
+        key = _str(t.get("key"), f"{tf}.key") or ""
+        if key:
+            _check(apinames.label_key(key), f"{tf}.key", key, "toleration key")
+        op = _str(t.get("operator"), f"{tf}.operator") or "Equal"
+        if op not in TOLERATION_OPERATORS:
+            raise _Bad(f"{tf}.operator", f"{op!r} is not Equal or Exists")
+        value = _str(t.get("value"), f"{tf}.value") or ""
+        effect = _str(t.get("effect"), f"{tf}.effect") or ""
+        if effect and effect not in TAINT_EFFECTS:
+            raise _Bad(f"{tf}.effect", f"{effect!r} is not one of {', '.join(TAINT_EFFECTS)}")
+        out.append((key, op, value, effect))
+    return tuple(out)
+
+
+def _labels_at(holder: dict, fld: str) -> dict[str, str]:
+    """A mapping of label keys to values (labels, a nodeSelector, matchLabels), checked as the API server checks labels."""
+    got = _map(holder, fld)
+    if not all(v.__class__ is str for v in got.values()):
+        raise _Bad(fld, "expected a mapping of strings")
+    if got and not _known_labels(got):
+        _check_labels(got, fld)
+    return dict(got)
+
+
+def _pod_spec(spec: dict, fld: str) -> PodTemplate:
+    """The parts of a pod spec that decide where its pods run and which ports they name."""
+    node = _str(spec.get("nodeName"), f"{fld}.nodeName") or None
+    if node:
+        _check(apinames.node_name(node), f"{fld}.nodeName", node, "node name")
+    return PodTemplate(
+        container_ports=_container_ports(spec, fld),
+        node_selector=_labels_at(spec.get("nodeSelector"), f"{fld}.nodeSelector"),
+        node_name=node,
+        tolerations=_tolerations(spec, fld),
+        host_network=bool(_bool(spec.get("hostNetwork"), f"{fld}.hostNetwork")),
+    )
+
+
+def _owner(meta: dict) -> tuple[str, str] | None:
+    """The workload that controls this object (its ownerReference with controller: true), if one rulegen reads."""
+    refs = meta.get("ownerReferences")
+    for r in refs if isinstance(refs, list) else ():
+        if isinstance(r, dict) and r.get("controller") is True and r.get("kind") in WORKLOAD_KINDS:
+            name = r.get("name")
+            if isinstance(name, str) and name and not apinames.dns1123_subdomain(name):
+                return r["kind"], name
+    return None
+
+
 def _pod(doc: dict, cx: _Ctx) -> Pod:
     ns, name = _meta(doc)
     meta = _map(doc.get("metadata"), "metadata")
     labels = {k: v for k, v in _map(meta.get("labels"), "metadata.labels").items() if isinstance(v, str)}
     spec = _map(doc.get("spec"), "spec")
     status = _map(doc.get("status"), "status")
-    ports = []
-    for ci, c in enumerate(_list(spec.get("containers"), "spec.containers")):
-        if isinstance(c, dict):
-            for pi, p in enumerate(c.get("ports") or []):
-                if isinstance(p, dict) and isinstance(p.get("containerPort"), int):
-                    pname = p.get("name")
-                    if pname.__class__ is str and pname:
-                        _check(apinames.port_name(pname), f"spec.containers[{ci}].ports[{pi}].name", pname, "port name")
-                    ports.append((str(p.get("name") or ""), p["containerPort"], str(p.get("protocol") or "TCP")))
-    ip = parse_ip(status["podIP"]) if isinstance(status.get("podIP"), str) else None
-    node = spec.get("nodeName") if isinstance(spec.get("nodeName"), str) else None
-    if node:
-        _check(apinames.node_name(node), "spec.nodeName", node, "node name")
-    return Pod(ns, name, labels, ip, node, tuple(ports))
+    tpl = _pod_spec(spec, "spec")
+    raw_ips = [a.get("ip") for a in _list(status.get("podIPs"), "status.podIPs") if isinstance(a, dict)]
+    if not raw_ips and isinstance(status.get("podIP"), str) and status["podIP"]:
+        raw_ips = [status["podIP"]]
+    ips = tuple(_parsed(raw_ips, "status.podIPs", cx))
+    ready = True
+    for i, c in enumerate(_list(status.get("conditions"), "status.conditions")):
+        if isinstance(c, dict) and c.get("type") == "Ready":
+            ready = c.get("status") == "True"
+    phase = _str(status.get("phase"), "status.phase") or ""
+    return Pod(ns, name, labels, ips[0] if ips else None, tpl.node_name, tpl.container_ports, ips=ips,
+               phase=phase, ready=ready, terminating=meta.get("deletionTimestamp") is not None,
+               owner=_owner(meta), node_selector=tpl.node_selector, tolerations=tpl.tolerations,
+               host_network=tpl.host_network, place=cx.place)
+
+
+def _selector_matches(labels: dict[str, str], match_labels: dict[str, str],
+                      expressions: tuple[tuple[str, str, tuple[str, ...]], ...]) -> bool:
+    """A LabelSelector (matchLabels and matchExpressions) against a set of labels."""
+    if any(labels.get(k) != v for k, v in match_labels.items()):
+        return False
+    for key, op, values in expressions:
+        have = key in labels
+        if op == "In" and not (have and labels[key] in values):
+            return False
+        if op == "NotIn" and have and labels[key] in values:
+            return False
+        if op == "Exists" and not have:
+            return False
+        if op == "DoesNotExist" and have:
+            return False
+    return True
+
+
+def _workload(doc: dict, cx: _Ctx, kind: str) -> Workload:
+    ns, name = _meta(doc)
+    meta = _map(doc.get("metadata"), "metadata")
+    spec = _map(doc.get("spec"), "spec")
+    replicas = None
+    if kind != "DaemonSet":
+        replicas = _int(spec.get("replicas"), "spec.replicas")
+        if replicas is None:
+            replicas = 1  # the API's default
+        elif replicas < 0:
+            raise _Bad("spec.replicas", f"{replicas} is negative")
+    sel = _map(spec.get("selector"), "spec.selector")
+    match_labels = _labels_at(sel.get("matchLabels"), "spec.selector.matchLabels")
+    exprs = []
+    for i, e in enumerate(_list(sel.get("matchExpressions"), "spec.selector.matchExpressions")):
+        fld = f"spec.selector.matchExpressions[{i}]"
+        e = _map(e, fld)
+        key = _str(e.get("key"), f"{fld}.key") or ""
+        _check(apinames.label_key(key), f"{fld}.key", key, "label key")
+        op = _str(e.get("operator"), f"{fld}.operator")
+        if op not in SELECTOR_OPERATORS:
+            raise _Bad(f"{fld}.operator", f"{op!r} is not one of {', '.join(SELECTOR_OPERATORS)}")
+        values = tuple(_str(v, f"{fld}.values[{j}]") or "" for j, v in enumerate(_list(e.get("values"), f"{fld}.values")))
+        exprs.append((key, op, values))
+    template = _map(spec.get("template"), "spec.template")
+    tmeta = _map(template.get("metadata"), "spec.template.metadata")
+    labels = _labels_at(tmeta.get("labels"), "spec.template.metadata.labels")
+    tpl = _pod_spec(_map(template.get("spec"), "spec.template.spec"), "spec.template.spec")
+    # apps/v1 requires a selector, and one that selects the template's own labels.
+    if not match_labels and not exprs:
+        raise _Bad("spec.selector", f"missing or empty (the API server refuses such a {kind})")
+    if not _selector_matches(labels, match_labels, tuple(exprs)):
+        raise _Bad("spec.selector", f"does not select the pod template's labels (the API server refuses such a {kind})")
+    return Workload(kind, ns, name, replicas, match_labels, tuple(exprs),
+                    PodTemplate(labels, tpl.container_ports, tpl.node_selector, tpl.node_name, tpl.tolerations,
+                                tpl.host_network),
+                    _owner(meta), cx.place)
 
 
 def split_cidr_list(v: Any, fld: str, cx: _Ctx) -> tuple[str, ...]:
@@ -1290,6 +1465,11 @@ _NAME_RULES = {
     "ServiceCIDR": apinames.dns1123_subdomain,
     "Pod": apinames.dns1123_subdomain,
     "ConfigMap": apinames.dns1123_subdomain,  # only kube-system/kube-proxy is read
+    "Deployment": apinames.dns1123_subdomain,
+    "ReplicaSet": apinames.dns1123_subdomain,
+    "DaemonSet": apinames.dns1123_subdomain,
+    # A StatefulSet's name becomes its pods' hostnames (NAME-0): an RFC 1123 label.
+    "StatefulSet": apinames.dns1123_label,
 }
 _CLUSTER_SCOPED = ("Node", "ServiceCIDR", "KubeProxyConfiguration")
 _PLAIN = re.compile(r"[A-Za-z0-9._-]{1,253}")
@@ -1308,7 +1488,10 @@ def _identify(doc: dict, kind: str) -> tuple[str, _Refused | None]:
     name = meta.get("name")
     rule = _NAME_RULES.get(kind)
     if rule is None:  # a kind rulegen skips, or a KubeProxyConfiguration: no API object rules
-        return (name if name.__class__ is str and _PLAIN.fullmatch(name) else "?"), None
+        text = name if name.__class__ is str and _PLAIN.fullmatch(name) else "?"
+        if kind == "ConfigMap":  # kube-proxy's is known by its namespace and name
+            text = f"{_name_of(doc, True).rpartition('/')[0]}/{text}"
+        return text, None
     refused = None
     if name.__class__ is not str or not name:
         text = "?"
@@ -1342,6 +1525,18 @@ def _identify(doc: dict, kind: str) -> tuple[str, _Refused | None]:
         except _Refused as e:
             refused = e
     return text, refused
+
+
+def _name_of(doc: dict, namespaced: bool) -> str:
+    """`namespace/name` (or the name) as metadata gives it, for objects no name rule checks."""
+    meta = doc.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    name = meta.get("name") if isinstance(meta.get("name"), str) else "?"
+    if not namespaced:
+        return name
+    ns = meta.get("namespace")
+    ns = ns if isinstance(ns, str) and _PLAIN.fullmatch(ns) else "default"
+    return f"{ns}/{name}"
 
 
 def _known_labels(labels: dict) -> bool:
@@ -1393,6 +1588,8 @@ def load_objects(objects: Iterable[tuple[Place, Any]], report: Report) -> Inputs
                 inputs.configs.append(config_from_dict(doc, cx))
             elif kind == "Pod":
                 inputs.pods.append(_pod(doc, cx))
+            elif kind in WORKLOAD_KINDS:
+                inputs.workloads.append(_workload(doc, cx, kind))
             elif kind == "ConfigMap" and name == KUBE_PROXY_CONFIGMAP:
                 inputs.configs.append(_kube_proxy_configmap(doc, cx))
             else:

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from . import backends, loader, plan as planmod
+from . import allocate, backends, loader, plan as planmod
 from .diagnostics import Report
 from .gcpause import gc_paused
 from .model import Inputs
@@ -81,17 +81,37 @@ def resolve_settings(inputs: Inputs, flags: dict[str, Any], report: Report,
     return resolve(flags, inputs, report, file_cfg, config_path)
 
 
+def prepare(inputs: Inputs, flags: dict[str, Any], report: Report, timings: Timings,
+            config_path: str | None = None) -> tuple[Inputs, Settings]:
+    """The inputs as the cluster holds them, and the settings.
+
+    With `--allocate`, what the API server and the controllers would add to
+    manifests not yet applied (`rulegen.allocate`), before settings are
+    resolved (the Node it may add is the node of the settings). Without it,
+    one notice says when the input looks like such manifests.
+    """
+    file_cfg = loader.load_config_file(config_path, report) if config_path else None
+    if flags.get("allocate"):
+        with timings.stage("allocate"), gc_paused():
+            inputs = allocate.allocate(inputs, allocate.options(flags, inputs, file_cfg), report)
+    else:
+        note = allocate.unallocated_notice(inputs)
+        if note:
+            report.note(note)
+    return inputs, resolve(flags, inputs, report, file_cfg, config_path)
+
+
 def plan_inputs(inputs: Inputs, flags: dict[str, Any], report: Report, timings: Timings,
-                config_path: str | None = None) -> tuple[Settings, planmod.Plan]:
-    """Settings and the backend-neutral plan, without any backend (lint uses this)."""
-    settings = resolve_settings(inputs, flags, report, config_path)
+                config_path: str | None = None) -> tuple[Inputs, Settings, planmod.Plan]:
+    """The inputs (allocated with `--allocate`), settings and the backend-neutral plan, without any backend (lint)."""
+    inputs, settings = prepare(inputs, flags, report, timings, config_path)
     with timings.stage("plan"), gc_paused():
-        return settings, planmod.build(inputs, settings)
+        return inputs, settings, planmod.build(inputs, settings)
 
 
 def compile_inputs(inputs: Inputs, flags: dict[str, Any], report: Report, timings: Timings,
                    config_path: str | None = None) -> Compiled:
-    settings = resolve_settings(inputs, flags, report, config_path)
+    inputs, settings = prepare(inputs, flags, report, timings, config_path)
     comp, _ = backends.get(settings.mode)
     with gc_paused():
         with timings.stage("plan"):
@@ -119,6 +139,10 @@ def compile_files_cached(paths: list[str], flags: dict[str, Any], report: Report
     """
     from .backends.iptables import incremental
 
+    if flags.get("allocate"):
+        # Allocation reads the whole input at once (one Service's address depends on
+        # every other's), which the per-unit cache cannot follow: compile in full.
+        return compile_files(paths, flags, report, config_path)
     timings = Timings()
     with gc_paused():
         with timings.stage("load-cache"):

@@ -283,16 +283,16 @@ def test_kube_proxy_configmap_without_config_conf_is_left_out():
 
 
 def test_skipped_kinds_are_one_line_in_every_input_shape(tmp_path):
-    deploy = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "namespace": "x"}}
+    deploy = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "d", "namespace": "x"}}
     p = tmp_path / "mix.json"
     p.write_text(json.dumps(kubectl_list([SVC2, deploy, deploy])) + "\n"
-                 + json.dumps(typed_list("DeploymentList", "apps/v1", [deploy] * 3)) + "\n"
+                 + json.dumps(typed_list("JobList", "batch/v1", [deploy] * 3)) + "\n"
                  + json.dumps({"kind": "Secret", "metadata": {"name": "s"}}))
     y = tmp_path / "mix.yaml"
     y.write_text("kind: Secret\nmetadata: {name: t}\n---\nkind: Secret\nmetadata: {name: u}\n")
     r = compile_([str(p), str(y)])
     assert r.exit_code == 0
-    assert r.stderr == "rulegen: skipped 8 objects of kinds rulegen does not use: Deployment (5), Secret (3)\n"
+    assert r.stderr == "rulegen: skipped 8 objects of kinds rulegen does not use: Job (5), Secret (3)\n"
 
 
 def test_the_skipped_summary_is_bounded_and_quotes_odd_kinds():

@@ -61,11 +61,11 @@ def test_strict_makes_any_problem_fatal(tmp_path):
 
 
 def test_skipped_kinds_are_one_summary_notice_not_a_problem(tmp_path):
-    other = "kind: ConfigMap\nmetadata: {name: x}\n---\nkind: Deployment\nmetadata: {name: d}\n---\n"
+    other = "kind: ConfigMap\nmetadata: {name: x}\n---\nkind: CronJob\nmetadata: {name: d}\n---\n"
     r, f = run(tmp_path, other * 3 + "kind: ConfigMap\nmetadata: {name: y}\n---\n" + GOOD_SVC, "--strict")
     assert r.exit_code == 0
     assert r.stderr.splitlines() == [
-        "rulegen: skipped 7 objects of kinds rulegen does not use: ConfigMap (4), Deployment (3)"]
+        "rulegen: skipped 7 objects of kinds rulegen does not use: ConfigMap (4), CronJob (3)"]
 
 
 @pytest.mark.parametrize("field_yaml,field,message", [
