@@ -205,7 +205,9 @@ def compile_cmd(files, output, timings, as_json, config_path, **kw):
         else:
             out["payload"] = text
         out["counts"] = compile_counts(c)
-        out["warnings"] = [problem_json(p) for p in c.report.problems] + ([message_json(empty)] if empty else [])
+        out["warnings"] = ([problem_json(p) for p in c.report.problems]
+                           + [{**message_json(n), "notice": True} for n in c.report.notes]
+                           + ([message_json(empty)] if empty else []))
         out["timings"] = [{"stage": n, "seconds": round(t, 6)} for n, t in c.timings.stages]
         with c.timings.stage("write"):
             click.echo(json.dumps(out, indent=2))

@@ -22,7 +22,7 @@ from .diagnostics import UsageError
 SETTING_KEYS = (
     "mode", "hostname", "node_ip", "cluster_cidr", "service_cidr", "nodeport_addresses",
     "masquerade_all", "masquerade_bit", "ip_family", "random_fully", "nfacct",
-    "tcp_be_liberal", "localhost_nodeports", "strict",
+    "tcp_be_liberal", "localhost_nodeports", "strict", "allocate",
 )
 
 
@@ -59,6 +59,9 @@ def settings_options(f: Callable) -> Callable:
         click.option("--tcp-be-liberal", is_flag=True, default=None, help="The node sets nf_conntrack_tcp_be_liberal."),
         click.option("--localhost-nodeports/--no-localhost-nodeports", default=None, help="iptables.localhostNodePorts."),
         click.option("--strict", is_flag=True, default=None, help="Any reported input problem is fatal (exit 2)."),
+        click.option("--allocate", is_flag=True, default=None,
+                     help="Manifests not yet applied: cluster IPs, node ports and EndpointSlices from the "
+                          "workloads, as the API server and controllers would make them (docs/allocate.md)."),
         click.option("--config", "config_path", default=None, type=click.Path(),
                      help="A KubeProxyConfiguration file."),
     ]

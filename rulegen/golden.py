@@ -173,7 +173,9 @@ def compile_case(case: Case, mode: str = DEFAULT_MODE) -> Compiled:
     except UsageError as e:
         raise CaseError(_relative(str(e), case)) from None
     problems = tuple(_relative(str(p), case) for p in report.problems if not p.notice)
-    notices = tuple(_relative(str(p), case) for p in report.problems if p.notice)
+    summary = report.summary()  # the kinds the case's inputs hold that rulegen skips
+    notices = (tuple(_relative(str(p), case) for p in report.problems if p.notice) + ((summary,) if summary else ())
+               + tuple(report.notes))
     if flags.get("strict") and problems:
         raise CaseError(f"{len(problems)} input problem(s) and --strict given: {problems[0]}")
     return Compiled(text, problems, notices)

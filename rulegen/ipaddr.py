@@ -122,3 +122,15 @@ def is_loopback(ip: str) -> bool:
 
 def endpoint_string(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def host_bits(text: str, canon: str) -> bool:
+    """Whether CIDR TEXT (read as CANON by `parse_cidr`) sets bits past its prefix, as 10.244.1.5/16 does."""
+    ip = parse_ip(text.partition("/")[0].strip())
+    return ip is not None and ip != canon.partition("/")[0]
+
+
+def host_bits_note(text: str, canon: str) -> str:
+    """What is said of such a CIDR: kube-proxy takes the network and says nothing; the API server warns."""
+    return (f"{text.strip()!r} has bits set past its prefix length; read as {canon}, as kube-proxy reads it "
+            f"(did you mean {canon}, or {text.strip().partition('/')[0]} alone?)")

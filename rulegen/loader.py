@@ -2,16 +2,20 @@
 
 Owns the step from user files to `model.Inputs`. Accepts files, directories
 (their `*.yaml`, `*.yml`, `*.json`, sorted by name) and `-` for standard
-input; multi-document YAML and `kind: List`. JSON goes through msgspec (a
-`kubectl get -o json` List one item at a time; `json` words the errors),
-YAML through PyYAML's C loader.
+input; multi-document YAML, JSON documents one after another, `kind: List`
+and the API's typed lists (`ServiceList`: items without a kind take it from
+the list). JSON goes through msgspec (a `kubectl get -o json` List one item
+at a time; `json` words the errors), YAML through PyYAML's C loader. Every
+input is held to a size, a nesting depth and (YAML) an alias-expansion bound
+before it can cost much (see "limits" below).
 
 kube-proxy only ever sees objects the API server validated, and it still
 drops what it cannot use (an unparsable IP, an other-family address). The
 loader does the same and reports each thing it leaves out with its place
 (`svc.yaml: document 2 (Service default/web): spec.ports[0].nodePort: 99999
-is not a valid port`), never raising. Only a file that cannot be read or is
-not YAML/JSON at all raises `UsageError`.
+is not a valid port`), never raising. Only input that cannot be used at all
+raises `UsageError`: a file that cannot be read, is not YAML/JSON, or is past
+one of the limits, and a kube-proxy ConfigMap whose configuration is not YAML.
 
 Names are text that reaches the rules (`--comment default/web:http`), so
 they get the API server's own checks (`apinames`): an object with a name,
@@ -26,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import sys
 from sys import intern as _intern
 from pathlib import Path
@@ -38,7 +43,7 @@ from . import apinames
 from .apinames import shown
 from .backends import modes
 from .diagnostics import Place, Report, UsageError
-from .ipaddr import parse_cidr, parse_ip
+from .ipaddr import host_bits, host_bits_note, parse_cidr, parse_ip
 from .model import (
     Endpoint,
     EndpointSlice,
@@ -46,11 +51,13 @@ from .model import (
     LBIngress,
     Node,
     Pod,
+    PodTemplate,
     ProxyConfig,
     Service,
     ServiceCIDR,
     ServicePort,
     SlicePort,
+    Workload,
 )
 
 try:  # the C loader is ~10x faster; fall back so a build without libyaml still works
@@ -60,11 +67,78 @@ except AttributeError:  # pragma: no cover
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
+IP_FAMILY_POLICIES = ("SingleStack", "PreferDualStack", "RequireDualStack")
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 INPUT_SUFFIXES = (".yaml", ".yml", ".json")
 # Files that live beside inputs in fixture folders but are not Kubernetes objects.
 NOT_INPUTS = frozenset({"trace.yaml", "trace.yml", "trace.json"})
+
+
+# --------------------------------------------------------------------------- limits
+
+# Input files are hostile until read: three bounds keep a crafted one from
+# taking the machine with it, each an exit-2 message naming the file (and
+# the document), reached in a fraction of a second.
+#
+# Size. A file, or standard input, over the limit is refused before it is
+# read. `rulegen bench gen --services 10000 --endpoints 10` writes 31 MB of
+# YAML (31 MB of JSON); `kubectl get -o yaml` of a cluster that size, with its
+# managedFields and annotations, is about twice that. 128 MiB holds both with
+# room to spare; RULEGEN_MAX_INPUT_SIZE raises (or, at 0, lifts) the limit.
+# A YAML file that is one big `kind: List` document costs ~45 bytes of memory
+# per byte read while it is parsed, so the limit is also what bounds memory.
+#
+# Depth. No Kubernetes object is nested more than ~40 levels (a CRD's
+# openAPIV3Schema is the deepest, two levels per nested property); 200 is
+# far beyond any of them and well inside Python's recursion limit for the
+# builders below (one or two frames a level). libyaml itself stops at 1000.
+# JSON is decoded in C, where checking every document's depth would cost as
+# much as decoding it: msgspec and json stop at the interpreter's recursion
+# limit (some 900 levels), and that stop is reported like the YAML one.
+#
+# Aliases. A YAML alias repeats its anchor's whole subtree; ten aliases of
+# ten aliases of ... ("billion laughs") make a few hundred bytes expand to
+# billions of nodes. A document whose aliases add more nodes than the
+# document holds itself, and more than ALIAS_ALLOWANCE, is refused before
+# anything is built. kubectl (through go-yaml) refuses such documents too,
+# and recursive aliases, which no Kubernetes object can hold.
+
+MAX_INPUT_ENV = "RULEGEN_MAX_INPUT_SIZE"
+MAX_INPUT_DEFAULT = 128 << 20
+MAX_DEPTH = 200
+ALIAS_ALLOWANCE = 100_000
+TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels"
+JSON_TOO_DEEP = "nested deeper than rulegen can read"
+
+_SIZE = re.compile(r"\s*(\d+)\s*(?:([kmg])i?b?|b?)\s*", re.I)
+_SHIFTS = {"k": 10, "m": 20, "g": 30}
+
+
+def max_input_size() -> int:
+    """The most bytes read from one input (0: no limit): RULEGEN_MAX_INPUT_SIZE, else 128 MiB."""
+    raw = os.environ.get(MAX_INPUT_ENV, "")
+    if not raw.strip():
+        return MAX_INPUT_DEFAULT
+    m = _SIZE.fullmatch(raw)
+    if m is None:
+        raise UsageError(f"{MAX_INPUT_ENV}: {raw!r} is not a size (bytes, or a number with K, M or G; 0 for no limit)")
+    return int(m.group(1)) << _SHIFTS.get((m.group(2) or "").lower(), 0)
+
+
+def _size_text(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            v = n / (1 << shift)
+            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _too_large(name: str, limit: int, size: int | None = None) -> UsageError:
+    have = f"{_size_text(size)}, " if size is not None else ""
+    return UsageError(f"{name}: {have}more than the {_size_text(limit)} rulegen reads from one input "
+                      f"({MAX_INPUT_ENV}=SIZE raises the limit)")
 
 
 # --------------------------------------------------------------------------- files
@@ -92,6 +166,42 @@ def expand_paths(paths: Iterable[str]) -> list[str]:
     return out
 
 
+def read_text(name: str) -> str:
+    """One input's text, refused (UsageError) when it is larger than `max_input_size()` or not UTF-8."""
+    limit = max_input_size()
+    if name == "-":
+        # As bytes, decoded strictly like a file: the text stream would turn bad
+        # bytes into lone surrogates (C/POSIX locale) that no parser accepts.
+        raw = getattr(sys.stdin, "buffer", None)
+        data = (raw or sys.stdin).read(limit + 1 if limit else -1)
+        if limit and len(data) > limit:
+            raise _too_large("<stdin>", limit)
+        if raw is None:
+            return data
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UsageError("<stdin>: not a text file (YAML or JSON expected)") from None
+    try:
+        with open(name, encoding="utf-8") as f:
+            if not limit:
+                return f.read()
+            st = os.fstat(f.fileno())
+            if stat.S_ISREG(st.st_mode):
+                if st.st_size > limit:
+                    raise _too_large(name, limit, st.st_size)
+                return f.read()
+            # A pipe or a device (`<(kubectl get ...)`): no size to check first.
+            text = f.read(limit + 1)
+            if len(text) > limit:
+                raise _too_large(name, limit)
+            return text
+    except UnicodeDecodeError:
+        raise UsageError(f"{name}: not a text file (YAML or JSON expected)") from None
+    except OSError as e:
+        raise UsageError(f"{name}: cannot read: {e.strerror}") from None
+
+
 _FIRST_CHAR = re.compile(r"\S")
 
 
@@ -110,19 +220,286 @@ def iter_documents(name: str, text: str) -> Iterator[Any]:
     """`read_documents` one document at a time: a YAML error surfaces when its document is reached."""
     if looks_like_json(name, text):
         try:
-            try:
-                # msgspec's decoder builds the same dicts and lists ~1.6x faster; what it
-                # refuses (NaN, 1e400, lone surrogates, bad JSON) goes to json for the verdict.
-                doc = msgspec.json.decode(text)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                doc = json.loads(text)
+            docs = _json_documents(text)
         except ValueError as e:
             if name.endswith(".json"):
                 raise UsageError(f"{name}: not valid JSON: {e}") from None
+        except RecursionError:
+            raise UsageError(f"{name}: {JSON_TOO_DEEP}") from None
         else:
-            yield doc
+            yield from _drained(docs)
             return
     yield from iter_yaml(name, text)
+
+
+# --------------------------------------------------------------------------- JSON
+
+# kubectl reads several JSON documents written one after another (`kubectl
+# get svc -o json; kubectl get endpointslices -o json`), and so does rulegen.
+# msgspec stops at the first byte after a document with "trailing characters
+# (byte N)", N counting from 1: that is where the next document starts. Each
+# part is decoded on its own; if a split is ever wrong, the part does not
+# decode and `json` reads the whole text instead (and words its errors).
+
+_TRAILING = re.compile(r"trailing characters \(byte (\d+)\)")
+_JSON_BLANK = re.compile(rb"[ \t\r\n]*")
+_TEXT_BLANK = re.compile(r"[ \t\r\n]*")
+
+
+def _json_spans(data: bytes) -> list[tuple[int, int]] | None:
+    """Start and end of each JSON document in DATA, or None when DATA is not a run of them."""
+    view = memoryview(data)
+    spans: list[tuple[int, int]] = []
+    pos = _JSON_BLANK.match(data).end()  # type: ignore[union-attr]
+    n = len(data)
+    while pos < n:
+        try:
+            msgspec.json.decode(view[pos:], type=msgspec.Raw)
+        except msgspec.DecodeError as e:
+            m = _TRAILING.search(str(e))
+            if m is None:
+                return None
+            nxt = pos + int(m.group(1)) - 1
+            if not pos < nxt < n:
+                return None
+            spans.append((pos, nxt))
+            pos = nxt
+        else:
+            spans.append((pos, n))
+            break
+    return spans
+
+
+def _json_documents(text: str) -> list[Any]:
+    """Every JSON document of TEXT; ValueError (json's wording) when it is not JSON."""
+    try:
+        # msgspec's decoder builds the same dicts and lists ~1.6x faster; what it
+        # refuses (NaN, 1e400, lone surrogates, bad JSON) goes to json for the verdict.
+        return [msgspec.json.decode(text)]
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        if _TRAILING.search(str(e)):
+            data = text.encode()
+            spans = _json_spans(data)
+            if spans is not None:
+                view = memoryview(data)
+                try:
+                    return [msgspec.json.decode(view[a:b]) for a, b in spans]
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    pass
+    return _json_stream(text)
+
+
+def _json_stream(text: str) -> list[Any]:
+    """`json.loads` for one or more documents in a row, with json's error positions in the whole text."""
+    decoder = json.JSONDecoder()
+    pos = _TEXT_BLANK.match(text).end()  # type: ignore[union-attr]
+    if pos == len(text):
+        return [json.loads(text)]  # raises json's "Expecting value"
+    out = []
+    while pos < len(text):
+        doc, pos = decoder.raw_decode(text, pos)
+        out.append(doc)
+        pos = _TEXT_BLANK.match(text, pos).end()  # type: ignore[union-attr]
+    return out
+
+
+class _ListShape(msgspec.Struct):
+    """A JSON document's top level as far as finding its List items needs; the items stay raw bytes."""
+
+    kind: Any = None
+    apiVersion: Any = None
+    items: list[msgspec.Raw] | None | msgspec.UnsetType = msgspec.UNSET
+
+
+class JsonPart:
+    """One document of a JSON input; a List's items kept raw until each is wanted."""
+
+    __slots__ = ("data", "items", "kind", "api_version")
+
+    def __init__(self, data: Any, items: list[msgspec.Raw] | None = None, kind: str | None = None,
+                 api_version: str | None = None):
+        self.data = data  # its bytes; None when it is the whole input
+        self.items = items  # a List's raw items; None: decode the document whole
+        self.kind = kind  # the kind a typed List gives its items (`ServiceList`: Service), else None
+        self.api_version = api_version
+
+
+class _NotOne(Exception):
+    """Bytes that are not one JSON document as msgspec reads it (TRAILING: more follow)."""
+
+    def __init__(self, trailing: bool):
+        super().__init__()
+        self.trailing = trailing
+
+
+def _part(data: Any, src: Any) -> JsonPart:
+    try:
+        top = msgspec.json.decode(src, type=_ListShape)
+    except msgspec.ValidationError:  # not an object, or `items` not a list of values: read it whole
+        if data is None:  # unless other documents follow (msgspec stopped before it saw them)
+            try:
+                msgspec.json.decode(src, type=msgspec.Raw)
+            except msgspec.DecodeError as e:
+                raise _NotOne(bool(_TRAILING.search(str(e)))) from None
+        return JsonPart(data)
+    except msgspec.DecodeError as e:
+        raise _NotOne(bool(_TRAILING.search(str(e)))) from None
+    if lists_items(top.kind, top.items is not msgspec.UNSET) and top.items:
+        api = top.apiVersion if isinstance(top.apiVersion, str) else None
+        return JsonPart(data, top.items, item_kind(top.kind), api)
+    return JsonPart(data)
+
+
+def json_parts(name: str, text: str, data: bytes | None = None) -> list[JsonPart] | None:
+    """The documents of a JSON input (one, or several in a row), or None when it is not JSON.
+
+    DATA, when the caller has TEXT encoded already; msgspec reads TEXT itself
+    otherwise, without the 30 MB copy an `encode()` would make.
+
+    msgspec checks the syntax of the whole input but builds nothing inside a
+    List's items (~20 ms for 30 MB). None also for what msgspec refuses (NaN,
+    bad syntax): `iter_documents` words the verdict on those.
+    """
+    if not looks_like_json(name, text):
+        return None
+    try:
+        try:
+            return [_part(None, text if data is None else data)]
+        except _NotOne as e:
+            if not e.trailing:
+                return None
+        data = text.encode() if data is None else data
+        spans = _json_spans(data)
+        if spans is None:
+            return None
+        view = memoryview(data)
+        return [_part(view[a:b], view[a:b]) for a, b in spans]
+    except _NotOne:
+        return None
+    except RecursionError:
+        raise UsageError(f"{name}: {JSON_TOO_DEEP}") from None
+
+
+def json_document(name: str, data: Any) -> Any:
+    """One JSON document's bytes (a `JsonPart` that is not a List), decoded."""
+    try:
+        try:
+            return msgspec.json.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return json.loads(bytes(data))
+    except ValueError as e:
+        raise UsageError(f"{name}: not valid JSON: {e}") from None
+    except RecursionError:
+        raise UsageError(f"{name}: {JSON_TOO_DEEP}") from None
+
+
+_decode = msgspec.json.Decoder().decode
+
+
+def decode_item(raw: Any) -> Any:
+    """One List item's JSON, as `json.loads` would give it (1e400 and friends included).
+
+    RecursionError for an item nested too deep: the caller knows its place.
+    """
+    try:
+        return _decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError):  # numbers msgspec will not hold (1e400)
+        return json.loads(bytes(raw))
+
+
+def iter_objects(paths: Iterable[str]) -> Iterator[tuple[Place, Any]]:
+    """Every top-level object with its place; List items are unpacked."""
+    for name in expand_paths(paths):
+        shown = "<stdin>" if name == "-" else name
+        text = read_text(name)
+        parts = json_parts(shown, text)
+        if parts is None or (len(parts) == 1 and parts[0].items is None):
+            # Documents, too, are built one at a time and freed once converted.
+            yield from objects_of(shown, iter_documents(shown, text))
+            continue
+        del text
+        for i, part in enumerate(_drained(parts), 1):
+            if part.items is None:
+                yield from objects_of(shown, [json_document(shown, part.data)], i - 1)
+                continue
+            # A JSON List's items are decoded one at a time, each just before it is
+            # converted and freed right after: the dicts being walked stay in the CPU
+            # cache, where building a 10k-Service tree first and walking it afterwards
+            # misses it on every object (and holds the whole tree in memory).
+            kind, api = part.kind, part.api_version
+            j = 0
+            try:
+                for j, raw in enumerate(_drained(part.items), 1):
+                    yield Place(shown, i, item=j), typed(decode_item(raw), kind, api)
+            except RecursionError:
+                raise UsageError(f"{Place(shown, i, item=j)}: {JSON_TOO_DEEP}") from None
+
+
+# --------------------------------------------------------------------------- lists
+
+
+def is_list(doc: Any) -> bool:
+    """A `kind: List` (or `*List` with items) document, whose items are the objects."""
+    return isinstance(doc, dict) and lists_items(doc.get("kind"), "items" in doc)
+
+
+def lists_items(kind: Any, has_items: bool) -> bool:
+    """Whether a document of KIND (with or without an `items` field) is a list of objects."""
+    return kind == "List" or (has_items and str(kind).endswith("List"))
+
+
+def item_kind(list_kind: Any) -> str | None:
+    """The kind of a typed list's items (`ServiceList`: `Service`); None for `List` and the rest."""
+    if isinstance(list_kind, str) and len(list_kind) > 4 and list_kind.endswith("List"):
+        return list_kind[:-4]
+    return None
+
+
+def typed(item: Any, kind: str | None, api_version: str | None) -> Any:
+    """ITEM given its typed list's kind and apiVersion when it names none itself.
+
+    The API server leaves them out of a typed list's items (`kubectl get
+    --raw`, curl, client libraries); an item that names its kind keeps it.
+    """
+    if kind is not None and item.__class__ is dict and not item.get("kind"):
+        item["kind"] = kind
+        if api_version is not None and not item.get("apiVersion"):
+            item["apiVersion"] = api_version
+    return item
+
+
+def objects_of(shown: str, docs: Iterable[Any], before: int = 0) -> Iterator[tuple[Place, Any]]:
+    """The objects of one file's DOCS (the first is document BEFORE+1), each with its place."""
+    # Documents and List items are handed out by popping them (or as a
+    # generator makes them), so each raw object is freed once converted: a
+    # 10k-Service List does not stay in memory beside its model, and the next
+    # object reuses warm memory.
+    i = before
+    for doc in _drained(docs) if isinstance(docs, list) else docs:
+        i += 1
+        if is_list(doc):
+            items = doc.get("items") or []
+            if not isinstance(items, list):
+                yield Place(shown, i, "List"), {"__bad__": "items is not a list"}
+                continue
+            kind = item_kind(doc.get("kind"))
+            api = doc.get("apiVersion") if isinstance(doc.get("apiVersion"), str) else None
+            doc = None
+            for j, item in enumerate(_drained(items), 1):
+                yield Place(shown, i, item=j), typed(item, kind, api)
+        else:
+            yield Place(shown, i), doc
+        doc = None
+
+
+def _drained(items: list[Any]) -> Iterator[Any]:
+    """ITEMS in order, each removed from the list as it is handed out."""
+    items.reverse()
+    while items:
+        yield items.pop()
+
+
+# --------------------------------------------------------------------------- YAML
 
 
 def read_yaml(name: str, text: str) -> list[Any]:
@@ -132,15 +509,21 @@ def read_yaml(name: str, text: str) -> list[Any]:
 
 def iter_yaml(name: str, text: str) -> Iterator[Any]:
     """`read_yaml` one document at a time."""
+    n = 0
     try:
         for d in _iter_yaml(text):
             if d is not None:
+                n += 1
                 yield d
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise UsageError(f"{name}: not valid YAML{where}: {problem}") from None
+    except _Limit as e:
+        mark = getattr(e.node, "start_mark", None) if e.node is not None else None
+        where = f", line {mark.line + 1}" if mark else ""
+        raise UsageError(f"{name}: document {n + 1}{where}: {e.message}") from None
 
 
 class _FastYamlLoader(_YamlLoader):  # type: ignore[misc, valid-type]
@@ -171,14 +554,27 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 class _Unusual(Exception):
-    """A node the fast builder leaves to PyYAML: merge keys, explicit tags, recursive aliases."""
+    """A node the fast builder leaves to PyYAML: merge keys, explicit tags."""
+
+
+class _Limit(Exception):
+    """A YAML document past one of the bounds: what is wrong, and the node where."""
+
+    def __init__(self, message: str, node: Any):
+        super().__init__(message)
+        self.message = message
+        self.node = node
 
 
 _scalars: dict[tuple[str, str], Any] = {}
 
 
-def _build(loader: Any, node: Any, busy: set[int]) -> Any:
-    """Plain mappings, sequences and strings built directly; every other scalar by PyYAML."""
+def _build(loader: Any, node: Any, depth: int) -> Any:
+    """Plain mappings, sequences and strings built directly; every other scalar by PyYAML.
+
+    DEPTH: collections above NODE. Aliases are only ever followed here in
+    documents `_check_graph` has passed (no cycles, bounded expansion).
+    """
     cls = node.__class__
     if cls is yaml.ScalarNode:
         if node.tag == _STR_TAG:
@@ -194,155 +590,109 @@ def _build(loader: Any, node: Any, busy: set[int]) -> Any:
             if len(_scalars) < 1 << 16:
                 _scalars[key] = v
         return v
-    if id(node) in busy:
-        raise _Unusual
-    busy.add(id(node))
-    try:
-        if cls is yaml.MappingNode and node.tag == _MAP_TAG:
-            out = {}
-            for k, v in node.value:
-                if k.tag == _MERGE_TAG:
-                    raise _Unusual
-                out[_build(loader, k, busy)] = _build(loader, v, busy)
-            return out
-        if cls is yaml.SequenceNode and node.tag == _SEQ_TAG:
-            return [_build(loader, v, busy) for v in node.value]
-        raise _Unusual
-    finally:
-        busy.discard(id(node))
+    if depth >= MAX_DEPTH:
+        raise _Limit(TOO_DEEP, node)
+    depth += 1
+    if cls is yaml.MappingNode and node.tag == _MAP_TAG:
+        out = {}
+        for k, v in node.value:
+            if k.tag == _MERGE_TAG:
+                raise _Unusual
+            out[_build(loader, k, depth)] = _build(loader, v, depth)
+        return out
+    if cls is yaml.SequenceNode and node.tag == _SEQ_TAG:
+        return [_build(loader, v, depth) for v in node.value]
+    raise _Unusual
+
+
+def _count(n: int) -> str:
+    return f"{n:,}" if n < 10**15 else f"about 10^{len(str(n)) - 1}"
+
+
+def _check_graph(root: Any) -> None:
+    """Raise _Limit for a document that is too deep, holds a recursive alias, or an alias bomb.
+
+    Walks each distinct node once, keeping the size its subtree would have
+    once every alias in it is expanded, so a bomb is measured, never built.
+    """
+    seen: dict[int, tuple[int, int]] = {}  # collection node → (nodes once expanded, levels below it)
+    path: set[int] = set()
+    own = 0  # distinct nodes
+
+    def walk(node: Any, depth: int) -> tuple[int, int]:
+        nonlocal own
+        key = id(node)
+        got = seen.get(key)
+        if got is not None:
+            if depth + got[1] >= MAX_DEPTH:  # reached again, deeper, through an alias
+                raise _Limit(TOO_DEEP, node)
+            return got
+        if key in path:
+            raise _Limit("a recursive alias (an alias inside the node it names)", node)
+        if depth >= MAX_DEPTH:
+            raise _Limit(TOO_DEEP, node)
+        path.add(key)
+        own += 1
+        size, height = 1, 0
+        kids = node.value
+        if node.__class__ is yaml.MappingNode:
+            kids = [x for pair in kids for x in pair]
+        for kid in kids:
+            if kid.__class__ is yaml.ScalarNode:
+                own += 1
+                size += 1
+                continue
+            s, h = walk(kid, depth + 1)
+            size += s
+            if h >= height:
+                height = h + 1
+        path.discard(key)
+        got = seen[key] = (size, height)
+        return got
+
+    if root.__class__ is yaml.ScalarNode:
+        return
+    size, _ = walk(root, 0)
+    most = own + max(own, ALIAS_ALLOWANCE)
+    if size > most:
+        raise _Limit(f"its aliases would expand {_count(own)} nodes to {_count(size)}, "
+                     f"more than the {_count(most)} rulegen builds (an alias bomb?)", None)
+
+
+# An anchor (`&name`) opens a token, so it follows a blank, a flow indicator or
+# a quote, never a letter or digit (there `&` is part of a plain scalar, as in
+# a URL's query string), and its name is not empty. Text with no other `&`
+# has no anchor, so no alias: its documents are built without the graph check.
+_MAYBE_ANCHOR = re.compile(r"&[^ \t\r\n]")
+
+
+def _may_have_anchors(text: str) -> bool:
+    for m in _MAYBE_ANCHOR.finditer(text):
+        i = m.start()
+        if i == 0 or not (text[i - 1].isascii() and text[i - 1].isalnum()):
+            return True
+    return False
 
 
 def _iter_yaml(text: str) -> Iterator[Any]:
-    """`yaml.load_all(text, CSafeLoader)`, ~1.5x faster on Kubernetes-shaped documents."""
+    """`yaml.load_all(text, CSafeLoader)`, ~1.5x faster on Kubernetes-shaped documents, with the bounds above."""
     loader = _FastYamlLoader(text)
+    anchored = "&" in text and _may_have_anchors(text)
     try:
         while loader.check_node():
             node = loader.get_node()
+            if anchored:
+                _check_graph(node)
             try:
-                doc = _build(loader, node, set())
+                doc = _build(loader, node, 0)
             except (_Unusual, TypeError):  # TypeError: an unhashable key; PyYAML words the error
+                if not anchored:
+                    _check_graph(node)  # PyYAML's constructor recurses too: bound its depth first
                 doc = loader.construct_document(node)
             del node
             yield doc
     finally:
         loader.dispose()
-
-
-def read_text(name: str) -> str:
-    if name == "-":
-        # As bytes, decoded strictly like a file: the text stream would turn bad
-        # bytes into lone surrogates (C/POSIX locale) that no parser accepts.
-        raw = getattr(sys.stdin, "buffer", None)
-        if raw is None:
-            return sys.stdin.read()
-        try:
-            return raw.read().decode("utf-8")
-        except UnicodeDecodeError:
-            raise UsageError("<stdin>: not a text file (YAML or JSON expected)") from None
-    try:
-        with open(name, encoding="utf-8") as f:
-            return f.read()
-    except UnicodeDecodeError:
-        raise UsageError(f"{name}: not a text file (YAML or JSON expected)") from None
-    except OSError as e:
-        raise UsageError(f"{name}: cannot read: {e.strerror}") from None
-
-
-def iter_objects(paths: Iterable[str]) -> Iterator[tuple[Place, Any]]:
-    """Every top-level object with its place; `kind: List` items are unpacked."""
-    for name in expand_paths(paths):
-        shown = "<stdin>" if name == "-" else name
-        text = read_text(name)
-        items = json_list_items(shown, text)
-        if items is None:
-            # Documents, too, are built one at a time and freed once converted.
-            yield from objects_of(shown, iter_documents(shown, text))
-            continue
-        del text
-        # A JSON List's items are decoded one at a time, each just before it is
-        # converted and freed right after: the dicts being walked stay in the CPU
-        # cache, where building a 10k-Service tree first and walking it afterwards
-        # misses it on every object (and holds the whole tree in memory).
-        for j, raw in enumerate(_drained(items), 1):
-            yield Place(shown, 1, item=j), decode_item(raw)
-
-
-class _ListShape(msgspec.Struct):
-    """A JSON file's top level as far as finding its List items needs; the items stay raw bytes."""
-
-    kind: Any = None
-    items: list[msgspec.Raw] | None | msgspec.UnsetType = msgspec.UNSET
-
-
-def json_list_items(name: str, text: str, data: bytes | None = None) -> list[msgspec.Raw] | None:
-    """The raw items of a JSON `kind: List` file, or None for anything else.
-
-    DATA, when the caller has TEXT encoded already; msgspec reads TEXT itself
-    otherwise, without the 30 MB copy an `encode()` would make.
-
-    msgspec checks the syntax of the whole file but builds nothing inside the
-    items (~20 ms for 30 MB). None also for what msgspec refuses (NaN, bad
-    syntax): `read_documents` words the verdict on those.
-    """
-    if not looks_like_json(name, text):
-        return None
-    try:
-        top = msgspec.json.decode(text if data is None else data, type=_ListShape)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
-    if not lists_items(top.kind, top.items is not msgspec.UNSET) or not top.items:
-        return None
-    return top.items
-
-
-_decode = msgspec.json.Decoder().decode
-
-
-def decode_item(raw: Any) -> Any:
-    """One List item's JSON, as `json.loads` would give it (1e400 and friends included)."""
-    try:
-        return _decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError):  # numbers msgspec will not hold (1e400)
-        return json.loads(bytes(raw))
-
-
-def is_list(doc: Any) -> bool:
-    """A `kind: List` (or `*List` with items) document, whose items are the objects."""
-    return isinstance(doc, dict) and lists_items(doc.get("kind"), "items" in doc)
-
-
-def lists_items(kind: Any, has_items: bool) -> bool:
-    """Whether a document of KIND (with or without an `items` field) is a list of objects."""
-    return kind == "List" or (has_items and str(kind).endswith("List"))
-
-
-def objects_of(shown: str, docs: Iterable[Any], before: int = 0) -> Iterator[tuple[Place, Any]]:
-    """The objects of one file's DOCS (the first is document BEFORE+1), each with its place."""
-    # Documents and List items are handed out by popping them (or as a
-    # generator makes them), so each raw object is freed once converted: a
-    # 10k-Service List does not stay in memory beside its model, and the next
-    # object reuses warm memory.
-    i = before
-    for doc in _drained(docs) if isinstance(docs, list) else docs:
-        i += 1
-        if is_list(doc):
-            items = doc.get("items") or []
-            if not isinstance(items, list):
-                yield Place(shown, i, "List"), {"__bad__": "items is not a list"}
-                continue
-            doc = None
-            for j, item in enumerate(_drained(items), 1):
-                yield Place(shown, i, item=j), item
-        else:
-            yield Place(shown, i), doc
-        doc = None
-
-
-def _drained(items: list[Any]) -> Iterator[Any]:
-    """ITEMS in order, each removed from the list as it is handed out."""
-    items.reverse()
-    while items:
-        yield items.pop()
 
 
 # --------------------------------------------------------------------------- checks
@@ -425,6 +775,14 @@ def _bool(v: Any, fld: str) -> bool | None:
     return v
 
 
+def _not_an_ip(holder: dict, key: str) -> str:
+    """Why HOLDER[KEY] is no IP address: missing, null, or not one."""
+    if key not in holder:
+        return "missing"
+    v = holder[key]
+    return "null" if v is None else f"{v!r} is not a valid IP address"
+
+
 def _parsed(items: list, fld: str, cx: "_Ctx", cidr: bool = False, strip: bool = False) -> list[str]:
     """Each entry of an address or CIDR list in canonical form; bad ones reported and left out."""
     parse, what = (parse_cidr, "CIDR") if cidr else (parse_ip, "IP address")
@@ -432,7 +790,7 @@ def _parsed(items: list, fld: str, cx: "_Ctx", cidr: bool = False, strip: bool =
     for i, v in enumerate(items):
         canon = parse(v.strip() if strip else v) if isinstance(v, str) else None
         if canon is None:
-            cx.warn(f"{fld}[{i}]", f"{v!r} is not a valid {what} (left out)")
+            cx.warn(f"{fld}[{i}]", ("null" if v is None else f"{v!r} is not a valid {what}") + " (left out)")
         else:
             out.append(canon)
     return out
@@ -449,6 +807,10 @@ class _Ctx:
 
     def warn(self, fld: str, message: str) -> None:
         self.report.add(self.place, fld, message)
+
+    def note(self, fld: str, message: str) -> None:
+        """Informational: never fatal, not even under --strict."""
+        self.report.add(self.place, fld, message, notice=True)
 
 
 def _meta(doc: dict, namespaced: bool = True) -> tuple[str, str]:
@@ -610,12 +972,25 @@ def _service(doc: dict, cx: _Ctx) -> Service | None:
     if selector and not _known_labels(selector):
         _check_labels(selector, "spec.selector")
 
+    # The fields the API server and the controllers act on when the Service is
+    # created (`--allocate`); an applied Service carries their results already.
+    policy_ = spec.get("ipFamilyPolicy")
+    if policy_ is not None and policy_ not in IP_FAMILY_POLICIES:
+        raise _Bad("spec.ipFamilyPolicy", f"{_str(policy_, 'spec.ipFamilyPolicy')!r} is not one of "
+                   f"{', '.join(IP_FAMILY_POLICIES)}")
+    lb_ports = spec.get("allocateLoadBalancerNodePorts")
+    publish = spec.get("publishNotReadyAddresses")
+
     return Service(
         namespace=ns, name=name, type=stype, cluster_ip=cluster_ip, cluster_ips=tuple(cluster_ips), headless=headless,
         ip_families=tuple(families), ports=tuple(ports), external_ips=tuple(ext_ips),
         lb_ingress=tuple(ingress), source_ranges=tuple(ranges), external_traffic_policy=etp,
         internal_traffic_policy=itp, health_check_node_port=hc, session_affinity=aff,
         affinity_timeout=timeout, selector=selector, place=cx.place,
+        no_cluster_ip=not raw_cip and not headless and stype != "ExternalName",
+        ip_family_policy=policy_,
+        allocate_lb_node_ports=True if lb_ports is None else bool(_bool(lb_ports, "spec.allocateLoadBalancerNodePorts")),
+        publish_not_ready=bool(_bool(publish, "spec.publishNotReadyAddresses")),
     )
 
 
@@ -713,7 +1088,7 @@ def _endpoint_slice(doc: dict, cx: _Ctx) -> EndpointSlice:
             a0 = addrs[0]
             ip = parse_ip(a0) if isinstance(a0, str) else None
             if ip is None:
-                raise _Bad(f"endpoints[{i}].addresses[0]", f"{a0!r} is not a valid IP address")
+                raise _Bad(f"endpoints[{i}].addresses[0]", "null" if a0 is None else f"{a0!r} is not a valid IP address")
             if (":" in ip) != want6:
                 raise _Bad(f"endpoints[{i}].addresses[0]", f"{a0!r} is not an {atype} address")
             c = e.get("conditions")
@@ -783,7 +1158,7 @@ def _legacy_endpoints(doc: dict, cx: _Ctx) -> list[EndpointSlice]:
                 a = _map(a, fld)
                 ip = parse_ip(a.get("ip")) if isinstance(a.get("ip"), str) else None
                 if ip is None:
-                    cx.warn(f"{fld}.ip", f"{a.get('ip')!r} is not a valid IP address (endpoint left out)")
+                    cx.warn(f"{fld}.ip", _not_an_ip(a, "ip") + " (endpoint left out)")
                     continue
                 node = a.get("nodeName") if isinstance(a.get("nodeName"), str) else None
                 if node:
@@ -809,7 +1184,7 @@ def _node(doc: dict, cx: _Ctx) -> Node:
             continue
         ip = parse_ip(a.get("address")) if isinstance(a.get("address"), str) else None
         if ip is None:
-            cx.warn(f"status.addresses[{i}].address", f"{a.get('address')!r} is not a valid IP address (left out)")
+            cx.warn(f"status.addresses[{i}].address", _not_an_ip(a, "address") + " (left out)")
         else:
             (internal if a.get("type") == "InternalIP" else external).append(ip)
     # kube-proxy's primary node IP of a family (utilnode.GetNodeHostIPs) is the
@@ -820,7 +1195,21 @@ def _node(doc: dict, cx: _Ctx) -> Node:
             addrs.append(ip)
     raw = _list(spec.get("podCIDRs"), "spec.podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
     cidrs = _parsed(raw, "spec.podCIDRs", cx, cidr=True)
-    return Node(name, tuple(addrs), tuple(cidrs), labels.get(ZONE_LABEL), labels)
+    taints = []
+    for i, t in enumerate(_list(spec.get("taints"), "spec.taints")):
+        fld = f"spec.taints[{i}]"
+        t = _map(t, fld)
+        key = _str(t.get("key"), f"{fld}.key") or ""
+        _check(apinames.label_key(key), f"{fld}.key", key, "taint key")
+        value = _str(t.get("value"), f"{fld}.value") or ""
+        _check(apinames.label_value(value), f"{fld}.value", value, "taint value")
+        effect = _str(t.get("effect"), f"{fld}.effect") or ""
+        if effect not in TAINT_EFFECTS:
+            raise _Bad(f"{fld}.effect", f"{effect!r} is not one of {', '.join(TAINT_EFFECTS)}")
+        taints.append((key, value, effect))
+    if _bool(spec.get("unschedulable"), "spec.unschedulable"):
+        taints.append((UNSCHEDULABLE_TAINT, "", "NoSchedule"))
+    return Node(name, tuple(addrs), tuple(cidrs), labels.get(ZONE_LABEL), labels, tuple(taints))
 
 
 def _service_cidr(doc: dict, cx: _Ctx) -> ServiceCIDR:
@@ -830,26 +1219,170 @@ def _service_cidr(doc: dict, cx: _Ctx) -> ServiceCIDR:
     return ServiceCIDR(name, tuple(cidrs))
 
 
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+TOLERATION_OPERATORS = ("Equal", "Exists")
+UNSCHEDULABLE_TAINT = "node.kubernetes.io/unschedulable"  # what the node controller makes of spec.unschedulable
+SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+
+
+def _container_ports(spec: dict, fld: str) -> tuple[tuple[str, int, str], ...]:
+    """(name, port, protocol) of every container port, then of every sidecar's.
+
+    Sidecars are init containers with restartPolicy Always: they run beside
+    the containers, and the EndpointSlice controller looks up named target
+    ports in them after the containers.
+    """
+    ports = []
+    sidecars = [c for c in _list(spec.get("initContainers"), f"{fld}.initContainers")
+                if isinstance(c, dict) and c.get("restartPolicy") == "Always"]
+    for key, group in (("containers", _list(spec.get("containers"), f"{fld}.containers")),
+                       ("initContainers", sidecars)):
+        for ci, c in enumerate(group):
+            if not isinstance(c, dict):
+                continue
+            for pi, p in enumerate(_list(c.get("ports"), f"{fld}.{key}[{ci}].ports")):
+                if isinstance(p, dict) and isinstance(p.get("containerPort"), int) and not isinstance(p.get("containerPort"), bool):
+                    pname = p.get("name")
+                    if pname.__class__ is str and pname:
+                        _check(apinames.port_name(pname), f"{fld}.{key}[{ci}].ports[{pi}].name", pname, "port name")
+                    proto = p.get("protocol") or "TCP"
+                    if proto not in PROTOCOLS:
+                        raise _Bad(f"{fld}.{key}[{ci}].ports[{pi}].protocol", f"{proto!r} is not TCP, UDP or SCTP")
+                    ports.append((pname if pname.__class__ is str else "", p["containerPort"], proto))
+    return tuple(ports)
+
+
+def _tolerations(spec: dict, fld: str) -> tuple[tuple[str, str, str, str], ...]:
+    out = []
+    for i, t in enumerate(_list(spec.get("tolerations"), f"{fld}.tolerations")):
+        tf = f"{fld}.tolerations[{i}]"
+        t = _map(t, tf)
+        key = _str(t.get("key"), f"{tf}.key") or ""
+        if key:
+            _check(apinames.label_key(key), f"{tf}.key", key, "toleration key")
+        op = _str(t.get("operator"), f"{tf}.operator") or "Equal"
+        if op not in TOLERATION_OPERATORS:
+            raise _Bad(f"{tf}.operator", f"{op!r} is not Equal or Exists")
+        value = _str(t.get("value"), f"{tf}.value") or ""
+        effect = _str(t.get("effect"), f"{tf}.effect") or ""
+        if effect and effect not in TAINT_EFFECTS:
+            raise _Bad(f"{tf}.effect", f"{effect!r} is not one of {', '.join(TAINT_EFFECTS)}")
+        out.append((key, op, value, effect))
+    return tuple(out)
+
+
+def _labels_at(holder: dict, fld: str) -> dict[str, str]:
+    """A mapping of label keys to values (labels, a nodeSelector, matchLabels), checked as the API server checks labels."""
+    got = _map(holder, fld)
+    if not all(v.__class__ is str for v in got.values()):
+        raise _Bad(fld, "expected a mapping of strings")
+    if got and not _known_labels(got):
+        _check_labels(got, fld)
+    return dict(got)
+
+
+def _pod_spec(spec: dict, fld: str) -> PodTemplate:
+    """The parts of a pod spec that decide where its pods run and which ports they name."""
+    node = _str(spec.get("nodeName"), f"{fld}.nodeName") or None
+    if node:
+        _check(apinames.node_name(node), f"{fld}.nodeName", node, "node name")
+    return PodTemplate(
+        container_ports=_container_ports(spec, fld),
+        node_selector=_labels_at(spec.get("nodeSelector"), f"{fld}.nodeSelector"),
+        node_name=node,
+        tolerations=_tolerations(spec, fld),
+        host_network=bool(_bool(spec.get("hostNetwork"), f"{fld}.hostNetwork")),
+    )
+
+
+def _owner(meta: dict) -> tuple[str, str] | None:
+    """The workload that controls this object (its ownerReference with controller: true), if one rulegen reads."""
+    refs = meta.get("ownerReferences")
+    for r in refs if isinstance(refs, list) else ():
+        if isinstance(r, dict) and r.get("controller") is True and r.get("kind") in WORKLOAD_KINDS:
+            name = r.get("name")
+            if isinstance(name, str) and name and not apinames.dns1123_subdomain(name):
+                return r["kind"], name
+    return None
+
+
 def _pod(doc: dict, cx: _Ctx) -> Pod:
     ns, name = _meta(doc)
     meta = _map(doc.get("metadata"), "metadata")
     labels = {k: v for k, v in _map(meta.get("labels"), "metadata.labels").items() if isinstance(v, str)}
     spec = _map(doc.get("spec"), "spec")
     status = _map(doc.get("status"), "status")
-    ports = []
-    for ci, c in enumerate(_list(spec.get("containers"), "spec.containers")):
-        if isinstance(c, dict):
-            for pi, p in enumerate(c.get("ports") or []):
-                if isinstance(p, dict) and isinstance(p.get("containerPort"), int):
-                    pname = p.get("name")
-                    if pname.__class__ is str and pname:
-                        _check(apinames.port_name(pname), f"spec.containers[{ci}].ports[{pi}].name", pname, "port name")
-                    ports.append((str(p.get("name") or ""), p["containerPort"], str(p.get("protocol") or "TCP")))
-    ip = parse_ip(status["podIP"]) if isinstance(status.get("podIP"), str) else None
-    node = spec.get("nodeName") if isinstance(spec.get("nodeName"), str) else None
-    if node:
-        _check(apinames.node_name(node), "spec.nodeName", node, "node name")
-    return Pod(ns, name, labels, ip, node, tuple(ports))
+    tpl = _pod_spec(spec, "spec")
+    raw_ips = [a.get("ip") for a in _list(status.get("podIPs"), "status.podIPs") if isinstance(a, dict)]
+    if not raw_ips and isinstance(status.get("podIP"), str) and status["podIP"]:
+        raw_ips = [status["podIP"]]
+    ips = tuple(_parsed(raw_ips, "status.podIPs", cx))
+    ready = True
+    for i, c in enumerate(_list(status.get("conditions"), "status.conditions")):
+        if isinstance(c, dict) and c.get("type") == "Ready":
+            ready = c.get("status") == "True"
+    phase = _str(status.get("phase"), "status.phase") or ""
+    return Pod(ns, name, labels, ips[0] if ips else None, tpl.node_name, tpl.container_ports, ips=ips,
+               phase=phase, ready=ready, terminating=meta.get("deletionTimestamp") is not None,
+               owner=_owner(meta), node_selector=tpl.node_selector, tolerations=tpl.tolerations,
+               host_network=tpl.host_network, place=cx.place)
+
+
+def _selector_matches(labels: dict[str, str], match_labels: dict[str, str],
+                      expressions: tuple[tuple[str, str, tuple[str, ...]], ...]) -> bool:
+    """A LabelSelector (matchLabels and matchExpressions) against a set of labels."""
+    if any(labels.get(k) != v for k, v in match_labels.items()):
+        return False
+    for key, op, values in expressions:
+        have = key in labels
+        if op == "In" and not (have and labels[key] in values):
+            return False
+        if op == "NotIn" and have and labels[key] in values:
+            return False
+        if op == "Exists" and not have:
+            return False
+        if op == "DoesNotExist" and have:
+            return False
+    return True
+
+
+def _workload(doc: dict, cx: _Ctx, kind: str) -> Workload:
+    ns, name = _meta(doc)
+    meta = _map(doc.get("metadata"), "metadata")
+    spec = _map(doc.get("spec"), "spec")
+    replicas = None
+    if kind != "DaemonSet":
+        replicas = _int(spec.get("replicas"), "spec.replicas")
+        if replicas is None:
+            replicas = 1  # the API's default
+        elif replicas < 0:
+            raise _Bad("spec.replicas", f"{replicas} is negative")
+    sel = _map(spec.get("selector"), "spec.selector")
+    match_labels = _labels_at(sel.get("matchLabels"), "spec.selector.matchLabels")
+    exprs = []
+    for i, e in enumerate(_list(sel.get("matchExpressions"), "spec.selector.matchExpressions")):
+        fld = f"spec.selector.matchExpressions[{i}]"
+        e = _map(e, fld)
+        key = _str(e.get("key"), f"{fld}.key") or ""
+        _check(apinames.label_key(key), f"{fld}.key", key, "label key")
+        op = _str(e.get("operator"), f"{fld}.operator")
+        if op not in SELECTOR_OPERATORS:
+            raise _Bad(f"{fld}.operator", f"{op!r} is not one of {', '.join(SELECTOR_OPERATORS)}")
+        values = tuple(_str(v, f"{fld}.values[{j}]") or "" for j, v in enumerate(_list(e.get("values"), f"{fld}.values")))
+        exprs.append((key, op, values))
+    template = _map(spec.get("template"), "spec.template")
+    tmeta = _map(template.get("metadata"), "spec.template.metadata")
+    labels = _labels_at(tmeta.get("labels"), "spec.template.metadata.labels")
+    tpl = _pod_spec(_map(template.get("spec"), "spec.template.spec"), "spec.template.spec")
+    # apps/v1 requires a selector, and one that selects the template's own labels.
+    if not match_labels and not exprs:
+        raise _Bad("spec.selector", f"missing or empty (the API server refuses such a {kind})")
+    if not _selector_matches(labels, match_labels, tuple(exprs)):
+        raise _Bad("spec.selector", f"does not select the pod template's labels (the API server refuses such a {kind})")
+    return Workload(kind, ns, name, replicas, match_labels, tuple(exprs),
+                    PodTemplate(labels, tpl.container_ports, tpl.node_selector, tpl.node_name, tpl.tolerations,
+                                tpl.host_network),
+                    _owner(meta), cx.place)
 
 
 def split_cidr_list(v: Any, fld: str, cx: _Ctx) -> tuple[str, ...]:
@@ -865,6 +1398,8 @@ def split_cidr_list(v: Any, fld: str, cx: _Ctx) -> tuple[str, ...]:
         if canon is None:
             cx.warn(fld, f"{c!r} is not a valid CIDR (left out)")
         else:
+            if host_bits(c, canon):
+                cx.note(fld, host_bits_note(c, canon))
             out.append(canon)
     return tuple(out)
 
@@ -931,6 +1466,12 @@ _NAME_RULES = {
     "Node": apinames.dns1123_subdomain,
     "ServiceCIDR": apinames.dns1123_subdomain,
     "Pod": apinames.dns1123_subdomain,
+    "ConfigMap": apinames.dns1123_subdomain,  # only kube-system/kube-proxy is read
+    "Deployment": apinames.dns1123_subdomain,
+    "ReplicaSet": apinames.dns1123_subdomain,
+    "DaemonSet": apinames.dns1123_subdomain,
+    # A StatefulSet's name becomes its pods' hostnames (NAME-0): an RFC 1123 label.
+    "StatefulSet": apinames.dns1123_label,
 }
 _CLUSTER_SCOPED = ("Node", "ServiceCIDR", "KubeProxyConfiguration")
 _PLAIN = re.compile(r"[A-Za-z0-9._-]{1,253}")
@@ -949,7 +1490,10 @@ def _identify(doc: dict, kind: str) -> tuple[str, _Refused | None]:
     name = meta.get("name")
     rule = _NAME_RULES.get(kind)
     if rule is None:  # a kind rulegen skips, or a KubeProxyConfiguration: no API object rules
-        return (name if name.__class__ is str and _PLAIN.fullmatch(name) else "?"), None
+        text = name if name.__class__ is str and _PLAIN.fullmatch(name) else "?"
+        if kind == "ConfigMap":  # kube-proxy's is known by its namespace and name
+            text = f"{_name_of(doc, True).rpartition('/')[0]}/{text}"
+        return text, None
     refused = None
     if name.__class__ is not str or not name:
         text = "?"
@@ -983,6 +1527,18 @@ def _identify(doc: dict, kind: str) -> tuple[str, _Refused | None]:
         except _Refused as e:
             refused = e
     return text, refused
+
+
+def _name_of(doc: dict, namespaced: bool) -> str:
+    """`namespace/name` (or the name) as metadata gives it, for objects no name rule checks."""
+    meta = doc.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    name = meta.get("name") if isinstance(meta.get("name"), str) else "?"
+    if not namespaced:
+        return name
+    ns = meta.get("namespace")
+    ns = ns if isinstance(ns, str) and _PLAIN.fullmatch(ns) else "default"
+    return f"{ns}/{name}"
 
 
 def _known_labels(labels: dict) -> bool:
@@ -1034,27 +1590,85 @@ def load_objects(objects: Iterable[tuple[Place, Any]], report: Report) -> Inputs
                 inputs.configs.append(config_from_dict(doc, cx))
             elif kind == "Pod":
                 inputs.pods.append(_pod(doc, cx))
+            elif kind in WORKLOAD_KINDS:
+                inputs.workloads.append(_workload(doc, cx, kind))
+            elif kind == "ConfigMap" and name == KUBE_PROXY_CONFIGMAP:
+                inputs.configs.append(_kube_proxy_configmap(doc, cx))
             else:
-                report.add(place, "", f"kind {kind} is not used by rulegen (skipped)", notice=True)
+                report.skip(kind)
         except _Bad as e:
             report.add(cx.place, e.field, e.message + " (object left out)")
         except _Refused as e:
             report.add(cx.place, e.field, f"{e.message} (the API server refuses the whole {kind}: left out)",
                        lint=REFUSED_SLUG)
+        except RecursionError:  # a JSON value nested past what Python can print or walk
+            raise UsageError(f"{cx.place}: {JSON_TOO_DEEP}") from None
     return inputs
 
 
+# kubeadm keeps kube-proxy's configuration in this ConfigMap, under this key
+# (`kubectl get cm -n kube-system kube-proxy -o yaml`); other ConfigMaps are
+# skipped like any kind rulegen does not use.
+KUBE_PROXY_CONFIGMAP = "kube-system/kube-proxy"
+KUBE_PROXY_CONFIG_KEY = "config.conf"
+
+
+class _Within(_Ctx):
+    """Reports for the fields of a document held in one string field of the object."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, cx: _Ctx, prefix: str):
+        super().__init__(cx.place, cx.report)
+        self.prefix = prefix
+
+    def warn(self, fld: str, message: str) -> None:
+        self.report.add(self.place, self.prefix + fld, message)
+
+    def note(self, fld: str, message: str) -> None:
+        self.report.add(self.place, self.prefix + fld, message, notice=True)
+
+
+def _kube_proxy_configmap(doc: dict, cx: _Ctx) -> ProxyConfig:
+    """The KubeProxyConfiguration in the ConfigMap's `config.conf` (YAML or JSON text)."""
+    fld = f"data[{KUBE_PROXY_CONFIG_KEY}]"
+    text = _map(doc.get("data"), "data").get(KUBE_PROXY_CONFIG_KEY)
+    if text is None:
+        raise _Bad(fld, "missing")
+    if not isinstance(text, str):
+        raise _Bad(fld, f"expected a string, got {_type_name(text)}")
+    # Its text is held to the same bounds as a file; kube-proxy cannot start
+    # without it, so text that is not YAML at all is unusable input (exit 2).
+    docs = read_documents(f"{cx.place}: {fld}", text)
+    if len(docs) != 1 or not isinstance(docs[0], dict):
+        raise _Bad(fld, "expected one KubeProxyConfiguration document")
+    conf = docs[0]
+    if conf.get("kind") not in (None, "KubeProxyConfiguration"):
+        raise _Bad(f"{fld}.kind", f"{conf.get('kind')!r} is not KubeProxyConfiguration")
+    try:
+        return config_from_dict(conf, _Within(cx, fld + "."))
+    except _Bad as e:
+        raise _Bad(f"{fld}.{e.field}", e.message) from None
+
+
 def load_config_file(path: str, report: Report) -> ProxyConfig:
-    """`--config FILE`: a KubeProxyConfiguration document."""
-    configs = [doc for _, doc in iter_objects([path]) if isinstance(doc, dict)]
-    for i, doc in enumerate(configs, 1):
-        if doc.get("kind") in (None, "KubeProxyConfiguration"):
-            cx = _Ctx(Place(path, i, "KubeProxyConfiguration", "config"), report)
+    """`--config FILE`: a KubeProxyConfiguration document, or kube-proxy's ConfigMap."""
+    configs = [(place, doc) for place, doc in iter_objects([path]) if isinstance(doc, dict)]
+    for place, doc in configs:
+        kind = doc.get("kind")
+        if kind in (None, "KubeProxyConfiguration"):
+            cx = _Ctx(Place(path, place.document, "KubeProxyConfiguration", "config", place.item), report)
             try:
                 return config_from_dict(doc, cx)
             except _Bad as e:
                 raise UsageError(f"{cx.place}: {e.field}: {e.message}") from None
-    raise UsageError(f"{path}: no KubeProxyConfiguration document")
+        if kind == "ConfigMap" and _identify(doc, kind) == (KUBE_PROXY_CONFIGMAP, None):
+            cx = _Ctx(Place(path, place.document, kind, KUBE_PROXY_CONFIGMAP, place.item), report)
+            try:
+                return _kube_proxy_configmap(doc, cx)
+            except _Bad as e:
+                raise UsageError(f"{cx.place}: {e.field}: {e.message}") from None
+    raise UsageError(f"{path}: no KubeProxyConfiguration document (nor kube-system/kube-proxy ConfigMap)")
 
 
 def stdin_is_tty() -> bool:

@@ -48,6 +48,11 @@ class Service(Struct, frozen=True, gc=False):
     affinity_timeout: int = 10800
     selector: dict[str, str] | None = None
     place: Place | None = None
+    # What the API server fills in on create, read for `--allocate`:
+    no_cluster_ip: bool = False  # spec.clusterIP unset or "": a manifest not yet applied
+    ip_family_policy: str | None = None  # SingleStack | PreferDualStack | RequireDualStack
+    allocate_lb_node_ports: bool = True  # spec.allocateLoadBalancerNodePorts
+    publish_not_ready: bool = False  # spec.publishNotReadyAddresses
 
     @property
     def key(self) -> str:
@@ -87,11 +92,20 @@ class Node(Struct, frozen=True, gc=False):
     pod_cidrs: tuple[str, ...] = ()
     zone: str | None = None
     labels: dict[str, str] = {}
+    taints: tuple[tuple[str, str, str], ...] = ()  # (key, value, effect); spec.unschedulable is one too
 
 
 class ServiceCIDR(Struct, frozen=True, gc=False):
     name: str
     cidrs: tuple[str, ...]
+
+
+# A container port: (name, port, protocol); the ports of sidecars (init containers
+# with restartPolicy Always) follow the containers', as the EndpointSlice
+# controller looks them up in that order.
+ContainerPort = tuple[str, int, str]
+# A toleration: (key, operator, value, effect); "" where the field is unset.
+Toleration = tuple[str, str, str, str]
 
 
 class Pod(Struct, frozen=True, gc=False):
@@ -100,7 +114,49 @@ class Pod(Struct, frozen=True, gc=False):
     labels: dict[str, str] = {}
     ip: str | None = None
     node_name: str | None = None
-    container_ports: tuple[tuple[str, int, str], ...] = ()  # (name, port, protocol)
+    container_ports: tuple[ContainerPort, ...] = ()
+    ips: tuple[str, ...] = ()  # status.podIPs (else podIP), canonical
+    phase: str = ""  # status.phase; "" for a manifest never applied
+    ready: bool = True  # the Ready condition (True when the status names none)
+    terminating: bool = False  # metadata.deletionTimestamp is set
+    owner: tuple[str, str] | None = None  # (kind, name) of its controller, a workload kind only
+    node_selector: dict[str, str] = {}
+    tolerations: tuple[Toleration, ...] = ()
+    host_network: bool = False
+    place: Place | None = None
+
+
+class PodTemplate(Struct, frozen=True, gc=False):
+    """What a workload's pods are made of, as far as Services and scheduling see them."""
+
+    labels: dict[str, str] = {}
+    container_ports: tuple[ContainerPort, ...] = ()
+    node_selector: dict[str, str] = {}
+    node_name: str | None = None
+    tolerations: tuple[Toleration, ...] = ()
+    host_network: bool = False
+
+
+# A matchExpressions entry: (key, operator, values); operator In | NotIn | Exists | DoesNotExist.
+SelectorRequirement = tuple[str, str, tuple[str, ...]]
+
+
+class Workload(Struct, frozen=True, gc=False):
+    """A Deployment, StatefulSet, DaemonSet or ReplicaSet: the pods it asks for."""
+
+    kind: str
+    namespace: str
+    name: str
+    replicas: int | None  # None for a DaemonSet: one pod per eligible node
+    match_labels: dict[str, str]
+    match_expressions: tuple[SelectorRequirement, ...]
+    template: PodTemplate
+    owner: tuple[str, str] | None = None  # (kind, name) of its controller (a ReplicaSet's Deployment)
+    place: Place | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
 
 
 class ProxyConfig(Struct, frozen=True, gc=False):
@@ -131,3 +187,4 @@ class Inputs(Struct):
     service_cidrs: list[ServiceCIDR]
     configs: list[ProxyConfig]
     pods: list[Pod]
+    workloads: list[Workload] = []

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import backends, loader
+from . import allocate, backends, loader
 from . import plan as planmod
 from .compiled import Compiled, Timings, timing_line
 from .diagnostics import Report
 from .gcpause import gc_paused
 from .model import Inputs
-from .settings import Settings, resolve_settings
+from .settings import Settings, resolve
 
 __all__ = ["Compiled", "Timings", "timing_line", "load_inputs", "plan_inputs", "compile_inputs", "compile_files",
            "compile_files_cached"]
@@ -27,17 +27,37 @@ def load_inputs(paths: list[str], report: Report, timings: Timings) -> Inputs:
         return loader.load(paths, report)
 
 
+def prepare(inputs: Inputs, flags: dict[str, Any], report: Report, timings: Timings,
+            config_path: str | None = None) -> tuple[Inputs, Settings]:
+    """The inputs as the cluster holds them, and the settings.
+
+    With `--allocate`, what the API server and the controllers would add to
+    manifests not yet applied (`rulegen.allocate`), before settings are
+    resolved (the Node it may add is the node of the settings). Without it,
+    one notice says when the input looks like such manifests.
+    """
+    file_cfg = loader.load_config_file(config_path, report) if config_path else None
+    if flags.get("allocate"):
+        with timings.stage("allocate"), gc_paused():
+            inputs = allocate.allocate(inputs, allocate.options(flags, inputs, file_cfg), report)
+    else:
+        note = allocate.unallocated_notice(inputs)
+        if note:
+            report.note(note)
+    return inputs, resolve(flags, inputs, report, file_cfg, config_path)
+
+
 def plan_inputs(inputs: Inputs, flags: dict[str, Any], report: Report, timings: Timings,
-                config_path: str | None = None) -> tuple[Settings, planmod.Plan]:
-    """Settings and the backend-neutral plan, without any backend (lint uses this)."""
-    settings = resolve_settings(inputs, flags, report, config_path)
+                config_path: str | None = None) -> tuple[Inputs, Settings, planmod.Plan]:
+    """The inputs (allocated with `--allocate`), settings and the backend-neutral plan, without any backend (lint)."""
+    inputs, settings = prepare(inputs, flags, report, timings, config_path)
     with timings.stage("plan"), gc_paused():
-        return settings, planmod.build(inputs, settings)
+        return inputs, settings, planmod.build(inputs, settings)
 
 
 def compile_inputs(inputs: Inputs, flags: dict[str, Any], report: Report, timings: Timings,
                    config_path: str | None = None) -> Compiled:
-    settings = resolve_settings(inputs, flags, report, config_path)
+    inputs, settings = prepare(inputs, flags, report, timings, config_path)
     backend = backends.get(settings.mode)
     with gc_paused():
         with timings.stage("plan"):
@@ -65,6 +85,10 @@ def compile_files_cached(paths: list[str], flags: dict[str, Any], report: Report
     saves the new cache (`save_cache(path)`) once the result is used. A
     cache file that cannot be used (not a regular file) is said in WARN.
     """
+    if flags.get("allocate"):
+        # Allocation reads the whole input at once (one Service's address depends on
+        # every other's), which a per-unit cache cannot follow: compile in full.
+        return compile_files(paths, flags, report, config_path)
     inc = backends.get(flags.get("mode") or backends.DEFAULT_MODE).incremental()
     if inc is not None:
         timings = Timings()

@@ -9,12 +9,13 @@ pure functions on it, so every backend reads the same answers.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import backends
 from .diagnostics import Place, Report, UsageError
-from .ipaddr import cidr_contains, parse_cidr, parse_ip
+from .ipaddr import cidr_contains, host_bits, host_bits_note, parse_cidr, parse_ip
 from .model import Inputs, Node, ProxyConfig
 
 DETECT_MODES = ("ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix", "None")
@@ -193,14 +194,21 @@ def _pick(*values: Any) -> Any:
     return None
 
 
-def _cidr_flag(values: list[str], flag: str) -> tuple[str, ...]:
-    """A repeatable CIDR flag whose values may also be comma-separated lists."""
+def _cidr_flag(values: list[str], flag: str, report: Report) -> tuple[str, ...]:
+    """A repeatable CIDR flag whose values may also be comma-separated lists.
+
+    A value with host bits (10.244.1.5/16) is read as its network, as
+    kube-proxy reads it, with a notice: the API server calls such values
+    ambiguous, and a typo here moves the local-traffic detector silently.
+    """
     out = []
     for raw in values:
         for part in raw.split(","):
             canon = parse_cidr(part.strip())
             if canon is None:
                 raise UsageError(f"{flag}: {part!r} is not a valid CIDR")
+            if host_bits(part, canon):
+                report.add(Place(flag, 0), "", host_bits_note(part, canon), notice=True)
             out.append(canon)
     return tuple(out)
 
@@ -229,6 +237,48 @@ def _scheduler(flags: dict[str, Any], cfg: ProxyConfig, mode: str, report: Repor
     return "rr"
 
 
+NODES_SHOWN = 20  # Node names listed in a message; the rest are counted
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+
+
+def _shown(name: str) -> str:
+    """A node name for a one-line message: as it is when it looks like one, else quoted and cut."""
+    return name if _PLAIN_NAME.fullmatch(name) else repr(name if len(name) <= 60 else name[:60] + "...")
+
+
+def _node_names(nodes: list[Node]) -> str:
+    names = sorted({n.name for n in nodes})
+    shown = ", ".join(_shown(n) for n in names[:NODES_SHOWN])
+    if len(names) > NODES_SHOWN:
+        shown += f" and {len(names) - NODES_SHOWN} more"
+    return shown
+
+
+def choose_node(nodes: list[Node], hostname: str | None, source: str) -> Node | None:
+    """The Node the rules are for: the one HOSTNAME names, else the only one.
+
+    With no Node in the input there is nothing to choose: the node is what
+    --node-ip says (HOSTNAME then only decides which endpoints are local).
+    A HOSTNAME that names none of the input's Nodes, or several Nodes and no
+    HOSTNAME, would otherwise compile for no node at all without a word:
+    both are UsageError, listing the Nodes. SOURCE names where HOSTNAME came
+    from, for the message.
+    """
+    if not nodes:
+        return None
+    if hostname:
+        for n in nodes:
+            if n.name == hostname:
+                return n
+        raise UsageError(f"{source} {_shown(hostname)}: no Node of that name in the input (Nodes: {_node_names(nodes)})")
+    if len({n.name for n in nodes}) > 1:
+        raise UsageError(f"{len({n.name for n in nodes})} Nodes in the input and no --hostname to pick one "
+                         f"(Nodes: {_node_names(nodes)})")
+    return nodes[0]
+
+
 def resolve(flags: dict[str, Any], inputs: Inputs, report: Report, file_config: ProxyConfig | None = None,
             config_file: str | None = None) -> Settings:
     """Build Settings from CLI flags (None = not given), configs and objects.
@@ -247,11 +297,9 @@ def resolve(flags: dict[str, Any], inputs: Inputs, report: Report, file_config: 
     family = 6 if fam_flag == "ipv6" else 4
 
     hostname = _pick(flags.get("hostname"), cfg.hostname_override)
-    node: Node | None = None
-    if hostname:
-        node = next((n for n in inputs.nodes if n.name == hostname), None)
-    elif len(inputs.nodes) == 1:
-        node = inputs.nodes[0]
+    source = "--hostname" if flags.get("hostname") else "hostnameOverride"
+    node = choose_node(inputs.nodes, hostname, source)
+    if node is not None:
         hostname = node.name
 
     node_ips: tuple[str, ...]
@@ -272,14 +320,14 @@ def resolve(flags: dict[str, Any], inputs: Inputs, report: Report, file_config: 
         raise UsageError(f"detectLocalMode: {detect!r} is not one of {', '.join(DETECT_MODES)}")
 
     if flags.get("cluster_cidr"):
-        cluster_cidrs = _cidr_flag(flags["cluster_cidr"], "--cluster-cidr")
+        cluster_cidrs = _cidr_flag(flags["cluster_cidr"], "--cluster-cidr", report)
     elif detect == "NodeCIDR":
         cluster_cidrs = node.pod_cidrs if node else ()
     else:
         cluster_cidrs = cfg.cluster_cidr or ()
 
     if flags.get("service_cidr"):
-        service_cidrs = _cidr_flag(flags["service_cidr"], "--service-cidr")
+        service_cidrs = _cidr_flag(flags["service_cidr"], "--service-cidr", report)
     else:
         service_cidrs = tuple(c for s in inputs.service_cidrs for c in s.cidrs)
 

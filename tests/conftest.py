@@ -12,6 +12,8 @@ architecture), backends/<mode>/ (each mode's compiler, its golden files,
 and its apply, trace and diff), dataplane/ (object models, text formats
 and the fake clients; parity with the kernel where root), kernel/ (real
 namespaces: root).
+
+`ipvs_kernel` tests run inside the IPVS VM (the plugin tests/vmhelp.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from rulegen.apply.kernel import Kernel
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
+
+pytest_plugins = ["vmhelp"]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -27,6 +27,8 @@ def _scope(linted) -> dict[str, str]:
     counts = f"{len(inp.services)} Services, {len(inp.slices)} EndpointSlices"
     if inp.pods:
         counts += f", {len(inp.pods)} Pods"
+    if inp.workloads:
+        counts += f", {len(inp.workloads)} workloads"
     return {"node": node, "counts": counts, "family": f"IPv{s.family}"}
 
 

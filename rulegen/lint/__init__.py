@@ -104,6 +104,6 @@ def lint_files(paths: list[str], flags: dict[str, Any], report: Report, config_p
         raise UsageError("no input files given (use - for standard input)")
     timings = Timings()
     inputs = load_inputs(paths, report, timings)
-    settings, plan = plan_inputs(inputs, flags, report, timings, config_path)
+    inputs, settings, plan = plan_inputs(inputs, flags, report, timings, config_path)
     found = lint(inputs, settings, plan, nodeport_range, ignore) + input_findings(report, ignore)
     return Linted(sort_findings(found), inputs, settings, plan)

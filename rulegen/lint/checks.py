@@ -19,7 +19,8 @@ from .. import backends
 from ..ipaddr import cidr_contains, endpoint_string, is_loopback
 from ..model import Service, ServicePort
 from ..plan import PortPlan, skipped
-from .context import Context, place_text
+from ..allocate import unschedulable
+from .context import Context, Member, place_text, population
 from .findings import Finding, port_label
 from .labels import selector_text
 
@@ -141,6 +142,8 @@ def check_nodeport_duplicates(cx: Context) -> Iterator[Finding]:
 def check_ports_in_slices(cx: Context) -> Iterator[Finding]:
     for pp in cx.plan.ports:
         svc, port = pp.service, pp.port
+        if cx.is_explained(svc, port):
+            continue  # a named targetPort no pod declares: the slices lack the port because of it
         slice_ports = [sp for sl in cx.family_slices_of(svc) for sp in sl.ports]
         if not slice_ports:
             continue  # no slices with ports: the "no endpoints" check speaks
@@ -173,6 +176,15 @@ def check_ports_in_slices(cx: Context) -> Iterator[Finding]:
         )
 
 
+def _fix_labels(svc: Service, m: Member) -> str:
+    """How to give M the labels SVC's selector wants: on the Pod, or in the workload's pod template."""
+    wanted = _wanted_label(svc.selector or {}, m.labels)
+    if m.kind == "Pod":
+        return (f"kubectl label pod -n {svc.namespace} {m.name} --overwrite {wanted} (better: in its template), "
+                "or fix the selector")
+    return f"set {wanted} in {m.what}'s spec.template.metadata.labels, or fix the selector"
+
+
 def check_selector(cx: Context) -> Iterator[Finding]:
     for svc in cx.services:
         if svc.type == "ExternalName":
@@ -188,20 +200,20 @@ def check_selector(cx: Context) -> Iterator[Finding]:
                 cx.explain(svc, port)
             if misses:
                 pod, diff = misses[0]
-                message = (f"selector {sel} matches none of the {len(pods)} Pods in namespace {svc.namespace}; "
-                           f"closest: Pod {pod.name} has {diff}: the Service gets no endpoints")
-                hint = (f"fix the typo: kubectl label pod -n {svc.namespace} {pod.name} --overwrite "
-                        f"{_wanted_label(svc.selector or {}, pod.labels)} (better: in its template), or fix the selector")
+                message = (f"selector {sel} matches none of the {population(pods)} in namespace {svc.namespace}; "
+                           f"closest: {pod.what} has {diff}: the Service gets no endpoints")
+                hint = f"fix the typo: {_fix_labels(svc, pod)}"
             else:
-                message = (f"selector {sel} matches none of the {len(pods)} Pods in namespace {svc.namespace}: "
+                message = (f"selector {sel} matches none of the {population(pods)} in namespace {svc.namespace}: "
                            "the Service gets no endpoints")
-                hint = f"compare with kubectl get pods -n {svc.namespace} --show-labels and fix the selector or the labels"
+                hint = (f"compare with kubectl get pods -n {svc.namespace} --show-labels (or the workloads' "
+                        "spec.template.metadata.labels) and fix the selector or the labels")
             yield cx.finding("RG301", svc, message, hint)
         elif misses:
-            names = ", ".join(f"{p.name} ({d})" for p, d in misses)
+            names = ", ".join(f"{p.what} ({d})" for p, d in misses)
             yield cx.finding(
                 "RG302", svc,
-                f"selector {sel} matches {len(chosen)} Pod(s), but {names} "
+                f"selector {sel} matches {population(chosen)}, but {names} "
                 f"{'almost match: they get' if len(misses) > 1 else 'almost matches: it gets'} no traffic from this Service",
                 "correct the mistyped label in the Pod template (or the selector, if those Pods are the intended ones)",
             )
@@ -212,6 +224,19 @@ def _wanted_label(selector: dict[str, str], labels: dict[str, str]) -> str:
     return " ".join(f"{k}={v}" for k, v in off)
 
 
+def _selected(members: list[Member], most: int = 4) -> str:
+    """`Deployment web`, or `2 Pods and 1 workload (Pod a, Pod b, Deployment web)`: the selected, for messages."""
+    if len(members) == 1:
+        return members[0].what
+    shown = ", ".join(m.what for m in members[:most])
+    more = f" and {len(members) - most} more" if len(members) > most else ""
+    return f"{population(members)} ({shown}{more})"
+
+
+def _declare(members: list[Member]) -> str:
+    return "declares" if len(members) == 1 else "declare"
+
+
 def check_named_target_ports(cx: Context) -> Iterator[Finding]:
     for svc in cx.services:
         chosen = cx.selected_pods(svc)
@@ -219,7 +244,7 @@ def check_named_target_ports(cx: Context) -> Iterator[Finding]:
             continue  # no judgement possible, or the selector check already spoke
         for port in svc.ports:
             name = port.target_port
-            if not isinstance(name, str) or name.isdigit():
+            if not isinstance(name, str) or not name or name.isdigit():
                 continue
             if any(cn == name and cproto == port.protocol for p in chosen for cn, _, cproto in p.container_ports):
                 continue
@@ -227,16 +252,79 @@ def check_named_target_ports(cx: Context) -> Iterator[Finding]:
             declared = sorted({f"{cn}:{num}/{cproto}" if cn else f"{num}/{cproto}"
                                for p in chosen for cn, num, cproto in p.container_ports})
             other_proto = sorted({cproto for p in chosen for cn, _, cproto in p.container_ports if cn == name})
-            detail = (f" (they declare it for {'/'.join(other_proto)} only)" if other_proto
-                      else f" (they declare {', '.join(declared)})" if declared else " (they declare no ports)")
+            they = "it" if len(chosen) == 1 else "they"
+            detail = (f" ({they} {_declare(chosen)} it for {'/'.join(other_proto)} only)" if other_proto
+                      else f" ({they} {_declare(chosen)} {', '.join(declared)})" if declared
+                      else f" ({they} {_declare(chosen)} no ports)")
+            whom = (f"the selected {_selected(chosen)} declares no" if len(chosen) == 1
+                    else f"none of the selected {_selected(chosen)} declares a")
             yield cx.finding(
                 "RG104", svc,
-                f"targetPort {name!r} is a port name, but none of the {len(chosen)} selected Pods declares a "
-                f"{port.protocol} container port with that name{detail}: the EndpointSlice controller leaves "
-                "them out and the port has no endpoints",
+                f"targetPort {name!r} is a port name, but {whom} {port.protocol} container port named "
+                f"{name!r}{detail}: the EndpointSlice controller leaves the port out of the endpoints, so it "
+                "has none",
                 f"name the container port {name!r} ({port.protocol}) in the Pod template, or use the port number as targetPort",
                 port,
             )
+
+
+def check_declared_target_ports(cx: Context) -> Iterator[Finding]:
+    """A numeric targetPort that no selected container declares: legal, and often a typo."""
+    for svc in cx.services:
+        if svc.headless or svc.type == "ExternalName":
+            continue  # no rules: clients reach the pods on whatever port they pick
+        chosen = cx.selected_pods(svc)
+        if not chosen or not any(p.container_ports for p in chosen):
+            continue  # containers that list no ports at all say nothing (ports are informational)
+        for port in svc.ports:
+            want = _numeric_target(port)
+            if want is None:
+                continue
+            if any(num == want and cproto == port.protocol for p in chosen for _, num, cproto in p.container_ports):
+                continue
+            declared = sorted({f"{cn}:{num}/{cproto}" if cn else f"{num}/{cproto}"
+                               for p in chosen for cn, num, cproto in p.container_ports})
+            they = "it" if len(chosen) == 1 else "they"
+            yield cx.finding(
+                "RG106", svc,
+                f"targetPort {want}/{port.protocol} is not a container port of the selected {_selected(chosen)} "
+                f"({they} {_declare(chosen)} {', '.join(declared)}): traffic is sent there all the same, and "
+                "refused if nothing listens",
+                "check the port the container listens on: declare it (containerPort, with a name to use as "
+                "targetPort) or correct targetPort",
+                port,
+            )
+
+
+def check_unschedulable(cx: Context) -> Iterator[Finding]:
+    """Selected workloads whose pods fit none of the input's Nodes (nodeSelector, nodeName, taints)."""
+    nodes = cx.inputs.nodes
+    if not nodes:
+        return  # the Nodes are not in the input: nothing to judge scheduling by
+    for svc in cx.services:
+        if svc.type == "ExternalName":
+            continue
+        chosen = cx.selected_pods(svc)
+        if not chosen:
+            continue
+        stuck = [(m, why) for m in chosen if m.workload is not None
+                 for why in [unschedulable(m.workload, nodes)] if why]
+        if not stuck:
+            continue
+        every = len(stuck) == len(chosen)
+        if every:
+            for port in svc.ports:
+                cx.explain(svc, port)
+        m, why = stuck[0]
+        others = f" (and {len(stuck) - 1} more workload(s))" if len(stuck) > 1 else ""
+        effect = ("the Service gets no endpoints" if every
+                  else "the Service gets endpoints only from the other selected pods")
+        yield cx.finding(
+            "RG303", svc,
+            f"the pods of {m.what}{others} cannot be scheduled: {why}; they stay Pending and {effect}",
+            "match the pod template's nodeSelector (or nodeName, tolerations) to the Nodes' labels and taints "
+            "(kubectl get nodes --show-labels), or label a Node to fit",
+        )
 
 
 def check_target_port_numbers(cx: Context) -> Iterator[Finding]:
@@ -605,10 +693,12 @@ CHECKS: tuple[Check, ...] = (
     check_cluster_ip,
     check_nodeport_range,
     check_nodeport_duplicates,
-    check_ports_in_slices,  # root causes first: they mark the ports they explain
-    check_selector,
+    check_selector,  # root causes first: they mark the ports they explain
     check_named_target_ports,
+    check_unschedulable,
+    check_ports_in_slices,
     check_target_port_numbers,
+    check_declared_target_ports,
     check_input_has_slices,  # before the per-port endpoint checks: it stands for all of them
     check_endpoints,
     check_local_policies,

@@ -4,11 +4,17 @@ The checks read the loader's `Inputs` (all objects, both families), the
 resolved `Settings` (this node, its addresses, the CIDRs) and the `Plan`
 (per service port, for the family being linted: the endpoints kube-proxy
 would use, chosen by the shared `selection.categorize`). `Context` builds
-the joins they share (slices per Service, Pods per namespace, node
+the joins they share (slices per Service, the pods of each namespace, node
 addresses, pod and service ranges) and carries `explained`: the Service
 ports whose lack of endpoints a root-cause check (port mismatch, selector,
 named targetPort) already reported, so the generic "no endpoints" check
 does not say it twice.
+
+The pods of a namespace are its Pods and the pod templates of its
+workloads (Deployments, StatefulSets, DaemonSets, ReplicaSets) whose pods
+the input does not hold (`allocate.standing_workloads`): a Helm chart's
+Deployment is judged like the Pods it will make, and a `kubectl get all`
+dump by the Pods it holds, each counted once.
 """
 
 from __future__ import annotations
@@ -16,13 +22,54 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from ..model import EndpointSlice, Inputs, Pod, Service, ServicePort
+from ..allocate import standing_workloads
+from ..diagnostics import Place
+from ..model import ContainerPort, EndpointSlice, Inputs, PodTemplate, Service, ServicePort, Workload
 from ..plan import Plan, PortPlan
 from ..settings import Settings
 from .findings import Finding, port_label
 from .labels import LabelIndex
 
 DEFAULT_NODEPORT_RANGE = (30000, 32767)
+
+
+@dataclass(frozen=True, eq=False)
+class Member:
+    """A pod as lint sees it: a Pod of the input, or the pod template of a workload that stands for its pods."""
+
+    kind: str  # Pod, or the workload's kind
+    namespace: str
+    name: str
+    labels: dict[str, str]
+    container_ports: tuple[ContainerPort, ...]
+    workload: Workload | None = None
+    place: Place | None = None
+
+    @property
+    def what(self) -> str:
+        """`Pod web-1`, or `Deployment web` (whose pod template is meant)."""
+        return f"{self.kind} {self.name}"
+
+    @property
+    def template(self) -> PodTemplate | None:
+        return self.workload.template if self.workload else None
+
+
+def members_of(inputs: Inputs) -> list[Member]:
+    """Every pod lint judges Services by: the Pods, then the standing workloads' templates."""
+    out = [Member("Pod", p.namespace, p.name, p.labels, p.container_ports, None, p.place) for p in inputs.pods]
+    out += [Member(w.kind, w.namespace, w.name, w.template.labels, w.template.container_ports, w, w.place)
+            for w in standing_workloads(inputs)]
+    return out
+
+
+def population(members: list[Member]) -> str:
+    """`3 Pods`, `2 workloads`, `3 Pods and 1 workload`: what a namespace holds, for messages."""
+    pods = sum(1 for m in members if m.kind == "Pod")
+    loads = len(members) - pods
+    parts = ([f"{pods} Pod{'s' if pods != 1 else ''}"] if pods else []) + (
+        [f"{loads} workload{'s' if loads != 1 else ''}"] if loads else [])
+    return " and ".join(parts)
 
 
 @dataclass
@@ -35,10 +82,10 @@ class Context:
     service_keys: set[tuple[str, str]] = field(default_factory=set)
     slices_by_service: dict[tuple[str, str], list[EndpointSlice]] = field(default_factory=dict)
     ports_by_service: dict[tuple[str, str], list[PortPlan]] = field(default_factory=dict)
-    pods_by_namespace: dict[str, list[Pod]] = field(default_factory=dict)
+    pods_by_namespace: dict[str, list[Member]] = field(default_factory=dict)
     # Replicas share their labels, so selectors are matched once per distinct label set.
     label_index: dict[str, LabelIndex] = field(default_factory=dict)
-    label_pods: dict[str, list[list[Pod]]] = field(default_factory=dict)  # per namespace, by set index
+    label_pods: dict[str, list[list[Member]]] = field(default_factory=dict)  # per namespace, by set index
     claimed: dict[str, set[int]] = field(default_factory=dict)  # label sets some Service selects
     node_addresses: dict[str, str] = field(default_factory=dict)  # ip -> node name
     pod_ranges: list[tuple[str, str]] = field(default_factory=list)  # (cidr, what it is)
@@ -62,12 +109,12 @@ class Context:
         for pp in plan.ports:
             ports[(pp.service.namespace, pp.service.name)].append(pp)
         cx.ports_by_service = dict(ports)
-        pods: dict[str, list[Pod]] = defaultdict(list)
-        for pod in inputs.pods:
-            pods[pod.namespace].append(pod)
+        pods: dict[str, list[Member]] = defaultdict(list)
+        for m in members_of(inputs):
+            pods[m.namespace].append(m)
         cx.pods_by_namespace = dict(pods)
         for ns, members in cx.pods_by_namespace.items():
-            groups: dict[tuple[tuple[str, str], ...], tuple[dict[str, str], list[Pod]]] = {}
+            groups: dict[tuple[tuple[str, str], ...], tuple[dict[str, str], list[Member]]] = {}
             for pod in members:
                 key = tuple(sorted(pod.labels.items()))
                 groups.setdefault(key, (pod.labels, []))[1].append(pod)
@@ -114,11 +161,12 @@ class Context:
         want = "IPv6" if self.settings.family == 6 else "IPv4"
         return [sl for sl in self.slices_of(svc) if sl.address_type == want]
 
-    def selected_pods(self, svc: Service) -> list[Pod] | None:
-        """Pods the selector picks; None when there is nothing to judge by.
+    def selected_pods(self, svc: Service) -> list[Member] | None:
+        """Pods (and standing workloads) the selector picks; None when there is nothing to judge by.
 
-        Nothing to judge by: no selector, or no Pod of the Service's namespace
-        in the input (the user linted Services without their workloads).
+        Nothing to judge by: no selector, or no Pod or workload of the
+        Service's namespace in the input (the user linted Services without
+        their workloads).
         """
         if not svc.selector:
             return None
@@ -128,7 +176,7 @@ class Context:
         pods = self.label_pods[svc.namespace]
         return [p for i in index.matching(svc.selector) for p in pods[i]]
 
-    def near_misses(self, svc: Service) -> list[tuple[Pod, str]]:
+    def near_misses(self, svc: Service) -> list[tuple[Member, str]]:
         """Pods the selector misses by one small edit, with what is off.
 
         A Pod another Service selects is that Service's on purpose (`web-a`

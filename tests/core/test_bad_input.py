@@ -58,10 +58,12 @@ def test_strict_makes_any_problem_fatal(tmp_path):
     assert "spec.ports[0].nodePort: -1 is not a valid port" in r.stderr
 
 
-def test_skipped_kind_is_a_notice_not_a_problem(tmp_path):
-    r, f = run(tmp_path, "kind: ConfigMap\nmetadata: {name: x}\n---\n" + GOOD_SVC, "--strict")
+def test_skipped_kinds_are_one_summary_notice_not_a_problem(tmp_path):
+    other = "kind: ConfigMap\nmetadata: {name: x}\n---\nkind: CronJob\nmetadata: {name: d}\n---\n"
+    r, f = run(tmp_path, other * 3 + "kind: ConfigMap\nmetadata: {name: y}\n---\n" + GOOD_SVC, "--strict")
     assert r.exit_code == 0
-    assert f"{f}: document 1: kind ConfigMap is not used by rulegen (skipped)" in r.stderr
+    assert r.stderr.splitlines() == [
+        "rulegen: skipped 7 objects of kinds rulegen does not use: ConfigMap (4), CronJob (3)"]
 
 
 @pytest.mark.parametrize("field_yaml,field,message", [

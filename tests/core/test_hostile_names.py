@@ -211,7 +211,7 @@ def test_other_kinds_names(tmp_path):
     r, f = compile_text(tmp_path, BASE + docs)
     assert r.exit_code == 0
     err = r.stderr
-    assert f"(Node 'node_x'): metadata.name: 'node_x' is not a valid Node name" in err
+    assert "(Node 'node_x'): metadata.name: 'node_x' is not a valid Node name" in err
     assert "(Pod shop/p1): spec.containers[0].ports[0].name: 'HTTP' is not a valid port name: " \
            "must contain only lower-case letters, digits and '-' (an IANA_SVC_NAME)" in err
     assert "(Pod shop/p2): spec.nodeName: 'node a' is not a valid node name" in err

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from rulegen.diagnostics import UsageError
 from rulegen.loader import iter_objects, objects_of, read_documents
-from rulegen.units import DOCS, FILE, ITEM, Unit, cut, read_units
+from rulegen.units import DOCS, FILE, ITEM, JSON_DOC, Unit, cut, read_units
 
 
 # --------------------------------------------------------------------------- helpers
@@ -347,7 +347,27 @@ JSON_CASES: list[tuple[str, str, str, list[str] | None]] = [
     ("empty object", "e.json", "{}", [FILE]),
     ("invalid JSON", "bad.json", '{"kind": "List", "items": [', [FILE]),
     ("trailing garbage", "bad.json", json.dumps(LIST) + " x", [FILE]),
-    ("two JSON objects", "two.json", json.dumps(_svc_obj("a", 1)) + "\n" + json.dumps(_svc_obj("b", 2)), [FILE]),
+    ("two JSON objects", "two.json", json.dumps(_svc_obj("a", 1)) + "\n" + json.dumps(_svc_obj("b", 2)),
+     [JSON_DOC, JSON_DOC]),
+    ("two JSON objects, no blank between", "two.json", json.dumps(_svc_obj("a", 1)) + json.dumps(_svc_obj("b", 2)),
+     [JSON_DOC, JSON_DOC]),
+    ("two Lists in a row", "two.json", json.dumps(LIST, indent=2) + "\n" + json.dumps(LIST), [ITEM] * 8),
+    ("a List, an object, a ServiceList", "three.json",
+     json.dumps(LIST) + "\n\n" + json.dumps(_svc_obj("e", 5)) + " \t\r\n"
+     + json.dumps({"kind": "ServiceList", "apiVersion": "v1", "items": [
+         {k: v for k, v in _svc_obj("f", 6).items() if k not in ("kind", "apiVersion")}]}) + "\n",
+     [ITEM] * 4 + [JSON_DOC, ITEM]),
+    ("an array and an object in a row", "ao.json", json.dumps([_svc_obj("a", 1)]) + json.dumps(_svc_obj("b", 2)),
+     [JSON_DOC, JSON_DOC]),
+    ("objects in a row, NaN in the second", "nan.json", json.dumps(LIST) + '\n{"kind": "X", "v": NaN}', [FILE]),
+    ("objects in a row, garbage after", "bad.json", json.dumps(LIST) + "\n" + json.dumps(LIST) + " x", [FILE]),
+    ("objects in a row in a .yaml file", "two.yaml", json.dumps(LIST) + "\n" + json.dumps(_svc_obj("b", 2)),
+     [ITEM] * 4 + [JSON_DOC]),
+    ("JSON then YAML in a .yaml file", "jy.yaml", json.dumps(_svc_obj("a", 1)) + "\n---\n" + svc("b", 2), [FILE]),
+    ("ServiceList items without kind", "s.json", json.dumps({"kind": "ServiceList", "apiVersion": "v1", "items": [
+        {k: v for k, v in _svc_obj("a", 1).items() if k not in ("kind", "apiVersion")}, _svc_obj("b", 2),
+        {"kind": "ConfigMap", "metadata": {"name": "own-kind"}}, {"kind": None, "metadata": {"name": "n"}}]}),
+     [ITEM] * 4),
     ("YAML in a .json file", "y.json", svc("a", 1) + "---\n" + svc("b", 2), [FILE]),
     ("ServiceList with items", "s.json", json.dumps({"kind": "ServiceList", "items": [_svc_obj("a", 1)]}), [ITEM]),
     ("ServiceList without items", "s.json", json.dumps({"kind": "ServiceList", "spec": {}}), [FILE]),

@@ -42,6 +42,7 @@ from ... import __version__
 from ... import plan as planmod
 from ...compiled import Compiled, Timings
 from ...dataplane.xtables.model import Rule, Ruleset, Table, TableView, chain_digest, views
+from ...allocate import census, notice_for
 from ...diagnostics import Report
 from ...files import StateFileError, read_state, write_state
 from ...model import Inputs
@@ -55,7 +56,8 @@ if TYPE_CHECKING:
 # 3: units record how many Services they hold (the empty-input check).
 # 4: the loader refuses names the API server refuses; a cache written before holds
 # the rules of such objects, so it must not be trusted.
-FORMAT = 4
+# 5: units record what the not-yet-applied notice counts (`allocate.census`).
+FORMAT = 5
 NAT_BASE = frozenset(NAT_CHAINS)
 
 
@@ -63,6 +65,7 @@ class UnitInfo(msgspec.Struct, array_like=True, gc=False):
     docs: int  # documents in the unit (to number the documents after it)
     groups: list[tuple[str, str]]  # (namespace, service) of every group it feeds
     services: int  # Services it holds (an input with none is refused by apply)
+    census: tuple[int, int, int, int, int]  # allocate.census of the unit, for the not-yet-applied notice
 
 
 class Segment(msgspec.Struct, array_like=True, gc=False):
@@ -137,9 +140,11 @@ def _decode(unit: Unit, before: int, report: Report) -> _Decoded:
     from ...loader import load_objects
 
     objects, docs = unit.decode(before)
-    n = len(report.problems)
+    n, skipped = len(report.problems), sum(report.skipped.values())
     inputs = load_objects(objects, report)
-    cacheable = len(report.problems) == n and not (inputs.nodes or inputs.configs or inputs.service_cidrs)
+    # A unit that reports (a problem, or a kind it skips) is read again each run to report again.
+    cacheable = (len(report.problems) == n and sum(report.skipped.values()) == skipped
+                 and not (inputs.nodes or inputs.configs or inputs.service_cidrs))
     return _Decoded(inputs, docs, cacheable, _groups_of(inputs))
 
 
@@ -253,7 +258,7 @@ def compile_incremental(paths: list[str], flags: dict[str, Any], report: Report,
             info = known.get(u.digest)
             if info is None:
                 d = decoded[i] = _decode(u, before, report)
-                info = UnitInfo(d.docs, d.groups, len(d.inputs.services))
+                info = UnitInfo(d.docs, d.groups, len(d.inputs.services), census(d.inputs))
             infos.append(info)
             befores.append(before)
             before += info.docs
@@ -265,6 +270,9 @@ def compile_incremental(paths: list[str], flags: dict[str, Any], report: Report,
     settings = resolve_settings(glob, flags, report, config_path)
     if settings.mode != backend.mode:
         return None
+    note = notice_for(tuple(sum(c) for c in zip(*(info.census for info in infos))) if infos else (0,) * 5)
+    if note:
+        report.note(note)
     fam = settings.family
     # load_cache has already dropped a cache of another FORMAT or __version__.
     context = _fingerprint(repr(settings))

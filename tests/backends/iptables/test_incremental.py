@@ -115,6 +115,7 @@ def run(files: Files | list[str], flags: dict, cache_file: str, config_path: str
     full, full_report = full_compile(paths, flags, config_path)
     assert_views_equal(inc, full.ir)
     assert [str(p) for p in report.problems] == [str(p) for p in full_report.problems]
+    assert report.lines() == full_report.lines()  # the skipped-kinds summary too
     assert inc.ir == full.ir
     assert inc.stats["units"] == len(read_units(list(paths)))
     if save:
@@ -158,7 +159,8 @@ def apply_edit(data, files: Files, flags: dict, what: str) -> set | None:
                                          "nodeport_addresses"]))
         flags[key] = data.draw({
             "masquerade_all": st.sampled_from([None, True]),
-            "hostname": st.sampled_from([None, NODE, "node-b", "elsewhere"]),
+            # a hostname naming no Node of the input is exit 2 (test_node_choice_fails_as_the_full_compile_does)
+            "hostname": st.sampled_from([None, NODE]),
             "cluster_cidr": st.sampled_from([None, ["10.244.0.0/16", "fd00:10:244::/48"], ["10.0.0.0/8"]]),
             "ip_family": st.sampled_from(["ipv4", "ipv6"]),
             "nodeport_addresses": st.sampled_from([None, "192.168.0.0/24,fd00:192::/64", "10.9.0.0/16"]),
@@ -672,11 +674,13 @@ def test_problems_are_the_same_cold_warm_and_full(tmp_path, form):
     assert any("spec.ports[0].port: 70000 is not a valid port" in s for s in lines)
     assert any("spec.ports[1].nodePort: 99999 is not a valid port" in s for s in lines)
     assert any("endpoints[1].addresses[0]: '10.1.1.x' is not a valid IP address" in s for s in lines)
-    assert any("kind ConfigMap is not used" in s for s in lines)
+    skipped = "skipped 1 object of kinds rulegen does not use: ConfigMap (1)"
+    assert full_report.summary() == skipped
 
     # warm, unchanged: the units with problems are read again and report in place
     inc, _, warm, _ = run(files, {}, cache)
     assert [str(p) for p in warm.problems] == lines
+    assert warm.summary() == skipped  # the skipped object's unit is read again too
     assert inc.stats["compiled"] == 0
 
     # warm, a clean Service before the bad ones changed: places still count from the cached units
@@ -818,6 +822,26 @@ def test_chain_digest_is_of_the_specs():
     assert chain_digest([]) == chain_digest(())
     assert chain_digest(["a", "b"]) != chain_digest(["b", "a"])
     assert chain_digest(["a b"]) != chain_digest(["a", "b"])
+
+
+@pytest.mark.parametrize("flags,extra_node,want", [
+    ({"hostname": "node-x"}, False, "--hostname node-x: no Node of that name in the input (Nodes: node-0000)"),
+    ({}, True, "2 Nodes in the input and no --hostname to pick one (Nodes: node-0000, node-0001)"),
+])
+def test_node_choice_fails_as_the_full_compile_does(tmp_path, flags, extra_node, want):
+    files = _cluster(tmp_path, "json")
+    cache = str(tmp_path / "c.msgpack")
+    run(files, {}, cache)  # warm: the failing run below has a cache to consult
+    if extra_node:
+        second = copy.deepcopy(_node(files))
+        second["metadata"]["name"] = "node-0001"
+        files.add(second)
+        files.write()
+    with pytest.raises(UsageError) as full_err:
+        compile_files(files.paths, flags, Report())
+    with pytest.raises(UsageError) as inc_err:
+        compile_files_cached(files.paths, flags, Report(), None, cache)
+    assert str(inc_err.value) == str(full_err.value) == want
 
 
 @pytest.mark.parametrize("mode", ["ipvs", "nftables"])

@@ -155,7 +155,7 @@ def test_expected_ipvs_is_consistent_with_kube_proxy(case: golden.Case):
     zero_range = any("0.0.0.0/0" in p.read_text() or "::/0" in p.read_text() for p in case.inputs)
     for n in conditional:
         name = set_name(n, fam)
-        has_rule = any(f"-m comment --comment " in ln and f"--match-set {name} " in ln for ln in nat + flt)
+        has_rule = any("-m comment --comment " in ln and f"--match-set {name} " in ln for ln in nat + flt)
         filled = bool(entries(n))
         if n == "KUBE-LOAD-BALANCER-SOURCE-CIDR" and zero_range and entries("KUBE-LOAD-BALANCER-FW"):
             assert has_rule  # a /0 range: counted by kube-proxy, refused by the kernel

@@ -492,11 +492,17 @@ def test_a_bad_nftables_mark_bit_is_a_clear_usage_error(tmp_path):
     ("InterfaceNamePrefix", "interfaceNamePrefix", "a-name-far-too-long"),
 ])
 def test_interface_names_from_the_configuration_are_checked(mode, field, value):
-    from rulegen.diagnostics import UsageError
+    """The loader reports a bad interface name and ignores it: no detector, and nothing of it in the script."""
+    from rulegen.diagnostics import Place, Report
+    from rulegen.loader import load_objects
+    from rulegen.pipeline import Timings, compile_inputs
 
     objs = [node(), config(detectLocalMode=mode, detectLocal={field: value}), service("ops", "idle", "10.96.40.1", TCP80)]
-    with pytest.raises(UsageError, match=f"detectLocal.{field}: .* is not a network interface name"):
-        compile_nft(objs)
+    report = Report()
+    inputs = load_objects([(Place("test.yaml", i + 1), o) for i, o in enumerate(objs)], report)
+    assert [p.field for p in report.errors] == [f"detectLocal.{field}"]
+    text = compile_inputs(inputs, {"mode": "nftables"}, report, Timings()).text
+    assert "iifname" not in text and value.split()[0] not in text.replace("ops/idle", "")
 
 
 def test_the_compile_cache_compiles_this_mode_in_full(tmp_path):

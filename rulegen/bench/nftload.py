@@ -1,0 +1,318 @@
+"""How fast can kube-proxy's nftables table be loaded? Naive `nft -f` against rulegen's loader.
+
+For one cluster size (N Services × E endpoints, the kube-proxy-shaped script
+of `nftshape`), each run, in fresh network namespaces of its own:
+
+1. **naive**: the whole script as one `nft -f` (one transaction), what a
+   kube-proxy full sync sends; bounded by `--naive-timeout`;
+2. **rulegen first apply** (`dataplane.nft.loader`): phased, bounded
+   transactions, raw netlink for kube-proxy's anonymous-map rules; and,
+   with `--nft-only`, the same phasing through `nft -f` alone;
+3. the two namespaces' tables are compared (`nft list table`, normalised):
+   the loader must leave exactly the naive state;
+4. **one endpoint change** (a Service's pod replaced), end to end from the
+   new script: rulegen's difference over netlink, the same through
+   `nft -f`, and the bare `nft -f` of that difference without rulegen's
+   own work (what a partial sync costs through nft today).
+
+Times are wall-clock and CPU (this process and its children, which is
+where nft's and the kernel's work is counted); figures are the median of
+`--repeat` runs, with the load average before and after, since other work
+on the machine stretches wall-clock times. Needs root.
+
+`python -m rulegen.bench.nftload --services N --endpoints E` prints the
+table; `run()` returns it with the raw figures for tests and other tools.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from ..dataplane.nft import loader as L
+from ..dataplane.nft import script as sc
+from ..diagnostics import UsageError
+from . import nftshape
+
+DEFAULT_SERVICES = 1000
+DEFAULT_ENDPOINTS = 10
+DEFAULT_REPEAT = 3
+DEFAULT_CHANGES = 5
+DEFAULT_NAIVE_TIMEOUT = 900.0
+
+
+def _cpu() -> float:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+@dataclass
+class Timing:
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+    def add(self, wall: float, cpu: float) -> None:
+        self.wall.append(wall)
+        self.cpu.append(cpu)
+
+    @property
+    def med(self) -> tuple[float, float] | None:
+        if not self.wall:
+            return None
+        return statistics.median(self.wall), statistics.median(self.cpu)
+
+
+@dataclass
+class Result:
+    services: int
+    endpoints: int
+    commands: int
+    runs: int = 0
+    naive: Timing = field(default_factory=Timing)
+    naive_timeouts: int = 0
+    first: Timing = field(default_factory=Timing)
+    first_nft: Timing = field(default_factory=Timing)
+    change_netlink: Timing = field(default_factory=Timing)
+    change_nft: Timing = field(default_factory=Timing)
+    change_bare: Timing = field(default_factory=Timing)
+    chunks: int = 0
+    phases: dict[str, float] = field(default_factory=dict)  # phase → seconds, last run
+    state_equal: list[bool] = field(default_factory=list)
+    change_equal: list[bool] = field(default_factory=list)
+    load: list[tuple[float, float, float]] = field(default_factory=list)
+    naive_timeout: float = DEFAULT_NAIVE_TIMEOUT
+
+
+class _Namespaces:
+    """Network namespaces this benchmark made; all deleted on exit, whatever happens."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def new(self) -> str:
+        name = f"rgbench-nft-{uuid.uuid4().hex[:8]}"
+        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+        self.names.append(name)
+        return name
+
+    def drop(self, name: str) -> None:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        if name in self.names:
+            self.names.remove(name)
+
+    def __enter__(self) -> "_Namespaces":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for n in list(self.names):
+            self.drop(n)
+
+
+def _listing(ns: str, ref: str) -> dict:
+    out = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "table", *ref.split()],
+                         capture_output=True, text=True, timeout=1800).stdout
+    return sc.parse_listing(out)
+
+
+def _timed(fn) -> tuple[float, float]:
+    c0, t0 = _cpu(), time.perf_counter()
+    fn()
+    return time.perf_counter() - t0, _cpu() - c0
+
+
+def run(services: int, endpoints: int, repeat: int = DEFAULT_REPEAT, *, seed: int = 1, layout: str = "v1.36",
+        naive_timeout: float = DEFAULT_NAIVE_TIMEOUT, changes: int = DEFAULT_CHANGES, nft_only: bool = False,
+        compare: str = "first", opts: L.Options | None = None, progress=None) -> Result:
+    """Measure one size; COMPARE is "first" (compare states on the first run), "all" or "none"."""
+    if os.geteuid() != 0:
+        raise UsageError("the nftables load benchmark needs root (network namespaces and nft)")
+    say = progress or (lambda msg: None)
+    text = nftshape.script(services, endpoints, seed=seed, layout=layout)
+    moved = [nftshape.script(services, endpoints, seed=seed, layout=layout, moved=k)
+             for k in range(changes)] if changes else []
+    res = Result(services, endpoints, text.count("\n"), naive_timeout=naive_timeout)
+    ref = "ip kube-proxy"
+    with _Namespaces() as spaces:
+        for i in range(repeat):
+            load0 = os.getloadavg()
+            check = compare == "all" or (compare == "first" and i == 0)
+            ns_naive = spaces.new()
+            say(f"run {i + 1}: naive nft -f of {res.commands} commands")
+            try:
+                w, c = _timed(lambda: L.Kernel(ns_naive).nft(text, timeout=naive_timeout))
+                res.naive.add(w, c)
+            except L.LoadError as e:
+                if "did not finish" not in str(e):
+                    raise
+                res.naive_timeouts += 1
+                check = False
+            if not check:
+                spaces.drop(ns_naive)
+            ns = spaces.new()
+            say(f"run {i + 1}: rulegen first apply")
+            ld = L.Loader(ns, opts or L.Options())
+            cache: list[L.Loaded | None] = [None]
+            w, c = _timed(lambda: cache.__setitem__(0, ld.apply(text)))
+            res.first.add(w, c)
+            res.chunks = ld.report.chunks
+            res.phases = {}
+            for name, secs in ld.report.timings:
+                key = name.split(" (")[0] + " / " + name.split("(")[1].split(",")[0]
+                res.phases[key] = res.phases.get(key, 0.0) + secs
+            if check:
+                res.state_equal.append(_listing(ns_naive, ref) == _listing(ns, ref))
+                spaces.drop(ns_naive)
+            if nft_only:
+                ns2 = spaces.new()
+                say(f"run {i + 1}: rulegen first apply, nft only")
+                ld2 = L.Loader(ns2, L.Options(netlink=False))
+                w, c = _timed(lambda: ld2.apply(text))
+                res.first_nft.add(w, c)
+                ld2.close()
+                spaces.drop(ns2)
+            if changes:
+                say(f"run {i + 1}: {changes} endpoint changes each way")
+                _changes(res, ld, ns, text, moved, cache[0], check)
+            ld.close()
+            spaces.drop(ns)
+            res.runs += 1
+            res.load.append(load0 + os.getloadavg())  # type: ignore[arg-type]
+    return res
+
+
+def _changes(res: Result, ld: L.Loader, ns: str, text: str, moved: list[str], cache: L.Loaded | None,
+             check: bool) -> None:
+    """Endpoint changes one at a time (there and back): over netlink, through nft, then bare nft -f."""
+
+    def step(loader: L.Loader, new: str, timing: Timing | None) -> None:
+        nonlocal cache
+        holder: list[L.Loaded | None] = [None]
+        w, c = _timed(lambda: holder.__setitem__(0, loader.apply(new, cache)))
+        if not loader.report.path.startswith("change"):
+            raise RuntimeError(f"an endpoint change took the {loader.report.path!r} path, not a difference")
+        if timing is not None:
+            timing.add(w, c)
+        cache = holder[0]
+
+    over_netlink = L.Loader(ns, L.Options(), kernel=ld.kernel)
+    through_nft = L.Loader(ns, L.Options(netlink=False), kernel=ld.kernel)
+    for loader, timing in ((over_netlink, res.change_netlink), (through_nft, res.change_nft)):
+        for m in moved:
+            step(loader, m, timing)
+            step(loader, text, timing)
+    if check:
+        # After a change the table must be what a fresh load of the changed script leaves.
+        step(over_netlink, moved[0], None)
+        with _Namespaces() as spaces:
+            ref_ns = spaces.new()
+            L.Kernel(ref_ns).nft(moved[0])
+            res.change_equal.append(_listing(ref_ns, "ip kube-proxy") == _listing(ns, "ip kube-proxy"))
+        step(over_netlink, text, None)
+    # The same differences through a bare nft -f: no parsing or diffing of ours.
+    base = sc.parse(text)
+    for m in moved:
+        st = sc.parse(m)
+        for cmds in (sc.diff(base, st), sc.diff(st, base)):
+            w, c = _timed(lambda: ld.kernel.nft("\n".join(cmds) + "\n"))
+            res.change_bare.add(w, c)
+
+
+def _fmt(t: tuple[float, float] | None) -> tuple[str, str]:
+    if t is None:
+        return "–", "–"
+    return f"{t[0]:.3f}" if t[0] < 10 else f"{t[0]:.1f}", f"{t[1]:.3f}" if t[1] < 10 else f"{t[1]:.1f}"
+
+
+def _pct(a: tuple[float, float] | None, b: tuple[float, float] | None) -> str:
+    if a is None or b is None or not b[0] or not b[1]:
+        return "–"
+    return f"{100 * a[0] / b[0]:.1f}% / {100 * a[1] / b[1]:.1f}%"
+
+
+def markdown(res: Result) -> str:
+    """The result as a Markdown table with its context (machine, versions, load)."""
+    nft_v = subprocess.run(["nft", "--version"], capture_output=True, text=True).stdout.strip()
+    loads = ", ".join(f"{a:.1f}→{d:.1f}" for a, _, _, d, _, _ in res.load) if res.load else "–"
+    naive = res.naive.med
+    lines = [
+        f"nftables load of a kube-proxy-shaped table: {res.services} Services × {res.endpoints} endpoints "
+        f"({res.commands} commands), median of {res.runs} run(s)",
+        f"kernel {platform.release()}, {nft_v}, {os.cpu_count()} CPUs, load average (1 min) per run {loads}",
+        "",
+        "| measure | wall s | CPU s | of naive (wall / CPU) |",
+        "|---|---:|---:|---:|",
+    ]
+    if res.naive_timeouts and naive is None:
+        lines.append(f"| naive: the whole script as one `nft -f` | > {res.naive_timeout:g} | – | 100% |")
+    else:
+        w, c = _fmt(naive)
+        extra = f" ({res.naive_timeouts} run(s) over {res.naive_timeout:g} s)" if res.naive_timeouts else ""
+        lines.append(f"| naive: the whole script as one `nft -f`{extra} | {w} | {c} | 100% |")
+    w, c = _fmt(res.first.med)
+    lines.append(f"| rulegen first apply ({res.chunks} transactions, netlink for anonymous maps) | {w} | {c} | "
+                 f"{_pct(res.first.med, naive)} |")
+    if res.first_nft.wall:
+        w, c = _fmt(res.first_nft.med)
+        lines.append(f"| rulegen first apply, nft -f only | {w} | {c} | {_pct(res.first_nft.med, naive)} |")
+    for label, t in (("one endpoint change, rulegen over netlink (end to end)", res.change_netlink),
+                     ("one endpoint change, rulegen through nft -f (end to end)", res.change_nft),
+                     ("the same change as a bare nft -f of the difference", res.change_bare)):
+        if t.wall:
+            w, c = _fmt(t.med)
+            lines.append(f"| {label} | {w} | {c} | |")
+    eq = "yes" if res.state_equal and all(res.state_equal) else "NO" if res.state_equal else "not compared"
+    lines.append(f"| state after rulegen's first apply = state after the naive load | {eq} | | |")
+    if res.change_equal:
+        lines.append(f"| state after the changes = a fresh load of the last script | "
+                     f"{'yes' if all(res.change_equal) else 'NO'} | | |")
+    if res.phases:
+        lines += ["", "Last first apply, seconds per phase: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in res.phases.items())]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m rulegen.bench.nftload", description=__doc__.split("\n\n")[0])
+    p.add_argument("--services", "-n", type=int, default=DEFAULT_SERVICES)
+    p.add_argument("--endpoints", "-e", type=int, default=DEFAULT_ENDPOINTS)
+    p.add_argument("--repeat", "-r", type=int, default=DEFAULT_REPEAT, help="runs; figures are medians")
+    p.add_argument("--changes", type=int, default=DEFAULT_CHANGES, help="endpoint changes per run and variant")
+    p.add_argument("--naive-timeout", type=float, default=DEFAULT_NAIVE_TIMEOUT,
+                   help="give up on the naive load after this many seconds")
+    p.add_argument("--nft-only", action="store_true", help="also time the phased load through nft -f alone")
+    p.add_argument("--layout", choices=("v1.36", "endpoint-chains"), default="v1.36")
+    p.add_argument("--chunk-maps", type=int, default=L.Options().chunk_maps,
+                   help="anonymous maps per transaction")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("-o", "--output", default="", help="also write the Markdown table here")
+    p.add_argument("--quiet", "-q", action="store_true")
+    a = p.parse_args(argv)
+    if a.services < 1 or a.endpoints < 1 or a.repeat < 1 or a.changes < 0:
+        p.error("--services, --endpoints and --repeat must be positive, --changes not negative")
+    try:
+        res = run(a.services, a.endpoints, a.repeat, seed=a.seed, layout=a.layout, naive_timeout=a.naive_timeout,
+                  changes=a.changes, nft_only=a.nft_only, opts=L.Options(chunk_maps=a.chunk_maps),
+                  progress=None if a.quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
+    except UsageError as e:
+        print(f"rulegen: {e}", file=sys.stderr)
+        return 2
+    out = markdown(res)
+    sys.stdout.write(out)
+    if a.output:
+        with open(a.output, "w") as f:
+            f.write(out)
+    ok = all(res.state_equal) and all(res.change_equal)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
