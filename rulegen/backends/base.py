@@ -219,3 +219,7 @@ class DiffView(Protocol):
     def with_outside(self, ir: Any, settings: Settings) -> Any:
         """IR plus what kube-proxy installs outside its payload, placed as kube-proxy places it."""
         ...
+
+    # Optional: `for_family(ir, family) -> ir`, for a mode whose saved state
+    # holds both families (IPVS and ipset keep one table for a dual-stack
+    # node): `diff --against` narrows the saved side to the compiled family.

@@ -42,5 +42,10 @@ class IPVSBackend(Backend[IPVSState]):
 
         return TRACER
 
+    def diff_view(self) -> Any:
+        from .views import VIEW
+
+        return VIEW
+
 
 BACKEND = IPVSBackend()
