@@ -98,6 +98,15 @@ class Backend(Generic[IR]):
         """What lays the mode's IR out for `rulegen diff`'s neutral comparison."""
         return None
 
+    def lint_checks(self) -> tuple[Any, ...]:
+        """Lint checks only this mode needs (functions of `lint.context.Context` yielding `Finding`s).
+
+        They run after the shared checks, in `rulegen lint` with this mode;
+        their codes are in the one table (`lint/findings.py`), so `--ignore`
+        and the docs know them whatever the mode.
+        """
+        return ()
+
 
 class Incremental(Protocol):
     """A compile that re-uses the cached compile of every Service whose inputs did not change.
