@@ -5,7 +5,8 @@ parser are this mode's; the glue's xtables IR, renderer and parser are the
 shared ones in `rulegen.dataplane.xtables`. The tracer (`trace`) walks the
 glue with the shared xtables walk and IPVS's scheduling as a step of it;
 the diff view (`views`) lays the state out as virtual servers, sets and
-chains. Apply is not written yet: the registry says so (exit 2).
+chains; `lint` holds the pitfalls only IPVS mode has. Apply is not written
+yet: the registry says so (exit 2).
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ class IPVSBackend(Backend[IPVSState]):
         from .views import VIEW
 
         return VIEW
+
+    def lint_checks(self) -> tuple[Any, ...]:
+        from .lint import CHECKS
+
+        return CHECKS
 
 
 BACKEND = IPVSBackend()
