@@ -367,3 +367,13 @@ def test_the_iptables_output_keeps_its_shape():
     assert all(set(p) == {"probability", "chance", "verdict", "endpoint", "masquerade", "hops"} for p in doc["paths"])
     text = run_cli("trace", str(FIXTURES / "nodeport-cluster"), "--dst", "172.19.8.23:31080").stdout
     assert "weight:" not in text and "IPVS" not in text
+
+
+def test_a_real_server_on_a_node_address_is_delivered_on_this_node():
+    # A hostNetwork endpoint: IPVS's forward to a local address goes on to nat INPUT and the node's socket.
+    r = trace_with("rr", (RealServer("172.19.8.23", 9100, 1),))
+    [p] = r.paths
+    assert r.verdict == "DNAT" and r.shares() == {"172.19.8.23:9100": 1}
+    assert p.hops[-1].rule == "delivered to 172.19.8.23:9100 on this node"
+    assert not any(h.chain == "KUBE-POSTROUTING" for h in p.hops)  # not sent out again
+    assert r.destinations[0].local is True
