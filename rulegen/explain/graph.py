@@ -11,6 +11,9 @@ it keeps what a NodePort walk-through draws:
   traversal before the routing decision, plus the stack at the decisive
   hop: the one that rewrote the destination (its verdict names the
   endpoint) or the rule that stopped the connection;
+- *balancers*: a hop of kind `balance` (IPVS choosing a real server) is
+  drawn like a chain, named by its `chain` ("IPVS rr") and the virtual
+  server its rule names, since that is where the destination is chosen;
 - *side calls*: chains entered and returned from (KUBE-MARK-MASQ), shown
   as a badge on the chain that called them, since the connection does not
   flow through them;
@@ -91,6 +94,7 @@ class Shape:
     calls: dict[tuple[str, str], list[str]]  # spine chain → chains it called and returned from
     masq_at: tuple[str, str, str] | None  # (table, chain, "MASQUERADE"/"SNAT")
     stop_at: tuple[str, str] | None  # (table, chain) of the rule or policy that stopped it
+    balancers: dict[tuple[str, str], str] = field(default_factory=dict)  # spine key → what it balances
 
 
 def decisive_index(p: Path) -> int:
@@ -101,13 +105,13 @@ def decisive_index(p: Path) -> int:
         return -1
     ep = p.packet.dst_endpoint
     for i, h in enumerate(p.hops):
-        if h.kind == "rule" and ep in h.verdict:
+        if h.kind in ("rule", "balance") and ep in h.verdict:
             return i
     last = -1
     for i, h in enumerate(p.hops):  # no hop names it: the last rule before the routing decision
         if h.kind == "route":
             break
-        if h.kind == "rule":
+        if h.kind in ("rule", "balance"):
             last = i
     return last
 
@@ -117,6 +121,7 @@ def path_shape(p: Path, base_chains: frozenset[str]) -> Shape:
     calls: dict[tuple[str, str], list[str]] = {}
     stack: list[tuple[str, str]] = []
     masq_at = None
+    balancers: dict[tuple[str, str], str] = {}
     decisive = decisive_index(p)
     routed = frozen = False
 
@@ -135,6 +140,8 @@ def path_shape(p: Path, base_chains: frozenset[str]) -> Shape:
             stack = []
             continue
         key = (h.table, h.chain)
+        if h.kind == "balance":
+            balancers[key] = h.rule.split(": ", 1)[0]  # "IPVS virtual server TCP 10.96.0.1:80 (-s rr)"
         if h.chain in base_chains:
             if not routed:
                 flush()
@@ -158,7 +165,7 @@ def path_shape(p: Path, base_chains: frozenset[str]) -> Shape:
     if p.verdict in STOPS and p.hops:
         h = p.hops[-1]
         stop_at = (h.table, h.chain)
-    return Shape(spine, calls, masq_at, stop_at)
+    return Shape(spine, calls, masq_at, stop_at, balancers)
 
 
 # ---------------------------------------------------------------- the graph
@@ -291,8 +298,16 @@ def _sequence(b: _Builder, sc: Scenario, r: TraceResult, p: Path, port: Any) -> 
     shape = path_shape(p, r.base_chains)
     seq: list[str] = []
     for table, chain in shape.spine:
-        nid = f"chain:{table}:{chain}"
-        n = b.node(nid, "chain", chain, [table] if table else [], f"chain {chain}" + (f" (table {table})" if table else ""))
+        what = shape.balancers.get((table, chain))
+        if what:  # one node per virtual server: a ClusterIP's and a NodePort's are different ones
+            nid = f"balance:{table}:{chain}:{what}"
+            short = what.removeprefix("IPVS ").removeprefix("virtual server ").split(" (")[0]
+            n = b.node(nid, "chain", chain, [table, short] if table else [short],
+                       f"chain {chain} (table {table}): {what} chooses the endpoint")
+        else:
+            nid = f"chain:{table}:{chain}"
+            n = b.node(nid, "chain", chain, [table] if table else [],
+                       f"chain {chain}" + (f" (table {table})" if table else ""))
         for called in shape.calls.get((table, chain), ()):
             who = b.calls.setdefault((nid, called), [])
             if not who:

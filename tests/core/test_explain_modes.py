@@ -1,11 +1,15 @@
-"""`rulegen explain` in the modes whose tracers are still being written: run as soon as a mode has one.
+"""`rulegen explain` in every mode the registry can trace, and a clear refusal in the others.
 
 explain reaches a mode only through the registry's tracer hook and the
-neutral `TraceResult`, so these tests need no change when a tracer lands:
-until then each is skipped, saying so. What they hold a mode's page to is
-read from its own traces (the chains on its paths, its shares), plus what
-every mode shares with kube-proxy's iptables mode for the classic NodePort
-(three endpoints, a third each, masquerade for outside clients), and the
+neutral `TraceResult`, so a mode whose tracer lands (nftables) is drawn,
+and tested here, with no change: the tests are parametrized over the
+registry's modes with a tracer, and a test holds that list to the
+registry's (iptables and IPVS at least), so no mode drops out unseen. A
+mode without a tracer is tested too: explain refuses it with exit 2 and
+the modes that have one. What a mode's page must show is read from its
+own traces (the chains on its paths, its shares), plus what every mode
+shares with kube-proxy's iptables mode for the classic NodePort (three
+endpoints, a third each, masquerade for outside clients), and the
 differences kube-proxy documents between modes for `--compare`.
 """
 
@@ -24,18 +28,35 @@ from rulegen.trace.compare import compare_outcomes
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB = str(ROOT / "examples" / "web-frontend")
-OTHER_MODES = [m for m in backends.modes() if m != backends.DEFAULT_MODE]
+TESTED = ("iptables", "ipvs", "nftables")  # every mode rulegen has; each is tested below, drawn or refused
 
 
-def need_tracer(mode: str) -> None:
-    if backends.get(mode).tracer() is None:
-        pytest.skip(f"--mode {mode} has no tracer yet (rulegen/backends/{mode}/trace.py); "
-                    "explain draws the mode through the registry as soon as it has one")
+def traced(mode: str) -> bool:
+    return backends.get(mode).tracer() is not None
 
 
-@pytest.mark.parametrize("mode", OTHER_MODES)
+DRAWN = [m for m in TESTED if traced(m)]
+REFUSED = [m for m in TESTED if not traced(m)]
+
+
+def test_the_modes_tested_are_the_registrys():
+    assert set(TESTED) == set(backends.modes())
+    assert set(DRAWN) == {m for m in backends.modes() if traced(m)}
+    assert {"iptables", "ipvs"} <= set(DRAWN)  # their tracers are merged: a page in each is tested
+
+
+@pytest.mark.parametrize("mode", REFUSED)
+def test_a_mode_without_a_tracer_is_refused_naming_those_with_one(mode, cli, tmp_path):
+    out = tmp_path / "page.html"
+    r = cli("explain", WEB, "--mode", mode, "-o", str(out))
+    assert r.exit_code == 2 and f"--mode {mode}: trace is not implemented yet (implemented for: " in r.output
+    assert all(m in r.output.split("implemented for: ", 1)[1] for m in DRAWN) and not out.exists()
+    r = cli("explain", WEB, "--compare", mode, "-o", str(out))
+    assert r.exit_code == 2 and f"--mode {mode}: trace is not implemented yet" in r.output
+
+
+@pytest.mark.parametrize("mode", DRAWN)
 def test_the_example_page_in_the_mode(mode, cli, tmp_path):
-    need_tracer(mode)
     out = tmp_path / "page.html"
     r = cli("explain", WEB, "--mode", mode, "-o", str(out))
     assert r.exit_code == 0, r.output
@@ -54,6 +75,12 @@ def test_the_example_page_in_the_mode(mode, cli, tmp_path):
     assert spines
     for chain in spines:
         assert f"chain {chain}" in titles, chain
+    # A balancer outside the rules (IPVS) is drawn where it chooses, one node per virtual server.
+    balancers = {h.rule.split(": ")[0] for o in run.outcomes[0] for pth in o.result.paths for h in pth.hops
+                 if h.kind == "balance"}
+    assert bool(balancers) == (mode == "ipvs")
+    for what in balancers:
+        assert f"{what} chooses the endpoint" in titles, what
     # Every share the graph computes is written on its edge.
     g = G.build(run.outcomes[0], run.ports[0])
     shares = [e.label for e in g.edge_list() if e.label and "%" in e.label]
@@ -65,9 +92,8 @@ def test_the_example_page_in_the_mode(mode, cli, tmp_path):
     assert "MASQ" in d.labels("rg-elabel") and "node node-b" in labels
 
 
-@pytest.mark.parametrize("mode", OTHER_MODES)
+@pytest.mark.parametrize("mode", [m for m in DRAWN if m != backends.DEFAULT_MODE])
 def test_compare_with_iptables_marks_what_kube_proxy_does_differently(mode, cli, tmp_path):
-    need_tracer(mode)
     out = tmp_path / "compare.html"
     r = cli("explain", WEB, "--compare", mode, "-o", str(out))
     assert r.exit_code == 0, r.output
