@@ -12,6 +12,9 @@ the title how many SVG labels the browser laid out with a width, and
 which overflow their box: the layout measures text without a browser
 (monospace, 0.6 em a glyph), and this is where that is checked.
 
+Printed (`--print-to-pdf`), the page is laid across landscape pages,
+where the wide diagrams keep a readable size.
+
 How long Chromium takes is not asserted (wall-clock figures are noisy);
 the page keeps the work bounded instead: sections out of view are not
 laid out (`content-visibility: auto`, checked in the DOM).
@@ -164,3 +167,16 @@ def test_a_200_service_page_renders_and_keeps_off_screen_sections_unlaid(browser
     dom = dump_dom(browser, page)
     assert headings(dom) == headings(html) and len(headings(dom)) == 270
     assert "content-visibility: auto" in dom and dom.count("contain-intrinsic-size: auto ") == 271
+
+
+@pytest.mark.slow
+def test_the_example_page_prints_across_landscape_pages(browser, cli, tmp_path):
+    page = explain_page(cli, [str(WEB)], tmp_path / "web.html")
+    pdf = tmp_path / "web.pdf"
+    r = chromium(browser, f"--print-to-pdf={pdf}", "--no-pdf-header-footer", page.as_uri())
+    assert pdf.exists(), r.stderr.decode(errors="replace")[-2000:]
+    data = pdf.read_bytes()
+    boxes = [tuple(float(v) for v in m) for m in re.findall(rb"/MediaBox \[0 0 ([\d.]+) ([\d.]+)\]", data)]
+    pages = len(re.findall(rb"/Type /Page\b", data))
+    assert boxes and all(w > h for w, h in boxes), boxes
+    assert 2 <= pages <= 4, pages  # the header, then the Service port: its diagram, facts and table
