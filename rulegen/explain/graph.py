@@ -358,6 +358,9 @@ def _sequence(b: _Builder, sc: Scenario, r: TraceResult, p: Path, port: Any) -> 
 
 def _finish(b: _Builder, outcomes: list[Outcome]) -> None:
     """Labels and titles once every scenario is in: shares, masquerade, who uses what."""
+    def name(n: Node) -> str:  # a balancer is named with its virtual server: a page has several "IPVS rr"
+        return f"{n.label} {n.sub[-1]}" if n.id.startswith("balance:") else n.label
+
     for e in b.edges.values():
         src, dst = b.nodes[e.src], b.nodes[e.dst]
         if src.kind not in ("chain", "entry"):
@@ -366,10 +369,10 @@ def _finish(b: _Builder, outcomes: list[Outcome]) -> None:
             e.label = " / ".join(percent(s) for s in e.shares)
         if e.masq and b.nodes[e.dst].kind == "endpoint":
             e.label = (e.label + " " if e.label else "") + "MASQ"
-        parts = [f"{src.label} → {dst.label}"]
+        parts = [f"{name(src)} → {name(dst)}"]
         if any(s != 1 for s in e.shares):
             parts.append(" or ".join(f"{s} ({percent(s)})" for s in e.shares)
-                         + f" of the connections reaching {src.label}")
+                         + f" of the connections reaching {name(src)}")
         if e.masq:
             parts.append("masqueraded: the endpoint sees the node's address"
                          + (f" ({', '.join(e.masq_at)})" if e.masq_at else ""))

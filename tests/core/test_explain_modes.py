@@ -81,6 +81,8 @@ def test_the_example_page_in_the_mode(mode, cli, tmp_path):
     assert bool(balancers) == (mode == "ipvs")
     for what in balancers:
         assert f"{what} chooses the endpoint" in titles, what
+        vs = what.split("virtual server ", 1)[1].split(" (")[0]  # its edges say which one
+        assert any(f" {vs} → " in t for t in titles.splitlines()), vs
     # Every share the graph computes is written on its edge.
     g = G.build(run.outcomes[0], run.ports[0])
     shares = [e.label for e in g.edge_list() if e.label and "%" in e.label]
