@@ -31,6 +31,7 @@ scenario order, so the same traces give the same graph.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Iterable
@@ -42,6 +43,7 @@ from ..trace.model import Path, TraceResult
 from ..trace.scenarios import LOAD_BALANCER, OTHER_PORT, Outcome, Scenario
 
 STOPS = ("DROP", "REJECT")
+SOURCE_NAT = re.compile(r"(^|; )(MASQUERADE|SNAT)\b")
 END_KINDS = ("endpoint", "stop", "pass", "error")
 TITLE_SCENARIOS = 8  # scenarios named in one element's title before "and N more"
 
@@ -155,9 +157,10 @@ def path_shape(p: Path, base_chains: frozenset[str]) -> Shape:
             del stack[j + 1:]
         else:
             stack.append(key)
-        v = h.verdict.upper()
-        if h.kind == "rule" and masq_at is None and (v.startswith("MASQUERADE") or v.startswith("SNAT")):
-            masq_at = (h.table, h.chain, "MASQUERADE" if v.startswith("MASQUERADE") else "SNAT")
+        # A verdict may tell several things ("mark is now 0x0; MASQUERADE: ..."): the source rewrite is one.
+        m = SOURCE_NAT.search(h.verdict.upper())
+        if h.kind == "rule" and masq_at is None and m:
+            masq_at = (h.table, h.chain, m.group(2))
         if i == decisive:
             flush()
             frozen = True

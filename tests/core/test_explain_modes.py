@@ -15,6 +15,7 @@ differences kube-proxy documents between modes for `--compare`.
 
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pytest
 from explainhelp import parse_page
 
 from rulegen import backends
+from rulegen.backends.base import Backend
 from rulegen.explain import graph as G
 from rulegen.explain import page
 from rulegen.trace.compare import compare_outcomes
@@ -45,14 +47,32 @@ def test_the_modes_tested_are_the_registrys():
     assert {"iptables", "ipvs"} <= set(DRAWN)  # their tracers are merged: a page in each is tested
 
 
-@pytest.mark.parametrize("mode", REFUSED)
-def test_a_mode_without_a_tracer_is_refused_naming_those_with_one(mode, cli, tmp_path):
+class _Untraced(Backend):
+    """A mode that compiles but has no tracer: always there, so the refusal is tested once every real mode has one."""
+
+    mode = "untraced"
+
+    def compile(self, plan, settings):
+        return []
+
+
+@pytest.fixture
+def untraced():
+    backends.register("untraced", _Untraced())
+    try:
+        yield "untraced"
+    finally:
+        backends.unregister("untraced")
+
+
+def test_a_mode_without_a_tracer_is_refused_naming_those_with_one(untraced, cli, tmp_path):
     out = tmp_path / "page.html"
-    r = cli("explain", WEB, "--mode", mode, "-o", str(out))
-    assert r.exit_code == 2 and f"--mode {mode}: trace is not implemented yet (implemented for: " in r.output
-    assert all(m in r.output.split("implemented for: ", 1)[1] for m in DRAWN) and not out.exists()
-    r = cli("explain", WEB, "--compare", mode, "-o", str(out))
-    assert r.exit_code == 2 and f"--mode {mode}: trace is not implemented yet" in r.output
+    for mode in REFUSED + [untraced]:
+        r = cli("explain", WEB, "--mode", mode, "-o", str(out))
+        assert r.exit_code == 2 and f"--mode {mode}: trace is not implemented yet (implemented for: " in r.output
+        assert all(m in r.output.split("implemented for: ", 1)[1] for m in DRAWN) and not out.exists()
+        r = cli("explain", WEB, "--compare", mode, "-o", str(out))
+        assert r.exit_code == 2 and f"--mode {mode}: trace is not implemented yet" in r.output, mode
 
 
 @pytest.mark.parametrize("mode", DRAWN)
@@ -92,6 +112,9 @@ def test_the_example_page_in_the_mode(mode, cli, tmp_path):
     assert outside.shares() == {ep.ep: Fraction(1, 3) for ep in run.ports[0].endpoints}
     assert all(x.masquerade for x in outside.destinations)  # externalTrafficPolicy Cluster
     assert "MASQ" in d.labels("rg-elabel") and "node node-b" in labels
+    # Each masqueraded edge names the rule that rewrote the source, in its mode's own words.
+    masq = [g["title"] for g in d.groups if "rg-masq" in g["attrs"].get("class", "").split()]
+    assert masq and all(re.search(r"the endpoint sees the node's address \((MASQUERADE|SNAT) in ", t) for t in masq)
 
 
 @pytest.mark.parametrize("mode", [m for m in DRAWN if m != backends.DEFAULT_MODE])
