@@ -54,6 +54,26 @@ class Backend(Generic[IR]):
     masquerade_section: str = "iptables"
     reads_scheduler: bool = False
 
+    def traits(self) -> dict[str, Any]:
+        """What this mode does where kube-proxy's modes differ: cause id → `rulegen.traits.Trait`.
+
+        `rulegen migrate` names and explains differences with them. Read from
+        the `TRAITS` dict of the mode package's `traits` module, found by
+        name as `BACKEND` is, so a mode adds them without touching its
+        `__init__`; a mode without that module describes nothing (migrate
+        then explains with the other mode's words, or not at all).
+        """
+        import importlib
+
+        name = f"{type(self).__module__}.traits"
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            return {}
+        return dict(mod.TRAITS)
+
     # ------------------------------------------------------------ required
 
     def compile(self, plan: Plan, settings: Settings) -> IR:

@@ -52,8 +52,10 @@ def behaviour(r: TraceResult) -> Behaviour:
                      tuple(sorted(aff.items())), tuple(sorted(r.outcomes.items())))
 
 
-def percent(p: Fraction) -> str:
-    """33.3%: one decimal, trailing zero dropped (100%, 50%, 33.3%)."""
+def percent(p: Fraction | None) -> str:
+    """33.3%: one decimal, trailing zero dropped (100%, 50%, 33.3%); "?%" for a share the rules do not fix."""
+    if p is None:
+        return "?%"
     s = f"{float(p) * 100:.1f}"
     return (s[:-2] if s.endswith(".0") else s) + "%"
 
