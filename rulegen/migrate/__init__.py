@@ -114,7 +114,7 @@ def migrate(files: list[str], flags: dict[str, Any], to_mode: str, from_mode: st
     ob = _outcomes(b, sc.scenarios)
     found = _found(a.plan, a, b, oa, ob)
     result = Result(a.settings.mode, to_mode, a.settings.hostname, a.plan.family, len(sc.scenarios), len(ports),
-                    found, sc.notes)
+                    found, sc.notes if sc.scenarios else ())
     if settings_to is not None:
         c = compile_inputs(inputs, {**flags, "mode": to_mode}, report, timings, settings_to)
         oc = _outcomes(c, sc.scenarios)

@@ -111,6 +111,14 @@ def _entry(c: Case) -> str:
     return c.scenario.entry.kind
 
 
+def _now(c: Case) -> str:
+    return f"now ({c.a.mode})" if c.a.mode == c.b.mode else f"with the {c.a.mode} settings"
+
+
+def _after(c: Case) -> str:
+    return f"after ({c.b.mode})" if c.a.mode == c.b.mode else f"with the {c.b.mode} settings"
+
+
 def _localhost_answers(s: Side) -> bool:
     return bool(s.backend.localhost_nodeports) and s.settings.localhost_nodeports_effective()
 
@@ -118,9 +126,8 @@ def _localhost_answers(s: Side) -> bool:
 def _localhost_settings(c: Case) -> str | None:
     if c.a.backend.localhost_nodeports == c.b.backend.localhost_nodeports:
         on = {True: "on", False: "off"}
-        return (f"localhost NodePorts are {on[_localhost_answers(c.a)]} with the {c.a.mode} settings and "
-                f"{on[_localhost_answers(c.b)]} with the {c.b.mode} settings (iptables.localhostNodePorts, "
-                f"nodePortAddresses)")
+        return (f"localhost NodePorts are {on[_localhost_answers(c.a)]} {_now(c)} and "
+                f"{on[_localhost_answers(c.b)]} {_after(c)} (iptables.localhostNodePorts, nodePortAddresses)")
     return None
 
 
@@ -142,8 +149,7 @@ def _npa_text(s: Side) -> str:
 
 def _nodeport_settings(c: Case) -> str | None:
     if (c.a.settings.nodeport_addresses or ()) != (c.b.settings.nodeport_addresses or ()):
-        return (f"nodePortAddresses is {_npa_text(c.a)} with the {c.a.mode} settings and {_npa_text(c.b)} "
-                f"with the {c.b.mode} settings")
+        return f"nodePortAddresses is {_npa_text(c.a)} {_now(c)} and {_npa_text(c.b)} {_after(c)}"
     return None
 
 
@@ -213,8 +219,7 @@ def _balancing(c: Case) -> bool:
 
 def _scheduler_settings(c: Case) -> str | None:
     if c.a.backend.reads_scheduler and c.b.backend.reads_scheduler and c.a.settings.scheduler != c.b.settings.scheduler:
-        return f"ipvs.scheduler is {c.a.settings.scheduler} with the {c.a.mode} settings and " \
-               f"{c.b.settings.scheduler} with the {c.b.mode} settings"
+        return f"ipvs.scheduler is {c.a.settings.scheduler} {_now(c)} and {c.b.settings.scheduler} {_after(c)}"
     return None
 
 

@@ -48,7 +48,10 @@ def behaviour_phrase(b: Behaviour) -> str:
     if not shares:
         return head
     values = {p for _, p in shares}
-    if len(shares) > MAX_LISTED and len(values) == 1:
+    if None in values:  # a scheduler that hashes or counts: the rules do not fix the shares
+        eps = (f"{len(shares)} endpoints" if len(shares) > MAX_LISTED else ", ".join(ep for ep, _ in shares)) \
+            + " (shares not fixed by the rules)"
+    elif len(shares) > MAX_LISTED and len(values) == 1:
         eps = f"{len(shares)} endpoints, {percent(values.pop())} each"
     elif len(shares) > MAX_LISTED:
         eps = f"{len(shares)} endpoints"
@@ -132,7 +135,7 @@ def render_json(r: Result) -> str:
 
 
 def _table(rows: list[Found], a: str, b: str) -> list[str]:
-    head = ("SERVICE", "CLIENT", "DESTINATION", a.upper(), b.upper())
+    head = ("SERVICE", "CLIENT", "DESTINATION", *((a.upper(), b.upper()) if a != b else ("BEFORE", "AFTER")))
     body = [(f.scenario.spn, f.scenario.client.kind,
              f.scenario.entry.address + ("" if f.scenario.entry.proto == "tcp" else "/" + f.scenario.entry.proto),
              phrase(f.a), phrase(f.b)) for f in rows]
