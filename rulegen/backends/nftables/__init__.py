@@ -9,6 +9,8 @@ and diff views are not written yet: the registry says so (exit 2).
 
 from __future__ import annotations
 
+from typing import Any
+
 from ...dataplane.nft import parse as nparse
 from ...dataplane.nft import render as nrender
 from ...dataplane.nft.model import Transaction
@@ -33,6 +35,11 @@ class NftablesBackend(Backend[Transaction]):
             return nparse.parse_script(text)
         except (nparse.NftParseError, ValueError) as e:
             raise UsageError(f"{source}: {e}") from None
+
+    def tracer(self) -> Any:
+        from .trace import TRACER
+
+        return TRACER
 
 
 BACKEND = NftablesBackend()
