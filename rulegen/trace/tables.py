@@ -14,10 +14,18 @@ happen to it:
         masquerade: true                            # or {endpoint: bool}
         local: {10.60.3.31:8000: true}              # optional: on this node?
         affinity: 600                               # optional: ClientIP timeout
+      differs:                                      # optional: where kube-proxy's modes differ
+        nftables:                                   # a mode's name (rulegen --mode)
+          because: no localhost NodePorts           # required: the cause, as README.md's
+          verdict: ACCEPT                           #   "Where the modes differ" names it
+          destinations: {}                          # replaces these keys of `expect` in that mode
 
-Chances are exact fractions (`1/3`) or decimals (`0.5`). The tests run each
-table against the compiled rules and against the kernel's own dump; the lab
-can compare its hit counts with the `destinations` chances.
+Chances are exact fractions (`1/3`) or decimals (`0.5`). `expect` holds in
+every mode; `differs` gives, per mode, the keys whose answer is another
+there and why (`load_table(path, mode)` applies them; without a mode, the
+table is read as `expect` says). The tests run each table against every
+mode's compiled rules and against the kernel's own dump; the lab can
+compare its hit counts with the `destinations` chances.
 """
 
 from __future__ import annotations
@@ -29,11 +37,12 @@ from typing import Any
 
 import yaml
 
+from .. import backends
 from ..diagnostics import UsageError
 from .model import TraceResult
 
 TABLE_FILE = "trace.yaml"
-_ENTRY_KEYS = {"name", "src", "dst", "proto", "in_iface", "expect"}
+_ENTRY_KEYS = {"name", "src", "dst", "proto", "in_iface", "expect", "differs"}
 _EXPECT_KEYS = {"verdict", "destinations", "masquerade", "local", "affinity"}
 VERDICTS = ("DNAT", "ACCEPT", "DROP", "REJECT")
 
@@ -50,6 +59,7 @@ class Check:
     in_iface: str | None = None
     local: dict[str, bool] = field(default_factory=dict)
     affinity: int | None = None
+    because: str | None = None  # why this mode's answer is not the common one (None: it is)
 
     def dst_parts(self) -> tuple[str, int]:
         host, _, port = self.dst.rpartition(":")
@@ -68,14 +78,30 @@ def fraction(value: Any, where: str) -> Fraction:
     return f
 
 
-def load_table(path: str | Path) -> list[Check]:
-    path = Path(path)
+def differences(path: str | Path) -> list[tuple[str, str, str]]:
+    """(entry name, mode, cause) for every `differs` of a table (checked as `load_table` checks it)."""
+    load_table(path)
+    out = []
+    for i, item in enumerate(_read(Path(path)), 1):
+        for mode, over in (item.get("differs") or {}).items():
+            out.append((str(item.get("name") or f"entry {i}"), str(mode), str(over["because"])))
+    return out
+
+
+def _read(path: Path) -> list:
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except (OSError, yaml.YAMLError) as e:
         raise UsageError(f"{path}: cannot read: {e}") from None
     if not isinstance(data, list):
         raise UsageError(f"{path}: expected a list of connections")
+    return data
+
+
+def load_table(path: str | Path, mode: str | None = None) -> list[Check]:
+    """The table at PATH as MODE must answer it (`differs.MODE` applied); without MODE, `expect` as written."""
+    path = Path(path)
+    data = _read(path)
     out = []
     for i, item in enumerate(data, 1):
         where = f"{path}: entry {i}"
@@ -90,6 +116,21 @@ def load_table(path: str | Path) -> list[Check]:
         unknown = set(exp) - _EXPECT_KEYS
         if unknown:
             raise UsageError(f"{where}: expect: unknown key(s) {', '.join(sorted(unknown))}")
+        differs = item.get("differs") or {}
+        if not isinstance(differs, dict):
+            raise UsageError(f"{where}: differs: expected a mapping of mode → keys of expect")
+        because = None
+        for m, over in differs.items():
+            if m not in backends.modes():
+                raise UsageError(f"{where}: differs: {m!r} is not a mode (modes: {', '.join(backends.modes())})")
+            if not isinstance(over, dict) or not str(over.get("because") or "").strip():
+                raise UsageError(f"{where}: differs.{m}: needs `because` (why kube-proxy's {m} mode differs)")
+            unknown = set(over) - _EXPECT_KEYS - {"because"}
+            if unknown:
+                raise UsageError(f"{where}: differs.{m}: unknown key(s) {', '.join(sorted(unknown))}")
+            if m == mode:
+                exp = {**exp, **{k: v for k, v in over.items() if k != "because"}}
+                because = str(over["because"])
         if exp["verdict"] not in VERDICTS:
             raise UsageError(f"{where}: expect.verdict {exp['verdict']!r} is not one of {', '.join(VERDICTS)}")
         dests = {str(k): fraction(v, f"{where}: destinations[{k}]") for k, v in (exp.get("destinations") or {}).items()}
@@ -101,7 +142,7 @@ def load_table(path: str | Path) -> list[Check]:
             dst=str(item["dst"]), proto=str(item.get("proto") or "tcp"), verdict=exp["verdict"],
             destinations=dests, masquerade=masq, in_iface=item.get("in_iface"),
             local={str(k): bool(v) for k, v in (exp.get("local") or {}).items()},
-            affinity=exp.get("affinity"),
+            affinity=exp.get("affinity"), because=because,
         ))
     return out
 
