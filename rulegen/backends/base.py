@@ -219,3 +219,10 @@ class DiffView(Protocol):
     def with_outside(self, ir: Any, settings: Settings) -> Any:
         """IR plus what kube-proxy installs outside its payload, placed as kube-proxy places it."""
         ...
+
+    # Optional (asked with getattr; a view without them is used as it is):
+    #
+    # sniff(text) -> bool: does TEXT (a file's first 4 KiB) look like this mode's saved file?
+    #     `rulegen diff OLD NEW` without --mode reads the files as the first mode whose view says yes.
+    # for_family(ir, family) -> IR: a saved file's IR narrowed to a compile's address family, for a
+    #     file that may hold both (an `nft list ruleset` of a dual-stack node).

@@ -1,7 +1,8 @@
 """`rulegen diff`: compare two rule files, or compiled FILES with a saved dump or a live namespace.
 
-`rulegen diff OLD NEW` parses two iptables-save / iptables-restore files
-(`-` for standard input, once). `rulegen diff FILES... --against SAVED` and
+`rulegen diff OLD NEW` parses two rule files (`-` for standard input,
+once): iptables-save / iptables-restore files, or nftables scripts and `nft
+list` output, told apart by the diff views' `sniff` (or `--mode`). `rulegen diff FILES... --against SAVED` and
 `rulegen diff FILES... --netns NAME` compile FILES with the settings and
 compare the payload with SAVED or with the namespace's `iptables-save`. The
 old side is OLD, SAVED or the live namespace; the new side is NEW or the
@@ -11,7 +12,7 @@ side gets kube-proxy's jump rules when the dump has such jumps (always for
 `--netns`), so what a live node shows and what kube-proxy would write line
 up. The files are read, and laid out for the neutral comparison
 (`rulegen.diff`), by the mode's diff view (`backends.require(mode,
-"diff_view")`; OLD NEW are read as the default mode's). Text output via
+"diff_view")`; OLD NEW as the mode --mode names or OLD's text shows). Text output via
 templates/diff.j2 (coloured on a terminal), `--json` for tools. Exit 1
 when they differ, 0 when equal, 2 for unusable input.
 """
@@ -41,16 +42,36 @@ def _read(view: Any, path: str, ip_family: str | None) -> tuple[Any, str]:
         raise
 
 
+def _mode_of(path: str) -> str:
+    """The mode whose diff view recognises PATH's text (a view's optional `sniff`), else the default mode.
+
+    Standard input is not peeked at: it is read once, as --mode (or the default) says.
+    """
+    if path == "-":
+        return backends.DEFAULT_MODE
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = f.read(4096)
+    except OSError:
+        return backends.DEFAULT_MODE  # the view's read names the problem
+    for mode in backends.modes():
+        view = backends.get(mode).diff_view()
+        sniff = getattr(view, "sniff", None)
+        if sniff is not None and sniff(head):
+            return mode
+    return backends.DEFAULT_MODE
+
+
 def _compare_files(args: tuple[str, ...], flags: dict, kube_only: bool | None) -> DiffResult:
     if len(args) != 2:
         raise UsageError("give two rule files OLD NEW, or Kubernetes FILES with --against SAVED or --netns NAME")
     if args.count("-") > 1:
         raise UsageError("only one of OLD and NEW can be - (standard input)")
-    extra = [k for k, v in flags.items() if v is not None and k != "ip_family"]
+    extra = [k for k, v in flags.items() if v is not None and k not in ("ip_family", "mode")]
     if extra:
         opt = "--" + extra[0].replace("_", "-")
         raise UsageError(f"{opt} applies only when compiling (with --against or --netns)")
-    view = backends.require(backends.DEFAULT_MODE, "diff_view")
+    view = backends.require(flags.get("mode") or _mode_of(args[0]), "diff_view")
     old, old_name = _read(view, args[0], flags.get("ip_family"))
     new, new_name = _read(view, args[1], flags.get("ip_family"))
     kube = bool(kube_only)
@@ -71,6 +92,9 @@ def _compare_compiled(files: tuple[str, ...], netns: str | None, against: str | 
         if against is not None:
             old, old_name = _read(view, against, None)
     fam = c.settings.family
+    narrow = getattr(view, "for_family", None)
+    if against is not None and narrow is not None:  # a saved ruleset may hold both families' tables
+        old = narrow(old, fam)
     if netns is not None:
         from ..apply.kernel import Kernel
 
@@ -87,9 +111,11 @@ def _compare_compiled(files: tuple[str, ...], netns: str | None, against: str | 
 @click.command("diff")
 @click.argument("args", nargs=-1, metavar="OLD NEW | FILES...")
 @click.option("--netns", default=None, metavar="NAME",
-              help="Compare compiled FILES with this network namespace's iptables-save (needs root).")
+              help="Compare compiled FILES with this network namespace's live rules: iptables-save, or nft list "
+                   "table with --mode nftables (needs root).")
 @click.option("--against", default=None, metavar="SAVED",
-              help="Compare compiled FILES with this iptables-save / iptables-restore file.")
+              help="Compare compiled FILES with this saved file: iptables-save / iptables-restore, or an nft script "
+                   "or nft list output with --mode nftables.")
 @settings_options
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
 @click.option("--color/--no-color", default=None, help="Colour the output (default: when stdout is a terminal).")

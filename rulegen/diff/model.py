@@ -21,7 +21,7 @@ class Container:
     """One chain, set, map or virtual server of one side.
 
     `items` are (1-based position, text) in order for an ordered container;
-    positions mean nothing for an unordered one. `fixed` containers exist on
+    positions mean nothing for an unordered one (None: the report shows none). `fixed` containers exist on
     every node (built-in chains): they are compared but never reported as
     added or removed. `policy` is a built-in chain's policy when the side
     states one.
@@ -31,16 +31,39 @@ class Container:
     ordered: bool = True
     fixed: bool = False
     policy: str | None = None
-    items: list[tuple[int, str]] = field(default_factory=list)
+    items: list[tuple[int | None, str]] = field(default_factory=list)
 
 
 class Layout:
-    """How one mode's sides are ordered, compared and named (a diff view supplies it)."""
+    """How one mode's sides are ordered, compared and named (a diff view supplies it).
+
+    `container_noun` and `item_noun` name containers and items in general
+    (the summary's head, the "compared" counts); a layout whose containers
+    are of several kinds (nft: chains of rules, sets and maps of elements)
+    lists them in `kinds` and names each kind's items with `item_noun_of`,
+    and with `count_nouns` its headings say "1 element added" rather than
+    "1 added". `policy_noun` names what `Container.policy` carries.
+    """
 
     group_noun = "table"
     container_noun = "chain"
     item_noun = "rule"
+    policy_noun = "policy"
+    kinds: tuple[str, ...] = ("chain",)
+    count_nouns = False
     scope = "kube-proxy's chains only"  # said when a side keeps only kube-proxy's part
+
+    def item_noun_of(self, kind: str) -> str:
+        return self.item_noun
+
+    def container_noun_of(self, kind: str) -> str:
+        return self.container_noun if kind == "chain" else kind
+
+    def item_nouns(self) -> list[str]:
+        return list(dict.fromkeys(self.item_noun_of(k) for k in self.kinds))
+
+    def container_nouns(self) -> list[str]:
+        return list(dict.fromkeys(self.container_noun_of(k) for k in self.kinds))
 
     def group_order(self, names: Iterable[str]) -> list[str]:
         return sorted(set(names))
@@ -119,12 +142,20 @@ class DiffResult:
         return not self.containers
 
     def summary(self) -> dict[str, int]:
-        item, cont = self.layout.item_noun + "s", self.layout.container_noun + "s"
-        out = {f"{item}_added": 0, f"{item}_removed": 0, f"{item}_moved": 0,
-               f"{cont}_added": 0, f"{cont}_removed": 0, f"{cont}_changed": 0, "policies_changed": 0}
+        lay = self.layout
+        out: dict[str, int] = {}
+        for noun in lay.item_nouns():
+            for op in ("added", "removed", "moved"):
+                out[f"{plural(noun)}_{op}"] = 0
+        for noun in lay.container_nouns():
+            for status in ("added", "removed", "changed"):
+                out[f"{plural(noun)}_{status}"] = 0
+        policies = f"{plural(lay.policy_noun)}_changed"
+        out[policies] = 0
         for c in self.containers:
-            out[f"{cont}_{c.status}"] += 1
-            out["policies_changed"] += c.policy_changed
+            out[f"{plural(lay.container_noun_of(c.kind))}_{c.status}"] += 1
+            out[policies] += c.policy_changed
+            item = plural(lay.item_noun_of(c.kind))
             for ch in c.changes:
                 out[f"{item}_{ch.op}"] += 1
         return out
@@ -137,8 +168,13 @@ class DiffResult:
             "old": {"source": self.old_name, "family": self.old_family},
             "new": {"source": self.new_name, "family": self.new_family},
             "kube_only": self.kube_only,
-            "compared": {lay.group_noun + "s": groups, lay.container_noun + "s": containers,
-                         lay.item_noun + "s": items},
+            "compared": {plural(lay.group_noun): groups, plural(lay.container_noun): containers,
+                         plural(lay.item_noun): items},
             "summary": self.summary(),
-            lay.container_noun + "s": [c.to_json() for c in self.containers],
+            plural(lay.container_noun): [c.to_json() for c in self.containers],
         }
+
+
+def plural(noun: str) -> str:
+    """`rule` → `rules`, `policy` → `policies`, `entry` → `entries`."""
+    return noun[:-1] + "ies" if noun.endswith("y") else noun + "s"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .model import ContainerDiff, DiffResult, RuleChange
+from .model import ContainerDiff, DiffResult, Layout, RuleChange, plural
 
 _STYLES = {
     "removed": {"fg": "red"}, "added": {"fg": "green"}, "moved": {"fg": "yellow"},
@@ -21,17 +21,19 @@ _SIGN = {"removed": "-", "added": "+", "moved": "~"}
 
 
 def _plural(n: int, word: str) -> str:
-    if n == 1:
-        return f"{n} {word}"
-    return f"{n} {word[:-1]}ies" if word.endswith("y") else f"{n} {word}s"
+    return f"{n} {word}" if n == 1 else f"{n} {plural(word)}"
 
 
-def _what(c: ContainerDiff, item: str) -> str:
+def _what(c: ContainerDiff, lay: Layout) -> str:
+    item = lay.item_noun_of(c.kind)
     if c.status in ("added", "removed"):
         return f"{c.status} ({_plural(len(c.changes), item)})"
     parts = [f"{n} {op}" for op in ("added", "removed", "moved") if (n := c.count(op))]
+    if parts and lay.count_nouns:
+        n, op = parts[0].split(" ", 1)
+        parts[0] = f"{n} {item if n == '1' else plural(item)} {op}"
     if c.policy_changed:
-        parts.append(f"policy {c.old_policy} -> {c.new_policy}")
+        parts.append(f"{lay.policy_noun} {c.old_policy} -> {c.new_policy}")
     return ", ".join(parts)
 
 
@@ -53,16 +55,22 @@ def summary_line(res: DiffResult) -> str:
                 f"{_plural(items, item)} compared" + (f", {lay.scope}" if res.kube_only else "") + ")")
     s = res.summary()
     n = len(res.containers)
-    parts = [f"{s[f'{item}s_{op}']} {op}" for op in ("added", "removed", "moved") if s[f"{item}s_{op}"]]
-    if parts:
-        first = parts[0].split(" ", 1)
-        parts[0] = f"{first[0]} {item if first[0] == '1' else item + 's'} {first[1]}"
-    for op in ("added", "removed"):
-        if s[f"{cont}s_{op}"]:
-            parts.append(f"{_plural(s[f'{cont}s_{op}'], cont)} {op}")
-    if s["policies_changed"]:
-        parts.append(f"{_plural(s['policies_changed'], 'policy')} changed")
-    return f"{n} {cont + ' differs' if n == 1 else cont + 's differ'}: " + ", ".join(parts)
+    parts: list[str] = []
+    for noun in lay.item_nouns():
+        sub = [f"{s[f'{plural(noun)}_{op}']} {op}" for op in ("added", "removed", "moved")
+               if s[f"{plural(noun)}_{op}"]]
+        if sub:
+            first = sub[0].split(" ", 1)
+            sub[0] = f"{first[0]} {noun if first[0] == '1' else plural(noun)} {first[1]}"
+        parts += sub
+    for noun in lay.container_nouns():
+        for op in ("added", "removed"):
+            if s[f"{plural(noun)}_{op}"]:
+                parts.append(f"{_plural(s[f'{plural(noun)}_{op}'], noun)} {op}")
+    changed = s[f"{plural(lay.policy_noun)}_changed"]
+    if changed:
+        parts.append(f"{_plural(changed, lay.policy_noun)} changed")
+    return f"{n} {cont + ' differs' if n == 1 else plural(cont) + ' differ'}: " + ", ".join(parts)
 
 
 def render_text(res: DiffResult, color: bool = False, rules: bool = True) -> str:
@@ -74,12 +82,11 @@ def render_text(res: DiffResult, color: bool = False, rules: bool = True) -> str
     def paint(text: str, kind: str) -> str:
         return click.style(text, **_STYLES[kind]) if color else text
 
-    item = res.layout.item_noun
     groups: list[dict[str, Any]] = []
     for c in res.containers:
         if not groups or groups[-1]["name"] != c.group:
             groups.append({"name": c.group, "chains": []})
         lines = [paint(_line(ch), ch.op) for ch in c.changes] if rules else []
-        groups[-1]["chains"].append({"kind": c.kind, "name": c.name, "what": _what(c, item), "lines": lines})
+        groups[-1]["chains"].append({"kind": c.kind, "name": c.name, "what": _what(c, res.layout), "lines": lines})
     return render("diff.j2", old=res.old_name, new=res.new_name, tables=groups,
                   summary=summary_line(res), paint=paint, group=res.layout.group_noun)

@@ -1,10 +1,12 @@
 """nftables mode: kube-proxy's `ip kube-proxy` / `ip6 kube-proxy` table, as an `nft -f` script.
 
-The mode's own part is the compiler (`compile`: plan → `Transaction`, the
-v1.36 design of docs/nftables-mode.md). The nftables object model, the
-script renderer, the script and listing parsers and the normal form live in
-`rulegen.dataplane.nft`, beside the nft client and its fake. Apply, trace
-and diff views are not written yet: the registry says so (exit 2).
+The mode's own parts are the compiler (`compile`: plan → `Transaction`, the
+v1.36 design of docs/nftables-mode.md), the tracer (`trace`, over the walk
+in `dataplane/nft/walk.py`), the diff view (`views`), reading saved
+scripts and listings for both (`dump`), and lint's nftables-only checks
+(`lint`). The nftables object model, the script renderer, the script and
+listing parsers and the normal form live in `rulegen.dataplane.nft`, beside
+the nft client and its fake.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ class NftablesBackend(Backend[Transaction]):
         from .trace import TRACER
 
         return TRACER
+
+    def diff_view(self) -> Any:
+        from .views import VIEW
+
+        return VIEW
 
 
 BACKEND = NftablesBackend()

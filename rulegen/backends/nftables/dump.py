@@ -67,6 +67,13 @@ def read_text(text: str, source: str, ip_family: str | None = None) -> Dump:
 
 
 _HEADER = re.compile(r"table (\S+) (\S+) \{\s*\Z")
+_COMMAND = re.compile(r"(add|flush|delete) (table|chain|rule|set|map|element) (ip6?|inet|arp|bridge|netdev) ")
+
+
+def looks_like_nft(text: str) -> bool:
+    """Is TEXT an nftables script or listing (its first command or `table` block), rather than another mode's file?"""
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")), "")
+    return bool(_HEADER.match(first) or _COMMAND.match(first))
 
 
 def _listing(text: str, source: str, want: str | None) -> Dump:
