@@ -12,7 +12,8 @@ new package whose `__init__` defines `BACKEND`, plus one line in
 Required of every mode: `compile`, `render` and `parse` (its saved or
 listed form back to the IR, so golden, diff and trace read what a node
 dumps). Optional, each returning None until the mode has it: `incremental`,
-`applier`, `tracer`, `diff_view`. A command that needs a missing hook
+`applier`, `tracer`, `diff_view`. Lint asks each mode where it takes
+NodePorts (`nodeport_ips`) and for the checks only it needs (`lint_checks`). A command that needs a missing hook
 gets it through `backends.require`, which is the one place that says
 "--mode M: apply is not implemented yet" (exit 2).
 
@@ -25,7 +26,7 @@ called.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from ..apply.kernel import Kernel
@@ -79,6 +80,25 @@ class Backend(Generic[IR]):
     def counts(self, ir: IR) -> dict[str, dict[str, int]]:
         """`compile --json`'s per-table counts ({table: {"chains": n, "rules": n}}); {} when not tables."""
         return {}
+
+    # ------------------------------------------------------------ what lint asks of a mode
+
+    def nodeport_ips(self, settings: Settings, fam: int) -> tuple[bool, tuple[str, ...]]:
+        """(every local address, else these addresses): where this mode takes NodePorts on the node of SETTINGS.
+
+        kube-proxy's GetNodeIPs over nodePortAddresses, as this mode's
+        proxier reads it (an unset nodePortAddresses is "every address" for
+        iptables and IPVS mode, the primary node IP for nftables mode).
+        """
+        return settings.nodeport_ips(fam)
+
+    def lint_checks(self) -> tuple[Callable[[Any], Iterable[Any]], ...]:
+        """Lint checks only this mode needs (functions of `lint.context.Context` yielding `Finding`s).
+
+        They run after the shared checks when the settings name this mode;
+        their codes are in `lint.findings` like every code.
+        """
+        return ()
 
     # ------------------------------------------------------------ optional: None until the mode has it
 

@@ -48,5 +48,13 @@ class NftablesBackend(Backend[Transaction]):
 
         return VIEW
 
+    def nodeport_ips(self, settings, fam: int) -> tuple[bool, tuple[str, ...]]:
+        return settings.nft_nodeport_ips(fam)
+
+    def lint_checks(self) -> tuple:
+        from .lint import CHECKS
+
+        return CHECKS
+
 
 BACKEND = NftablesBackend()
