@@ -113,32 +113,32 @@ _TABLE = (
     Code("RG701", "info", "nodeport-exposure",
          "a NodePort opens that port on every listed node address (localhost included when localhost NodePorts are on)",
          "if that is more than intended: restrict nodePortAddresses, firewall the port, or use ClusterIP behind an ingress"),
-    # Pitfalls of one mode (the backend's `lint_checks`): nftables mode, 8xx.
-    Code("RG801", "error", "nft-versions-too-old",
+    # Pitfalls of one mode (the backend's `lint_checks`): nftables mode RG811-RG819.
+    Code("RG811", "error", "nft-versions-too-old",
          "nftables mode needs Linux 5.13 or later and nft 1.0.1 or later, and the node's kernel or nft (as given, "
          "or as the Node reports its kernel) is older: kube-proxy does not start in this mode",
          "upgrade the node's kernel or nftables package, or keep this node in iptables mode"),
-    Code("RG802", "warning", "nft-nodeport-primary-only",
+    Code("RG812", "warning", "nft-nodeport-primary-only",
          "nodePortAddresses is unset, so nftables mode takes NodePorts on the node's primary address only: "
          "the node's other addresses, which iptables mode served, stop answering",
          "set nodePortAddresses to the CIDRs clients use (0.0.0.0/0 for every address), or send clients to the primary address"),
-    Code("RG803", "warning", "nft-no-localhost-nodeports",
+    Code("RG813", "warning", "nft-no-localhost-nodeports",
          "nodePortAddresses holds loopback, but nftables mode never answers NodePorts on 127.0.0.1 / ::1",
          "connect to a node address instead of localhost (iptables mode's "
          "iptables_localhost_nodeports_accepted_packets_total metric shows who relies on it)"),
-    Code("RG804", "warning", "nft-iptables-setting-ignored",
+    Code("RG814", "warning", "nft-iptables-setting-ignored",
          "the configuration sets iptables.masqueradeAll, masqueradeBit or localhostNodePorts, which nftables mode "
          "does not read (it reads the nftables section): the setting has no effect",
          "set nftables.masqueradeAll / nftables.masqueradeBit (localhost NodePorts have no nftables equivalent)"),
-    Code("RG805", "info", "nft-nodeport-firewall",
+    Code("RG815", "info", "nft-nodeport-firewall",
          "nftables mode writes no rules that let NodePort traffic through a host firewall (iptables mode does): "
          "an nftables-based firewall on the node (firewalld, nftables.service) must allow the ports itself",
          "allow the node-port range (default 30000-32767) and health-check ports in the node's firewall"),
-    Code("RG806", "warning", "nft-no-conntrack-workaround",
+    Code("RG816", "warning", "nft-no-conntrack-workaround",
          "the node's kernel is older than 6.1, whose conntrack can reset long-lived TCP connections to Services; "
          "iptables mode drops the INVALID packets that cause it, nftables mode does not",
          "run kube-proxy with --conntrack-tcp-be-liberal (rulegen: --tcp-be-liberal), or use Linux 6.1 or later"),
-    Code("RG807", "info", "nft-versions-unknown",
+    Code("RG817", "info", "nft-versions-unknown",
          "nftables mode needs Linux 5.13 or later and nft 1.0.1 or later, and the node's versions are not known here",
          "pass --kernel-version and --nft-version (uname -r, nft --version), or a Node with status.nodeInfo.kernelVersion"),
 )

@@ -1,20 +1,20 @@
 """Lint's nftables-only checks: the pitfalls of running (or moving to) kube-proxy's nftables mode.
 
 `rulegen lint` runs these after the shared checks when the settings say
-`--mode nftables` (`Backend.lint_checks`); their codes are RG8xx in
+`--mode nftables` (`Backend.lint_checks`); their codes are RG811-RG819 in
 `lint.findings`. They follow kubernetes.io's "Migrating from iptables mode
 to nftables" and kube-proxy's start-up checks:
 
-* RG801 / RG807: the mode needs Linux 5.13+ and nft 1.0.1+. The versions
+* RG811 / RG817: the mode needs Linux 5.13+ and nft 1.0.1+. The versions
   come from `--kernel-version` / `--nft-version`, or the kernel's from the
   Node object (`status.nodeInfo.kernelVersion`); unknown ones are said as
   an info, never guessed;
-* RG802: an unset nodePortAddresses means the primary node IP in this mode,
+* RG812: an unset nodePortAddresses means the primary node IP in this mode,
   so a node's other addresses stop answering NodePorts;
-* RG803: NodePorts on loopback asked for, never served in this mode;
-* RG804: `iptables.*` settings the mode does not read;
-* RG805: no rules opening a host firewall for NodePorts;
-* RG806: a kernel before 6.1 without `--conntrack-tcp-be-liberal`: no
+* RG813: NodePorts on loopback asked for, never served in this mode;
+* RG814: `iptables.*` settings the mode does not read;
+* RG815: no rules opening a host firewall for NodePorts;
+* RG816: a kernel before 6.1 without `--conntrack-tcp-be-liberal`: no
   INVALID-drop workaround in this mode.
 """
 
@@ -57,7 +57,7 @@ def check_versions(cx: Context) -> Iterator[Finding]:
         old.append(f"nft {shown(v.nft)} ({v.nft_from})")
     if old:
         yield _node_finding(
-            cx, "RG801",
+            cx, "RG811",
             f"nftables mode needs Linux 5.13 or later and nft 1.0.1 or later; the node has {' and '.join(old)}: "
             "kube-proxy refuses to start in this mode",
             "upgrade the node's kernel or nftables package, or keep this node in iptables mode",
@@ -66,7 +66,7 @@ def check_versions(cx: Context) -> Iterator[Finding]:
     unknown = [what for what, x in (("the kernel's", v.kernel), ("nft's", v.nft)) if x is None]
     if unknown:
         yield _node_finding(
-            cx, "RG807",
+            cx, "RG817",
             f"nftables mode needs Linux 5.13 or later and nft 1.0.1 or later; {' and '.join(unknown)} version "
             f"{'is' if len(unknown) == 1 else 'are'} not known here, so this is not checked",
             "pass --kernel-version (uname -r) and --nft-version (nft --version), or include the Node object "
@@ -79,7 +79,7 @@ def check_conntrack_workaround(cx: Context) -> Iterator[Finding]:
     if v.kernel is None or not KERNEL_MIN <= v.kernel < CONNTRACK_FIXED or cx.settings.tcp_be_liberal:
         return
     yield _node_finding(
-        cx, "RG806",
+        cx, "RG816",
         f"Linux {shown(v.kernel)} ({v.kernel_from}) is older than 6.1: its conntrack can mark packets of long-lived "
         "TCP connections to Services INVALID and reset them; iptables mode drops those packets, nftables mode "
         "installs no such workaround",
@@ -98,7 +98,7 @@ def check_nodeport_addresses(cx: Context) -> Iterator[Finding]:
     primary, lost = ips[0], ips[1:]
     for svc, port in _nodeports(cx):
         yield cx.finding(
-            "RG802", svc,
+            "RG812", svc,
             f"NodePort {port.node_port}/{port.protocol} answers only on {primary}, the node's primary address: "
             f"nodePortAddresses is unset, which nftables mode reads as `primary`; {', '.join(lost)} "
             f"{'stops' if len(lost) == 1 else 'stop'} answering (iptables mode served every node address)",
@@ -117,7 +117,7 @@ def check_localhost_nodeports(cx: Context) -> Iterator[Finding]:
         return
     for svc, port in _nodeports(cx):
         yield cx.finding(
-            "RG803", svc,
+            "RG813", svc,
             f"nodePortAddresses holds {', '.join(held)}, but nftables mode never answers NodePorts on loopback: "
             f"{loop}:{port.node_port}/{port.protocol} is refused",
             f"connect to a node address instead of {loop} (in iptables mode, "
@@ -140,7 +140,7 @@ def check_iptables_settings(cx: Context) -> Iterator[Finding]:
         said.append("iptables.localhostNodePorts: true (nftables mode has no localhost NodePorts)")
     if said:
         yield Finding(
-            "RG804", "KubeProxyConfiguration", "",
+            "RG814", "KubeProxyConfiguration", "",
             f"nftables mode reads the nftables section of the configuration, not these: {'; '.join(said)}",
             "set nftables.masqueradeAll / nftables.masqueradeBit to what the iptables ones said "
             "(or drop the iptables section)",
@@ -157,7 +157,7 @@ def check_nodeport_firewall(cx: Context) -> Iterator[Finding]:
         f" and {len(hc)} health-check port{'s' if len(hc) != 1 else ''}" if hc else "")
     lo, hi = cx.nodeport_range
     yield Finding(
-        "RG805", "input", "",
+        "RG815", "input", "",
         f"{what} ({', '.join(str(p) for p in [*ports, *hc][:6])}{', ...' if len(ports) + len(hc) > 6 else ''}): "
         "nftables mode writes no rules that let them through a host firewall (iptables mode accepts them in its "
         "filter rules), so an nftables-based firewall on the node must allow them itself",
