@@ -13,8 +13,8 @@ Required of every mode: `compile`, `render` and `parse` (its saved or
 listed form back to the IR, so golden, diff and trace read what a node
 dumps). Optional, each returning None until the mode has it: `incremental`,
 `applier`, `tracer`, `diff_view`. Lint asks each mode where it takes
-NodePorts (`nodeport_ips`) and for the checks only it needs (`lint_checks`). A command that needs a missing hook
-gets it through `backends.require`, which is the one place that says
+NodePorts (`nodeport_ips`) and for the checks only it needs
+(`lint_checks`). A command that needs a missing hook gets it through `backends.require`, which is the one place that says
 "--mode M: apply is not implemented yet" (exit 2).
 
 The hooks are called once per command, never per rule: a hot loop stays
@@ -26,7 +26,7 @@ called.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from ..apply.kernel import Kernel
@@ -92,14 +92,6 @@ class Backend(Generic[IR]):
         """
         return settings.nodeport_ips(fam)
 
-    def lint_checks(self) -> tuple[Callable[[Any], Iterable[Any]], ...]:
-        """Lint checks only this mode needs (functions of `lint.context.Context` yielding `Finding`s).
-
-        They run after the shared checks when the settings name this mode;
-        their codes are in `lint.findings` like every code.
-        """
-        return ()
-
     # ------------------------------------------------------------ optional: None until the mode has it
 
     def incremental(self) -> Incremental | None:
@@ -117,6 +109,15 @@ class Backend(Generic[IR]):
     def diff_view(self) -> DiffView | None:
         """What lays the mode's IR out for `rulegen diff`'s neutral comparison."""
         return None
+
+    def lint_checks(self) -> tuple[Any, ...]:
+        """Lint checks only this mode needs (functions of `lint.context.Context` yielding `Finding`s).
+
+        They run after the shared checks, in `rulegen lint` with this mode;
+        their codes are in the one table (`lint/findings.py`), so `--ignore`
+        and the docs know them whatever the mode.
+        """
+        return ()
 
 
 class Incremental(Protocol):
@@ -245,4 +246,5 @@ class DiffView(Protocol):
     # sniff(text) -> bool: does TEXT (a file's first 4 KiB) look like this mode's saved file?
     #     `rulegen diff OLD NEW` without --mode reads the files as the first mode whose view says yes.
     # for_family(ir, family) -> IR: a saved file's IR narrowed to a compile's address family, for a
-    #     file that may hold both (an `nft list ruleset` of a dual-stack node).
+    #     mode whose saved state may hold both (an `nft list ruleset` of a dual-stack node; IPVS and
+    #     ipset keep one table for both): `diff --against` narrows the saved side to the compiled family.

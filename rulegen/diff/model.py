@@ -21,7 +21,7 @@ class Container:
     """One chain, set, map or virtual server of one side.
 
     `items` are (1-based position, text) in order for an ordered container;
-    positions mean nothing for an unordered one (None: the report shows none). `fixed` containers exist on
+    positions mean nothing for an unordered one. `fixed` containers exist on
     every node (built-in chains): they are compared but never reported as
     added or removed. `policy` is a built-in chain's policy when the side
     states one.
@@ -37,33 +37,30 @@ class Container:
 class Layout:
     """How one mode's sides are ordered, compared and named (a diff view supplies it).
 
-    `container_noun` and `item_noun` name containers and items in general
-    (the summary's head, the "compared" counts); a layout whose containers
-    are of several kinds (nft: chains of rules, sets and maps of elements)
-    lists them in `kinds` and names each kind's items with `item_noun_of`,
-    and with `count_nouns` its headings say "1 element added" rather than
-    "1 added". `policy_noun` names what `Container.policy` carries.
+    A side whose containers are all of one kind names them with
+    `container_noun` / `item_noun`. A side of several kinds (IPVS mode:
+    virtual servers, sets, chains) sets `by_kind`, names each kind with
+    `nouns(kind)`, and may word an item's line itself (`item_line`).
     """
 
     group_noun = "table"
     container_noun = "chain"
     item_noun = "rule"
-    policy_noun = "policy"
-    kinds: tuple[str, ...] = ("chain",)
-    count_nouns = False
+    policy_noun = "policy"  # what a container's `policy` is called in a heading
     scope = "kube-proxy's chains only"  # said when a side keeps only kube-proxy's part
+    by_kind = False  # the summary counts each kind of container and item apart
 
-    def item_noun_of(self, kind: str) -> str:
-        return self.item_noun
+    def nouns(self, kind: str) -> tuple[str, str]:
+        """(container noun, item noun) for a KIND container."""
+        return self.container_noun, self.item_noun
 
-    def container_noun_of(self, kind: str) -> str:
-        return self.container_noun if kind == "chain" else kind
+    def group_title(self, name: str) -> str:
+        """A group's heading in the report."""
+        return f"{self.group_noun} {name}"
 
-    def item_nouns(self) -> list[str]:
-        return list(dict.fromkeys(self.item_noun_of(k) for k in self.kinds))
-
-    def container_nouns(self) -> list[str]:
-        return list(dict.fromkeys(self.container_noun_of(k) for k in self.kinds))
+    def item_line(self, kind: str, container: str, change: RuleChange) -> str | None:
+        """The report's line for one changed item (without colour), or None for the standard `+ POS ITEM`."""
+        return None
 
     def group_order(self, names: Iterable[str]) -> list[str]:
         return sorted(set(names))
@@ -119,7 +116,7 @@ class ContainerDiff:
         # For a chain: {"table": ..., "chain": ...}; another kind names itself ({"set": ...}).
         return {
             "table": self.group,
-            self.kind: self.name,
+            self.kind.replace(" ", "_"): self.name,
             "status": self.status,
             "policy": {"old": self.old_policy, "new": self.new_policy} if self.policy_changed else None,
             "changes": [c.to_json() for c in self.changes],
@@ -142,22 +139,23 @@ class DiffResult:
         return not self.containers
 
     def summary(self) -> dict[str, int]:
-        lay = self.layout
-        out: dict[str, int] = {}
-        for noun in lay.item_nouns():
-            for op in ("added", "removed", "moved"):
-                out[f"{plural(noun)}_{op}"] = 0
-        for noun in lay.container_nouns():
-            for status in ("added", "removed", "changed"):
-                out[f"{plural(noun)}_{status}"] = 0
-        policies = f"{plural(lay.policy_noun)}_changed"
-        out[policies] = 0
+        """Counts in the layout's general nouns; a side of several kinds adds each kind's own
+        (`elements_added`, `sets_changed`), so a reader can tell a set's change from a chain's."""
+        item, cont = self.layout.item_noun + "s", self.layout.container_noun + "s"
+        out = {f"{item}_added": 0, f"{item}_removed": 0, f"{item}_moved": 0,
+               f"{cont}_added": 0, f"{cont}_removed": 0, f"{cont}_changed": 0, "policies_changed": 0}
         for c in self.containers:
-            out[f"{plural(lay.container_noun_of(c.kind))}_{c.status}"] += 1
-            out[policies] += c.policy_changed
-            item = plural(lay.item_noun_of(c.kind))
+            out[f"{cont}_{c.status}"] += 1
+            out["policies_changed"] += c.policy_changed
             for ch in c.changes:
                 out[f"{item}_{ch.op}"] += 1
+            if self.layout.by_kind:
+                kc, ki = (plural(n).replace(" ", "_") for n in self.layout.nouns(c.kind))
+                if kc != cont:
+                    out[f"{kc}_{c.status}"] = out.get(f"{kc}_{c.status}", 0) + 1
+                if ki != item:
+                    for ch in c.changes:
+                        out[f"{ki}_{ch.op}"] = out.get(f"{ki}_{ch.op}", 0) + 1
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -168,13 +166,13 @@ class DiffResult:
             "old": {"source": self.old_name, "family": self.old_family},
             "new": {"source": self.new_name, "family": self.new_family},
             "kube_only": self.kube_only,
-            "compared": {plural(lay.group_noun): groups, plural(lay.container_noun): containers,
-                         plural(lay.item_noun): items},
+            "compared": {lay.group_noun + "s": groups, lay.container_noun + "s": containers,
+                         lay.item_noun + "s": items},
             "summary": self.summary(),
-            plural(lay.container_noun): [c.to_json() for c in self.containers],
+            lay.container_noun + "s": [c.to_json() for c in self.containers],
         }
 
 
 def plural(noun: str) -> str:
-    """`rule` → `rules`, `policy` → `policies`, `entry` → `entries`."""
+    """`rule` → `rules`, `policy` → `policies`, `virtual server` → `virtual servers`."""
     return noun[:-1] + "ies" if noun.endswith("y") else noun + "s"

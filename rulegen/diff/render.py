@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .model import ContainerDiff, DiffResult, Layout, RuleChange, plural
+from .model import ContainerDiff, DiffResult, RuleChange
 
 _STYLES = {
     "removed": {"fg": "red"}, "added": {"fg": "green"}, "moved": {"fg": "yellow"},
@@ -21,19 +21,19 @@ _SIGN = {"removed": "-", "added": "+", "moved": "~"}
 
 
 def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {plural(word)}"
+    if n == 1:
+        return f"{n} {word}"
+    if word.endswith("y"):
+        return f"{n} {word[:-1]}ies"
+    return f"{n} {word}es" if word.endswith("s") else f"{n} {word}s"
 
 
-def _what(c: ContainerDiff, lay: Layout) -> str:
-    item = lay.item_noun_of(c.kind)
+def _what(c: ContainerDiff, item: str, policy: str = "policy") -> str:
     if c.status in ("added", "removed"):
         return f"{c.status} ({_plural(len(c.changes), item)})"
     parts = [f"{n} {op}" for op in ("added", "removed", "moved") if (n := c.count(op))]
-    if parts and lay.count_nouns:
-        n, op = parts[0].split(" ", 1)
-        parts[0] = f"{n} {item if n == '1' else plural(item)} {op}"
     if c.policy_changed:
-        parts.append(f"{lay.policy_noun} {c.old_policy} -> {c.new_policy}")
+        parts.append(f"{policy} {c.old_policy} -> {c.new_policy}")
     return ", ".join(parts)
 
 
@@ -46,6 +46,34 @@ def _line(ch: RuleChange) -> str:
     return f"{_SIGN[ch.op]} {pos:<7} {ch.rule}"
 
 
+def _summary_by_kind(res: DiffResult) -> str:
+    """The summary of a side of several kinds: each kind counted in its own nouns."""
+    lay = res.layout
+    kinds: dict[str, list[ContainerDiff]] = {}
+    for c in res.containers:
+        kinds.setdefault(c.kind, []).append(c)
+    heads, parts = [], []
+    for kind, cs in kinds.items():
+        cont, item = lay.nouns(kind)
+        heads.append(_plural(len(cs), cont))
+        ops = [f"{sum(c.count(op) for c in cs)} {op}" for op in ("added", "removed", "moved")
+               if any(c.count(op) for c in cs)]
+        if ops:
+            n, rest = ops[0].split(" ", 1)
+            ops[0] = f"{n} {item if n == '1' else _plural(2, item)[2:]} {rest}"
+        for op in ("added", "removed"):
+            k = sum(1 for c in cs if c.status == op)
+            if k:
+                ops.append(f"{_plural(k, cont)} {op}")
+        k = sum(1 for c in cs if c.policy_changed)
+        if k:
+            noun = lay.policy_noun  # "settings" is plural already; "declaration" is not
+            ops.append(f"{k} {noun} changed" if noun.endswith("s") else f"{_plural(k, noun)} changed")
+        parts.append(", ".join(ops))
+    verb = "differs" if len(res.containers) == 1 else "differ"
+    return f"{', '.join(heads)} {verb}: " + "; ".join(p for p in parts if p)
+
+
 def summary_line(res: DiffResult) -> str:
     lay = res.layout
     group, cont, item = lay.group_noun, lay.container_noun, lay.item_noun
@@ -53,24 +81,20 @@ def summary_line(res: DiffResult) -> str:
     if res.empty:
         return (f"no differences ({_plural(groups, group)}, {_plural(containers, cont)}, "
                 f"{_plural(items, item)} compared" + (f", {lay.scope}" if res.kube_only else "") + ")")
+    if lay.by_kind:
+        return _summary_by_kind(res)
     s = res.summary()
     n = len(res.containers)
-    parts: list[str] = []
-    for noun in lay.item_nouns():
-        sub = [f"{s[f'{plural(noun)}_{op}']} {op}" for op in ("added", "removed", "moved")
-               if s[f"{plural(noun)}_{op}"]]
-        if sub:
-            first = sub[0].split(" ", 1)
-            sub[0] = f"{first[0]} {noun if first[0] == '1' else plural(noun)} {first[1]}"
-        parts += sub
-    for noun in lay.container_nouns():
-        for op in ("added", "removed"):
-            if s[f"{plural(noun)}_{op}"]:
-                parts.append(f"{_plural(s[f'{plural(noun)}_{op}'], noun)} {op}")
-    changed = s[f"{plural(lay.policy_noun)}_changed"]
-    if changed:
-        parts.append(f"{_plural(changed, lay.policy_noun)} changed")
-    return f"{n} {cont + ' differs' if n == 1 else plural(cont) + ' differ'}: " + ", ".join(parts)
+    parts = [f"{s[f'{item}s_{op}']} {op}" for op in ("added", "removed", "moved") if s[f"{item}s_{op}"]]
+    if parts:
+        first = parts[0].split(" ", 1)
+        parts[0] = f"{first[0]} {item if first[0] == '1' else item + 's'} {first[1]}"
+    for op in ("added", "removed"):
+        if s[f"{cont}s_{op}"]:
+            parts.append(f"{_plural(s[f'{cont}s_{op}'], cont)} {op}")
+    if s["policies_changed"]:
+        parts.append(f"{_plural(s['policies_changed'], 'policy')} changed")
+    return f"{n} {cont + ' differs' if n == 1 else cont + 's differ'}: " + ", ".join(parts)
 
 
 def render_text(res: DiffResult, color: bool = False, rules: bool = True) -> str:
@@ -82,11 +106,15 @@ def render_text(res: DiffResult, color: bool = False, rules: bool = True) -> str
     def paint(text: str, kind: str) -> str:
         return click.style(text, **_STYLES[kind]) if color else text
 
+    lay = res.layout
     groups: list[dict[str, Any]] = []
     for c in res.containers:
         if not groups or groups[-1]["name"] != c.group:
-            groups.append({"name": c.group, "chains": []})
-        lines = [paint(_line(ch), ch.op) for ch in c.changes] if rules else []
-        groups[-1]["chains"].append({"kind": c.kind, "name": c.name, "what": _what(c, res.layout), "lines": lines})
+            groups.append({"name": c.group, "title": lay.group_title(c.group), "chains": []})
+        lines = [paint(lay.item_line(c.kind, c.name, ch) or _line(ch), ch.op) for ch in c.changes] if rules else []
+        cont, item = lay.nouns(c.kind)
+        kind = cont if lay.by_kind else c.kind
+        groups[-1]["chains"].append({"kind": kind, "name": c.name, "what": _what(c, item, lay.policy_noun),
+                                     "lines": lines})
     return render("diff.j2", old=res.old_name, new=res.new_name, tables=groups,
-                  summary=summary_line(res), paint=paint, group=res.layout.group_noun)
+                  summary=summary_line(res), paint=paint, group=lay.group_noun)

@@ -5,10 +5,11 @@ the shared lookups (`context.py`), near-miss label matching (`labels.py`)
 and the output (`report.py`). Lint reads the same stages every backend
 reads (loader → settings → plan), not a backend's IR, so it works whatever
 `--mode` says and needs no compiler: a finding is about the cluster's
-objects and how kube-proxy treats them, not about one rule syntax. What
-only one mode gets wrong (nftables mode's kernel and nft versions, its
-NodePort addresses) is that backend's own check (`Backend.lint_checks`),
-run after the shared ones when the settings name that mode.
+objects and how kube-proxy treats them, not about one rule syntax. A
+pitfall of one mode only (IPVS mode's strictARP, nftables mode's kernel and
+nft versions and its NodePort addresses) is that mode's check, asked of the
+registry (`Backend.lint_checks`) and run after the shared ones; its code is
+in the one table.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def lint(inputs: Inputs, settings: Settings, plan: Plan,
     """
     skip = set(ignore)
     cx = Context.build(inputs, settings, plan, nodeport_range, versions, config)
-    checks = CHECKS + tuple(backends.get(settings.mode).lint_checks())
+    checks = CHECKS + tuple(backends.get(settings.mode).lint_checks())  # the mode's own pitfalls last
     found = [f for check in checks for f in check(cx) if f.code not in skip]
     return sort_findings(collapse(found))
 

@@ -45,20 +45,16 @@ class NftLayout(Layout):
 
     group_noun = "table"
     container_noun = "object"
-    item_noun = "entry"
+    item_noun = "item"
     policy_noun = "declaration"
-    kinds = ("chain", "set", "map")
-    count_nouns = True
     scope = "table kube-proxy only"
+    by_kind = True  # chains of rules, sets and maps of elements, each counted in its own nouns
 
     def __init__(self, ranks: dict[tuple[str, str], tuple] | None = None) -> None:
         self.ranks = ranks or {}
 
-    def item_noun_of(self, kind: str) -> str:
-        return "rule" if kind == "chain" else "element"
-
-    def container_noun_of(self, kind: str) -> str:
-        return kind
+    def nouns(self, kind: str) -> tuple[str, str]:
+        return kind, "rule" if kind == "chain" else "element"
 
     def group_order(self, names: Iterable[str]) -> list[str]:
         return sorted(set(names), key=lambda n: (n.split(" ")[-1] != TABLE, n))

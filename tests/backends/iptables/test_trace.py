@@ -32,7 +32,7 @@ def compiled_case(case_dir: Path):
     """The case compiled in iptables mode, whatever its args say (an nft-* case's table holds for iptables too)."""
     case = golden.load_case(case_dir)
     flags, config = golden.case_flags(case)
-    flags["mode"] = "iptables"
+    flags["mode"] = "iptables"  # a table's `expect` is iptables mode's (an IPVS case's configuration names ipvs)
     return compile_files([str(p) for p in case.inputs], flags, None, config)
 
 
@@ -46,7 +46,8 @@ def run_check(c, check, **kw):
                           pod_cidrs=pod_cidrs(c), **kw)
 
 
-TABLE_ENTRIES = [(d, i, chk) for d in table_dirs() for i, chk in enumerate(load_table(d / TABLE_FILE, "iptables"))]
+TABLE_ENTRIES = [(d, i, chk.for_mode("iptables")) for d in table_dirs()
+                 for i, chk in enumerate(load_table(d / TABLE_FILE)) if chk.for_mode("iptables") is not None]
 
 
 def test_the_tables_cover_the_cases_the_tracer_promises():

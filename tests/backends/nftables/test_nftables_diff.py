@@ -80,8 +80,8 @@ def test_an_element_added_to_a_map_is_named_so():
     assert [(ch.op, ch.rule, ch.old_pos, ch.new_pos) for ch in c.changes] == [
         ("added", f"10.112.22.99 . tcp . 80 : goto {SVC_CHAIN}", None, None)]
     text = render_text(res)
-    assert "  map service-ips: 1 element added\n" in text
-    assert text.endswith("1 object differs: 1 element added\n")
+    assert "  map service-ips: 1 added\n" in text
+    assert text.endswith("1 map differs: 1 element added\n")
     js = res.to_json()
     assert js["summary"]["elements_added"] == 1 and js["summary"]["maps_changed"] == 1
     assert js["objects"][0]["map"] == "service-ips"
@@ -96,7 +96,7 @@ def test_rules_moved_added_removed_in_a_chain():
     res = diff_texts(a, b)
     [c] = res.containers
     assert c.name == "services" and [ch.op for ch in c.changes] == ["moved"]
-    assert "  chain services: 1 rule moved" in render_text(res)
+    assert "  chain services: 1 moved" in render_text(res)
     c2 = diff_texts(BASE, BASE.replace("ip saddr 10.60.0.0/16 goto", "ip saddr 10.61.0.0/16 goto")).containers
     assert [(x.name, [ch.op for ch in x.changes]) for x in c2] == [
         ("external-M3BKPKJ2-media/uploads/tcp/https", ["removed", "added"])]
@@ -108,7 +108,7 @@ def test_a_declaration_change_is_one_even_without_rules_or_elements():
     assert {c.name for c in res.containers} == {"affinity-AHMELHKX-auth/sessions/tcp/http__10.60.2.10/8080",
                                                 "affinity-UY4MQZFH-auth/sessions/tcp/http__10.60.1.10/8080"}
     assert all(c.kind == "set" and c.changes == () and "timeout 900s" in c.new_policy for c in res.containers)
-    assert render_text(res).endswith("2 objects differ: 2 declarations changed\n")
+    assert render_text(res).endswith("2 sets differ: 2 declarations changed\n")
     prio = diff_texts(BASE, BASE.replace("hook input priority 0 ;", "hook input priority 10 ;"))
     assert [c.name for c in prio.containers] == ["filter-input"]
 
@@ -119,7 +119,7 @@ def test_objects_added_and_removed():
                "add set ip kube-proxy more { type ipv4_addr ; }\nadd element ip kube-proxy more { 10.0.0.1 }\n"
     res = diff_texts(a, b)
     assert [(c.kind, c.name, c.status) for c in res.containers] == [("chain", "extra", "added"), ("set", "more", "added")]
-    assert render_text(res).endswith("2 objects differ: 1 rule added, 1 element added, 1 chain added, 1 set added\n")
+    assert render_text(res).endswith("1 chain, 1 set differ: 1 rule added, 1 chain added; 1 element added, 1 set added\n")
     assert diff_texts(b, a).summary()["sets_removed"] == 1
 
 
@@ -152,7 +152,7 @@ def test_cli_old_new_recognises_nft_files(files):
     a, b = files
     r = cli(a, b)
     assert r.exit_code == 1, r.output
-    assert "table ip kube-proxy\n  set cluster-ips: 1 element added\n    +         10.112.22.99\n" in r.stdout
+    assert "table ip kube-proxy\n  set cluster-ips: 1 added\n    +         10.112.22.99\n" in r.stdout
     assert cli(a, a).exit_code == 0
     r = cli(a, b, "--json")
     assert json.loads(r.stdout)["summary"]["elements_added"] == 1
@@ -178,7 +178,7 @@ def test_cli_against_a_ruleset_of_both_families_compares_the_compiles_family(tmp
     assert r.exit_code == 0, r.output
     assert "no differences (1 table," in r.stdout and "table kube-proxy only" in r.stdout
     r = cli(str(ROOT / "fixtures" / "nodeport-local"), "--mode", "nftables", "--against", str(both))
-    assert r.exit_code == 1 and "objects differ" in r.stdout
+    assert r.exit_code == 1 and " differ: " in r.stdout
 
 
 def test_cli_against_a_bad_file_is_one_line(tmp_path):
@@ -209,7 +209,7 @@ def test_cli_netns_against_the_real_table():
         ns = name()
         subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True, timeout=30)
         r = cli(str(c_dir), "--mode", "nftables", "--netns", ns)
-        assert r.exit_code == 1 and ": no such table" in r.stdout and "objects differ" in r.stdout
+        assert r.exit_code == 1 and ": no such table" in r.stdout and " differ: " in r.stdout
         subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", str(c_dir / "expected.nftables")], check=True,
                        capture_output=True, timeout=60)
         r = cli(str(c_dir), "--mode", "nftables", "--netns", ns)

@@ -18,7 +18,7 @@ from rulegen.backends.nftables.dump import read_text
 from rulegen.backends.nftables.trace import trace_saved, trace_table
 from rulegen.pipeline import compile_files
 from rulegen.trace import TraceError, trace_compiled
-from rulegen.trace.tables import TABLE_FILE, differences, load_table, problems
+from rulegen.trace.tables import TABLE_FILE, load_table, problems
 
 ROOT = Path(__file__).resolve().parents[3]
 LISTINGS = Path(__file__).resolve().parent / "listings"
@@ -56,14 +56,16 @@ def summary(r):
 
 
 NFT_DIRS = table_dirs("nftables")
-ENTRIES = [(d, i, chk) for d in NFT_DIRS for i, chk in enumerate(load_table(d / TABLE_FILE, "nftables"))]
+ENTRIES = [(d, i, chk.for_mode("nftables")) for d in NFT_DIRS for i, chk in enumerate(load_table(d / TABLE_FILE))
+           if chk.for_mode("nftables") is not None]
 
 
 def test_every_table_of_a_case_with_an_nftables_file_is_run():
     names = {d.name for d in NFT_DIRS}
     with_tables = {d.name for d in (ROOT / "fixtures").iterdir() if (d / TABLE_FILE).is_file()}
-    # every behaviour table whose case has an expected.nftables (all but the iptables-only setting)
-    assert with_tables - names == {"no-localhost-nodeports"}
+    # every behaviour table whose case has an expected.nftables (all but the iptables-only setting
+    # and the IPVS-only cases)
+    assert {n for n in with_tables - names if not n.startswith("ipvs-")} == {"no-localhost-nodeports"}
     assert {"nft-nodeport-default", "nft-nodeport-all", "nft-service-cidrs", "nft-ipv6", "session-affinity",
             "lb-source-ranges", "nodeport-local"} <= names
     assert len(ENTRIES) >= 60
@@ -77,22 +79,23 @@ def test_trace_table(case_dir, i, check):
 
 # ------------------------------------------------------------------ the modes side by side
 
-BOTH = [(d, i, a, b) for d in NFT_DIRS
-        for i, (a, b) in enumerate(zip(load_table(d / TABLE_FILE, "iptables"), load_table(d / TABLE_FILE, "nftables")))]
+BOTH = [(d, i, chk) for d in NFT_DIRS for i, chk in enumerate(load_table(d / TABLE_FILE))
+        if chk.for_mode("iptables") is not None and chk.for_mode("nftables") is not None]
 
 
-@pytest.mark.parametrize("case_dir,i,ipt,nft", BOTH, ids=[f"{d.name}[{i + 1}]" for d, i, _, _ in BOTH])
-def test_the_modes_agree_except_where_the_table_says_why(case_dir, i, ipt, nft):
-    """The same connection in both modes' compiles: the same outcome, unless `differs` names a cause."""
+@pytest.mark.parametrize("case_dir,i,chk", BOTH, ids=[f"{d.name}[{i + 1}]" for d, i, _ in BOTH])
+def test_the_modes_agree_except_where_the_table_says_why(case_dir, i, chk):
+    """The same connection in both modes' compiles: the same outcome, unless `modes.nftables` says why not."""
+    ipt, nft = chk.for_mode("iptables"), chk.for_mode("nftables")
     a = run(compiled(case_dir, "iptables"), ipt)
     b = run(compiled(case_dir, "nftables"), nft)
-    if nft.because is None:
-        assert summary(a) == summary(b), f"{case_dir.name}: {nft.name}"
+    why = chk.why("nftables")
+    if why is None:
+        assert summary(a) == summary(b), f"{case_dir.name}: {chk.name}"
     else:
         # a stated difference is real: the common expectation fails in nftables mode
-        assert summary(a) != summary(b), f"{case_dir.name}: {nft.name}: `differs` names {nft.because!r} but " \
-                                         "the modes agree"
-        assert problems(b, ipt), nft.name
+        assert summary(a) != summary(b), f"{case_dir.name}: {chk.name}: the table says {why!r} but the modes agree"
+        assert problems(b, ipt), chk.name
 
 
 def _readme_section() -> str:
@@ -104,28 +107,12 @@ def _readme_section() -> str:
 
 def test_every_difference_in_the_tables_is_listed_in_the_readme():
     section = _readme_section()
-    causes = {cause for d in (ROOT / "fixtures").iterdir() if (d / TABLE_FILE).is_file()
-              for _, _, cause in differences(d / TABLE_FILE)}
+    causes = {chk.why("nftables") for d in (ROOT / "fixtures").iterdir() if (d / TABLE_FILE).is_file()
+              for chk in load_table(d / TABLE_FILE) if chk.why("nftables")}
     assert {"no localhost NodePorts", "NodePorts only on the primary node IP",
             "other ports of a ClusterIP are rejected", "unallocated ClusterIPs are dropped"} <= causes
     for cause in sorted(causes):
         assert f"**{cause}**" in section, f"README's 'Where the modes differ' does not list {cause!r}"
-
-
-def test_a_table_names_only_modes_and_needs_a_cause(tmp_path):
-    base = ("- name: x\n  dst: 10.0.0.1:80\n  expect: {verdict: ACCEPT}\n")
-    f = tmp_path / "trace.yaml"
-    for extra, msg in (("  differs: {nftable: {because: x, verdict: DROP}}\n", "'nftable' is not a mode"),
-                       ("  differs: {nftables: {verdict: DROP}}\n", "needs `because`"),
-                       ("  differs: {nftables: {because: x, verdikt: DROP}}\n", "unknown key(s) verdikt")):
-        f.write_text(base + extra)
-        with pytest.raises(Exception) as e:
-            load_table(f, "nftables")
-        assert msg in str(e.value)
-    f.write_text(base + "  differs: {nftables: {because: a reason, verdict: DROP}}\n")
-    assert load_table(f, "nftables")[0].verdict == "DROP"
-    assert load_table(f, "iptables")[0].verdict == "ACCEPT"
-    assert load_table(f)[0].verdict == "ACCEPT" and load_table(f)[0].because is None
 
 
 # ------------------------------------------------------------------ nft's own listings
@@ -134,7 +121,8 @@ def test_a_table_names_only_modes_and_needs_a_cause(tmp_path):
 # session-affinity, with iptables-nft's tables beside kube-proxy's) after loading the case's
 # expected.nftables; nft respells rules, merges ranges, names priorities.
 LISTED = [(p, ROOT / "fixtures" / p.name.split(".")[0]) for p in sorted(LISTINGS.iterdir())]
-LISTED_ENTRIES = [(p, d, chk) for p, d in LISTED for chk in load_table(d / TABLE_FILE, "nftables")]
+LISTED_ENTRIES = [(p, d, chk.for_mode("nftables")) for p, d in LISTED for chk in load_table(d / TABLE_FILE)
+                  if chk.for_mode("nftables") is not None]
 
 
 def test_the_listings_cover_nfts_respellings():
