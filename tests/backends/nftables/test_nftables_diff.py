@@ -123,6 +123,55 @@ def test_objects_added_and_removed():
     assert diff_texts(b, a).summary()["sets_removed"] == 1
 
 
+def _swap_lines(text: str, a: str, b: str) -> str:
+    """TEXT with the lines A and B (each present once) trading places."""
+    lines = text.split("\n")
+    i, j = lines.index(a), lines.index(b)
+    lines[i], lines[j] = lines[j], lines[i]
+    return "\n".join(lines)
+
+
+LB = (ROOT / "fixtures" / "lb-source-ranges" / "expected.nftables").read_text()
+LB_LISTING = (LISTINGS / "lb-source-ranges.list").read_text()
+
+
+def test_compiled_scripts_compare_elements_as_a_set_and_rules_in_order():
+    """Two scripts that add a map's elements in another order are equal; two that add a chain's
+    rules in another order differ by exactly that move."""
+    els = [ln for ln in LB.splitlines() if ln.startswith("add element ip kube-proxy service-ips ")]
+    assert len(els) >= 3
+    assert diff_texts(LB, _swap_lines(LB, els[0], els[-1])).empty
+    rules = [ln for ln in LB.splitlines() if ln.startswith("add rule ip kube-proxy services ")]
+    assert len(rules) >= 2
+    res = diff_texts(LB, _swap_lines(LB, rules[0], rules[1]))
+    [c] = res.containers
+    assert (c.kind, c.name) == ("chain", "services") and [ch.op for ch in c.changes] == ["moved"]
+    # one element fewer in a map is one element removed, nothing else
+    res = diff_texts(LB, LB.replace(els[1] + "\n", ""))
+    [c] = res.containers
+    assert (c.kind, c.status, [ch.op for ch in c.changes]) == ("map", "changed", ["removed"])
+    assert c.changes[0].old_pos is None  # an element has no position
+
+
+def test_nft_listings_compare_elements_as_a_set_and_rules_in_order():
+    """The same on what `nft list table` prints: elements inside `elements = { ... }` in another
+    order are no difference, a chain's lines in another order are a move."""
+    a = "192.0.2.80 . tcp . 443 : goto external-TGL3QN4K-ops/admin-api/tcp/https"
+    b = "10.112.50.9 . tcp . 443 : goto service-TGL3QN4K-ops/admin-api/tcp/https"
+    assert LB_LISTING.count(a) == 1 and LB_LISTING.count(b) == 1
+    swapped = LB_LISTING.replace(a, "@A@").replace(b, a).replace("@A@", b)
+    assert swapped != LB_LISTING and diff_texts(LB_LISTING, swapped).empty
+    r1 = "\t\tip daddr . meta l4proto . th dport vmap @service-ips"
+    r2 = "\t\tip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports"
+    res = diff_texts(LB_LISTING, _swap_lines(LB_LISTING, r1, r2))
+    [c] = res.containers
+    assert (c.kind, c.name) == ("chain", "services") and [ch.op for ch in c.changes] == ["moved"]
+    # and the listing against the compiled script it came from: equal, then the same change shows
+    assert diff_texts(LB, LB_LISTING).empty
+    res = diff_texts(LB, LB_LISTING.replace(",\n\t\t\t     " + a, ""))
+    assert [(c.name, [ch.op for ch in c.changes]) for c in res.containers] == [("service-ips", ["removed"])]
+
+
 def test_live_affinity_entries_are_no_difference():
     text = (LISTINGS / "session-affinity.ruleset").read_text()
     name = "affinity-AHMELHKX-auth/sessions/tcp/http__10.60.2.10/8080"
@@ -223,3 +272,53 @@ def test_cli_netns_against_the_real_table():
         assert r.exit_code == 1
         doc = json.loads(r.stdout)
         assert [(o.get("map"), [ch["op"] for ch in o["changes"]]) for o in doc["objects"]] == [("service-ips", ["added"])]
+
+
+@pytest.mark.root
+def test_cli_netns_live_rule_order_matters_element_order_does_not(tmp_path):
+    """A live table: the kernel lists a set's elements in its own order (no difference), and a chain
+    whose rules were re-added in another order is reported as that move."""
+    c_dir = ROOT / "fixtures" / "lb-source-ranges"
+    with namespace_names("rgnd") as name:
+        ns = name()
+        subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True, timeout=30)
+        # the elements of service-ips added in reverse order: the kernel keeps its own order either way
+        els = [ln for ln in LB.splitlines() if ln.startswith("add element ip kube-proxy service-ips ")]
+        script = tmp_path / "reordered.nft"
+        script.write_text(_swap_lines(LB, els[0], els[-1]))
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", str(script)], check=True,
+                       capture_output=True, timeout=60)
+        r = cli(str(c_dir), "--mode", "nftables", "--netns", ns)
+        assert r.exit_code == 0, r.output
+        rules = [ln for ln in LB.splitlines() if ln.startswith("add rule ip kube-proxy services ")]
+        swap = tmp_path / "swap.nft"
+        swap.write_text("flush chain ip kube-proxy services\n" + "\n".join([rules[1], rules[0], *rules[2:]]) + "\n")
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", str(swap)], check=True,
+                       capture_output=True, timeout=60)
+        r = cli(str(c_dir), "--mode", "nftables", "--netns", ns, "--json")
+        assert r.exit_code == 1, r.output
+        doc = json.loads(r.stdout)
+        assert [(o.get("chain"), [ch["op"] for ch in o["changes"]]) for o in doc["objects"]] == [("services", ["moved"])]
+        assert doc["summary"]["rules_moved"] == 1 and doc["summary"]["chains_changed"] == 1
+
+
+def test_golden_checks_and_rewrites_an_expected_nftables(tmp_path):
+    """`rulegen golden` compares a case's expected.nftables with the compile, names the line that
+    differs, and `--update` rewrites it; the rewritten file diffs empty against the compile."""
+    import shutil
+
+    case = tmp_path / "cases" / "nft-nodeport-all"
+    shutil.copytree(ROOT / "fixtures" / "nft-nodeport-all", case)
+    (case / "trace.yaml").unlink()
+    r = run_cli("golden", str(tmp_path / "cases"))
+    assert r.exit_code == 0 and "ok       nft-nodeport-all [nftables]" in r.stdout, r.output
+    exp = case / "expected.nftables"
+    line = next(ln for ln in exp.read_text().splitlines() if ln.startswith("add element ip kube-proxy service-ips "))
+    exp.write_text(exp.read_text().replace(line + "\n", ""))
+    r = run_cli("golden", str(tmp_path / "cases"))
+    assert r.exit_code == 1 and "DIFFERS  nft-nodeport-all [nftables]" in r.stdout
+    assert f"\n+{line}\n" in r.stdout
+    r = run_cli("golden", str(tmp_path / "cases"), "--update")
+    assert r.exit_code == 0 and "rewrote expected.nftables" in r.stdout
+    r = cli(str(case), "--mode", "nftables", "--against", str(exp))
+    assert r.exit_code == 0 and "no differences" in r.stdout, r.output
