@@ -132,8 +132,7 @@ def _localhost_settings(c: Case) -> str | None:
 
 
 def _nodeport_accepts(s: Side, ip: str, fam: int) -> bool:
-    hook = getattr(s.backend, "nodeport_ips", None)
-    every, ips = hook(s.settings, fam) if hook is not None else s.settings.nodeport_ips(fam)
+    every, ips = s.backend.nodeport_ips(s.settings, fam)
     return every or ip in ips
 
 
@@ -156,8 +155,7 @@ def _nodeport_settings(c: Case) -> str | None:
 def _nodeport_restore(c: Case) -> str | None:
     """nodePortAddresses as the target mode must read it to take NodePorts where the old mode did."""
     fam = c.family
-    hook = getattr(c.a.backend, "nodeport_ips", None)
-    every, ips = hook(c.a.settings, fam) if hook is not None else c.a.settings.nodeport_ips(fam)
+    every, ips = c.a.backend.nodeport_ips(c.a.settings, fam)
     if every:
         want = ["::/0" if fam == 6 else "0.0.0.0/0"]
     elif c.a.settings.nodeport_addresses:

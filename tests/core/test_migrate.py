@@ -24,6 +24,7 @@ from rulegen.trace.scenarios import CLUSTER_IP
 
 ROOT = Path(__file__).resolve().parents[2]
 CASES = ROOT / "migrate-fixtures"
+DIRECTIONS = ("iptables-ipvs", "ipvs-iptables", "iptables-nftables", "ipvs-nftables")
 
 
 def _expected_files() -> list[Path]:
@@ -60,7 +61,7 @@ def test_every_case_has_a_report_in_each_direction_rulegen_traces():
         names = {p.name for p in case.glob("expected.*.txt")}
         assert names, f"{case.name}: no expected report"
         if case.name != "same-settings":
-            assert {"expected.iptables-ipvs.txt", "expected.ipvs-iptables.txt"} <= names, case.name
+            assert {f"expected.{d}.txt" for d in DIRECTIONS} <= names, case.name
 
 
 def _run(case: str, to: str, src: str | None = None, **kw):
@@ -263,3 +264,49 @@ def test_a_cause_whose_modes_agree_does_not_name_a_difference():
     d = compile_files([str(CASES / "clusterip-other-ports" / "input.yaml")], {"mode": "iptables"})
     assert explain(Case(sc, c.plan.ports[0], Side(d, None, None), side, frozenset({"verdict"}), 4)).cause == \
         "clusterip-other-ports"
+
+
+# ------------------------------------------------------------------ to nftables
+
+
+def test_localhost_nodeports_stop_working_in_nftables_mode():
+    r = _run("localhost-nodeport", "nftables", "iptables")
+    [f] = [f for f in r.differences if f.why.cause == "localhost-nodeports"]
+    assert f.scenario.entry.address == "127.0.0.1:31080"
+    assert (f.a.behaviour.verdict, f.b.behaviour.verdict) == ("DNAT", "ACCEPT")
+    assert f.why.setting is None and "does not support localhost NodePorts" in f.why.no_setting
+    # IPVS mode has none either: nothing changes there.
+    assert _keys(_run("localhost-nodeport", "nftables", "ipvs"), "localhost-nodeports") == set()
+
+
+@pytest.mark.parametrize("src", ["ipvs", "iptables"])
+def test_nodeports_only_on_the_primary_address_and_the_setting_that_restores_them(src):
+    r = _run("secondary-address", "nftables", src)
+    got = [f for f in r.differences if f.why.cause == "nodeport-addresses"]
+    assert {f.scenario.entry.address for f in got} == {"10.31.0.7:31060"}  # the second address only
+    assert {f.scenario.client.kind for f in got} == {"outside", "pod-here", "pod-elsewhere", "node"}
+    assert {(f.a.behaviour.verdict, f.b.behaviour.verdict) for f in got} == {("DNAT", "ACCEPT")}
+    assert {f.why.setting for f in got} == {'nodePortAddresses: ["0.0.0.0/0"]'}
+    fixed = _run("secondary-address", "nftables", src, settings_to=str(CASES / "secondary-address" / "settings-to.yaml"))
+    assert _keys(fixed, "nodeport-addresses") == set()
+    assert {(f.why.cause, f.scenario.entry.address) for f in fixed.removed} == {
+        ("nodeport-addresses", "10.31.0.7:31060")}
+
+
+def test_other_ports_of_a_clusterip_in_each_mode():
+    # iptables mode leaves them alone; IPVS mode (kube-ipvs0) and nftables mode (cluster-ips-check) reject them.
+    def other(to, src):
+        return {(f.scenario.client.kind, f.a.behaviour.verdict, f.b.behaviour.verdict)
+                for f in _run("clusterip-other-ports", to, src).differences if f.why.cause == "clusterip-other-ports"}
+
+    assert other("nftables", "iptables") == {("pod-here", "ACCEPT", "REJECT"), ("node", "ACCEPT", "REJECT")}
+    assert other("ipvs", "iptables") == {("pod-here", "ACCEPT", "REJECT"), ("node", "ACCEPT", "REJECT")}
+    assert other("nftables", "ipvs") == set()
+
+
+def test_each_mode_reads_its_own_masquerade_all():
+    r = _run("masquerade-all", "nftables", "iptables")
+    [f] = [f for f in r.differences if f.why.cause == "masquerade-all"]
+    assert (f.scenario.client.kind, f.scenario.entry.address) == ("pod-here", "10.100.4.70:53")
+    assert f.why.setting == "nftables.masqueradeAll: true"
+    assert _keys(_run("masquerade-all", "ipvs", "iptables"), "masquerade-all") == set()  # both read iptables.*
