@@ -19,9 +19,19 @@ from typing import Any
 from .. import backends
 from ..diagnostics import Report, UsageError
 from ..loader import load_config_file
+from ..compiled import Compiled
 from ..pipeline import Timings, compile_inputs, load_inputs
-from ..trace.compare import Difference, behaviour, compare_outcomes
-from ..trace.scenarios import Outcome, Scenario, enumerate_scenarios, select_ports, trace_scenarios
+from ..plan import Plan
+from ..trace.compare import Behaviour, Difference, behaviour, compare_behaviours
+from ..trace.scenarios import (
+    LOCALHOST_NODE_PORT,
+    NODE_PORT,
+    Outcome,
+    Scenario,
+    enumerate_scenarios,
+    select_ports,
+    trace_scenarios,
+)
 from .causes import Case, Explained, Side, explain
 
 
@@ -62,33 +72,139 @@ def _check_tracer(flag: str, mode: str) -> None:
                          f"yet (it can trace: {', '.join(have)})")
 
 
-def _outcomes(c: Any, scenarios: tuple[Scenario, ...]) -> list[Outcome]:
-    return trace_scenarios(c, scenarios, source=f"{c.settings.mode} mode")
+# From this many service ports on, each connection is traced through the rules of its own group of
+# Services only (`groups`), not through the whole node's: a trace walks chains rule by rule, so
+# tracing every connection through every rule grows with the square of the Services.
+GROUP_FROM = 32
 
 
-def _found(plan: Any, a: Any, b: Any, oa: list[Outcome], ob: list[Outcome]) -> list[Found]:
+def groups(plan: Any) -> list[tuple[Any, ...]]:
+    """The plan's ports in groups that share nothing a packet can tell apart: no Service, no address, no NodePort.
+
+    Two service ports meet in the rules only where a packet could match
+    both: the same ClusterIP (a Service's ports, or the ports of a ClusterIP
+    on which a connection to a port no Service uses is traced), the same
+    external or load-balancer IP, or the same NodePort. Ports joined by any
+    of these are one group (union-find); a connection to one port of a
+    group meets, in a compile of the group, exactly the rules it meets in
+    the whole node's compile, since everything else there is another
+    address's or port's. Groups keep the plan's order.
+    """
+    parent = list(range(len(plan.ports)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[tuple, int] = {}
+    for i, p in enumerate(plan.ports):
+        keys = [("svc", p.service.namespace, p.service.name), ("ip", p.cluster_ip)]
+        keys += [("ip", x) for x in (*p.external_ips, *p.lb_ips)]
+        if p.node_port:
+            keys.append(("node-port", p.proto, p.node_port))
+        for k in keys:
+            j = owner.setdefault(k, i)
+            a, b = root(i), root(j)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    out: dict[int, list[Any]] = {}
+    for i, p in enumerate(plan.ports):
+        out.setdefault(root(i), []).append(p)
+    return [tuple(g) for g in out.values()]
+
+
+def _outcomes(c: Any, scenarios: tuple[Scenario, ...], grouped: bool) -> list[Traced]:
+    source = f"{c.settings.mode} mode"
+    if not grouped:
+        return _kept(trace_scenarios(c, scenarios, source=source))
+    plan = c.plan
+    by_spn: dict[str, int] = {}
+    gs = groups(plan)
+    for n, g in enumerate(gs):
+        for p in g:
+            by_spn[p.spn] = n
+    wanted: dict[int, list[Scenario]] = {}
+    for sc in scenarios:
+        wanted.setdefault(by_spn[sc.spn], []).append(sc)
+    got: dict[tuple, Traced] = {}
+    for n, scs in wanted.items():
+        # The group's own compile; the endpoint total stays the node's (iptables mode's large-cluster form).
+        sub = Plan(plan.family, gs[n], plan.endpoint_total)
+        part = Compiled(c.settings, c.report, c.timings, c.backend, c.services, inputs=c.inputs, plan=sub,
+                        ir=c.backend.compile(sub, c.settings))
+        for t in _kept(trace_scenarios(part, scs, source=source)):
+            got[t.scenario.key] = t
+    return [got[sc.key] for sc in scenarios]
+
+
+def claims(plan: Any) -> dict[tuple, int]:
+    """(address or "node-port", port, protocol) → how many service ports claim it."""
+    out: dict[tuple, int] = {}
+    for p in plan.ports:
+        keys = [(ip, p.port.port, p.proto) for ip in (p.cluster_ip, *p.external_ips, *p.lb_ips)]
+        if p.node_port:
+            keys.append(("node-port", p.node_port, p.proto))
+        for k in set(keys):
+            out[k] = out.get(k, 0) + 1
+    return out
+
+
+def _claim_key(sc: Scenario) -> tuple:
+    e = sc.entry
+    return ("node-port", e.port, e.proto) if e.kind in (NODE_PORT, LOCALHOST_NODE_PORT) else (e.ip, e.port, e.proto)
+
+
+@dataclass(frozen=True)
+class Traced:
+    """What migrate keeps of one trace: its behaviour, or the tracer's refusal (the hops are not needed)."""
+
+    scenario: Scenario
+    behaviour: Behaviour | None
+    error: str | None = None
+
+
+def _kept(outcomes: list[Outcome]) -> list[Traced]:
+    return [Traced(o.scenario, behaviour(o.result) if o.result is not None else None, o.error) for o in outcomes]
+
+
+def _found(plan: Any, a: Any, b: Any, ta: list[Traced], tb: list[Traced]) -> list[Found]:
     ports = {p.spn: p for p in plan.ports}
-    by_a = {o.scenario.key: o for o in oa}
-    by_b = {o.scenario.key: o for o in ob}
+    claimed = claims(plan)
+    by_b = {t.scenario.key: t for t in tb}
     out: list[Found] = []
-    for key, diffs in compare_outcomes(oa, ob).items():
-        o1, o2 = by_a.get(key), by_b.get(key)
-        sc = (o1 or o2).scenario  # type: ignore[union-attr]
-        s1 = Side(a, o1, behaviour(o1.result) if o1 and o1.result else None)
-        s2 = Side(b, o2, behaviour(o2.result) if o2 and o2.result else None)
-        case = Case(sc, ports[sc.spn], s1, s2, frozenset(d.aspect for d in diffs), plan.family)
+    for t1 in ta:
+        t2 = by_b[t1.scenario.key]  # both sides trace the same scenarios
+        if t1.behaviour is None or t2.behaviour is None:
+            if t1.behaviour is None and t2.behaviour is None:
+                continue
+            diffs: tuple[Difference, ...] = (Difference(
+                "trace", "not traced: " + (t1.error or "") if t1.behaviour is None else "traced",
+                "not traced: " + (t2.error or "") if t2.behaviour is None else "traced"),)
+        else:
+            diffs = compare_behaviours(t1.behaviour, t2.behaviour)
+        if not diffs:
+            continue
+        sc = t1.scenario
+        s1, s2 = Side(a, t1.error, t1.behaviour), Side(b, t2.error, t2.behaviour)
+        case = Case(sc, ports[sc.spn], s1, s2, frozenset(d.aspect for d in diffs), plan.family,
+                    claimed.get(_claim_key(sc), 0) > 1)
         out.append(Found(sc, diffs, s1, s2, explain(case)))
     return out
 
 
 def migrate(files: list[str], flags: dict[str, Any], to_mode: str, from_mode: str | None = None,
             config_path: str | None = None, settings_to: str | None = None,
-            services: set[str] | None = None, report: Report | None = None) -> Result:
+            services: set[str] | None = None, report: Report | None = None,
+            grouped: bool | None = None) -> Result:
     """Compare every connection's behaviour in FROM_MODE (default: the configuration's, else iptables) and TO_MODE.
 
     FLAGS are the settings flags (both sides); CONFIG_PATH the
     configuration of the node as it is; SETTINGS_TO, when given, a
     configuration for the node in TO_MODE (in place of CONFIG_PATH there).
+    GROUPED traces each connection through its group's rules only
+    (`groups`); None: from GROUP_FROM service ports on.
     """
     report = report if report is not None else Report()
     if flags.get("mode"):
@@ -110,14 +226,16 @@ def migrate(files: list[str], flags: dict[str, Any], to_mode: str, from_mode: st
     assert a.plan is not None and b.plan is not None
     ports = select_ports(a.plan, a.inputs, services or set())
     sc = enumerate_scenarios(a.plan, a.settings, ports)
-    oa = _outcomes(a, sc.scenarios)
-    ob = _outcomes(b, sc.scenarios)
+    if grouped is None:
+        grouped = len(a.plan.ports) >= GROUP_FROM
+    oa = _outcomes(a, sc.scenarios, grouped)
+    ob = _outcomes(b, sc.scenarios, grouped)
     found = _found(a.plan, a, b, oa, ob)
     result = Result(a.settings.mode, to_mode, a.settings.hostname, a.plan.family, len(sc.scenarios), len(ports),
                     found, sc.notes if sc.scenarios else ())
     if settings_to is not None:
         c = compile_inputs(inputs, {**flags, "mode": to_mode}, report, timings, settings_to)
-        oc = _outcomes(c, sc.scenarios)
+        oc = _outcomes(c, sc.scenarios, grouped)
         with_settings = _found(a.plan, a, c, oa, oc)
         still = {f.scenario.key for f in with_settings}
         result.differences = with_settings

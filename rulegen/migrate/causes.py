@@ -34,7 +34,6 @@ from ..trace.scenarios import (
     OTHER_PORT,
     POD_ELSEWHERE,
     POD_HERE,
-    Outcome,
     Scenario,
 )
 
@@ -47,7 +46,7 @@ class Side:
     """One mode's half of a comparison: its compile (settings, backend) and its trace of the scenario."""
 
     compiled: Any
-    outcome: Outcome | None
+    error: str | None  # the tracer's refusal, when it could not follow the connection
     behaviour: Behaviour | None
 
     @property
@@ -62,12 +61,6 @@ class Side:
     def backend(self) -> Any:
         return self.compiled.backend
 
-    @property
-    def error(self) -> str | None:
-        if self.outcome is None:
-            return "not traced"
-        return self.outcome.error
-
 
 @dataclass(frozen=True)
 class Case:
@@ -79,6 +72,7 @@ class Case:
     b: Side  # the mode migrated to
     aspects: frozenset[str]
     family: int
+    shared: bool = False  # another Service port claims the same address, port and protocol (or NodePort)
 
 
 @dataclass(frozen=True)
@@ -167,6 +161,10 @@ def _nodeport_restore(c: Case) -> str | None:
     return f"nodePortAddresses: {json.dumps(want)}"
 
 
+def _shared(c: Case) -> bool:
+    return c.shared and "destinations" in c.aspects
+
+
 def _no_endpoints(c: Case) -> bool:
     return not c.port.sel.has_any and "trace" not in c.aspects
 
@@ -235,6 +233,7 @@ CAUSES: tuple[Cause, ...] = (
           by_settings=_nodeport_settings, settings_restore=lambda c: _nodeport_restore(c) or "",
           restore=_nodeport_restore),
     Cause("clusterip-other-ports", "a ClusterIP on a port no Service uses", lambda c: _entry(c) == OTHER_PORT),
+    Cause("shared-address", "several Services claiming one address and port", _shared),
     Cause("masquerade-all", "masqueradeAll", _masquerade_all, by_settings=_masquerade_all_settings,
           settings_restore=_masquerade_all_restore),
     Cause("no-endpoints", "a Service without endpoints", _no_endpoints),

@@ -97,7 +97,11 @@ def compare(a: TraceResult | None, b: TraceResult | None, a_error: str | None = 
             return ()
         return (Difference("trace", "not traced: " + (a_error or "") if a is None else "traced",
                            "not traced: " + (b_error or "") if b is None else "traced"),)
-    ba, bb = behaviour(a), behaviour(b)
+    return compare_behaviours(behaviour(a), behaviour(b))
+
+
+def compare_behaviours(ba: Behaviour, bb: Behaviour) -> tuple[Difference, ...]:
+    """`compare` on two behaviours (a caller comparing many keeps only these, not the whole traces)."""
     out: list[Difference] = []
     if ba.verdict != bb.verdict or ba.outcomes != bb.outcomes:
         out.append(Difference("verdict", _verdict_text(ba), _verdict_text(bb)))

@@ -310,3 +310,87 @@ def test_each_mode_reads_its_own_masquerade_all():
     assert (f.scenario.client.kind, f.scenario.entry.address) == ("pod-here", "10.100.4.70:53")
     assert f.why.setting == "nftables.masqueradeAll: true"
     assert _keys(_run("masquerade-all", "ipvs", "iptables"), "masquerade-all") == set()  # both read iptables.*
+
+
+class _Refusing(_Twisted):
+    """iptables mode whose tracer cannot follow connections to a ClusterIP (a rule it does not understand)."""
+
+    mode = "toy-refusing"
+
+    def tracer(self):
+        inner = backends.get("iptables").tracer()
+
+        class T:
+            def trace_compiled(self, compiled, src, ip, port, proto="tcp", **kw):
+                if any(p.cluster_ip == ip for p in compiled.plan.ports):
+                    from rulegen.trace.model import TraceError
+                    raise TraceError("toy", "nat", "KUBE-SERVICES", 3, "-m weird", "unknown match weird")
+                return inner.trace_compiled(compiled, src, ip, port, proto, **kw)
+
+        return T()
+
+
+def test_a_connection_one_mode_cannot_trace_is_reported_with_the_reason(cli, monkeypatch):
+    backends.register("toy-refusing", _Refusing())
+    try:
+        r = _run("clusterip-other-ports", "toy-refusing", "iptables")
+        monkeypatch.chdir(ROOT)
+        out = cli("migrate", "migrate-fixtures/clusterip-other-ports/input.yaml", "--to", "toy-refusing", "--json")
+    finally:
+        backends.unregister("toy-refusing")
+    assert {(f.scenario.client.kind, f.scenario.entry.kind) for f in r.differences} == {
+        ("outside", CLUSTER_IP), ("pod-here", CLUSTER_IP), ("node", CLUSTER_IP), ("pod-here", "other-port"),
+        ("node", "other-port")}
+    assert {f.why.cause for f in r.differences} == {UNEXPLAINED}
+    assert all("toy-refusing (toy: table nat, chain KUBE-SERVICES, rule 3" in f.why.reason for f in r.differences)
+    assert out.exit_code == 1
+    d = json.loads(out.stdout)["differences"][0]
+    assert d["to"] == {"error": "toy: table nat, chain KUBE-SERVICES, rule 3 (-A KUBE-SERVICES -m weird): "
+                                "unknown match weird"}
+
+
+# ------------------------------------------------------------------ grouped traces
+
+
+GROUP_CASES = [CASES / c / "input.yaml" for c in ("external-local", "lb-source-ranges", "no-endpoints", "shared-external-ip")] + [
+    ROOT / "fixtures" / c for c in ("nft-shared-keys", "allocate-kustomize", "externalips", "multi-port",
+                                    "dual-stack-ipv4", "service-order", "lb-source-ranges")]
+
+
+@pytest.mark.parametrize("path", GROUP_CASES, ids=lambda p: p.parent.name if p.name == "input.yaml" else p.name)
+@pytest.mark.parametrize("src,dst", [("iptables", "nftables"), ("ipvs", "nftables"), ("iptables", "ipvs")])
+def test_traces_in_groups_say_what_traces_through_the_whole_node_say(path, src, dst):
+    from rulegen.migrate.render import render_json
+
+    files = [str(path)] if path.is_file() else [str(p) for p in sorted(path.glob("*.yaml")) if p.name != "trace.yaml"]
+    args = ROOT / "fixtures" / path.name / "args"
+    flags = {}
+    if args.exists():
+        from rulegen.flags import parse_args_line
+        flags, _ = parse_args_line(args.read_text())
+        flags["mode"] = None
+    whole = migrate(files, flags, dst, src, grouped=False)
+    grouped = migrate(files, flags, dst, src, grouped=True)
+    assert render_json(grouped) == render_json(whole)
+
+
+def test_groups_join_ports_that_share_an_address_or_a_node_port(compile_objs):
+    from rulegen.migrate import groups
+
+    def svc(name, ip, ports, **spec):
+        return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "g"},
+                "spec": {"clusterIP": ip, "ports": ports, **spec}}
+
+    p = {"name": "a", "protocol": "TCP", "port": 80}
+    c = compile_objs([
+        svc("one", "10.96.0.1", [p, {**p, "name": "b", "port": 81}]),
+        svc("two", "10.96.0.2", [p], externalIPs=["192.0.2.9"]),
+        svc("three", "10.96.0.3", [p], externalIPs=["192.0.2.9"]),
+        svc("four", "10.96.0.4", [{**p, "nodePort": 30001}], type="NodePort"),
+        svc("five", "10.96.0.5", [{**p, "nodePort": 30001}], type="NodePort"),
+        svc("six", "10.96.0.6", [{**p, "nodePort": 30001, "protocol": "UDP"}], type="NodePort"),
+        svc("seven", "10.96.0.7", [p]),
+    ])
+    got = [sorted(x.spn for x in g) for g in groups(c.plan)]
+    assert sorted(got) == sorted([["g/one:a", "g/one:b"], ["g/three:a", "g/two:a"], ["g/five:a", "g/four:a"],
+                                  ["g/six:a"], ["g/seven:a"]])

@@ -14,6 +14,10 @@ TRAITS = {
     "clusterip-other-ports": Trait(
         "leaves a connection to a ClusterIP on a port no Service uses alone (it is routed on, usually to nowhere)",
         fixed="iptables mode writes no rule for the ports of a ClusterIP that no Service uses"),
+    "shared-address": Trait(
+        "gives a connection to an address and port that several Service ports claim to the first of them in "
+        "its order (namespace, name, port): the first rule in KUBE-SERVICES wins",
+        fixed="give each Service its own address and port; no setting chooses among claimants"),
     "no-endpoints": Trait(
         "rejects a Service without endpoints in the filter table, before loadBalancerSourceRanges are checked; "
         "the node's own connections to its external and load-balancer IPs are not caught",

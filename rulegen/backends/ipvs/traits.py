@@ -16,6 +16,10 @@ TRAITS = {
         "rejects a connection to a ClusterIP on a port no Service uses: the ClusterIP is bound to kube-ipvs0 "
         "and KUBE-IPVS-FILTER rejects new connections to its other ports",
         fixed="IPVS mode always binds ClusterIPs to kube-ipvs0 and installs KUBE-IPVS-FILTER"),
+    "shared-address": Trait(
+        "keeps one virtual server for an address and port that several Service ports claim, with the real "
+        "servers of the last of them written",
+        fixed="give each Service its own address and port; no setting chooses among claimants"),
     "no-endpoints": Trait(
         "keeps the virtual servers of a Service without endpoints, with no real server: every connection to "
         "them is refused, the node's own too, and loadBalancerSourceRanges are checked first",

@@ -14,6 +14,10 @@ TRAITS = {
     "clusterip-other-ports": Trait(
         "rejects a connection to a ClusterIP on a port no Service uses (cluster-ips-check)",
         fixed="cluster-ips-check is always installed"),
+    "shared-address": Trait(
+        "keeps one map element for an address and port that several Service ports claim: the last of them "
+        "written (namespace, name, port) replaces the others",
+        fixed="give each Service its own address and port; no setting chooses among claimants"),
     "no-endpoints": Trait(
         "rejects a Service without endpoints in its filter hooks (input, forward and output: the node's own "
         "connections too), after loadBalancerSourceRanges are checked",
