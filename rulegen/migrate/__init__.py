@@ -78,13 +78,14 @@ def _check_tracer(flag: str, mode: str) -> None:
 GROUP_FROM = 32
 
 
-def groups(plan: Any) -> list[tuple[Any, ...]]:
+def groups(plan: Any, node_ips: Any = ()) -> list[tuple[Any, ...]]:
     """The plan's ports in groups that share nothing a packet can tell apart: no Service, no address, no NodePort.
 
     Two service ports meet in the rules only where a packet could match
     both: the same ClusterIP (a Service's ports, or the ports of a ClusterIP
     on which a connection to a port no Service uses is traced), the same
-    external or load-balancer IP, or the same NodePort. Ports joined by any
+    external or load-balancer IP, or the same NodePort (an external IP that
+    is one of NODE_IPS also meets the NodePorts of its port). Ports joined by any
     of these are one group (union-find); a connection to one port of a
     group meets, in a compile of the group, exactly the rules it meets in
     the whole node's compile, since everything else there is another
@@ -99,9 +100,12 @@ def groups(plan: Any) -> list[tuple[Any, ...]]:
         return i
 
     owner: dict[tuple, int] = {}
+    node_ips = set(node_ips)
     for i, p in enumerate(plan.ports):
         keys = [("svc", p.service.namespace, p.service.name), ("ip", p.cluster_ip)]
         keys += [("ip", x) for x in (*p.external_ips, *p.lb_ips)]
+        # An external or load-balancer IP that is a node address meets the NodePorts of its port number.
+        keys += [("node-port", p.proto, p.port.port) for x in (*p.external_ips, *p.lb_ips) if x in node_ips]
         if p.node_port:
             keys.append(("node-port", p.proto, p.node_port))
         for k in keys:
@@ -121,7 +125,7 @@ def _outcomes(c: Any, scenarios: tuple[Scenario, ...], grouped: bool) -> list[Tr
         return _kept(trace_scenarios(c, scenarios, source=source))
     plan = c.plan
     by_spn: dict[str, int] = {}
-    gs = groups(plan)
+    gs = groups(plan, c.settings.node_ips)
     for n, g in enumerate(gs):
         for p in g:
             by_spn[p.spn] = n

@@ -354,7 +354,8 @@ def test_a_connection_one_mode_cannot_trace_is_reported_with_the_reason(cli, mon
 
 GROUP_CASES = [CASES / c / "input.yaml" for c in ("external-local", "lb-source-ranges", "no-endpoints", "shared-external-ip")] + [
     ROOT / "fixtures" / c for c in ("nft-shared-keys", "allocate-kustomize", "externalips", "multi-port",
-                                    "dual-stack-ipv4", "service-order", "lb-source-ranges")]
+                                    "dual-stack-ipv4", "service-order", "lb-source-ranges", "ipvs-external-ip-on-node",
+                                    "lb-source-ranges-node-inside")]
 
 
 @pytest.mark.parametrize("path", GROUP_CASES, ids=lambda p: p.parent.name if p.name == "input.yaml" else p.name)
@@ -390,7 +391,11 @@ def test_groups_join_ports_that_share_an_address_or_a_node_port(compile_objs):
         svc("five", "10.96.0.5", [{**p, "nodePort": 30001}], type="NodePort"),
         svc("six", "10.96.0.6", [{**p, "nodePort": 30001, "protocol": "UDP"}], type="NodePort"),
         svc("seven", "10.96.0.7", [p]),
+        svc("eight", "10.96.0.8", [{**p, "port": 30001}], externalIPs=["192.168.9.1"]),
     ])
     got = [sorted(x.spn for x in g) for g in groups(c.plan)]
     assert sorted(got) == sorted([["g/one:a", "g/one:b"], ["g/three:a", "g/two:a"], ["g/five:a", "g/four:a"],
-                                  ["g/six:a"], ["g/seven:a"]])
+                                  ["g/six:a"], ["g/seven:a"], ["g/eight:a"]])
+    # The external IP is a node address: its port meets the NodePorts 30001/TCP there.
+    got = [sorted(x.spn for x in g) for g in groups(c.plan, ("192.168.9.1",))]
+    assert ["g/eight:a", "g/five:a", "g/four:a"] in got
