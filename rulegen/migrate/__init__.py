@@ -8,7 +8,9 @@ and the two traces of each are compared (`trace.compare`). Only the
 differences are kept, each named by `causes.explain`. With a second
 configuration for the target mode (`settings_to`), the target is traced a
 second time with it; the report is then of those settings, and says which
-of the differences under the target's defaults they remove.
+of the differences under the target's defaults they remove. Large inputs
+are traced in groups of Services that share nothing (`groups`), so the
+work grows with the Services, not with their square.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from typing import Any
 
 from .. import backends
 from ..diagnostics import Report, UsageError
-from ..loader import load_config_file
 from ..compiled import Compiled
+from ..loader import load_config_file
 from ..pipeline import Timings, compile_inputs, load_inputs
 from ..plan import Plan
 from ..trace.compare import Behaviour, Difference, behaviour, compare_behaviours
@@ -33,6 +35,19 @@ from ..trace.scenarios import (
     trace_scenarios,
 )
 from .causes import Case, Explained, Side, explain
+
+
+@dataclass(frozen=True)
+class Traced:
+    """What migrate keeps of one trace: its behaviour, or the tracer's refusal (the hops are not needed)."""
+
+    scenario: Scenario
+    behaviour: Behaviour | None
+    error: str | None = None
+
+
+def _kept(outcomes: list[Outcome]) -> list[Traced]:
+    return [Traced(o.scenario, behaviour(o.result) if o.result is not None else None, o.error) for o in outcomes]
 
 
 @dataclass(frozen=True)
@@ -158,19 +173,6 @@ def claims(plan: Any) -> dict[tuple, int]:
 def _claim_key(sc: Scenario) -> tuple:
     e = sc.entry
     return ("node-port", e.port, e.proto) if e.kind in (NODE_PORT, LOCALHOST_NODE_PORT) else (e.ip, e.port, e.proto)
-
-
-@dataclass(frozen=True)
-class Traced:
-    """What migrate keeps of one trace: its behaviour, or the tracer's refusal (the hops are not needed)."""
-
-    scenario: Scenario
-    behaviour: Behaviour | None
-    error: str | None = None
-
-
-def _kept(outcomes: list[Outcome]) -> list[Traced]:
-    return [Traced(o.scenario, behaviour(o.result) if o.result is not None else None, o.error) for o in outcomes]
 
 
 def _found(plan: Any, a: Any, b: Any, ta: list[Traced], tb: list[Traced]) -> list[Found]:
