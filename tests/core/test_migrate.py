@@ -399,3 +399,29 @@ def test_groups_join_ports_that_share_an_address_or_a_node_port(compile_objs):
     # The external IP is a node address: its port meets the NodePorts 30001/TCP there.
     got = [sorted(x.spn for x in g) for g in groups(c.plan, ("192.168.9.1",))]
     assert ["g/eight:a", "g/five:a", "g/four:a"] in got
+
+
+# ------------------------------------------------------------------ the compile cases
+
+
+def _golden_cases():
+    for case in sorted(p for p in (ROOT / "fixtures").iterdir() if p.is_dir()):
+        files = [str(p) for p in sorted(case.iterdir()) if p.suffix in (".yaml", ".json") and p.name != "trace.yaml"]
+        if files:
+            yield case.name, files
+
+
+@pytest.mark.parametrize("src,dst", [(a, b) for a in ("iptables", "ipvs", "nftables")
+                                     for b in ("iptables", "ipvs", "nftables") if a != b])
+def test_every_difference_of_the_compile_cases_has_a_known_cause(src, dst):
+    from rulegen.flags import parse_args_line
+
+    unexplained = []
+    for name, files in _golden_cases():
+        args = ROOT / "fixtures" / name / "args"
+        flags, config = parse_args_line(args.read_text()) if args.exists() else ({}, None)
+        flags["mode"] = None
+        r = migrate(files, flags, dst, src, config)
+        unexplained += [(name, f.scenario.describe(), f.why.reason) for f in r.differences
+                        if f.why.cause == UNEXPLAINED]
+    assert unexplained == []
