@@ -240,7 +240,10 @@ def migrate(files: list[str], flags: dict[str, Any], to_mode: str, from_mode: st
     result = Result(a.settings.mode, to_mode, a.settings.hostname, a.plan.family, len(sc.scenarios), len(ports),
                     found, sc.notes if sc.scenarios else ())
     if settings_to is not None:
-        c = compile_inputs(inputs, {**flags, "mode": to_mode}, report, timings, settings_to)
+        try:
+            c = compile_inputs(inputs, {**flags, "mode": to_mode}, report, timings, settings_to)
+        except UsageError as e:
+            raise UsageError(f"--settings-to {settings_to}: {e}" if settings_to not in str(e) else str(e)) from None
         oc = _outcomes(c, sc.scenarios, grouped)
         with_settings = _found(a.plan, a, c, oa, oc)
         still = {f.scenario.key for f in with_settings}

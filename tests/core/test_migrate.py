@@ -173,6 +173,18 @@ def test_bad_arguments_are_exit_2(cli, monkeypatch, args, msg):
     assert msg in r.stderr and "Traceback" not in r.output
 
 
+def test_a_bad_settings_to_file_is_named(cli, tmp_path):
+    bad = tmp_path / "nft.yaml"
+    bad.write_text("apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n"
+                   "nodePortAddresses: [banana]\n")
+    r = cli("migrate", str(CASES / "secondary-address" / "input.yaml"), "--to", "nftables", "--settings-to", str(bad))
+    assert r.exit_code == 2
+    assert f"--settings-to {bad}: nodePortAddresses: 'banana' is not a valid CIDR" in r.stderr
+    r = cli("migrate", str(CASES / "secondary-address" / "input.yaml"), "--to", "nftables", "--settings-to",
+            str(tmp_path / "none.yaml"))
+    assert r.exit_code == 2 and "none.yaml" in r.stderr
+
+
 def test_unusable_input_is_exit_2(cli, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("kind: Service\n  : : [\n")
