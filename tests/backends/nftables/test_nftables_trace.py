@@ -98,23 +98,6 @@ def test_the_modes_agree_except_where_the_table_says_why(case_dir, i, chk):
         assert problems(b, ipt), chk.name
 
 
-def _readme_section() -> str:
-    text = (ROOT / "README.md").read_text()
-    start = text.index("### Where the modes differ")
-    end = text.index("\n#", start + 4)
-    return text[start:end]
-
-
-def test_every_difference_in_the_tables_is_listed_in_the_readme():
-    section = _readme_section()
-    causes = {chk.why("nftables") for d in (ROOT / "fixtures").iterdir() if (d / TABLE_FILE).is_file()
-              for chk in load_table(d / TABLE_FILE) if chk.why("nftables")}
-    assert {"no localhost NodePorts", "NodePorts only on the primary node IP",
-            "other ports of a ClusterIP are rejected", "unallocated ClusterIPs are dropped"} <= causes
-    for cause in sorted(causes):
-        assert f"**{cause}**" in section, f"README's 'Where the modes differ' does not list {cause!r}"
-
-
 # ------------------------------------------------------------------ nft's own listings
 
 # Each file is what nft 1.0.6 printed (`nft list table ip kube-proxy`, or `nft list ruleset` for
