@@ -437,3 +437,19 @@ def test_every_difference_of_the_compile_cases_has_a_known_cause(src, dst):
         unexplained += [(name, f.scenario.describe(), f.why.reason) for f in r.differences
                         if f.why.cause == UNEXPLAINED]
     assert unexplained == []
+
+
+@pytest.mark.parametrize("src,dst", [("iptables", "nftables"), ("ipvs", "nftables"), ("iptables", "ipvs")])
+def test_traces_in_groups_agree_on_every_compile_case(src, dst):
+    from rulegen.flags import parse_args_line
+    from rulegen.migrate.render import render_json
+
+    apart = []
+    for name, files in _golden_cases():
+        args = ROOT / "fixtures" / name / "args"
+        flags, config = parse_args_line(args.read_text()) if args.exists() else ({}, None)
+        flags["mode"] = None
+        whole = render_json(migrate(files, flags, dst, src, config, grouped=False))
+        if render_json(migrate(files, flags, dst, src, config, grouped=True)) != whole:
+            apart.append(name)
+    assert apart == []
