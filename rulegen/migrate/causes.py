@@ -118,7 +118,8 @@ def _localhost_answers(s: Side) -> bool:
 
 
 def _localhost_settings(c: Case) -> str | None:
-    if c.a.backend.localhost_nodeports == c.b.backend.localhost_nodeports:
+    if (c.a.backend.localhost_nodeports == c.b.backend.localhost_nodeports
+            and _localhost_answers(c.a) != _localhost_answers(c.b)):
         on = {True: "on", False: "off"}
         return (f"localhost NodePorts are {on[_localhost_answers(c.a)]} {_now(c)} and "
                 f"{on[_localhost_answers(c.b)]} {_after(c)} (iptables.localhostNodePorts, nodePortAddresses)")

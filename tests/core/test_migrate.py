@@ -453,3 +453,12 @@ def test_traces_in_groups_agree_on_every_compile_case(src, dst):
         if render_json(migrate(files, flags, dst, src, config, grouped=True)) != whole:
             apart.append(name)
     assert apart == []
+
+
+def test_localhost_nodeports_turned_off_in_the_same_mode_are_the_setting():
+    r = _run("localhost-nodeport", "iptables", "iptables",
+             settings_to=str(CASES / "localhost-nodeport" / "settings-to.yaml"))
+    [f] = r.differences
+    assert f.why.cause == "localhost-nodeports"
+    assert f.why.reason.startswith("localhost NodePorts are on now (iptables) and off after (iptables)")
+    assert f.why.setting == "iptables.localhostNodePorts: true"
