@@ -1215,7 +1215,10 @@ def _node(doc: dict, cx: _Ctx) -> Node:
         taints.append((key, value, effect))
     if _bool(spec.get("unschedulable"), "spec.unschedulable"):
         taints.append((UNSCHEDULABLE_TAINT, "", "NoSchedule"))
-    return Node(name, tuple(addrs), tuple(cidrs), labels.get(ZONE_LABEL), labels, tuple(taints))
+    info = _map(status.get("nodeInfo"), "status.nodeInfo")
+    kernel = info.get("kernelVersion")
+    return Node(name, tuple(addrs), tuple(cidrs), labels.get(ZONE_LABEL), labels, tuple(taints),
+                kernel if isinstance(kernel, str) and kernel.isprintable() and len(kernel) <= 128 else None)
 
 
 def _service_cidr(doc: dict, cx: _Ctx) -> ServiceCIDR:

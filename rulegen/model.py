@@ -96,6 +96,7 @@ class Node(Struct, frozen=True, gc=False):
     zone: str | None = None
     labels: dict[str, str] = {}
     taints: tuple[tuple[str, str, str], ...] = ()  # (key, value, effect); spec.unschedulable is one too
+    kernel_version: str | None = None  # status.nodeInfo.kernelVersion, as the kubelet reports it (lint reads it)
 
 
 class ServiceCIDR(Struct, frozen=True, gc=False):

@@ -12,8 +12,9 @@ new package whose `__init__` defines `BACKEND`, plus one line in
 Required of every mode: `compile`, `render` and `parse` (its saved or
 listed form back to the IR, so golden, diff and trace read what a node
 dumps). Optional, each returning None until the mode has it: `incremental`,
-`applier`, `tracer`, `diff_view`. A command that needs a missing hook
-gets it through `backends.require`, which is the one place that says
+`applier`, `tracer`, `diff_view`. Lint asks each mode where it takes
+NodePorts (`nodeport_ips`) and for the checks only it needs
+(`lint_checks`). A command that needs a missing hook gets it through `backends.require`, which is the one place that says
 "--mode M: apply is not implemented yet" (exit 2).
 
 The hooks are called once per command, never per rule: a hot loop stays
@@ -54,6 +55,26 @@ class Backend(Generic[IR]):
     masquerade_section: str = "iptables"
     reads_scheduler: bool = False
 
+    def traits(self) -> dict[str, Any]:
+        """What this mode does where kube-proxy's modes differ: cause id → `rulegen.traits.Trait`.
+
+        `rulegen migrate` names and explains differences with them. Read from
+        the `TRAITS` dict of the mode package's `traits` module, found by
+        name as `BACKEND` is, so a mode adds them without touching its
+        `__init__`; a mode without that module describes nothing (migrate
+        then explains with the other mode's words, or not at all).
+        """
+        import importlib
+
+        name = f"{type(self).__module__}.traits"
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            return {}
+        return dict(mod.TRAITS)
+
     # ------------------------------------------------------------ required
 
     def compile(self, plan: Plan, settings: Settings) -> IR:
@@ -79,6 +100,17 @@ class Backend(Generic[IR]):
     def counts(self, ir: IR) -> dict[str, dict[str, int]]:
         """`compile --json`'s per-table counts ({table: {"chains": n, "rules": n}}); {} when not tables."""
         return {}
+
+    # ------------------------------------------------------------ what lint asks of a mode
+
+    def nodeport_ips(self, settings: Settings, fam: int) -> tuple[bool, tuple[str, ...]]:
+        """(every local address, else these addresses): where this mode takes NodePorts on the node of SETTINGS.
+
+        kube-proxy's GetNodeIPs over nodePortAddresses, as this mode's
+        proxier reads it (an unset nodePortAddresses is "every address" for
+        iptables and IPVS mode, the primary node IP for nftables mode).
+        """
+        return settings.nodeport_ips(fam)
 
     # ------------------------------------------------------------ optional: None until the mode has it
 
@@ -229,6 +261,10 @@ class DiffView(Protocol):
         """IR plus what kube-proxy installs outside its payload, placed as kube-proxy places it."""
         ...
 
-    # Optional: `for_family(ir, family) -> ir`, for a mode whose saved state
-    # holds both families (IPVS and ipset keep one table for a dual-stack
-    # node): `diff --against` narrows the saved side to the compiled family.
+    # Optional (asked with getattr; a view without them is used as it is):
+    #
+    # sniff(text) -> bool: does TEXT (a file's first 4 KiB) look like this mode's saved file?
+    #     `rulegen diff OLD NEW` without --mode reads the files as the first mode whose view says yes.
+    # for_family(ir, family) -> IR: a saved file's IR narrowed to a compile's address family, for a
+    #     mode whose saved state may hold both (an `nft list ruleset` of a dual-stack node; IPVS and
+    #     ipset keep one table for both): `diff --against` narrows the saved side to the compiled family.

@@ -1,12 +1,14 @@
 """`rulegen diff`: compare two rule files, or compiled FILES with a saved dump or a live namespace.
 
 `rulegen diff OLD NEW` parses two saved files of one mode (`-` for
-standard input, once): iptables-save / iptables-restore files, or with
-`--mode ipvs` IPVS mode's output (the combined file, or a folder holding
-ipvsadm.rules, ipset.rules and iptables.rules, as `compile -o DIR` writes
-them and as a node's `ipvsadm -Sn`, `ipset save` and `iptables-save` are
-saved). Without `--mode`, files the default mode cannot read are tried with
-every other mode's view, and the one mode that reads both is used. `rulegen diff FILES... --against SAVED` and
+standard input, once): iptables-save / iptables-restore files, nftables
+scripts and `nft list` output, or IPVS mode's output (the combined file, or
+a folder holding ipvsadm.rules, ipset.rules and iptables.rules, as
+`compile -o DIR` writes them and as a node's `ipvsadm -Sn`, `ipset save`
+and `iptables-save` are saved). Without `--mode`, OLD's text picks the mode
+whose view recognises it (a view's `sniff`), else the default; files that
+mode cannot read are tried with every other mode's view, and the one mode
+that reads both is used. `rulegen diff FILES... --against SAVED` and
 `rulegen diff FILES... --netns NAME` compile FILES with the settings and
 compare the payload with SAVED or with the namespace's `iptables-save`. The
 old side is OLD, SAVED or the live namespace; the new side is NEW or the
@@ -16,7 +18,7 @@ side gets kube-proxy's jump rules when the dump has such jumps (always for
 `--netns`), so what a live node shows and what kube-proxy would write line
 up. The files are read, and laid out for the neutral comparison
 (`rulegen.diff`), by the mode's diff view (`backends.require(mode,
-"diff_view")`; OLD NEW are read as the default mode's). Text output via
+"diff_view")`; OLD NEW as the mode --mode names or OLD's text shows). Text output via
 templates/diff.j2 (coloured on a terminal), `--json` for tools. Exit 1
 when they differ, 0 when equal, 2 for unusable input.
 """
@@ -46,9 +48,31 @@ def _read(view: Any, path: str, ip_family: str | None) -> tuple[Any, str]:
         raise
 
 
+def _mode_of(path: str) -> str:
+    """The mode whose diff view recognises PATH's text (a view's optional `sniff`), else the default mode.
+
+    Standard input is not peeked at: it is read once, as --mode (or the default) says.
+    """
+    if path == "-":
+        return backends.DEFAULT_MODE
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = f.read(4096)
+    except OSError:
+        return backends.DEFAULT_MODE  # the view's read names the problem (a folder, for IPVS mode, too)
+    for mode in backends.modes():
+        view = backends.get(mode).diff_view()
+        sniff = getattr(view, "sniff", None)
+        if sniff is not None and sniff(head):
+            return mode
+    return backends.DEFAULT_MODE
+
+
 def _read_pair(args: tuple[str, ...], mode: str | None, ip_family: str | None) -> tuple[Any, tuple, tuple]:
-    """OLD and NEW read by MODE's view; with no MODE, by the default's, else by the one other view that reads both."""
-    view = backends.require(mode or backends.DEFAULT_MODE, "diff_view")
+    """OLD and NEW read by MODE's view; with no MODE, by the view OLD's text names (else the default's),
+    else by the one other view that reads both."""
+    first = mode or _mode_of(args[0])
+    view = backends.require(first, "diff_view")
     try:
         return view, _read(view, args[0], ip_family), _read(view, args[1], ip_family)
     except UsageError:
@@ -57,7 +81,7 @@ def _read_pair(args: tuple[str, ...], mode: str | None, ip_family: str | None) -
         readers = []
         for other in backends.modes():
             v = backends.get(other).diff_view()
-            if other == backends.DEFAULT_MODE or v is None:
+            if other == first or v is None:
                 continue
             try:
                 readers.append((v, _read(v, args[0], ip_family), _read(v, args[1], ip_family)))
@@ -123,10 +147,12 @@ def _compare_compiled(files: tuple[str, ...], netns: str | None, against: str | 
 @click.command("diff")
 @click.argument("args", nargs=-1, metavar="OLD NEW | FILES...")
 @click.option("--netns", default=None, metavar="NAME",
-              help="Compare compiled FILES with this network namespace's live rules (needs root).")
+              help="Compare compiled FILES with this network namespace's live rules: iptables-save, nft list "
+                   "table with --mode nftables, the IPVS state with --mode ipvs (needs root).")
 @click.option("--against", default=None, metavar="SAVED",
               help="Compare compiled FILES with this saved file: iptables-save / iptables-restore text; with "
-                   "--mode ipvs a combined file or a folder of ipvsadm.rules, ipset.rules, iptables.rules.")
+                   "--mode nftables an nft script or nft list output; with --mode ipvs a combined file or a "
+                   "folder of ipvsadm.rules, ipset.rules, iptables.rules.")
 @settings_options
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
 @click.option("--color/--no-color", default=None, help="Colour the output (default: when stdout is a terminal).")
@@ -146,9 +172,11 @@ def command(args, netns, against, as_json, color, kube_only, jumps, summary, con
     rulegen diff FILES... --against SAVED     compiled FILES vs a saved dump
     rulegen diff FILES... --netns NAME        compiled FILES vs a live namespace
 
-    In IPVS mode, virtual servers, their real servers and set entries are
-    compared as sets, the glue's chains rule by rule; SAVED (and OLD, NEW)
-    may be a folder of ipvsadm.rules, ipset.rules and iptables.rules.
+    In nftables mode, chains are compared rule by rule, sets and maps as
+    sets of elements. In IPVS mode, virtual servers, their real servers and
+    set entries are compared as sets, the glue's chains rule by rule; SAVED
+    (and OLD, NEW) may be a folder of ipvsadm.rules, ipset.rules and
+    iptables.rules.
 
     Exit 1 when they differ, 0 when they are equal, 2 for unusable input.
     """

@@ -18,6 +18,7 @@ from ..diagnostics import Report
 from ..flags import flags_of, settings_options
 from ..lint import check_codes, lint_files, parse_nodeport_range
 from ..lint.report import render_text, to_json
+from ..lint.versions import from_flags
 
 
 def _scope(linted) -> dict[str, str]:
@@ -40,14 +41,20 @@ def _scope(linted) -> dict[str, str]:
               help="The apiserver's node-port range (FROM-TO or FROM+SIZE).")
 @click.option("--ignore", multiple=True, metavar="CODE",
               help="Leave out findings with this code (repeatable, or comma-separated).")
+@click.option("--kernel-version", default=None, metavar="VERSION",
+              help="The node's kernel (uname -r), for mode requirements (default: the Node's "
+                   "status.nodeInfo.kernelVersion).")
+@click.option("--nft-version", default=None, metavar="VERSION",
+              help="The node's nft (nft --version), for nftables mode's requirement.")
 @guarded
-def command(files, as_json, nodeport_range, ignore, config_path, **kw):
+def command(files, as_json, nodeport_range, ignore, kernel_version, nft_version, config_path, **kw):
     """Check FILES for what will break Service traffic; exit 1 when any finding is an error."""
     flags = flags_of(kw)
     rng = parse_nodeport_range(nodeport_range)
     skip = check_codes(ignore)
+    versions = from_flags(kernel_version, nft_version)
     report = Report()
-    linted = lint_files(list(files), flags, report, config_path, rng, skip)
+    linted = lint_files(list(files), flags, report, config_path, rng, skip, versions)
     emit_report(report, bool(flags.get("strict")))
     if as_json:
         click.echo(json.dumps(to_json(linted.findings), indent=2))

@@ -107,7 +107,13 @@ def command(files, dst, src, proto, rules_path, in_iface, out_iface, as_json, co
             # family than --dst is then named as such, not read as the wrong one.
             first = flags.get("mode") or backends.DEFAULT_MODE
             tracer = backends.require(first, "tracer")
-            rs, name = tracer.read(rules_path, given_family)  # a bad file is a UsageError
+            read_error = None
+            try:
+                rs, name = tracer.read(rules_path, given_family)  # a bad file is a UsageError
+            except UsageError as e:
+                if not files:
+                    raise
+                read_error = e  # the files' configuration may choose the mode the file is of
             if files:
                 c = run_compile(files, flags, config_path)
                 settings, plan = c.settings, c.plan
@@ -119,6 +125,8 @@ def command(files, dst, src, proto, rules_path, in_iface, out_iface, as_json, co
             if settings.mode != first:  # the configuration chose another mode: read the file as its
                 tracer = backends.require(settings.mode, "tracer")
                 rs, name = tracer.read(rules_path, given_family)
+            elif read_error is not None:
+                raise read_error
             result = tracer.trace_saved(rs, settings, src, dst_ip, dst_port, proto.lower(), plan=plan, source=name,
                                         in_iface=in_iface, out_iface=out_iface,
                                         pod_cidrs=settings.node_pod_cidrs)

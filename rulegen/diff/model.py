@@ -31,7 +31,7 @@ class Container:
     ordered: bool = True
     fixed: bool = False
     policy: str | None = None
-    items: list[tuple[int, str]] = field(default_factory=list)
+    items: list[tuple[int | None, str]] = field(default_factory=list)
 
 
 class Layout:
@@ -139,6 +139,8 @@ class DiffResult:
         return not self.containers
 
     def summary(self) -> dict[str, int]:
+        """Counts in the layout's general nouns; a side of several kinds adds each kind's own
+        (`elements_added`, `sets_changed`), so a reader can tell a set's change from a chain's."""
         item, cont = self.layout.item_noun + "s", self.layout.container_noun + "s"
         out = {f"{item}_added": 0, f"{item}_removed": 0, f"{item}_moved": 0,
                f"{cont}_added": 0, f"{cont}_removed": 0, f"{cont}_changed": 0, "policies_changed": 0}
@@ -147,6 +149,13 @@ class DiffResult:
             out["policies_changed"] += c.policy_changed
             for ch in c.changes:
                 out[f"{item}_{ch.op}"] += 1
+            if self.layout.by_kind:
+                kc, ki = (plural(n).replace(" ", "_") for n in self.layout.nouns(c.kind))
+                if kc != cont:
+                    out[f"{kc}_{c.status}"] = out.get(f"{kc}_{c.status}", 0) + 1
+                if ki != item:
+                    for ch in c.changes:
+                        out[f"{ki}_{ch.op}"] = out.get(f"{ki}_{ch.op}", 0) + 1
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -162,3 +171,8 @@ class DiffResult:
             "summary": self.summary(),
             lay.container_noun + "s": [c.to_json() for c in self.containers],
         }
+
+
+def plural(noun: str) -> str:
+    """`rule` → `rules`, `policy` → `policies`, `virtual server` → `virtual servers`."""
+    return noun[:-1] + "ies" if noun.endswith("y") else noun + "s"

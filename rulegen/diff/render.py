@@ -67,7 +67,8 @@ def _summary_by_kind(res: DiffResult) -> str:
                 ops.append(f"{_plural(k, cont)} {op}")
         k = sum(1 for c in cs if c.policy_changed)
         if k:
-            ops.append(f"{k} {lay.policy_noun} changed")
+            noun = lay.policy_noun  # "settings" is plural already; "declaration" is not
+            ops.append(f"{k} {noun} changed" if noun.endswith("s") else f"{_plural(k, noun)} changed")
         parts.append(", ".join(ops))
     verb = "differs" if len(res.containers) == 1 else "differ"
     return f"{', '.join(heads)} {verb}: " + "; ".join(p for p in parts if p)

@@ -6,8 +6,10 @@ and the output (`report.py`). Lint reads the same stages every backend
 reads (loader → settings → plan), not a backend's IR, so it works whatever
 `--mode` says and needs no compiler: a finding is about the cluster's
 objects and how kube-proxy treats them, not about one rule syntax. A
-pitfall of one mode only (IPVS mode's strictARP) is that mode's check,
-asked of the registry (`Backend.lint_checks`); its code is in the one table.
+pitfall of one mode only (IPVS mode's strictARP, nftables mode's kernel and
+nft versions and its NodePort addresses) is that mode's check, asked of the
+registry (`Backend.lint_checks`) and run after the shared ones; its code is
+in the one table.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any, Iterable
 
 from .. import backends
 from ..diagnostics import Report, UsageError
-from ..model import Inputs
+from ..loader import load_config_file
+from ..model import Inputs, ProxyConfig
 from ..pipeline import Timings, load_inputs, plan_inputs
 from ..plan import Plan
 from ..settings import Settings
@@ -24,8 +27,9 @@ from .checks import CHECKS
 from .context import DEFAULT_NODEPORT_RANGE, Context
 from .findings import BY_SLUG, CODES, SEVERITIES, Finding
 from .report import collapse, sort_findings
+from .versions import Versions
 
-__all__ = ["CODES", "SEVERITIES", "Finding", "Linted", "lint", "lint_files", "parse_nodeport_range"]
+__all__ = ["CODES", "SEVERITIES", "Finding", "Linted", "Versions", "lint", "lint_files", "parse_nodeport_range"]
 
 
 class Linted:
@@ -75,10 +79,15 @@ def check_codes(codes: Iterable[str]) -> set[str]:
 
 def lint(inputs: Inputs, settings: Settings, plan: Plan,
          nodeport_range: tuple[int, int] = DEFAULT_NODEPORT_RANGE,
-         ignore: Iterable[str] = ()) -> list[Finding]:
-    """Every finding for these objects, sorted by severity, code and object."""
+         ignore: Iterable[str] = (), versions: Versions | None = None,
+         config: ProxyConfig | None = None) -> list[Finding]:
+    """Every finding for these objects, sorted by severity, code and object.
+
+    The checks are the shared ones, then the mode's own (`Backend.lint_checks`):
+    what only one data plane gets wrong is that backend's to say.
+    """
     skip = set(ignore)
-    cx = Context.build(inputs, settings, plan, nodeport_range)
+    cx = Context.build(inputs, settings, plan, nodeport_range, versions, config)
     checks = CHECKS + tuple(backends.get(settings.mode).lint_checks())  # the mode's own pitfalls last
     found = [f for check in checks for f in check(cx) if f.code not in skip]
     return sort_findings(collapse(found))
@@ -102,12 +111,18 @@ def input_findings(report: Report, ignore: Iterable[str] = ()) -> list[Finding]:
 
 def lint_files(paths: list[str], flags: dict[str, Any], report: Report, config_path: str | None = None,
                nodeport_range: tuple[int, int] = DEFAULT_NODEPORT_RANGE,
-               ignore: Iterable[str] = ()) -> Linted:
-    """Files → findings, through the loader, settings and plan (no backend)."""
+               ignore: Iterable[str] = (), versions: Versions | None = None) -> Linted:
+    """Files → findings, through the loader, settings and plan (no compiler).
+
+    VERSIONS are the node's kernel and nft versions when the user gave them
+    (`--kernel-version`, `--nft-version`); the kernel's is else read from the
+    Node object.
+    """
     if not paths:
         raise UsageError("no input files given (use - for standard input)")
     timings = Timings()
     inputs = load_inputs(paths, report, timings)
     inputs, settings, plan = plan_inputs(inputs, flags, report, timings, config_path)
-    found = lint(inputs, settings, plan, nodeport_range, ignore) + input_findings(report, ignore)
+    config = load_config_file(config_path, Report()) if config_path else None  # read once more: it reported already
+    found = lint(inputs, settings, plan, nodeport_range, ignore, versions, config) + input_findings(report, ignore)
     return Linted(sort_findings(found), inputs, settings, plan)

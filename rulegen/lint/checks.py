@@ -13,6 +13,7 @@ never recompute endpoint choice on their own.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 from typing import Callable, Iterable, Iterator
 
 from .. import backends
@@ -647,17 +648,21 @@ def check_slices(cx: Context) -> Iterator[Finding]:
 def check_nodeport_exposure(cx: Context) -> Iterator[Finding]:
     s = cx.settings
     fam = s.family
-    match_all, listed = s.nodeport_ips(fam)
+    backend = backends.get(s.mode)
+    # Where this mode takes NodePorts: an unset nodePortAddresses is every address in iptables
+    # mode, the primary node IP in nftables mode.
+    match_all, listed = backend.nodeport_ips(s, fam)
     # Only a mode that routes 127.0.0.1 to NodePorts (route_localnet: iptables) exposes them there.
-    localhost = backends.get(s.mode).localhost_nodeports and s.localhost_nodeports_effective(fam)
+    localhost = backend.localhost_nodeports and s.localhost_nodeports_effective(fam)
     here = [ip for ip in (s.node_ips_of(fam) if match_all else listed) if not is_loopback(ip)]
     _, cidrs = s.nodeport_cidrs(fam)
     others = []
     for node in cx.inputs.nodes:
         if node.name == s.hostname:
             continue
-        ips = [ip for ip in node.addresses if (":" in ip) == (fam == 6)
-               and (match_all or any(cidr_contains(c, ip) for c in cidrs))]
+        theirs = replace(s, hostname=node.name, node_ips=node.addresses)
+        all_n, listed_n = backend.nodeport_ips(theirs, fam)
+        ips = [ip for ip in (theirs.node_ips_of(fam) if all_n else listed_n) if not is_loopback(ip)]
         if ips:
             others.append(f"node {node.name} {', '.join(ips)}")
     if here:
@@ -670,7 +675,12 @@ def check_nodeport_exposure(cx: Context) -> Iterator[Finding]:
         addrs += "; " + "; ".join(others)
     if localhost:
         addrs += "; and 127.0.0.1 (localhost NodePorts are on)"
-    scope = "every node address" if match_all else f"the node addresses in nodePortAddresses ({', '.join(cidrs)})"
+    if match_all:
+        scope = "every node address"
+    elif s.nodeport_addresses is None:
+        scope = "the primary node address (this mode's default when nodePortAddresses is unset)"
+    else:
+        scope = f"the node addresses in nodePortAddresses ({', '.join(cidrs)})"
     for svc in cx.services:
         if skipped(svc):
             continue  # kube-proxy writes no rules for it, so opens no port (RG001 says why)

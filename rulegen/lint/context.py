@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 
 from ..allocate import standing_workloads
 from ..diagnostics import Place
-from ..model import ContainerPort, EndpointSlice, Inputs, PodTemplate, Service, ServicePort, Workload
+from ..model import ContainerPort, EndpointSlice, Inputs, PodTemplate, ProxyConfig, Service, ServicePort, Workload
 from ..plan import Plan, PortPlan
 from ..settings import Settings
 from .findings import Finding, port_label
 from .labels import LabelIndex
+from .versions import Versions, parse_version
 
 DEFAULT_NODEPORT_RANGE = (30000, 32767)
 
@@ -90,11 +91,25 @@ class Context:
     node_addresses: dict[str, str] = field(default_factory=dict)  # ip -> node name
     pod_ranges: list[tuple[str, str]] = field(default_factory=list)  # (cidr, what it is)
     explained: set[tuple[str, str, str, str]] = field(default_factory=set)  # (ns, name, port, proto)
+    # The node's kernel and nft versions (flags, else the Node's nodeInfo), and the configuration
+    # the settings were read from (--config, else the first KubeProxyConfiguration of the input).
+    versions: Versions = field(default_factory=Versions)
+    config: ProxyConfig | None = None
 
     @classmethod
     def build(cls, inputs: Inputs, settings: Settings, plan: Plan,
-              nodeport_range: tuple[int, int] = DEFAULT_NODEPORT_RANGE) -> "Context":
+              nodeport_range: tuple[int, int] = DEFAULT_NODEPORT_RANGE, versions: Versions | None = None,
+              config: ProxyConfig | None = None) -> "Context":
         cx = cls(inputs, settings, plan, nodeport_range)
+        cx.config = config if config is not None else (inputs.configs[0] if inputs.configs else None)
+        v = versions or Versions()
+        if v.kernel is None:
+            node = next((n for n in inputs.nodes if n.name == settings.hostname), None)
+            got = parse_version(node.kernel_version) if node is not None and node.kernel_version else None
+            if got is not None:
+                v = Versions(got, f"Node {node.name} status.nodeInfo.kernelVersion {node.kernel_version}",
+                             v.nft, v.nft_from)
+        cx.versions = v
         # The first copy of a duplicated Service wins, as in the plan.
         for svc in sorted(inputs.services, key=lambda s: (s.namespace, s.name)):
             if (svc.namespace, svc.name) not in cx.service_keys:

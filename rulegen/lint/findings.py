@@ -126,6 +126,34 @@ _TABLE = (
     Code("RG803", "info", "ipvs-deprecated",
          "kube-proxy's IPVS mode is deprecated (Kubernetes v1.35); the nftables mode is its successor",
          "see what moving changes for these Services with `rulegen migrate FILES --from ipvs --to nftables`"),
+    # Pitfalls of one mode (the backend's `lint_checks`): nftables mode RG811-RG819.
+    Code("RG811", "error", "nft-versions-too-old",
+         "nftables mode needs Linux 5.13 or later and nft 1.0.1 or later, and the node's kernel or nft (as given, "
+         "or as the Node reports its kernel) is older: kube-proxy does not start in this mode",
+         "upgrade the node's kernel or nftables package, or keep this node in iptables mode"),
+    Code("RG812", "warning", "nft-nodeport-primary-only",
+         "nodePortAddresses is unset, so nftables mode takes NodePorts on the node's primary address only: "
+         "the node's other addresses, which iptables mode served, stop answering",
+         "set nodePortAddresses to the CIDRs clients use (0.0.0.0/0 for every address), or send clients to the primary address"),
+    Code("RG813", "warning", "nft-no-localhost-nodeports",
+         "nodePortAddresses holds loopback, but nftables mode never answers NodePorts on 127.0.0.1 / ::1",
+         "connect to a node address instead of localhost (iptables mode's "
+         "iptables_localhost_nodeports_accepted_packets_total metric shows who relies on it)"),
+    Code("RG814", "warning", "nft-iptables-setting-ignored",
+         "the configuration sets iptables.masqueradeAll, masqueradeBit or localhostNodePorts, which nftables mode "
+         "does not read (it reads the nftables section): the setting has no effect",
+         "set nftables.masqueradeAll / nftables.masqueradeBit (localhost NodePorts have no nftables equivalent)"),
+    Code("RG815", "info", "nft-nodeport-firewall",
+         "nftables mode writes no rules that let NodePort traffic through a host firewall (iptables mode does): "
+         "an nftables-based firewall on the node (firewalld, nftables.service) must allow the ports itself",
+         "allow the node-port range (default 30000-32767) and health-check ports in the node's firewall"),
+    Code("RG816", "warning", "nft-no-conntrack-workaround",
+         "the node's kernel is older than 6.1, whose conntrack can reset long-lived TCP connections to Services; "
+         "iptables mode drops the INVALID packets that cause it, nftables mode does not",
+         "run kube-proxy with --conntrack-tcp-be-liberal (rulegen: --tcp-be-liberal), or use Linux 6.1 or later"),
+    Code("RG817", "info", "nft-versions-unknown",
+         "nftables mode needs Linux 5.13 or later and nft 1.0.1 or later, and the node's versions are not known here",
+         "pass --kernel-version and --nft-version (uname -r, nft --version), or a Node with status.nodeInfo.kernelVersion"),
 )
 
 CODES: dict[str, Code] = {c.code: c for c in _TABLE}

@@ -52,8 +52,10 @@ def behaviour(r: TraceResult) -> Behaviour:
                      tuple(sorted(aff.items())), tuple(sorted(r.outcomes.items())))
 
 
-def percent(p: Fraction) -> str:
-    """33.3%: one decimal, trailing zero dropped (100%, 50%, 33.3%)."""
+def percent(p: Fraction | None) -> str:
+    """33.3%: one decimal, trailing zero dropped (100%, 50%, 33.3%); "?%" for a share the rules do not fix."""
+    if p is None:
+        return "?%"
     s = f"{float(p) * 100:.1f}"
     return (s[:-2] if s.endswith(".0") else s) + "%"
 
@@ -95,7 +97,11 @@ def compare(a: TraceResult | None, b: TraceResult | None, a_error: str | None = 
             return ()
         return (Difference("trace", "not traced: " + (a_error or "") if a is None else "traced",
                            "not traced: " + (b_error or "") if b is None else "traced"),)
-    ba, bb = behaviour(a), behaviour(b)
+    return compare_behaviours(behaviour(a), behaviour(b))
+
+
+def compare_behaviours(ba: Behaviour, bb: Behaviour) -> tuple[Difference, ...]:
+    """`compare` on two behaviours (a caller comparing many keeps only these, not the whole traces)."""
     out: list[Difference] = []
     if ba.verdict != bb.verdict or ba.outcomes != bb.outcomes:
         out.append(Difference("verdict", _verdict_text(ba), _verdict_text(bb)))

@@ -138,7 +138,7 @@ NOT_YET = [
     pytest.param("lab", [], "apply", marks=pytest.mark.root),
 ]
 # The modes that have each hook today, as the refusal names them.
-HAVE = {"apply": "iptables", "trace": "iptables, ipvs", "diff": "iptables, ipvs"}
+HAVE = {"apply": "iptables", "trace": "iptables, ipvs, nftables", "diff": "iptables, ipvs, nftables"}
 
 
 @pytest.mark.parametrize("command, extra, what", [c for c in NOT_YET if getattr(c, "values", c)[0] != "diff"])
@@ -162,7 +162,7 @@ def test_modes_without_a_hook_are_refused_the_same_way(cli, mode, command, extra
 
 def test_require_names_the_hook_and_the_modes_that_have_it(toy):
     assert backends.require("iptables", "applier") is backends.require("iptables", "applier")
-    with pytest.raises(UsageError, match=r"^--mode toy: trace is not implemented yet \(implemented for: iptables, ipvs\)$"):
+    with pytest.raises(UsageError, match=r"^--mode toy: trace is not implemented yet \(implemented for: iptables, ipvs, nftables\)$"):
         backends.require("toy", "tracer")
     assert backends.require("toy", "diff_view") is not None
     with pytest.raises(UsageError, match="not implemented yet in this version of rulegen"):

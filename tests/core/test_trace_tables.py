@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 
 from rulegen.diagnostics import UsageError
-from rulegen.trace.tables import load_table
+from rulegen import backends
+from rulegen.trace.tables import TABLE_FILE, load_table
+
+ROOT = Path(__file__).resolve().parents[2]
 
 ENTRY = """\
 - name: one
@@ -56,3 +60,34 @@ def test_bad_corrections_are_named(tmp_path, modes, msg):
     with pytest.raises(UsageError) as e:
         table(tmp_path, ENTRY + modes)
     assert msg in str(e.value) and "entry 1" in str(e.value)
+
+
+def _readme_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("### Where the modes differ")
+    return text[start:text.index("\n#", start + 4)]
+
+
+def test_every_cause_in_the_tables_is_listed_in_the_readme_with_its_mode():
+    """A correction's `why` starts with its cause ("CAUSE: detail"); README's "Where the modes differ"
+    lists each cause once, in bold, with the modes it concerns."""
+    section = _readme_section()
+    seen: dict[str, set[str]] = {}
+    for d in sorted((ROOT / "fixtures").iterdir()):
+        if not (d / TABLE_FILE).is_file():
+            continue
+        for chk in load_table(d / TABLE_FILE):
+            for mode in backends.modes():
+                why = chk.why(mode)
+                if why is None:
+                    continue
+                assert ": " in why, f"{d.name}: {chk.name}: modes.{mode}.why must start with its cause (CAUSE: detail)"
+                seen.setdefault(why.split(": ", 1)[0], set()).add(mode)
+    assert {"no localhost NodePorts", "NodePorts only on the primary node IP", "other ports of a ClusterIP are rejected",
+            "unallocated ClusterIPs are dropped", "a Local policy without a local endpoint falls back"} <= set(seen)
+    for cause, modes in sorted(seen.items()):
+        assert section.count(f"- **{cause}**") == 1, f"README's 'Where the modes differ' does not list {cause!r}"
+        head = section.split(f"- **{cause}**", 1)[1].split(")", 1)[0]
+        for mode in modes:
+            name = "IPVS" if mode == "ipvs" else mode
+            assert name in head, f"README names {cause!r} without the {name} mode"

@@ -1,13 +1,17 @@
 """nftables mode: kube-proxy's `ip kube-proxy` / `ip6 kube-proxy` table, as an `nft -f` script.
 
-The mode's own part is the compiler (`compile`: plan → `Transaction`, the
-v1.36 design of docs/nftables-mode.md). The nftables object model, the
-script renderer, the script and listing parsers and the normal form live in
-`rulegen.dataplane.nft`, beside the nft client and its fake. Apply, trace
-and diff views are not written yet: the registry says so (exit 2).
+The mode's own parts are the compiler (`compile`: plan → `Transaction`, the
+v1.36 design of docs/nftables-mode.md), the tracer (`trace`, over the walk
+in `dataplane/nft/walk.py`), the diff view (`views`), reading saved
+scripts and listings for both (`dump`), and lint's nftables-only checks
+(`lint`). The nftables object model, the script renderer, the script and
+listing parsers and the normal form live in `rulegen.dataplane.nft`, beside
+the nft client and its fake.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from ...dataplane.nft import parse as nparse
 from ...dataplane.nft import render as nrender
@@ -33,6 +37,24 @@ class NftablesBackend(Backend[Transaction]):
             return nparse.parse_script(text)
         except (nparse.NftParseError, ValueError) as e:
             raise UsageError(f"{source}: {e}") from None
+
+    def tracer(self) -> Any:
+        from .trace import TRACER
+
+        return TRACER
+
+    def diff_view(self) -> Any:
+        from .views import VIEW
+
+        return VIEW
+
+    def nodeport_ips(self, settings, fam: int) -> tuple[bool, tuple[str, ...]]:
+        return settings.nft_nodeport_ips(fam)
+
+    def lint_checks(self) -> tuple:
+        from .lint import CHECKS
+
+        return CHECKS
 
 
 BACKEND = NftablesBackend()

@@ -29,6 +29,7 @@ def table_dirs() -> list[Path]:
 
 @lru_cache(maxsize=None)
 def compiled_case(case_dir: Path):
+    """The case compiled in iptables mode, whatever its args say (an nft-* case's table holds for iptables too)."""
     case = golden.load_case(case_dir)
     flags, config = golden.case_flags(case)
     flags["mode"] = "iptables"  # a table's `expect` is iptables mode's (an IPVS case's configuration names ipvs)
