@@ -185,20 +185,24 @@ def fold(pkt: Packet, entry: Entry, paths: list[Path], notes: list[str], s: Sett
     """The walked PATHS folded into destinations with exact chances, and the verdict.
 
     BASE_CHAINS are the chains the mode's hooks enter (the diagram leaves
-    them out and names the others).
+    them out and names the others). Paths that rest on assumptions (matches
+    the walk could not decide) fold per set of assumptions: each set is a
+    world of its own, and a verdict's chance is the most it has in any one.
     """
     node_ips = frozenset(s.node_ips)
-    dests: dict[tuple[str, bool], list] = {}
-    outcomes: dict[str, Fraction] = {}
+    dests: dict[tuple, list] = {}
+    worlds: dict[tuple, dict[str, Fraction]] = {}
     for p in paths:
-        outcomes[p.verdict] = outcomes.get(p.verdict, Fraction(0)) + p.probability
+        world = tuple(sorted(p.assumptions, key=lambda a: a.question))
+        got = worlds.setdefault(world, {})
+        got[p.verdict] = got.get(p.verdict, Fraction(0)) + p.probability
         for n in p.notes:
             if n not in notes:
                 notes.append(n)
         if p.verdict != "DNAT":
             continue
         ep = p.packet.dst_endpoint
-        k = (ep, p.masquerade)
+        k = (ep, p.masquerade, world)
         if k in dests:
             dests[k][0] += p.probability
             continue
@@ -209,7 +213,12 @@ def fold(pkt: Packet, entry: Entry, paths: list[Path], notes: list[str], s: Sett
             node = eps.get(ep, eps.get(ip))
             local = (node == s.hostname) if (node is not None and s.hostname) else None
         dests[k] = [p.probability, node, local, p.affinity]
-    destinations = tuple(Destination(ep, v[0], v[1], v[2], masq, v[3]) for (ep, masq), v in dests.items())
+    outcomes: dict[str, Fraction] = {}
+    for got in worlds.values():
+        for v, c in got.items():
+            outcomes[v] = max(outcomes.get(v, Fraction(0)), c)
+    destinations = tuple(Destination(ep, v[0], v[1], v[2], masq, v[3], world)
+                         for (ep, masq, world), v in dests.items())
     if destinations:
         verdict = "DNAT"
     else:

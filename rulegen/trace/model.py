@@ -3,6 +3,10 @@
 A trace follows one new connection. Where a `statistic` rule splits the
 traffic, the walk splits into weighted paths (`fractions.Fraction`, so 1/3
 stays 1/3); paths that end the same way are merged into one `Destination`.
+Where a rule's match cannot be decided (an ipset whose members were not
+given, a module the tracer does not evaluate), the walk splits into two
+paths, one taking the match as true and one as false; each carries that
+`Assumption`, and its probability is its chance *if* its assumptions hold.
 Everything here is frozen and plain, so the lab can later compare
 `TraceResult.shares()` with the hits it counts, and `as_json` is the
 `rulegen trace --json` document.
@@ -48,12 +52,34 @@ class Packet:
 
 
 @dataclass(frozen=True, slots=True)
+class Assumption:
+    """A match the walk could not decide, and which way one path took it.
+
+    `question` is a yes/no fact about the packet ("ipset cali40masq-ipam-pools
+    holds 203.0.113.10"), the same wherever it is asked on one path, so a
+    path never takes it both ways; `reason` says why it is open and how to
+    close it ("ipset cali40masq-ipam-pools unknown: pass --ipsets").
+    """
+
+    question: str
+    holds: bool
+    reason: str
+
+    def text(self) -> str:
+        return f"{self.question}: {'yes' if self.holds else 'no'}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"question": self.question, "holds": self.holds, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
 class Hop:
     """One step of a path.
 
     kind: `rule` (a rule matched), `skip` (a random rule the path did not take),
-    `policy` (a built-in chain's policy decided), `route` (the routing decision),
-    `deliver` (the packet leaves the rules).
+    `assume` (an undecidable match taken one way, or two such branches joining
+    again), `policy` (a built-in chain's policy decided), `route` (the routing
+    decision), `deliver` (the packet leaves the rules).
     """
 
     kind: str
@@ -84,6 +110,7 @@ class Path:
     affinity: int | None = None  # seconds, when a `recent --set` recorded the client
     key: tuple[int, ...] = ()  # branch choices (0 = took the random rule), for stable order
     notes: tuple[str, ...] = ()
+    assumptions: tuple[Assumption, ...] = ()  # the undecided matches this path rests on
 
     @property
     def endpoint(self) -> str | None:
@@ -98,6 +125,7 @@ class Destination:
     local: bool | None  # on this node (no extra hop); None when unknown
     masquerade: bool
     affinity: int | None = None
+    assuming: tuple[Assumption, ...] = ()  # reached only if these hold; `probability` is the chance then
 
     def as_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"endpoint": self.endpoint, "probability": float(self.probability),
@@ -105,6 +133,8 @@ class Destination:
                              "masquerade": self.masquerade}
         if self.affinity is not None:
             d["affinity_seconds"] = self.affinity
+        if self.assuming:
+            d["assuming"] = [a.as_json() for a in self.assuming]
         return d
 
 
@@ -138,12 +168,36 @@ class TraceResult:
     def masquerade(self) -> bool:
         return any(p.masquerade for p in self.paths)
 
+    @property
+    def assumed(self) -> bool:
+        """Does any path rest on a match the walk could not decide?"""
+        return any(p.assumptions for p in self.paths)
+
+    def assumptions(self) -> tuple[Assumption, ...]:
+        """Every open question once (as first met, taken as holding), with its reason."""
+        seen: dict[str, Assumption] = {}
+        for p in self.paths:
+            for a in p.assumptions:
+                seen.setdefault(a.question, Assumption(a.question, True, a.reason))
+        return tuple(seen.values())
+
     def shares(self) -> dict[str, Fraction]:
-        """Endpoint → chance of reaching it (masqueraded or not)."""
-        out: dict[str, Fraction] = {}
+        """Endpoint → chance of reaching it (masqueraded or not).
+
+        Where paths rest on assumptions, an endpoint's chance is the most it
+        gets under any one set of them (each set is its own world).
+        """
+        worlds: dict[tuple[Assumption, ...], dict[str, Fraction]] = {}
         for d in self.destinations:
+            out = worlds.setdefault(d.assuming, {})
             out[d.endpoint] = out.get(d.endpoint, Fraction(0)) + d.probability
-        return out
+        if len(worlds) <= 1:
+            return next(iter(worlds.values()), {})
+        best: dict[str, Fraction] = {}
+        for out in worlds.values():
+            for ep, p in out.items():
+                best[ep] = max(best.get(ep, Fraction(0)), p)
+        return best
 
     def trunk(self) -> tuple[Hop, ...]:
         """The hops every path shares (the whole path when there is one)."""
@@ -171,6 +225,9 @@ class TraceResult:
             "outcomes": {k: {"probability": float(v), "chance": str(v)} for k, v in self.outcomes.items()},
             "paths": [{"probability": float(p.probability), "chance": str(p.probability), "verdict": p.verdict,
                        "endpoint": p.endpoint, "masquerade": p.masquerade,
+                       "assuming": [a.as_json() for a in p.assumptions],
                        "hops": [h.as_json() for h in p.hops]} for p in self.paths],
+            "assumed": self.assumed,
+            "assumptions": [{"question": a.question, "reason": a.reason} for a in self.assumptions()],
             "notes": list(self.notes),
         }

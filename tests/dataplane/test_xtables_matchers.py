@@ -326,14 +326,14 @@ def test_dnat_outside_nat_prerouting_is_refused():
 
 
 @pytest.mark.parametrize("rule,msg", [
-    ("-A PREROUTING -m physdev --physdev-in veth0 -j ACCEPT", "unknown match module 'physdev'"),
+    ("-A PREROUTING -m geoip --src-cc DE -j ACCEPT", "unknown match module 'geoip'"),
     ("-A PREROUTING -p tcp -m tcp --dport 80 --tcp-option 1 -j ACCEPT", "--tcp-option"),
     ("-A PREROUTING -p udp --dport 80 -j ACCEPT", None),  # implicit -m udp is understood
-    ("-A PREROUTING -j NOTRACK", "unknown target 'NOTRACK'"),
+    ("-A PREROUTING -j TPROXY --on-port 1", "unknown target 'TPROXY'"),
     ("-A PREROUTING -j MARK", "MARK without an option"),
     ("-A PREROUTING -m recent --name X -j ACCEPT", "exactly one of"),
     ("-A PREROUTING -m statistic --mode random -j ACCEPT", "without --probability"),
-    ("-A PREROUTING -m conntrack --ctstatus CONFIRMED -j ACCEPT", "--ctstatus"),
+    ("-A PREROUTING -m conntrack --ctstatus FRESH -j ACCEPT", "conntrack status 'FRESH'"),
     ("-A PREROUTING -m mark --mark 0x1 --mask 2 -j ACCEPT", "--mask"),
     ("-A PREROUTING -d 10.0.0.0/8 -m comment --comment x --comment-bad y -j ACCEPT", "--comment-bad"),
 ])
