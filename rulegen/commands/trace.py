@@ -84,7 +84,8 @@ def parse_routes(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
               show_default=True)
 @click.option("--rules", "rules_path", default=None,
               help="Trace this saved rule file (a node's whole iptables-save, or rulegen's output) instead of "
-                   "compiling.")
+                   "compiling; with --mode ipvs, IPVS mode's combined output or a folder of ipvsadm.rules, "
+                   "ipset.rules and iptables.rules (a node's ipvsadm -Sn, ipset save and iptables-save).")
 @click.option("--ipsets", "ipsets_path", default=None, metavar="SAVED_SETS",
               help="The node's ipsets (`ipset save` output), to decide `-m set` matches in --rules; without "
                    "it they split the trace into assumed branches.")
@@ -121,7 +122,12 @@ def command(files, dst, src, proto, rules_path, ipsets_path, in_iface, out_iface
     flags = flags_of(kw)
     if ipsets_path is not None and rules_path is None:
         raise UsageError("--ipsets goes with --rules (the node's dump whose rules match those sets)")
-    where = {"in_iface": in_iface, "out_iface": out_iface, "pod_iface": pod_iface, "routes": parse_routes(routes)}
+    where = {"in_iface": in_iface, "out_iface": out_iface}
+    # Only the iptables tracer models the node's routes and pod interfaces; others get them only when given.
+    if pod_iface:
+        where["pod_iface"] = pod_iface
+    if routes:
+        where["routes"] = parse_routes(routes)
     dst_ip, dst_port = parse_dst(dst)
     given_family = flags.get("ip_family")
     flags["ip_family"] = family_of_dst(dst, dst_ip, given_family)

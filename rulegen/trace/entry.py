@@ -123,12 +123,20 @@ def local_pod_iface(s: Settings, eps: dict[str, str | None], pod_cidrs: tuple[st
 
 
 def entry(src: str, src_default: bool, dst: str, dport: int, proto: str, s: Settings, plan: Any,
-          eps: dict[str, str | None], pod_cidrs: tuple[str, ...], in_iface: str | None) -> tuple[Entry, str | None]:
-    """Who sends SRC's packet and where it enters: (the Entry, the interface it arrives on or None)."""
+          eps: dict[str, str | None], pod_cidrs: tuple[str, ...], in_iface: str | None,
+          own: frozenset[str] = frozenset()) -> tuple[Entry, str | None]:
+    """Who sends SRC's packet and where it enters: (the Entry, the interface it arrives on or None).
+
+    OWN are addresses the node holds besides its node IPs (IPVS mode's
+    kube-ipvs0 addresses): a packet from one of them is the node's own.
+    """
     node_ips = frozenset(s.node_ips)
     target = describe_target(dst, dport, proto, plan, node_ips)
-    if is_local(src, node_ips):
-        who = "the node itself (loopback)" if is_loopback(src) else "the node itself"
+    if is_local(src, node_ips) or src in own:
+        if is_loopback(src):
+            who = "the node itself (loopback)"
+        else:
+            who = "the node itself" if src in node_ips else f"the node itself (from {src}, an address it holds)"
         return Entry("OUTPUT", who, None, src_default, target), None
     pod_iface_ = pod_iface(s)
     if src in eps:
@@ -191,11 +199,17 @@ def fold(pkt: Packet, entry: Entry, paths: list[Path], notes: list[str], s: Sett
     """
     node_ips = frozenset(s.node_ips)
     dests: dict[tuple, list] = {}
-    worlds: dict[tuple, dict[str, Fraction]] = {}
+    worlds: dict[tuple, tuple[dict[str, Fraction | None], dict]] = {}  # per set of assumptions: outcomes, groups
     for p in paths:
         world = tuple(sorted(p.assumptions, key=lambda a: a.question))
-        got = worlds.setdefault(world, {})
-        got[p.verdict] = got.get(p.verdict, Fraction(0)) + p.probability
+        got, groups = worlds.setdefault(world, ({}, {}))
+        if p.probability is None:
+            # unknown splits (an IPVS scheduler): their group's share and the verdicts seen
+            assert p.group is not None
+            groups.setdefault(p.group[0], (p.group[1], set()))[1].add(p.verdict)
+        else:
+            prev = got.get(p.verdict, Fraction(0))
+            got[p.verdict] = None if prev is None else prev + p.probability
         for n in p.notes:
             if n not in notes:
                 notes.append(n)
@@ -204,7 +218,8 @@ def fold(pkt: Packet, entry: Entry, paths: list[Path], notes: list[str], s: Sett
         ep = p.packet.dst_endpoint
         k = (ep, p.masquerade, world)
         if k in dests:
-            dests[k][0] += p.probability
+            prev = dests[k][0]
+            dests[k][0] = None if prev is None or p.probability is None else prev + p.probability
             continue
         ip = p.packet.dst
         if is_local(ip, node_ips):
@@ -212,17 +227,23 @@ def fold(pkt: Packet, entry: Entry, paths: list[Path], notes: list[str], s: Sett
         else:
             node = eps.get(ep, eps.get(ip))
             local = (node == s.hostname) if (node is not None and s.hostname) else None
-        dests[k] = [p.probability, node, local, p.affinity]
-    outcomes: dict[str, Fraction] = {}
-    for got in worlds.values():
+        dests[k] = [p.probability, node, local, p.affinity, p.unknown, p.weight]
+    outcomes: dict[str, Fraction | None] = {}
+    for got, groups in worlds.values():
+        for share, verdicts in groups.values():
+            # A group's paths share one known total; split over verdicts, each verdict's share is unknown.
+            for v in verdicts:
+                prev = got.get(v, Fraction(0))
+                got[v] = None if prev is None or len(verdicts) > 1 else prev + share
         for v, c in got.items():
-            outcomes[v] = max(outcomes.get(v, Fraction(0)), c)
-    destinations = tuple(Destination(ep, v[0], v[1], v[2], masq, v[3], world)
+            have = outcomes.get(v, Fraction(0))
+            outcomes[v] = None if c is None or have is None else max(have, c)
+    destinations = tuple(Destination(ep, v[0], v[1], v[2], masq, v[3], world, v[4], v[5])
                          for (ep, masq, world), v in dests.items())
     if destinations:
         verdict = "DNAT"
     else:
         order = {"REJECT": 0, "DROP": 1, "ACCEPT": 2}
-        verdict = max(outcomes.items(), key=lambda kv: (kv[1], -order.get(kv[0], 3)))[0]
+        verdict = max(outcomes.items(), key=lambda kv: (kv[1] or 0, -order.get(kv[0], 3)))[0]
     return TraceResult(pkt, entry, verdict, destinations, tuple(paths), tuple(notes), source,
                        s.hostname, tuple(s.node_ips_of()), outcomes, nodes_known, base_chains)

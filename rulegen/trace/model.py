@@ -7,6 +7,11 @@ Where a rule's match cannot be decided (an ipset whose members were not
 given, a module the tracer does not evaluate), the walk splits into two
 paths, one taking the match as true and one as false; each carries that
 `Assumption`, and its probability is its chance *if* its assumptions hold.
+Where something outside the rules chooses and the choice depends on what
+the rules do not hold (an IPVS scheduler that counts live connections, or
+hashes the client's address), the paths' and destinations' `probability`
+is None and `unknown` says why; the group such paths share still has a
+known total, so the outcomes (verdict → chance) stay exact.
 Everything here is frozen and plain, so the lab can later compare
 `TraceResult.shares()` with the hits it counts, and `as_json` is the
 `rulegen trace --json` document.
@@ -45,6 +50,7 @@ class Packet:
     mark: int = 0
     dnat: bool = False  # conntrack status: destination rewritten
     snat: bool = False  # conntrack status: source rewritten (MASQUERADE / SNAT)
+    virtual: tuple[str, str, int] | None = None  # IPVS took the packet: its service (proto, address, port)
 
     @property
     def dst_endpoint(self) -> str:
@@ -79,7 +85,9 @@ class Hop:
     kind: `rule` (a rule matched), `skip` (a random rule the path did not take),
     `assume` (an undecidable match taken one way, or two such branches joining
     again), `policy` (a built-in chain's policy decided), `route` (the routing
-    decision), `deliver` (the packet leaves the rules).
+    decision), `balance` (a balancer outside the rules, IPVS, chose a
+    destination; `chain` names it for the path's diagram), `deliver` (the
+    packet leaves the rules).
     """
 
     kind: str
@@ -88,7 +96,7 @@ class Hop:
     number: int  # 1-based rule number in its chain; 0 for policy/route/deliver
     rule: str  # the rule text (`-A CHAIN ...`), or a description for route/deliver
     verdict: str  # what happened: "jump KUBE-SVC-…", "DNAT to 10.0.0.1:80", "ACCEPT", ...
-    chance: Fraction | None = None  # for random rules: the share that went this way
+    chance: Fraction | None = None  # for random rules and balancers: the share that went this way (when known)
 
     def as_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "table": self.table, "chain": self.chain,
@@ -100,17 +108,25 @@ class Hop:
 
 @dataclass(frozen=True, slots=True)
 class Path:
-    """One way the connection can go, with its probability and its end."""
+    """One way the connection can go, with its probability and its end.
 
-    probability: Fraction
+    `probability` is None when the share is not known (`unknown` says why);
+    `group` is then (the branch key where the split happened, the share of
+    the whole group), so the paths of one group add up to that share.
+    """
+
+    probability: Fraction | None
     verdict: str  # DNAT | ACCEPT | DROP | REJECT
     hops: tuple[Hop, ...]
     packet: Packet  # as it leaves the rules (or where it was stopped)
     masquerade: bool
-    affinity: int | None = None  # seconds, when a `recent --set` recorded the client
+    affinity: int | None = None  # seconds, when a `recent --set` (or IPVS persistence) recorded the client
     key: tuple[int, ...] = ()  # branch choices (0 = took the random rule), for stable order
     notes: tuple[str, ...] = ()
     assumptions: tuple[Assumption, ...] = ()  # the undecided matches this path rests on
+    unknown: str = ""
+    group: tuple[tuple[int, ...], Fraction] | None = None
+    weight: int | None = None  # the balancer's weight of this destination, when one chose it
 
     @property
     def endpoint(self) -> str | None:
@@ -120,17 +136,24 @@ class Path:
 @dataclass(frozen=True, slots=True)
 class Destination:
     endpoint: str  # IP:PORT after DNAT
-    probability: Fraction
+    probability: Fraction | None  # None: not fixed by the rules (`unknown` says why)
     node: str | None  # node the endpoint runs on, when known
     local: bool | None  # on this node (no extra hop); None when unknown
     masquerade: bool
     affinity: int | None = None
     assuming: tuple[Assumption, ...] = ()  # reached only if these hold; `probability` is the chance then
+    unknown: str = ""
+    weight: int | None = None  # the balancer's weight, when one chose the endpoint
 
     def as_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"endpoint": self.endpoint, "probability": float(self.probability),
-                             "chance": str(self.probability), "node": self.node, "local": self.local,
+        p = self.probability
+        d: dict[str, Any] = {"endpoint": self.endpoint, "probability": None if p is None else float(p),
+                             "chance": None if p is None else str(p), "node": self.node, "local": self.local,
                              "masquerade": self.masquerade}
+        if p is None:
+            d["reason"] = self.unknown
+        if self.weight is not None:
+            d["weight"] = self.weight
         if self.affinity is not None:
             d["affinity_seconds"] = self.affinity
         if self.assuming:
@@ -160,7 +183,7 @@ class TraceResult:
     source: str = ""
     node: str | None = None  # this node's name, when known
     node_ips: tuple[str, ...] = ()
-    outcomes: dict[str, Fraction] = field(default_factory=dict)  # verdict → total chance
+    outcomes: dict[str, Fraction | None] = field(default_factory=dict)  # verdict → total chance (None: unknown)
     nodes_known: bool = True  # the Kubernetes objects were given, so endpoints' nodes are known
     base_chains: frozenset[str] = frozenset()  # chains the hooks enter: the diagram names only the others
 
@@ -181,24 +204,25 @@ class TraceResult:
                 seen.setdefault(a.question, Assumption(a.question, True, a.reason))
         return tuple(seen.values())
 
-    def shares(self) -> dict[str, Fraction]:
-        """Endpoint → chance of reaching it (masqueraded or not).
+    def shares(self) -> dict[str, Fraction | None]:
+        """Endpoint → chance of reaching it (masqueraded or not); None when the rules do not fix it.
 
         Where paths rest on assumptions, an endpoint's chance is the most it
         gets under any one set of them (each set is its own world).
         """
-        worlds: dict[tuple[Assumption, ...], dict[str, Fraction]] = {}
+        worlds: dict[tuple[Assumption, ...], dict[str, Fraction | None]] = {}
         for d in self.destinations:
             out = worlds.setdefault(d.assuming, {})
-            out[d.endpoint] = out.get(d.endpoint, Fraction(0)) + d.probability
+            prev = out.get(d.endpoint, Fraction(0))
+            out[d.endpoint] = None if prev is None or d.probability is None else prev + d.probability
         if len(worlds) <= 1:
             return next(iter(worlds.values()), {})
-        best: dict[str, Fraction] = {}
+        best: dict[str, Fraction | None] = {}
         for out in worlds.values():
             for ep, p in out.items():
-                best[ep] = max(best.get(ep, Fraction(0)), p)
+                have = best.get(ep, Fraction(0))
+                best[ep] = None if p is None or have is None else max(have, p)
         return best
-
     def trunk(self) -> tuple[Hop, ...]:
         """The hops every path shares (the whole path when there is one)."""
         if not self.paths:
@@ -222,12 +246,23 @@ class TraceResult:
             "packet": {"proto": self.packet.proto, "src": self.packet.src, "dst": self.packet.dst_endpoint,
                        "entry": self.entry.hook, "in_iface": self.entry.in_iface, "from": self.entry.who,
                        "src_default": self.entry.src_default, "target": self.entry.target},
-            "outcomes": {k: {"probability": float(v), "chance": str(v)} for k, v in self.outcomes.items()},
-            "paths": [{"probability": float(p.probability), "chance": str(p.probability), "verdict": p.verdict,
-                       "endpoint": p.endpoint, "masquerade": p.masquerade,
-                       "assuming": [a.as_json() for a in p.assumptions],
-                       "hops": [h.as_json() for h in p.hops]} for p in self.paths],
+            "outcomes": {k: {"probability": None if v is None else float(v), "chance": None if v is None else str(v)}
+                         for k, v in self.outcomes.items()},
+            "paths": [_path_json(p) for p in self.paths],
             "assumed": self.assumed,
             "assumptions": [{"question": a.question, "reason": a.reason} for a in self.assumptions()],
             "notes": list(self.notes),
         }
+
+
+def _path_json(p: Path) -> dict[str, Any]:
+    known = p.probability is not None
+    d: dict[str, Any] = {"probability": float(p.probability) if known else None,
+                         "chance": str(p.probability) if known else None, "verdict": p.verdict,
+                         "endpoint": p.endpoint, "masquerade": p.masquerade,
+                         "hops": [h.as_json() for h in p.hops]}
+    if p.assumptions:
+        d["assuming"] = [a.as_json() for a in p.assumptions]
+    if not known:
+        d["reason"] = p.unknown
+    return d

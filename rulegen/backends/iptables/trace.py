@@ -98,8 +98,7 @@ def trace_ruleset(ruleset: Ruleset, settings: Settings, src: str | None, dst_ip:
                   out_iface: str = E.OUTSIDE_IFACE, sport: int = E.DEFAULT_SPORT,
                   pod_cidrs: tuple[str, ...] = (), strict: bool = True,
                   ipsets: dict[str, IPSet] | None = None, ipsets_source: str = "",
-                  routes: tuple[tuple[str, str], ...] = (), pod_iface: str | None = None,
-                  plugins: tuple = ()) -> TraceResult:
+                  routes: tuple[tuple[str, str], ...] = (), pod_iface: str | None = None) -> TraceResult:
     """Follow one new connection `src → dst_ip:dst_port` through `ruleset`.
 
     `jumps=None` means: use the built-in chains' rules in the ruleset, or
@@ -144,8 +143,8 @@ def trace_ruleset(ruleset: Ruleset, settings: Settings, src: str | None, dst_ip:
     if pod_iface:
         def to_pod(dst: str, _route=to_pod) -> str | None:  # noqa: E306 - the same question, another answer
             return pod_iface if _route(dst) else None
-    engine = Engine(rules, node_ips, out_iface, to_pod, strict=strict, ipsets=ipsets, ipsets_source=ipsets_source,
-                    route=_router(routes), plugins=plugins)
+    engine = Engine(rules, node_ips, out_iface, to_pod, strict=strict, sets=ipsets, sets_source=ipsets_source,
+                    route=_router(routes))
     paths = engine.run(pkt, entry.hook)
     notes += engine.notes
     if ipsets is None and not strict and any(a.reason.endswith("pass --ipsets") for p in paths

@@ -21,8 +21,20 @@ Order, for a connection's first packet:
 
 nat is consulted only for a tracked connection: after NOTRACK or `CT
 --notrack` in raw, no NAT happens. Tables missing from the rules are
-skipped. Another kind of stage (IPVS's scheduling at INPUT and OUTPUT) can
-be plugged in at its priority (`Plugin`).
+skipped.
+
+Two places in that order belong to the kernel's other packet handlers, not
+to xtables: `local-in` (after filter and security INPUT, before nat INPUT:
+where IPVS takes packets for a local address) and `local-out` (after nat
+OUTPUT and re-routing: where IPVS takes the node's own packets). A tracer
+that models such a handler passes a `Step` for it; without one the walk goes
+straight on. A step may split the connection into branches whose shares it
+cannot know (a scheduler that counts live connections): such a path carries
+`probability=None`, the reason, and the share of the group it belongs to.
+`-m set` matches read the sets a tracer passes (`sets`: name → a node's
+`ipset save` record, or `matchers.SetMembers`), so IPVS mode's compiled sets
+and a node's sets are read alike; with no sets given, a set match is an
+open question (below).
 
 Two ways to meet a match the tracer cannot decide. `strict` (rules
 rulegen compiled): every part of a reached rule must be understood, and
@@ -42,7 +54,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from functools import lru_cache
-from typing import Callable, NamedTuple, Protocol
+from typing import Callable, Mapping, Protocol
 
 from ...trace import hooks as H
 from ...trace.model import Assumption, Hop, Packet, Path, TraceError
@@ -68,6 +80,13 @@ TABLE_PRIORITY: dict[str, dict[str, int]] = {
     "security": {h: H.PRIORITY["security"] for h in ("INPUT", "FORWARD", "OUTPUT")},
 }
 TABLE_ORDER = ("raw", "mangle", "nat", "filter", "security")
+# The places a `Step` may take (see the module's docstring), at the kernel's priorities for IPVS's handlers.
+STEP_STAGES = {"local-in": H.Stage("INPUT", H.IPVS_PRIORITY["INPUT"], "local-in"),
+               "local-out": H.Stage("OUTPUT", H.IPVS_PRIORITY["OUTPUT"], "local-out")}
+# A packet a step sends on again as the node's own (IPVS's NAT forwarding does): routed, the OUTPUT
+# hooks but nat (the connection's destination NAT is settled), then POSTROUTING, where source NAT
+# is still open. Names from `trace.hooks.ROUTES`' vocabulary.
+RESENT = ("route-out", "OUTPUT-resent", "POSTROUTING", "loop")
 
 
 def table_stages(tables) -> list[H.Stage]:
@@ -77,6 +96,33 @@ def table_stages(tables) -> list[H.Stage]:
         if t in tables:
             out += [H.Stage(hook, prio, t, nat=t == "nat") for hook, prio in TABLE_PRIORITY[t].items()]
     return out
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One way a step sends the packet on.
+
+    `share` is the fraction of the connections reaching the step that take
+    this branch, or None when the step cannot know it (`unknown` says why;
+    `weight` is what the step weighs it by). `then` replaces the hooks
+    still to come (None: carry on), `verdict` ends the path there.
+    """
+
+    share: Fraction | None
+    packet: Packet
+    hop: Hop
+    then: tuple[str, ...] | None = None  # e.g. RESENT
+    verdict: str | None = None
+    unknown: str = ""
+    weight: int | None = None
+    affinity: int | None = None
+    notes: tuple[str, ...] = ()
+
+
+class Step(Protocol):
+    """A packet handler outside xtables: None (or no branch) when the packet is not for it."""
+
+    def __call__(self, pkt: Packet) -> list[Branch] | None: ...
 
 
 @dataclass
@@ -179,32 +225,6 @@ def is_kube_chain(chain: str) -> bool:
     return chain.startswith("KUBE-")
 
 
-class Branch(NamedTuple):
-    """One way a plugged-in stage sends the packet on: its share, the packet after it, what it did.
-
-    `resume` replaces the rest of the walk when the stage re-sends the
-    packet itself (IPVS's NAT forwarding sends it out through OUTPUT and
-    POSTROUTING): names from `trace.hooks.ROUTES`' vocabulary (hooks,
-    "route-in", "route-out", "loop", "deliver-local", "deliver-out").
-    None: the walk goes on with the stages after this one.
-    """
-
-    share: Fraction
-    packet: Packet
-    text: str
-    verdict: str = "ACCEPT"  # ACCEPT (go on), DROP, REJECT
-    resume: tuple[str, ...] | None = None
-
-
-class Plugin(Protocol):
-    """A stage that is not an xtables table (IPVS's virtual servers): it sees the packet at its hook and priority."""
-
-    stage: H.Stage
-
-    def run(self, pkt: Packet) -> list[Branch] | None:
-        """The packet's ways on (shares adding up to 1), or None when the stage leaves it alone."""
-
-
 class Undecided(Exception):
     """A match the walk cannot decide: an open yes/no question about the packet.
 
@@ -235,16 +255,19 @@ class _Walk:
     untracked: bool = False
     answers: dict[tuple, Assumption] = field(default_factory=dict)
     akey: list[int] = field(default_factory=list)  # assumed choices (0 = took the match as true)
+    unknown: str = ""  # why this path's share is not known (a step could not say)
+    group: tuple | None = None  # (branch key, share) of the group of paths an unknown split made
+    weight: int | None = None
 
     def fork(self) -> "_Walk":
         return _Walk(self.pkt, self.prob, list(self.hops), list(self.steps), [list(f) for f in self.stack],
                      self.orig, self.masq, self.affinity, list(self.key), list(self.notes), self.ctmark,
-                     self.untracked, dict(self.answers), list(self.akey))
+                     self.untracked, dict(self.answers), list(self.akey), self.unknown, self.group, self.weight)
 
     def state(self) -> tuple:
         """What decides the rest of the walk (two walks with equal states end the same way)."""
         return (self.pkt, self.prob, tuple(self.steps), self.masq, self.affinity, self.ctmark, self.untracked,
-                tuple(self.key))
+                tuple(self.key), self.unknown, self.group, self.weight)
 
 
 @dataclass(frozen=True)
@@ -264,25 +287,31 @@ class Engine:
     that names one (the node routes its own pods' addresses to their
     interfaces, not to its uplink); `route(dst)` may name the interface for
     any destination first (the node's own routes: a Docker bridge, a
-    tunnel). `ipsets` are the node's sets (`ipset save`), None when not
-    given; `strict` fails on what it cannot decide instead of splitting.
+    tunnel). `sets` are the ipsets `-m set` reads (a node's `ipset save`
+    records, or IPVS mode's compiled sets as `matchers.SetMembers`), None
+    when not given; `bridged` the interfaces that are bridges (a packet in
+    on one came through a bridge port: `physdev --physdev-is-in`); `steps`
+    the handlers for the `local-in` / `local-out` places (see the module's
+    docstring); `strict` fails on what it cannot decide instead of
+    splitting.
     """
 
     def __init__(self, rules: Rules, node_ips: tuple[str, ...] | frozenset[str], out_iface: str = "eth0",
                  pod_iface: Callable[[str], str | None] | None = None, *, strict: bool = True,
-                 ipsets: dict[str, IPSet] | None = None, ipsets_source: str = "",
-                 route: Callable[[str], str | None] | None = None, plugins: tuple[Plugin, ...] = (),
-                 max_assumed: int = MAX_ASSUMED) -> None:
+                 sets: Mapping[str, IPSet | M.SetMembers] | None = None, sets_source: str = "",
+                 bridged: frozenset[str] = frozenset(), steps: Mapping[str, Step] | None = None,
+                 route: Callable[[str], str | None] | None = None, max_assumed: int = MAX_ASSUMED) -> None:
         self.rules = rules
         self.local = frozenset(node_ips)
         self.out_iface = out_iface
         self.pod_iface = pod_iface
         self.route_iface = route
         self.strict = strict
-        self.ipsets = ipsets
-        self.ipsets_source = ipsets_source
-        self.plugins = {p.stage.name: p for p in plugins}
-        self.stages = table_stages(rules.chains) + [p.stage for p in plugins]
+        self.sets = sets
+        self.sets_source = sets_source
+        self.bridged = bridged
+        self.handlers = dict(steps or {})
+        self.stages = table_stages(rules.chains) + [STEP_STAGES[n] for n in STEP_STAGES if n in self.handlers]
         self.max_assumed = max_assumed
         self.steps = 0
         self.assumed_branches = 0
@@ -326,8 +355,8 @@ class Engine:
             if hook == "OUTPUT":
                 stages.append(H.Stage("OUTPUT", H.REROUTE_PRIORITY, "reroute"))
             seq = H.sequence(hook, stages)
-            if looped:  # the connection is NATed once: nat and plugins are not consulted again
-                seq = tuple(s for s in seq if not s.nat and s.name not in self.plugins and s.name != "reroute")
+            if looped:  # the connection is NATed once: nat and steps are not consulted again
+                seq = tuple(s for s in seq if not s.nat and s.name not in self.handlers and s.name != "reroute")
             self._seq[k] = seq
         return [("stage", s) for s in seq]
 
@@ -336,6 +365,8 @@ class Engine:
         for n in names:
             if n in H.HOOKS:
                 out += self._hook_steps(n, looped)
+            elif n == "OUTPUT-resent":  # sent on by a step: no second NAT, step or re-route
+                out += self._hook_steps("OUTPUT", True)
             elif n.startswith("route-"):
                 out.append(("route", n[6:]))
             elif n == "loop":
@@ -389,9 +420,11 @@ class Engine:
         if stage.nat and w.untracked:
             w.steps.pop(0)
             return None
-        plugin = self.plugins.get(stage.name)
-        if plugin is not None:
-            return self._plugin(w, plugin, work)
+        handler = self.handlers.get(stage.name)
+        if handler is not None:
+            w.steps.pop(0)
+            self._run_step(w, handler(w.pkt) or [], work)
+            return None
         if stage.name not in self.rules.chains:
             w.steps.pop(0)
             return None
@@ -402,25 +435,30 @@ class Engine:
             return self._finish(w, verdict, "")
         return None
 
-    def _plugin(self, w: _Walk, plugin: Plugin, work: list[_Walk]) -> Path | None:
-        w.steps.pop(0)
-        branches = plugin.run(w.pkt)
+    def _run_step(self, w: _Walk, branches: list[Branch], work: list[_Walk]) -> None:
+        """Send W on along each branch a step chose (forks for all but the first)."""
         if not branches:
-            return None
-        forks = [w] + [w.fork() for _ in branches[1:]]
-        for i, (x, b) in enumerate(zip(forks, branches)):
+            return
+        key, share = tuple(w.key), w.prob
+        walks = [w] + [w.fork() for _ in branches[1:]]
+        for i, (b, x) in enumerate(zip(branches, walks)):
             if len(branches) > 1:
                 x.key.append(i)
-            x.prob *= b.share
+            if b.share is None:
+                x.unknown, x.group = b.unknown, (key, share)
+            else:
+                x.prob = share * b.share
             x.pkt = b.packet
-            x.hops.append(Hop("rule", plugin.stage.name, plugin.stage.hook, 0, b.text, b.verdict,
-                              b.share if b.share != 1 else None))
-            if b.verdict != "ACCEPT":
+            x.hops.append(b.hop)
+            x.notes.extend(b.notes)
+            x.weight = b.weight
+            if b.affinity is not None:
+                x.affinity = b.affinity
+            if b.verdict is not None:
                 x.steps = [("end", b.verdict)]
-            elif b.resume is not None:
-                x.steps = self._expand(b.resume)
-        work.extend(forks[1:])
-        return None
+            elif b.then is not None:
+                x.steps = self._expand(b.then)
+        work.extend(walks[1:])
 
     def _join(self, walks: list[_Walk]) -> list[_Walk]:
         """Join assumed branches that reach the same state again: their open question did not matter."""
@@ -466,8 +504,9 @@ class Engine:
                 text = f"sent on to {dest}" + (f" via {p.out_iface}" if p.out_iface else "")
             w.hops.append(Hop("deliver", "", "", 0, text, verdict))
         notes = tuple(n.replace("{endpoint}", p.dst_endpoint) for n in w.notes)
-        return Path(w.prob, verdict, tuple(w.hops), p, w.masq, w.affinity, tuple(w.key) + tuple(w.akey), notes,
-                    tuple(w.answers.values()))
+        return Path(None if w.unknown else w.prob, verdict, tuple(w.hops), p, w.masq, w.affinity,
+                    tuple(w.key) + tuple(w.akey), notes, tuple(w.answers.values()), w.unknown,
+                    w.group if w.unknown else None, w.weight)
 
     def _route(self, w: _Walk, which: str) -> None:
         p = w.pkt
@@ -658,7 +697,7 @@ class Engine:
         open_: list[Undecided] = []
         for m in sp.matches:
             try:
-                if not self.strict:
+                if not self.strict and m.module != "physdev":
                     _check_match(m)
                 fn = _MATCHES.get(m.module)
                 if fn is None:
@@ -860,14 +899,24 @@ class Engine:
             if o.name.startswith(("--packets-", "--bytes-")):
                 raise Undecided(_match_key(m, w.pkt), f"'{_match_text(m)}' matches",
                                 f"ipset {name}: the counters of its members are not known")
+        if m.get("--return-nomatch") is not None:
+            raise Unsupported(f"ipset {name}: option --return-nomatch of match 'set'")
         question, key = _set_question(name, flags, w.pkt)
-        if self.ipsets is None:
+        s = self.sets.get(name) if self.sets is not None else None
+        if s is None and self.strict:  # the tracer's own rules name a set it did not pass
+            raise Unsupported(f"set {name} is not known (no ipset listing holds it)")
+        if self.sets is None:
             raise Undecided(key, question, f"ipset {name} unknown: pass --ipsets", ms.negated)
-        s = self.ipsets.get(name)
         if s is None:
-            raise Undecided(key, question, f"ipset {name} is not in {self.ipsets_source or 'the saved sets'}",
+            raise Undecided(key, question, f"ipset {name} is not in {self.sets_source or 'the saved sets'}",
                             ms.negated)
         pkt = w.pkt
+        if isinstance(s, M.SetMembers):  # a tracer's own sets (IPVS mode's compile)
+            try:
+                r = M.set_match(self.sets, name, flagtext, pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
+            except Unsupported as e:
+                raise Undecided(key, question, f"ipset {name}: {e}", ms.negated) from None
+            return r != ms.negated
 
         def get(kind: str, flag: str) -> object:
             if kind == "ip":
@@ -879,10 +928,34 @@ class Engine:
             return pkt.mark
 
         try:
-            r = ipset_members.holds(s, flags, get, self.ipsets, self.rules.family)
+            r = ipset_members.holds(s, flags, get, self.sets, self.rules.family)  # type: ignore[arg-type]
         except ipset_members.Unknown as e:
             raise Undecided(key, question, f"ipset {name}: {e}", ms.negated) from None
         return r != ms.negated
+
+    def _m_ipvs(self, m: Match, w: _Walk, sets: list[str]) -> bool:
+        # The kernel's rule: a packet IPVS did not handle matches only a negated --ipvs.
+        pkt = w.pkt
+        if pkt.virtual is None:
+            o = m.get("--ipvs")
+            return o is not None and o.negated
+        for o in m.opts:
+            if M.ipvs_match(pkt.virtual, o.name, o.values[0] if o.values else None) == o.negated:
+                return False
+        return True
+
+    def _m_physdev(self, m: Match, w: _Walk, sets: list[str]) -> bool:
+        for o in m.opts:
+            if o.name == "--physdev-is-in":  # came in through a bridge port
+                r = w.pkt.in_iface in self.bridged
+            elif o.name == "--physdev-is-bridged":  # a routed packet is never being bridged
+                r = False
+            else:  # a bridge port's name (only reached in a dump: strict rules refuse it)
+                self.taken.append(f"-m physdev {o.name} is taken as matching: {_TAKEN['physdev']}")
+                continue
+            if r == o.negated:
+                return False
+        return True
 
     # ------------------------------------------------------------------ targets
 
@@ -1124,7 +1197,7 @@ _MATCH_OPTS: dict[str, dict[str, int] | None] = {
                   "--ctorigdst": 1, "--ctreplsrc": 1, "--ctrepldst": 1, "--ctorigsrcport": 1,
                   "--ctorigdstport": 1, "--ctreplsrcport": 1, "--ctrepldstport": 1},
     "state": {"--state": 1},
-    "set": {"--match-set": 2, "--return-nomatch": 0, "--update-counters": 0, "--update-subcounters": 0,
+    "set": {"--match-set": 2, "--update-counters": 0, "--update-subcounters": 0,
             "--packets-eq": 1, "--packets-lt": 1, "--packets-gt": 1, "--bytes-eq": 1, "--bytes-lt": 1,
             "--bytes-gt": 1},
     "multiport": {"--dports": 1, "--destination-ports": 1, "--sports": 1, "--source-ports": 1, "--ports": 1},
@@ -1133,7 +1206,8 @@ _MATCH_OPTS: dict[str, dict[str, int] | None] = {
     "policy": {"--dir": 1, "--pol": 1, "--strict": 0, "--reqid": 1, "--spi": 1, "--proto": 1, "--mode": 1,
                "--tunnel-src": 1, "--tunnel-dst": 1, "--next": 0},
     "rpfilter": {"--loose": 0, "--validmark": 0, "--accept-local": 0, "--invert": 0},
-    "physdev": None,
+    "physdev": {"--physdev-is-in": 0, "--physdev-is-bridged": 0},
+    "ipvs": {"--ipvs": 0, "--vproto": 1, "--vaddr": 1, "--vport": 1, "--vdir": 1},
     "owner": None,
     "limit": None,
     "hashlimit": None,
@@ -1144,7 +1218,7 @@ _MATCH_OPTS: dict[str, dict[str, int] | None] = {
 }
 # Matches taken as matching without evaluation, and why (said once per trace).
 _TAKEN = {
-    "physdev": "bridge ports are not modelled",
+    "physdev": "which bridge port a packet crosses is not modelled",
     "owner": "the trace does not know which user or process sends",
     "limit": "a first connection is within any rate limit",
     "hashlimit": "a first connection is within any rate limit",
@@ -1298,6 +1372,14 @@ def _check_match(m: Match) -> None:
     elif mod == "multiport":
         for o in m.opts:
             M.ports_match(0, o.values[0])
+    elif mod == "set":
+        for o in m.opts:
+            if o.name == "--match-set" and any(w not in ("src", "dst") for w in o.values[1].split(",")):
+                raise Unsupported(f"set flags {o.values[1]!r} (src and dst are evaluated)")
+    elif mod == "ipvs":
+        for o in m.opts:
+            if o.values:
+                M.ipvs_match(("tcp", "0.0.0.0", 0), o.name, o.values[0])
     elif mod == "iprange":
         for o in m.opts:
             M.iprange_match("0.0.0.0" if ":" not in o.values[0] else "::", o.values[0])
@@ -1326,7 +1408,8 @@ _MATCHES: dict[str, Callable] = {
     "pkttype": Engine._m_pkttype,
     "policy": Engine._m_policy,
     "rpfilter": Engine._m_rpfilter,
-    "physdev": Engine._m_taken,
+    "physdev": Engine._m_physdev,
+    "ipvs": Engine._m_ipvs,
     "owner": Engine._m_taken,
     "limit": Engine._m_taken,
     "hashlimit": Engine._m_taken,
