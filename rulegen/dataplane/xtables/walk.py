@@ -622,10 +622,14 @@ class Engine:
         elif text.startswith(("DNAT ", "REDIRECT ")) and self.rules.has_kube:
             w.notes.append(f"{text.split(' ', 1)[0]} by {where}: {rule}"
                            + ("; kube-proxy's rules never see this connection" if later else ""))
-        elif verdict == "ACCEPT" and later and ctx.table in ("nat", "filter"):
-            w.notes.append(f"ACCEPT by {where}: {rule}"
-                           + ("; no Service DNAT happens in this hook" if ctx.table == "nat" else
-                              "; kube-proxy's filter rules there are skipped"))
+        elif later and ctx.table in ("nat", "filter") and (verdict == "ACCEPT" or text.startswith(("SNAT", "MASQ"))):
+            if ctx.table == "filter":
+                then = "kube-proxy's filter rules there are skipped"
+            elif bottom in ("PREROUTING", "OUTPUT"):
+                then = "no Service DNAT happens in this hook"
+            else:
+                then = "kube-proxy's masquerade rules there are skipped"
+            w.notes.append(f"{text.split(':')[0]} by {where}: {rule}; {then}")
 
     def _open(self, w: _Walk, u: Undecided, ctx: _Ctx, work: list[_Walk]) -> bool:
         """Meet an open question on W's way; True when W now has an answer (its rule is evaluated again)."""
