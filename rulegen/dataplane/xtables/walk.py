@@ -51,6 +51,9 @@ rest are taken as not matching, said in `Engine.notes`.
 
 from __future__ import annotations
 
+import ipaddress
+import re
+from bisect import bisect_left
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from functools import lru_cache
@@ -140,6 +143,14 @@ class Rules:
     origin: dict[tuple[str, str], str] = field(default_factory=dict)
     _recent: dict[str, int] | None = None
     _kube_jumps: dict[tuple[str, str], tuple[int, ...]] | None = None
+    _index: dict[tuple[str, str], "_ChainIndex | None"] = field(default_factory=dict)
+
+    def index(self, table: str, chain: str) -> "_ChainIndex | None":
+        """The chain's rules by destination, when most of them match one address, protocol and port only."""
+        k = (table, chain)
+        if k not in self._index:
+            self._index[k] = _ChainIndex.of(self.chains[table][chain])
+        return self._index[k]
 
     @classmethod
     def of(cls, rs: Ruleset, source: str,
@@ -211,6 +222,94 @@ class Rules:
                             found.setdefault(n.values[0], int(sec.values[0]))
             self._recent = found
         return self._recent.get(name)
+
+
+class _ChainIndex:
+    """A long chain's rules that need one protocol and destination port (and address), by (P, ADDR, N).
+
+    kube-proxy's KUBE-SERVICES and KUBE-NODEPORTS hold one such rule per
+    Service port (KUBE-NODEPORTS without the address): with 10,000 Services a walk that tried each would spend
+    its time there. A rule of that shape cannot match a packet with another
+    key, so the walk goes from one rule that can match to the next: the
+    rules of its key and every rule of another shape, in chain order.
+    """
+
+    MIN_RULES = 32
+    __slots__ = ("keyed", "others", "size")
+
+    def __init__(self, keyed: dict[tuple, list[int]], others: list[int], size: int) -> None:
+        self.keyed, self.others, self.size = keyed, others, size
+
+    @classmethod
+    def of(cls, specs: list[str]) -> "_ChainIndex | None":
+        keyed: dict[tuple, list[int]] = {}
+        others: list[int] = []
+        for i, s in enumerate(specs):
+            k = _index_key(s)
+            if k is None:
+                others.append(i)
+            else:
+                keyed.setdefault(k, []).append(i)
+        if len(others) * 2 > len(specs):
+            return None  # not that kind of chain
+        return cls(keyed, others, len(specs))
+
+    def next(self, idx: int, pkt: Packet) -> int:
+        """The first rule at or after IDX that may match PKT (the chain's length when none)."""
+        best = self.size
+        j = bisect_left(self.others, idx)
+        if j < len(self.others):
+            best = self.others[j]
+        for key in ((pkt.proto, _addr_key(pkt.dst), pkt.dport), (pkt.proto, None, pkt.dport)):
+            mine = self.keyed.get(key)
+            if mine:
+                j = bisect_left(mine, idx)
+                if j < len(mine) and mine[j] < best:
+                    best = mine[j]
+        return best
+
+
+_COMMENT = re.compile(r'-m comment --comment (?:"(?:[^"\\]|\\.)*"|\S+)(?: |$)')
+_PORT_PROTOS = ("tcp", "udp", "sctp")
+
+
+def _addr_key(ip: str) -> str:
+    return ipaddress.ip_address(ip).compressed if ":" in ip else ip
+
+
+def _index_key(spec: str) -> tuple | None:
+    """(proto, address or None, port): what a packet must have for the rule to match, or None when not that plain.
+
+    Only `-p P`, `--dport N` and `-d ADDR/32` (not negated) are read; any
+    other part of the rule only narrows it further, so a packet without the
+    key can skip it (kube-proxy's no-endpoint DROPs add `-m addrtype`).
+    """
+    body = _COMMENT.sub("", spec)
+    if '"' in body:
+        return None  # a quoted value (a log prefix) could hide words that look like options
+    words = body.split()
+    proto = addr = port = None
+    for i in range(len(words) - 1):
+        k = words[i]
+        if k not in ("-p", "-d", "--dport") or (i and words[i - 1] == "!"):
+            continue
+        v = words[i + 1]
+        if k == "-p":
+            proto = v if v in _PORT_PROTOS else None
+            if proto is None:
+                return None
+        elif k == "-d":
+            a, _, bits = v.partition("/")
+            if not bits or bits in ("32", "128"):
+                addr = a
+        elif v.isdigit():
+            port = int(v)
+    if proto is None or port is None:
+        return None
+    try:
+        return proto, None if addr is None else _addr_key(addr), port
+    except ValueError:
+        return None
 
 
 def _target_is_kube(spec: str) -> bool:
@@ -553,6 +652,12 @@ class Engine:
             if idx >= len(specs):
                 w.stack.pop()
                 continue
+            ix = self.rules.index(table, cname) if len(specs) >= _ChainIndex.MIN_RULES else None
+            if ix is not None:
+                idx = ix.next(idx, w.pkt)
+                if idx >= len(specs):
+                    w.stack.pop()
+                    continue
             frame[1] = idx + 1
             self.steps += 1
             if self.steps > MAX_STEPS:
