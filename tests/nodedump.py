@@ -36,6 +36,7 @@ TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 DUMPS = TESTS / "node_dumps"
 CLUSTER = DUMPS / "cluster.yaml"
+LINT_DIR = ROOT / "lint-fixtures"
 NODE_IP = "192.168.77.10"
 OTHER_NODE_IP = "192.168.77.20"
 POD_CIDR = "10.244.1.0/24"
@@ -418,7 +419,14 @@ class Variant:
         return SHAPES[self.shape](ifaces, **dict(self.options))
 
 
-SHAPES = {"calico": calico, "flannel": flannel, "docker": docker, "firewalld": firewalld, "ufw": ufw}
+def custom(i: Ifaces, builtin: tuple[tuple[str, str, str, str], ...] = (),
+           policies: tuple[tuple[str, str, str], ...] = ()) -> Foreign:
+    """A few rules of a host's own in the built-in chains (what the lint fixtures need, one pitfall each)."""
+    return Foreign(builtin=list(builtin), policies=list(policies))
+
+
+SHAPES = {"calico": calico, "flannel": flannel, "docker": docker, "firewalld": firewalld, "ufw": ufw,
+          "custom": custom}
 
 VARIANTS = (
     Variant("calico", "calico", False, about="Calico's jumps first in every built-in chain (felix keeps them there)"),
@@ -438,15 +446,49 @@ VARIANTS = (
 )
 
 
+def _one(table: str, verb: str, chain: str, spec: str, **kw) -> Variant:
+    return Variant("", "custom", False, options=(("builtin", ((table, verb, chain, spec),)),), **kw)
+
+
+# lint-fixtures/<code>-<bad|good>/: (the variant, the cluster file in that folder). Each bad one shows one
+# pitfall; its good twin is the same rule where it does no harm (after kube-proxy's jumps), or none at all.
+LINT_FIXTURES: dict[str, Variant] = {
+    "RG901-bad": _one("filter", "-I", "FORWARD", "-i {ext} -p tcp -m tcp --dport 8080 -j DROP"),
+    "RG901-good": _one("filter", "-A", "FORWARD", "-i {ext} -p tcp -m tcp --dport 8080 -j DROP"),
+    "RG902-bad": _one("nat", "-I", "PREROUTING", f"-p tcp -m tcp --dport {NODEPORT_WEB} -j DNAT "
+                      "--to-destination 10.244.1.31:8080"),
+    "RG902-good": _one("nat", "-A", "PREROUTING", f"-p tcp -m tcp --dport {NODEPORT_WEB} -j DNAT "
+                       "--to-destination 10.244.1.31:8080"),
+    "RG903-bad": _one("nat", "-I", "PREROUTING", "-i {ext} -j ACCEPT"),
+    "RG903-good": _one("nat", "-A", "PREROUTING", "-i {ext} -j ACCEPT"),
+    "RG904-bad": _one("filter", "-I", "FORWARD", "-i {ext} -j ACCEPT"),
+    "RG904-good": _one("filter", "-A", "FORWARD", "-i {ext} -j ACCEPT"),
+    "RG905-bad": _one("nat", "-I", "PREROUTING", "-i {ext} -j RETURN"),
+    "RG905-good": _one("nat", "-A", "PREROUTING", "-i {ext} -j RETURN"),
+    # lab/local only: its connections are not masqueraded, so kube-proxy's mark ACCEPT does not hold them
+    "RG906-bad": Variant("", "custom", False, options=(("policies", (("filter", "FORWARD", "DROP"),)),)),
+    "RG906-good": Variant("", "custom", False, options=(("builtin", (("filter", "-A", "FORWARD", "-j ACCEPT"),)),
+                                                        ("policies", (("filter", "FORWARD", "DROP"),)))),
+    # lab/web only: from outside masqueraded and accepted by kube-proxy alone; the node's pods by the host's rule
+    "RG907-bad": Variant("", "custom", False, options=(
+        ("builtin", (("filter", "-A", "FORWARD", "-i {pods} -j ACCEPT"),)),
+        ("policies", (("filter", "FORWARD", "DROP"),)))),
+    "RG907-good": Variant("", "custom", False, options=(
+        ("builtin", (("filter", "-A", "FORWARD", "-i {pods} -j ACCEPT"),)),)),
+    "RG908-bad": Variant("", "custom", False, without_kube_jumps=("nat",)),
+    "RG908-good": Variant("", "custom", False),
+}
+
+
 def variant(name: str) -> Variant:
     return next(v for v in VARIANTS if v.name == name)
 
 
 def expand(f: Foreign, ifaces: Ifaces) -> Foreign:
-    """`{ext}` in a shape's user rules is the uplink's name."""
-    fmt = {"ext": ifaces.ext}
+    """`{ext}` in a shape's user rules is the uplink's name, `{pods}` what matches every pod interface."""
+    fmt = {"ext": ifaces.ext, "pods": ifaces.pod_wildcard}
     return Foreign({t: [x.format(**fmt) if "{" in x else x for x in ls] for t, ls in f.chains.items()},
-                   [(t, v, c, s.format(**fmt) if "{ext}" in s else s) for t, v, c, s in f.builtin],
+                   [(t, v, c, s.format(**fmt) if "{ext}" in s or "{pods}" in s else s) for t, v, c, s in f.builtin],
                    list(f.policies), f.ipsets)
 
 
@@ -540,6 +582,11 @@ def main() -> None:  # pragma: no cover - run by hand, as root, to rewrite the c
         (d / "iptables.save").write_text(ipt)
         (d / "ipset.save").write_text(sets)
         print(f"{d}: {len(ipt.splitlines())} lines, {sets.count(chr(10))} ipset lines", file=sys.stderr)
+    for name, v in LINT_FIXTURES.items():
+        d = LINT_DIR / name
+        ipt, _ = make(v, f"rgt-nodedump-{os.getpid()}", BRIDGE_IFACES, d / "input.yaml")
+        (d / "node.rules").write_text(ipt)
+        print(f"{d}/node.rules: {len(ipt.splitlines())} lines", file=sys.stderr)
 
 
 if __name__ == "__main__":
