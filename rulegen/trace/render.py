@@ -39,6 +39,10 @@ def hop_lines(h: Hop) -> tuple[str, str]:
         return where, f"random: not taken ({h.chance} of the connections reaching it)"
     if h.chance is not None:
         return where, f"random: taken ({h.chance} of the connections reaching it): {h.verdict}"
+    if h.verdict == "REJECT" and "--reject-with " in h.rule:
+        kind = h.rule.split("--reject-with ", 1)[1].split(" ", 1)[0]
+        if kind not in ("icmp-port-unreachable", "icmp6-port-unreachable"):  # a firewall's own answer
+            return where, f"REJECT: the client is refused ({kind})"
     return where, _EXPLAIN.get(h.verdict, h.verdict)
 
 

@@ -129,6 +129,9 @@ def test_firewalld_reload_without_kube_jumps_rejects_and_names_the_rule():
     assert doc["verdict"] == "REJECT"
     assert ("REJECT by filter INPUT rule 6, outside kube-proxy's chains: "
             "-A INPUT -j REJECT --reject-with icmp-host-prohibited") in doc["notes"]
+    text = run_cli("trace", "--rules", str(DUMPS / "firewalld-reloaded" / "iptables.save"), "--node-ip", NODE,
+                   "--dst", WEB_NP).stdout
+    assert "REJECT: the client is refused (icmp-host-prohibited)" in text
 
 
 def test_ufw_limit_is_taken_as_matching_with_a_note():
