@@ -20,7 +20,7 @@ rgcli (the client), rgp<N> (pods here), rgcp (a client pod) and rgfar
 
 `python tests/nodedump.py` (root) rewrites tests/node_dumps/<variant>/
 {iptables.save,ipset.save} and the dumps of the lint fixtures
-(lint-fixtures/RG9xx-*/node.rules); tests/kernel/test_node_dumps.py checks
+(lint-fixtures/RG9xx-*/node.rules); tests/kernel/test_node_dumps_kernel.py checks
 that the committed files are what the kernel prints today.
 """
 

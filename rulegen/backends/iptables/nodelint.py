@@ -35,7 +35,7 @@ from typing import Any
 
 from ...dataplane.xtables.model import BUILTIN_CHAINS, Ruleset
 from ...dataplane.xtables.spec import SpecError, parse_spec
-from ...dataplane.xtables.walk import _index_key, is_kube_chain
+from ...dataplane.xtables.walk import index_key, is_kube_chain
 from ...lint.findings import Finding
 from ...settings import Settings
 from ...trace.model import TraceError
@@ -78,7 +78,7 @@ def service_ports(rs: Ruleset, settings: Settings) -> list[ServicePort]:
         by = t.by_chain()
         for chain in ("KUBE-SERVICES", "KUBE-NODEPORTS"):
             for spec in by.get(chain, ()):
-                key = _index_key(spec)
+                key = index_key(spec)
                 if key is None:
                     continue
                 try:

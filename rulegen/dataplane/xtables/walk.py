@@ -245,7 +245,7 @@ class _ChainIndex:
         keyed: dict[tuple, list[int]] = {}
         others: list[int] = []
         for i, s in enumerate(specs):
-            k = _index_key(s)
+            k = index_key(s)
             if k is None:
                 others.append(i)
             else:
@@ -277,7 +277,7 @@ def _addr_key(ip: str) -> str:
     return ipaddress.ip_address(ip).compressed if ":" in ip else ip
 
 
-def _index_key(spec: str) -> tuple | None:
+def index_key(spec: str) -> tuple | None:
     """(proto, address or None, port): what a packet must have for the rule to match, or None when not that plain.
 
     Only `-p P`, `--dport N` and `-d ADDR/32` (not negated) are read; any

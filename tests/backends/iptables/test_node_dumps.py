@@ -3,7 +3,7 @@
 The dumps in tests/node_dumps/ were built by tests/nodedump.py in a network
 namespace (a compile of tests/node_dumps/cluster.yaml, kube-proxy's jumps and
 a shape's own chains, saved with iptables-save and ipset save);
-tests/kernel/test_node_dumps.py checks that the kernel still prints them so.
+tests/kernel/test_node_dumps_kernel.py checks that the kernel still prints them so.
 Here, without root: each dump traces to the endpoints the compiled rules
 reach (or to the foreign rule that stops the connection, named with its
 table, chain, rule number and text), unknown ipsets split into branches that
