@@ -2,7 +2,8 @@
 # Both create .venv and install rulegen into it; `make test` also installs the
 # Debian packages the kernel-facing tests use (iptables, nftables, iproute2,
 # ipset, ipvsadm, conntrack, and for the IPVS VM qemu-system-x86, kmod, udev,
-# busybox-static) when they are missing and we are root, and unpacks a Debian
+# busybox-static; chromium for the browser test of `rulegen explain`'s page)
+# when they are missing and we are root, and unpacks a Debian
 # kernel into .vm/kernel for the IPVS VM (tests/vmhelp.py). `make vm-test`
 # runs only the tests that run inside that VM.
 
@@ -11,13 +12,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SYS_TOOLS := iptables-restore:iptables nft:nftables ip:iproute2 ipset:ipset ipvsadm:ipvsadm conntrack:conntrack sysctl:procps \
-             qemu-system-x86_64:qemu-system-x86 modprobe:kmod udevadm:udev busybox:busybox-static mke2fs:e2fsprogs
+             qemu-system-x86_64:qemu-system-x86 modprobe:kmod udevadm:udev busybox:busybox-static mke2fs:e2fsprogs \
+             chromium:chromium
 # The IPVS VM's kernel: the package linux-image-amd64 depends on, unpacked (not installed).
 VM_DIR     := .vm
 VM_KERNEL  := $(VM_DIR)/kernel
 VM_FREE_MB := 700
 
-.PHONY: demo test vm-test vm-kernel bench sysdeps venv clean
+.PHONY: demo test vm-test vm-kernel bench sysdeps venv clean explain-png
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -85,6 +87,10 @@ bench: sysdeps $(STAMP)
 	    -o bench-incremental.md || status=1; \
 	else echo "skipping the incremental apply benchmark: it needs root (network namespaces)"; fi; \
 	exit $$status
+
+# The README's picture of `rulegen explain`'s page for the example, remade with headless Chromium.
+explain-png: sysdeps $(STAMP)
+	$(BIN)/python scripts/explain_screenshot.py
 
 clean:
 	rm -rf $(VENV) $(VM_DIR) build *.egg-info .pytest_cache .hypothesis

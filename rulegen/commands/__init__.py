@@ -4,4 +4,4 @@
 command is added by writing its module and naming it here.
 """
 
-COMMANDS = ("apply", "diff", "golden", "trace", "lint", "lab", "bench")
+COMMANDS = ("apply", "diff", "golden", "trace", "lint", "lab", "bench", "explain")

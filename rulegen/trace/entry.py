@@ -84,15 +84,26 @@ def notes_for(req: Request) -> tuple[list[str], list[str]]:
     return head, tail
 
 
+_NODES_CACHE: list[tuple[Any, dict[str, str | None]]] = []
+
+
 def endpoint_nodes(plan: Any) -> dict[str, str | None]:
-    """Endpoint string and bare IP → node name, from every service port of the plan."""
-    out: dict[str, str | None] = {}
+    """Endpoint string and bare IP → node name, from every service port of the plan.
+
+    Read only by the callers; the last plan's map is kept, because a page
+    of traces (`rulegen explain`, the lab) asks for it once per trace and
+    building it costs a pass over every endpoint of the cluster.
+    """
     if plan is None:
-        return out
+        return {}
+    if _NODES_CACHE and _NODES_CACHE[0][0] is plan:
+        return _NODES_CACHE[0][1]
+    out: dict[str, str | None] = {}
     for p in plan.ports:
         for e in p.endpoints:
             out.setdefault(e.ep, e.node_name)
             out.setdefault(e.ip, e.node_name)
+    _NODES_CACHE[:] = [(plan, out)]
     return out
 
 

@@ -30,7 +30,7 @@ from nshelp import namespace_names
 ROOT = Path(__file__).resolve().parents[2]
 SKIP = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".hypothesis",
                               ".pytest_cache", ".benchmarks", "bench-*", "out")
-COMMANDS = ("compile", "apply", "diff", "golden", "trace", "lint", "lab", "bench")
+COMMANDS = ("compile", "apply", "diff", "golden", "trace", "lint", "lab", "bench", "explain")
 
 pytestmark = pytest.mark.slow
 
@@ -129,6 +129,13 @@ def test_trace_and_lint(installed):
     assert r.returncode == 0 and r.stdout.startswith("Trace: TCP ") and "Verdict: DNAT" in r.stdout  # trace.j2
     r = rulegen(installed, "lint", "web-frontend")
     assert r.returncode == 0 and "RG701" in r.stdout and "1 info" in r.stdout  # lint.j2
+
+
+def test_explain(installed):
+    r = rulegen(installed, "explain", "web-frontend", "-o", "page.html")
+    assert r.returncode == 0, r.stderr
+    html = (installed["work"] / "page.html").read_text()  # explain.html.j2, autoescaped
+    assert html.startswith("<!DOCTYPE html>") and '<svg class="rg-flow"' in html and "KUBE-SVC-" in html
 
 
 def test_bench_gen(installed):
