@@ -130,6 +130,15 @@ class Backend(Generic[IR]):
         """What lays the mode's IR out for `rulegen diff`'s neutral comparison."""
         return None
 
+    def node_linter(self) -> Any:
+        """What finds the rules of a node's dump that get in this mode's way (`rulegen lint --rules`), or None.
+
+        `lint(dump_path, ipsets_path, settings, plan, from_files)` returns
+        lint `Finding`s (codes RG901-RG919); FROM_FILES says the expected
+        rules come from a compile of the plan rather than the dump itself.
+        """
+        return None
+
     def lint_checks(self) -> tuple[Any, ...]:
         """Lint checks only this mode needs (functions of `lint.context.Context` yielding `Finding`s).
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -103,7 +104,20 @@ def _compare_files(args: tuple[str, ...], flags: dict, kube_only: bool | None) -
         raise UsageError(f"{opt} applies only when compiling (with --against or --netns)")
     view, (old, old_name), (new, new_name) = _read_pair(args, flags.get("mode"), flags.get("ip_family"))
     kube = bool(kube_only)
-    return compare(view.side(old, old_name, kube), view.side(new, new_name, kube))
+    res = compare(view.side(old, old_name, kube), view.side(new, new_name, kube))
+    return _with_outside_note(res, view, ((old, old_name), (new, new_name)) if kube else ())
+
+
+def _with_outside_note(res: DiffResult, view: Any, sides) -> DiffResult:
+    """One line per side that holds rules outside the mode's own chains that the comparison left out."""
+    count = getattr(view, "outside_rules", None)
+    notes = []
+    for ir, name in sides if count is not None else ():
+        builtin, chains = count(ir)
+        if builtin or chains:
+            notes.append(f"{name}: {builtin} rule(s) outside kube-proxy's in the built-in chains, and {chains} "
+                         "chain(s) not kube-proxy's, are not compared (--all shows them)")
+    return replace(res, notes=tuple(notes)) if notes else res
 
 
 def _compare_compiled(files: tuple[str, ...], netns: str | None, against: str | None, flags: dict,
@@ -141,7 +155,8 @@ def _compare_compiled(files: tuple[str, ...], netns: str | None, against: str | 
     new = view.with_outside(c.ir, c.settings) if add_jumps else c.ir
     new_name = "compiled from " + " ".join(files) + (" + kube-proxy's jump rules" if add_jumps else "")
     kube = True if kube_only is None else kube_only
-    return compare(view.side(old, old_name, kube), view.side(new, new_name, kube))
+    res = compare(view.side(old, old_name, kube), view.side(new, new_name, kube))
+    return _with_outside_note(res, view, ((old, old_name),) if kube else ())
 
 
 @click.command("diff")
@@ -156,9 +171,10 @@ def _compare_compiled(files: tuple[str, ...], netns: str | None, against: str | 
 @settings_options
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
 @click.option("--color/--no-color", default=None, help="Colour the output (default: when stdout is a terminal).")
-@click.option("--kube-only/--all-chains", default=None,
+@click.option("--kube-only/--all-chains", " /--all", default=None,
               help="Compare only KUBE-* chains and the built-in chains' jumps into them "
-                   "(default: on with --netns/--against, off for OLD NEW).")
+                   "(default: on with --netns/--against, off for OLD NEW); --all (or --all-chains) compares the "
+                   "CNI's, Docker's and the firewall's rules too.")
 @click.option("--jumps/--no-jumps", default=None,
               help="Add kube-proxy's jump rules from the built-in chains to the compiled side "
                    "(default: with --netns, and with --against when SAVED has such jumps).")

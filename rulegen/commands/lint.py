@@ -46,15 +46,28 @@ def _scope(linted) -> dict[str, str]:
                    "status.nodeInfo.kernelVersion).")
 @click.option("--nft-version", default=None, metavar="VERSION",
               help="The node's nft (nft --version), for nftables mode's requirement.")
+@click.option("--rules", "rules_path", default=None, metavar="DUMP",
+              help="A node's iptables-save: report the rules outside kube-proxy's chains that shadow Service "
+                   "traffic (RG9xx); FILES then optional (the expected rules come from their compile, else from "
+                   "the dump's own kube-proxy chains).")
+@click.option("--ipsets", "ipsets_path", default=None, metavar="SAVED_SETS",
+              help="The node's `ipset save`, to decide the dump's `-m set` matches.")
 @guarded
-def command(files, as_json, nodeport_range, ignore, kernel_version, nft_version, config_path, **kw):
-    """Check FILES for what will break Service traffic; exit 1 when any finding is an error."""
+def command(files, as_json, nodeport_range, ignore, kernel_version, nft_version, rules_path, ipsets_path,
+            config_path, **kw):
+    """Check FILES for what will break Service traffic; exit 1 when any finding is an error.
+
+    \b
+    rulegen lint cluster.yaml
+    rulegen lint --rules node.save --ipsets node.ipsets --node-ip 192.168.56.10
+    rulegen lint cluster.yaml --rules node.save
+    """
     flags = flags_of(kw)
     rng = parse_nodeport_range(nodeport_range)
     skip = check_codes(ignore)
     versions = from_flags(kernel_version, nft_version)
     report = Report()
-    linted = lint_files(list(files), flags, report, config_path, rng, skip, versions)
+    linted = lint_files(list(files), flags, report, config_path, rng, skip, versions, rules_path, ipsets_path)
     emit_report(report, bool(flags.get("strict")))
     if as_json:
         click.echo(json.dumps(to_json(linted.findings), indent=2))

@@ -133,6 +133,7 @@ class DiffResult:
     containers: tuple[ContainerDiff, ...]  # only those that differ, in group then container order
     compared: tuple[int, int, int]  # groups, containers, items looked at (union of both sides)
     layout: Layout = field(default_factory=Layout)
+    notes: tuple[str, ...] = ()  # what was left out of the comparison, one line each
 
     @property
     def empty(self) -> bool:
@@ -170,6 +171,7 @@ class DiffResult:
                          lay.item_noun + "s": items},
             "summary": self.summary(),
             lay.container_noun + "s": [c.to_json() for c in self.containers],
+            "notes": list(self.notes),
         }
 
 

@@ -117,4 +117,4 @@ def render_text(res: DiffResult, color: bool = False, rules: bool = True) -> str
         groups[-1]["chains"].append({"kind": kind, "name": c.name, "what": _what(c, item, lay.policy_noun),
                                      "lines": lines})
     return render("diff.j2", old=res.old_name, new=res.new_name, tables=groups,
-                  summary=summary_line(res), paint=paint, group=lay.group_noun)
+                  summary=summary_line(res), paint=paint, group=lay.group_noun, notes=res.notes)

@@ -111,18 +111,31 @@ def input_findings(report: Report, ignore: Iterable[str] = ()) -> list[Finding]:
 
 def lint_files(paths: list[str], flags: dict[str, Any], report: Report, config_path: str | None = None,
                nodeport_range: tuple[int, int] = DEFAULT_NODEPORT_RANGE,
-               ignore: Iterable[str] = (), versions: Versions | None = None) -> Linted:
-    """Files → findings, through the loader, settings and plan (no compiler).
+               ignore: Iterable[str] = (), versions: Versions | None = None, rules_path: str | None = None,
+               ipsets_path: str | None = None) -> Linted:
+    """Files → findings, through the loader, settings and plan (no backend).
 
     VERSIONS are the node's kernel and nft versions when the user gave them
     (`--kernel-version`, `--nft-version`); the kernel's is else read from the
-    Node object.
+    Node object. With RULES_PATH (a node's dump) the mode's node linter adds
+    what in the dump gets in kube-proxy's way (RG9xx); FILES are then
+    optional: without them the expected rules are the dump's own kube-proxy
+    chains.
     """
-    if not paths:
+    if not paths and rules_path is None:
         raise UsageError("no input files given (use - for standard input)")
+    if ipsets_path is not None and rules_path is None:
+        raise UsageError("--ipsets goes with --rules (the node's dump whose rules match those sets)")
     timings = Timings()
-    inputs = load_inputs(paths, report, timings)
+    inputs = load_inputs(paths, report, timings) if paths else Inputs([], [], [], [], [], [])
     inputs, settings, plan = plan_inputs(inputs, flags, report, timings, config_path)
     config = load_config_file(config_path, Report()) if config_path else None  # read once more: it reported already
-    found = lint(inputs, settings, plan, nodeport_range, ignore, versions, config) + input_findings(report, ignore)
+    found = ((lint(inputs, settings, plan, nodeport_range, ignore, versions, config) if paths else [])
+             + input_findings(report, ignore))
+    if rules_path is not None:
+        linter = backends.get(settings.mode).node_linter()
+        if linter is None:
+            raise UsageError(f"--rules: lint does not read {settings.mode} mode's node dumps yet")
+        skip = set(ignore)
+        found += [f for f in linter.lint(rules_path, ipsets_path, settings, plan, bool(paths)) if f.code not in skip]
     return Linted(sort_findings(found), inputs, settings, plan)

@@ -154,6 +154,39 @@ _TABLE = (
     Code("RG817", "info", "nft-versions-unknown",
          "nftables mode needs Linux 5.13 or later and nft 1.0.1 or later, and the node's versions are not known here",
          "pass --kernel-version and --nft-version (uname -r, nft --version), or a Node with status.nodeInfo.kernelVersion"),
+    # A node's dump read beside the input (`--rules`): foreign rules in kube-proxy's way, RG901-RG919.
+    Code("RG901", "error", "node-foreign-drop",
+         "on a node dump (`--rules`): a DROP or REJECT outside kube-proxy's chains stops Service connections "
+         "(the rule, and the Service ports it hits, are named)",
+         "let Service traffic through before it, or move it after kube-proxy's jumps"),
+    Code("RG902", "error", "node-foreign-dnat",
+         "on a node dump: a DNAT or REDIRECT outside kube-proxy's chains, ahead of kube-proxy's jump, takes Service "
+         "connections elsewhere (a Docker published port on a NodePort)",
+         "give it a port no Service uses, or move it after kube-proxy's jump"),
+    Code("RG903", "error", "node-foreign-nat-accept",
+         "on a node dump: an ACCEPT in nat PREROUTING/OUTPUT (or a chain they call) ahead of kube-proxy's jump: "
+         "no Service DNAT happens for the connections it takes",
+         "move it after kube-proxy's jump in nat, or narrow it to traffic no Service uses"),
+    Code("RG904", "warning", "node-foreign-filter-accept",
+         "on a node dump: an ACCEPT in filter ahead of kube-proxy's jumps: kube-proxy's filter rules (REJECT "
+         "without endpoints, loadBalancerSourceRanges) are skipped for the connections it takes",
+         "move it after kube-proxy's jumps, or let kube-proxy re-insert its jumps first"),
+    Code("RG905", "error", "node-foreign-return",
+         "on a node dump: a RETURN in a built-in chain ahead of kube-proxy's jump ends the chain there; the policy "
+         "decides and kube-proxy's rules are skipped",
+         "move it after kube-proxy's jump, or narrow it to traffic no Service uses"),
+    Code("RG906", "error", "node-policy-drop",
+         "on a node dump: a built-in chain's policy DROP drops Service connections no rule accepted (a Local-policy "
+         "NodePort behind Docker's or ufw's FORWARD policy)",
+         "accept the Service traffic explicitly in the firewall, or set the policy to ACCEPT"),
+    Code("RG907", "warning", "node-policy-drop-kube-only",
+         "on a node dump: a built-in chain's policy DROP that only kube-proxy's own ACCEPT keeps open for Service "
+         "connections: a firewall reload that flushes kube-proxy's rules closes them",
+         "add the host's own ACCEPT for the pod network and node ports, or set the policy to ACCEPT"),
+    Code("RG908", "error", "node-missing-jump",
+         "on a node dump: a jump kube-proxy installs from a built-in chain is missing (a firewall reload flushed it): "
+         "Service traffic there never meets kube-proxy's rules",
+         "restart kube-proxy (it inserts its jumps on every sync) and find what flushed them"),
 )
 
 CODES: dict[str, Code] = {c.code: c for c in _TABLE}

@@ -204,26 +204,30 @@ def fold(pkt: Packet, entry: Entry, paths: list[Path], notes: list[str], s: Sett
     """The walked PATHS folded into destinations with exact chances, and the verdict.
 
     BASE_CHAINS are the chains the mode's hooks enter (the diagram leaves
-    them out and names the others).
+    them out and names the others). Paths that rest on assumptions (matches
+    the walk could not decide) fold per set of assumptions: each set is a
+    world of its own, and a verdict's chance is the most it has in any one.
     """
     node_ips = frozenset(s.node_ips)
-    dests: dict[tuple[str, bool], list] = {}
-    outcomes: dict[str, Fraction | None] = {}
-    groups: dict[tuple, tuple[Fraction, set[str]]] = {}  # unknown splits: their share and the verdicts seen
+    dests: dict[tuple, list] = {}
+    worlds: dict[tuple, tuple[dict[str, Fraction | None], dict]] = {}  # per set of assumptions: outcomes, groups
     for p in paths:
+        world = tuple(sorted(p.assumptions, key=lambda a: a.question))
+        got, groups = worlds.setdefault(world, ({}, {}))
         if p.probability is None:
+            # unknown splits (an IPVS scheduler): their group's share and the verdicts seen
             assert p.group is not None
             groups.setdefault(p.group[0], (p.group[1], set()))[1].add(p.verdict)
         else:
-            prev = outcomes.get(p.verdict, Fraction(0))
-            outcomes[p.verdict] = None if prev is None else prev + p.probability
+            prev = got.get(p.verdict, Fraction(0))
+            got[p.verdict] = None if prev is None else prev + p.probability
         for n in p.notes:
             if n not in notes:
                 notes.append(n)
         if p.verdict != "DNAT":
             continue
         ep = p.packet.dst_endpoint
-        k = (ep, p.masquerade)
+        k = (ep, p.masquerade, world)
         if k in dests:
             prev = dests[k][0]
             dests[k][0] = None if prev is None or p.probability is None else prev + p.probability
@@ -235,12 +239,18 @@ def fold(pkt: Packet, entry: Entry, paths: list[Path], notes: list[str], s: Sett
             node = eps.get(ep, eps.get(ip))
             local = (node == s.hostname) if (node is not None and s.hostname) else None
         dests[k] = [p.probability, node, local, p.affinity, p.unknown, p.weight]
-    for share, verdicts in groups.values():
-        # A group's paths share one known total; split over verdicts, each verdict's share is unknown.
-        for v in verdicts:
-            prev = outcomes.get(v, Fraction(0))
-            outcomes[v] = None if prev is None or len(verdicts) > 1 else prev + share
-    destinations = tuple(Destination(ep, v[0], v[1], v[2], masq, v[3], v[4], v[5]) for (ep, masq), v in dests.items())
+    outcomes: dict[str, Fraction | None] = {}
+    for got, groups in worlds.values():
+        for share, verdicts in groups.values():
+            # A group's paths share one known total; split over verdicts, each verdict's share is unknown.
+            for v in verdicts:
+                prev = got.get(v, Fraction(0))
+                got[v] = None if prev is None or len(verdicts) > 1 else prev + share
+        for v, c in got.items():
+            have = outcomes.get(v, Fraction(0))
+            outcomes[v] = None if c is None or have is None else max(have, c)
+    destinations = tuple(Destination(ep, v[0], v[1], v[2], masq, v[3], world, v[4], v[5])
+                         for (ep, masq, world), v in dests.items())
     if destinations:
         verdict = "DNAT"
     else:

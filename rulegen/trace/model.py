@@ -3,6 +3,10 @@
 A trace follows one new connection. Where a `statistic` rule splits the
 traffic, the walk splits into weighted paths (`fractions.Fraction`, so 1/3
 stays 1/3); paths that end the same way are merged into one `Destination`.
+Where a rule's match cannot be decided (an ipset whose members were not
+given, a module the tracer does not evaluate), the walk splits into two
+paths, one taking the match as true and one as false; each carries that
+`Assumption`, and its probability is its chance *if* its assumptions hold.
 Where something outside the rules chooses and the choice depends on what
 the rules do not hold (an IPVS scheduler that counts live connections, or
 hashes the client's address), the paths' and destinations' `probability`
@@ -54,13 +58,36 @@ class Packet:
 
 
 @dataclass(frozen=True, slots=True)
+class Assumption:
+    """A match the walk could not decide, and which way one path took it.
+
+    `question` is a yes/no fact about the packet ("ipset cali40masq-ipam-pools
+    holds 203.0.113.10"), the same wherever it is asked on one path, so a
+    path never takes it both ways; `reason` says why it is open and how to
+    close it ("ipset cali40masq-ipam-pools unknown: pass --ipsets").
+    """
+
+    question: str
+    holds: bool
+    reason: str
+
+    def text(self) -> str:
+        return f"{self.question}: {'yes' if self.holds else 'no'}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"question": self.question, "holds": self.holds, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
 class Hop:
     """One step of a path.
 
     kind: `rule` (a rule matched), `skip` (a random rule the path did not take),
-    `policy` (a built-in chain's policy decided), `route` (the routing decision),
-    `balance` (a balancer outside the rules, IPVS, chose a destination; `chain`
-    names it for the path's diagram), `deliver` (the packet leaves the rules).
+    `assume` (an undecidable match taken one way, or two such branches joining
+    again), `policy` (a built-in chain's policy decided), `route` (the routing
+    decision), `balance` (a balancer outside the rules, IPVS, chose a
+    destination; `chain` names it for the path's diagram), `deliver` (the
+    packet leaves the rules).
     """
 
     kind: str
@@ -96,6 +123,7 @@ class Path:
     affinity: int | None = None  # seconds, when a `recent --set` (or IPVS persistence) recorded the client
     key: tuple[int, ...] = ()  # branch choices (0 = took the random rule), for stable order
     notes: tuple[str, ...] = ()
+    assumptions: tuple[Assumption, ...] = ()  # the undecided matches this path rests on
     unknown: str = ""
     group: tuple[tuple[int, ...], Fraction] | None = None
     weight: int | None = None  # the balancer's weight of this destination, when one chose it
@@ -113,6 +141,7 @@ class Destination:
     local: bool | None  # on this node (no extra hop); None when unknown
     masquerade: bool
     affinity: int | None = None
+    assuming: tuple[Assumption, ...] = ()  # reached only if these hold; `probability` is the chance then
     unknown: str = ""
     weight: int | None = None  # the balancer's weight, when one chose the endpoint
 
@@ -127,6 +156,8 @@ class Destination:
             d["weight"] = self.weight
         if self.affinity is not None:
             d["affinity_seconds"] = self.affinity
+        if self.assuming:
+            d["assuming"] = [a.as_json() for a in self.assuming]
         return d
 
 
@@ -160,14 +191,38 @@ class TraceResult:
     def masquerade(self) -> bool:
         return any(p.masquerade for p in self.paths)
 
+    @property
+    def assumed(self) -> bool:
+        """Does any path rest on a match the walk could not decide?"""
+        return any(p.assumptions for p in self.paths)
+
+    def assumptions(self) -> tuple[Assumption, ...]:
+        """Every open question once (as first met, taken as holding), with its reason."""
+        seen: dict[str, Assumption] = {}
+        for p in self.paths:
+            for a in p.assumptions:
+                seen.setdefault(a.question, Assumption(a.question, True, a.reason))
+        return tuple(seen.values())
+
     def shares(self) -> dict[str, Fraction | None]:
-        """Endpoint → chance of reaching it (masqueraded or not); None when the rules do not fix it."""
-        out: dict[str, Fraction | None] = {}
+        """Endpoint → chance of reaching it (masqueraded or not); None when the rules do not fix it.
+
+        Where paths rest on assumptions, an endpoint's chance is the most it
+        gets under any one set of them (each set is its own world).
+        """
+        worlds: dict[tuple[Assumption, ...], dict[str, Fraction | None]] = {}
         for d in self.destinations:
+            out = worlds.setdefault(d.assuming, {})
             prev = out.get(d.endpoint, Fraction(0))
             out[d.endpoint] = None if prev is None or d.probability is None else prev + d.probability
-        return out
-
+        if len(worlds) <= 1:
+            return next(iter(worlds.values()), {})
+        best: dict[str, Fraction | None] = {}
+        for out in worlds.values():
+            for ep, p in out.items():
+                have = best.get(ep, Fraction(0))
+                best[ep] = None if p is None or have is None else max(have, p)
+        return best
     def trunk(self) -> tuple[Hop, ...]:
         """The hops every path shares (the whole path when there is one)."""
         if not self.paths:
@@ -194,6 +249,8 @@ class TraceResult:
             "outcomes": {k: {"probability": None if v is None else float(v), "chance": None if v is None else str(v)}
                          for k, v in self.outcomes.items()},
             "paths": [_path_json(p) for p in self.paths],
+            "assumed": self.assumed,
+            "assumptions": [{"question": a.question, "reason": a.reason} for a in self.assumptions()],
             "notes": list(self.notes),
         }
 
@@ -204,6 +261,8 @@ def _path_json(p: Path) -> dict[str, Any]:
                          "chance": str(p.probability) if known else None, "verdict": p.verdict,
                          "endpoint": p.endpoint, "masquerade": p.masquerade,
                          "hops": [h.as_json() for h in p.hops]}
+    if p.assumptions:
+        d["assuming"] = [a.as_json() for a in p.assumptions]
     if not known:
         d["reason"] = p.unknown
     return d

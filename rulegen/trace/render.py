@@ -30,7 +30,7 @@ def chance(p: Fraction | None, unknown: str = "") -> str:
 
 def hop_lines(h: Hop) -> tuple[str, str]:
     """(what was evaluated, what happened) for one hop."""
-    if h.kind in ("route", "deliver", "balance"):
+    if h.kind in ("route", "deliver", "balance") or (h.kind == "assume" and not h.number):
         return h.rule, h.verdict
     if h.kind == "policy":
         return f"{h.table:<6} {h.rule} (policy of the built-in chain)", h.verdict
@@ -39,6 +39,10 @@ def hop_lines(h: Hop) -> tuple[str, str]:
         return where, f"random: not taken ({h.chance} of the connections reaching it)"
     if h.chance is not None:
         return where, f"random: taken ({h.chance} of the connections reaching it): {h.verdict}"
+    if h.verdict == "REJECT" and "--reject-with " in h.rule:
+        kind = h.rule.split("--reject-with ", 1)[1].split(" ", 1)[0]
+        if kind not in ("icmp-port-unreachable", "icmp6-port-unreachable"):  # a firewall's own answer
+            return where, f"REJECT: the client is refused ({kind})"
     return where, _EXPLAIN.get(h.verdict, h.verdict)
 
 
@@ -151,13 +155,21 @@ def render_text(r: TraceResult) -> str:
             if same_as:
                 hops.append({"what": f"… then the same hops as branch {same_as}, to {end}",
                              "then": p.hops[-1].verdict})
+            title = f"Branch {i} of {len(r.paths)}: {chance(p.probability, p.unknown)} → {end}"
+            if p.assumptions:
+                title += ", assuming " + "; ".join(a.text() for a in p.assumptions)
             branches.append({
-                "title": f"Branch {i} of {len(r.paths)}: {chance(p.probability, p.unknown)} → {end}",
+                "title": title,
                 "diagram": diagram(p, r),
                 "hops": hops,
             })
     dests = [{"endpoint": d.endpoint, "chance": chance(d.probability, d.unknown), "where": _where(d, r),
-              "client": _client(d.masquerade, r), "weight": d.weight} for d in r.destinations]
+              "client": _client(d.masquerade, r), "weight": d.weight,
+              "assuming": "; ".join(a.text() for a in d.assuming)} for d in r.destinations]
+    verdicts = sorted({p.verdict for p in r.paths})
+    verdict = r.verdict
+    if r.assumed and len(verdicts) > 1:
+        verdict += f" (depending on the assumptions: {', '.join(verdicts)}; see the branches)"
     other = {k: chance(v) for k, v in r.outcomes.items() if k != "DNAT"} if r.destinations else {}
     e = r.entry
     frm = f"{r.packet.src}, {e.who}" + (" (no --src given)" if e.src_default else "")
@@ -172,7 +184,8 @@ def render_text(r: TraceResult) -> str:
         frm=frm, to=f"{r.packet.dst_endpoint}, {e.target}", node=node, source=r.source,
         single_diagram=diagram(r.paths[0], r) if len(r.paths) == 1 else None,
         trunk=_hops(trunk), branches=branches, destinations=dests, other_outcomes=other,
-        verdict=r.verdict, masquerade=r.masquerade, notes=list(r.notes),
+        verdict=verdict, masquerade=r.masquerade, notes=list(r.notes),
+        assumptions=[f"{a.question}? {a.reason}" for a in r.assumptions()],
     )
 
 

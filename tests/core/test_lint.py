@@ -37,7 +37,8 @@ EXAMPLE = ROOT / "examples" / "web-frontend" / "cluster.yaml"
 
 def lint_dir(path: Path, extra: list[str] = ()) -> list[Finding]:
     """Lint one fixture folder in-process, with its `args` file parsed by the lint command itself."""
-    argv = shlex.split((path / "args").read_text()) if (path / "args").exists() else []
+    # `{dir}` in an args file is the fixture's folder (a node dump beside the input: --rules {dir}/node.rules)
+    argv = shlex.split((path / "args").read_text().replace("{dir}", str(path))) if (path / "args").exists() else []
     return lint_args([str(path), *argv, *extra])
 
 
@@ -49,7 +50,8 @@ def lint_args(argv: list[str]) -> list[Finding]:
     ignore = check_codes(p.pop("ignore"))
     versions = from_flags(p.pop("kernel_version"), p.pop("nft_version"))
     p.pop("as_json")
-    return lint_files(list(files), flags_of(p), Report(), config, rng, ignore, versions).findings
+    rules, ipsets = p.pop("rules_path"), p.pop("ipsets_path")
+    return lint_files(list(files), flags_of(p), Report(), config, rng, ignore, versions, rules, ipsets).findings
 
 
 def run(args: list[str], stdin: str | None = None):
@@ -78,7 +80,7 @@ def test_bad_fixture_raises_exactly_its_code(code):
     for f in mine:
         assert f.message and f.hint
         assert f.object.startswith(("Service ", "EndpointSlice ", "Endpoints ", "KubeProxyConfiguration",
-                                    "kube-proxy mode ", "Node ")) or f.object == "input"
+                                    "kube-proxy mode ", "Node ", "iptables ")) or f.object == "input"
 
 
 @pytest.mark.parametrize("code", sorted(CODES))

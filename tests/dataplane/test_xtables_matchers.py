@@ -326,18 +326,18 @@ def test_dnat_outside_nat_prerouting_is_refused():
 
 
 @pytest.mark.parametrize("rule,msg", [
-    ("-A PREROUTING -m cpu --cpu 0 -j ACCEPT", "unknown match module 'cpu'"),
+    ("-A PREROUTING -m geoip --src-cc DE -j ACCEPT", "unknown match module 'geoip'"),
     ("-A PREROUTING -m physdev --physdev-in veth0 -j ACCEPT", "option --physdev-in of match 'physdev'"),
     ("-A PREROUTING -m set --match-set KUBE-X dst,src,foo -j ACCEPT", "set flags 'dst,src,foo'"),
     ("-A PREROUTING -m set --match-set KUBE-X dst --return-nomatch -j ACCEPT", "--return-nomatch"),
     ("-A PREROUTING -m ipvs --vmethod MASQ -j ACCEPT", "--vmethod"),
     ("-A PREROUTING -p tcp -m tcp --dport 80 --tcp-option 1 -j ACCEPT", "--tcp-option"),
     ("-A PREROUTING -p udp --dport 80 -j ACCEPT", None),  # implicit -m udp is understood
-    ("-A PREROUTING -j NOTRACK", "unknown target 'NOTRACK'"),
+    ("-A PREROUTING -j TPROXY --on-port 1", "unknown target 'TPROXY'"),
     ("-A PREROUTING -j MARK", "MARK without an option"),
     ("-A PREROUTING -m recent --name X -j ACCEPT", "exactly one of"),
     ("-A PREROUTING -m statistic --mode random -j ACCEPT", "without --probability"),
-    ("-A PREROUTING -m conntrack --ctstatus CONFIRMED -j ACCEPT", "--ctstatus"),
+    ("-A PREROUTING -m conntrack --ctstatus FRESH -j ACCEPT", "conntrack status 'FRESH'"),
     ("-A PREROUTING -m mark --mark 0x1 --mask 2 -j ACCEPT", "--mask"),
     ("-A PREROUTING -d 10.0.0.0/8 -m comment --comment x --comment-bad y -j ACCEPT", "--comment-bad"),
 ])
@@ -510,3 +510,37 @@ def test_a_set_rule_reads_the_engine_sets():
     assert p.verdict == "ACCEPT"
     with pytest.raises(TraceError, match="set VIPS is not known"):
         Engine(rules(text), NODE).run(Packet("tcp", "10.244.0.9", 40000, "10.96.0.10", 80, "eth0"), "PREROUTING")
+
+
+# ------------------------------------------------------------------ long chains: the rules a packet can skip
+
+
+def _long_chain(n: int, middle: str) -> str:
+    # n Service-port rules (one address, protocol and port each), with MIDDLE (another shape) half way.
+    lines = [NAT + ":SVCS - [0:0]\n:MARKED - [0:0]\n-A PREROUTING -j SVCS\n"]
+    for i in range(n):
+        if i == n // 2:
+            lines.append(f"-A SVCS {middle}\n")
+        a, b = divmod(i, 250)
+        lines.append(f'-A SVCS -m comment --comment "ns/s{i}:p cluster IP" -m tcp -p tcp -d 10.96.{a}.{b + 1} '
+                     f"--dport 80 -j DNAT --to-destination 10.244.{a}.{b + 1}:8080\n")
+    lines.append('-A SVCS -m comment --comment "no local endpoints" -m addrtype --dst-type LOCAL -m tcp -p tcp '
+                 "--dport 30080 -j DROP\n")
+    return "".join(lines) + "COMMIT\n"
+
+
+def test_a_long_chain_of_service_rules_is_not_walked_rule_by_rule():
+    n = 5000
+    eng = Engine(rules(_long_chain(n, "-p tcp -m tcp --dport 80 -j MARK --set-xmark 0x1/0x1")), NODE)
+    [p] = eng.run(Packet("tcp", "203.0.113.10", 40000, "10.96.19.250", 80, "eth0"), "PREROUTING")
+    assert p.verdict == "DNAT" and p.packet.dst_endpoint == "10.244.19.250:8080"
+    # the rule of another shape half way is still met (the mark), and the port-only DROP is keyed too
+    assert p.packet.mark == 1
+    assert eng.steps < 10, eng.steps  # PREROUTING's jump, the MARK and the one matching rule, not ~n
+    eng = Engine(rules(_long_chain(n, "-j MARK --set-xmark 0x1/0x1")), NODE)
+    [p] = eng.run(Packet("tcp", "203.0.113.10", 40000, "192.168.1.10", 30080, "eth0"), "PREROUTING")
+    assert p.verdict == "DROP" and eng.steps < 10, eng.steps
+    # a packet no keyed rule fits passes the chain having met only the other shapes
+    eng = Engine(rules(_long_chain(n, "-j MARK --set-xmark 0x1/0x1")), NODE)
+    [p] = eng.run(Packet("udp", "203.0.113.10", 40000, "10.96.0.1", 80, "eth0"), "PREROUTING")
+    assert p.verdict == "ACCEPT" and p.packet.mark == 1 and eng.steps < 10, eng.steps

@@ -56,5 +56,10 @@ class IptablesBackend(Backend[Ruleset]):
 
         return VIEW
 
+    def node_linter(self) -> Any:
+        from .nodelint import NODE_LINTER
+
+        return NODE_LINTER
+
 
 BACKEND = IptablesBackend()

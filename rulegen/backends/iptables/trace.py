@@ -1,14 +1,19 @@
 """iptables mode's tracer: one new connection through the payload and kube-proxy's jumps, hop by hop.
 
 `trace_compiled` traces what `rulegen compile` produced, with kube-proxy's
-jump rules from the built-in chains added as kube-proxy inserts them;
-`trace_ruleset` traces any xtables `Ruleset` (e.g. a node's iptables-save
-parsed by `dataplane.xtables.parse`), using the built-in chains' own rules,
-or kube-proxy's standard jumps when the dump has none. The walk itself is
-the shared xtables one (`dataplane/xtables/walk.py`); who sends the packet,
-what the destination is and how paths fold into destinations are the
-neutral `trace.entry`'s. What is this mode's own: the jumps, and naming the
-destination from the rule comments when no Kubernetes objects are given.
+jump rules from the built-in chains added as kube-proxy inserts them, and
+fails on anything it does not understand (the compiler wrote it: a gap is
+a bug). `trace_ruleset` traces any xtables `Ruleset`, e.g. a node's whole
+iptables-save parsed by `dataplane.xtables.parse`: every table and chain,
+the CNI's, Docker's and the firewall's among kube-proxy's, with the
+node's ipsets (`ipset save`) when given; a match it cannot decide splits
+the path into assumed branches instead of failing (`trace_saved` does
+that). It uses the built-in chains' own rules, or kube-proxy's standard
+jumps when the dump has none. The walk itself is the shared xtables one
+(`dataplane/xtables/walk.py`); who sends the packet, what the destination
+is and how paths fold into destinations are the neutral `trace.entry`'s.
+What is this mode's own: the jumps, and naming the destination from the
+rule comments when no Kubernetes objects are given.
 """
 
 from __future__ import annotations
@@ -16,10 +21,14 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from ...dataplane.ipset.model import IPSet, IPSetError, parse_save
 from ...dataplane.xtables.model import BUILTIN_CHAINS, Ruleset
+from ...dataplane.xtables.parse import read_source
 from ...dataplane.xtables.parse import read_ruleset
 from ...dataplane.xtables.spec import SpecError, parse_spec
 from ...dataplane.xtables.walk import Engine, Rules
+from ...diagnostics import UsageError
+from ...ipaddr import cidr_contains
 from ...settings import Settings
 from ...trace import entry as E
 from ...trace.model import Packet, Path, TraceResult
@@ -38,7 +47,37 @@ class IptablesTracer:
 
     def trace_saved(self, ir: Ruleset, settings: Settings, src: str | None, dst_ip: str, dst_port: int,
                     proto: str = "tcp", **kw: Any) -> TraceResult:
+        """A node's dump: foreign rules decided or split into assumed branches (kw `ipsets`: a file path)."""
+        path = kw.pop("ipsets", None)
+        if path is not None:
+            kw["ipsets"], kw["ipsets_source"] = read_ipsets(path)
+        kw.setdefault("strict", False)
         return trace_ruleset(ir, settings, src, dst_ip, dst_port, proto, **kw)
+
+
+def read_ipsets(path: str) -> tuple[dict[str, IPSet], str]:
+    """`ipset save` output (`-` for standard input) → sets by name, and the name shown for the file."""
+    text, name = read_source(path)
+    try:
+        sets = parse_save(text)
+    except IPSetError as e:
+        raise UsageError(f"{name}: {e}") from None
+    return {s.name: s for s in sets}, name
+
+
+def _router(routes: tuple[tuple[str, str], ...]):
+    """dst → the interface of the most specific route holding it, or None."""
+    if not routes:
+        return None
+    ordered = sorted(routes, key=lambda r: -int(r[0].rpartition("/")[2]))
+
+    def route(dst: str) -> str | None:
+        for cidr, iface in ordered:
+            if (":" in cidr) == (":" in dst) and cidr_contains(cidr, dst):
+                return iface
+        return None
+
+    return route
 
 
 TRACER = IptablesTracer()
@@ -57,14 +96,21 @@ def trace_ruleset(ruleset: Ruleset, settings: Settings, src: str | None, dst_ip:
                   proto: str = "tcp", *, plan: Any = None, source: str = "rules",
                   jumps: tuple[tuple[str, str, str], ...] | None = None, in_iface: str | None = None,
                   out_iface: str = E.OUTSIDE_IFACE, sport: int = E.DEFAULT_SPORT,
-                  pod_cidrs: tuple[str, ...] = ()) -> TraceResult:
+                  pod_cidrs: tuple[str, ...] = (), strict: bool = True,
+                  ipsets: dict[str, IPSet] | None = None, ipsets_source: str = "",
+                  routes: tuple[tuple[str, str], ...] = (), pod_iface: str | None = None) -> TraceResult:
     """Follow one new connection `src → dst_ip:dst_port` through `ruleset`.
 
     `jumps=None` means: use the built-in chains' rules in the ruleset, or
     kube-proxy's standard jumps when it has none (said in the notes).
     `plan` (a `rulegen.plan.Plan`) names the destination and the endpoints'
     nodes; without it they are unknown. `pod_cidrs` are this node's pod
-    ranges (a source there is a pod on this node).
+    ranges (a source there is a pod on this node). `strict=False` turns
+    what the walk cannot decide into assumed branches; `ipsets` are the
+    node's sets by name (None: not given, so every set match is open).
+    `routes` ((CIDR, interface) pairs) name where destinations leave,
+    before the pod interface (`pod_iface`, else the detector's or cni0)
+    and `out_iface`.
     """
     req = E.request(settings, src, dst_ip, dst_port, proto, ruleset.family)
     fs = req.settings
@@ -86,12 +132,25 @@ def trace_ruleset(ruleset: Ruleset, settings: Settings, src: str | None, dst_ip:
     eps = E.endpoint_nodes(plan)
     entry, iface = E.entry(req.src, req.src_default, req.dst, req.dport, req.proto, fs, plan, eps, pod_cidrs,
                            in_iface)
+    if pod_iface and not in_iface and iface == E.pod_iface(fs) and entry.hook == "PREROUTING":
+        iface = pod_iface  # a pod of this node sends through its own interface
+        entry = replace(entry, in_iface=iface)
     head, tail = E.notes_for(req)
     notes = head + notes + tail
 
     pkt = Packet(req.proto, req.src, sport, req.dst, req.dport, iface)
-    engine = Engine(rules, node_ips, out_iface, E.local_pod_iface(fs, eps, pod_cidrs))
+    to_pod = E.local_pod_iface(fs, eps, pod_cidrs)
+    if pod_iface:
+        def to_pod(dst: str, _route=to_pod) -> str | None:  # noqa: E306 - the same question, another answer
+            return pod_iface if _route(dst) else None
+    engine = Engine(rules, node_ips, out_iface, to_pod, strict=strict, sets=ipsets, sets_source=ipsets_source,
+                    route=_router(routes))
     paths = engine.run(pkt, entry.hook)
+    notes += engine.notes
+    if ipsets is None and not strict and any(a.reason.endswith("pass --ipsets") for p in paths
+                                             for a in p.assumptions):
+        notes.append("some rules match ipsets whose members the trace was not given: their branches are "
+                     "assumed; pass the node's `ipset save` with --ipsets to decide them")
     if plan is None:
         entry = replace(entry, target=_target_from_rules(paths) or entry.target)
     return E.fold(pkt, entry, paths, notes, fs, eps, source, plan is not None, BASE_CHAINS)

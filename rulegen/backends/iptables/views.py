@@ -33,6 +33,10 @@ class IptablesView:
     def side(self, ir: Ruleset, name: str, kube_only: bool) -> Side:
         return xviews.side(ir, name, kube_only)
 
+    def outside_rules(self, ir: Ruleset) -> tuple[int, int]:
+        """(rules in the built-in chains that are not kube-proxy's jumps, chains that are not kube-proxy's)."""
+        return xviews.outside_rules(ir)
+
     def has_outside(self, ir: Ruleset) -> bool:
         return xviews.has_kube_jumps(ir)
 

@@ -42,6 +42,7 @@ from ...dataplane.xtables.matchers import SetMembers, is_local
 from ...dataplane.xtables.model import BUILTIN_CHAINS
 from ...dataplane.xtables.spec import SpecError, parse_spec
 from ...dataplane.xtables.walk import RESENT, Branch, Engine, Rules
+from ...diagnostics import UsageError
 from ...settings import Settings
 from ...trace import entry as E
 from ...trace.model import Hop, Packet, TraceError, TraceResult
@@ -81,6 +82,14 @@ class IPVSTracer:
 
     def trace_saved(self, ir: IPVSState, settings: Settings, src: str | None, dst_ip: str, dst_port: int,
                     proto: str = "tcp", **kw: Any) -> TraceResult:
+        given = [flag for k, flag in (("ipsets", "--ipsets"), ("routes", "--route"), ("pod_iface", "--pod-iface"))
+                 if kw.pop(k, None)]
+        if given:
+            raise UsageError(f"{', '.join(given)}: not read in ipvs mode (the dump folder's ipset.rules holds the "
+                             "sets; the IPVS tracer routes by the node's addresses)")
+        # A node's dump: what the walk cannot decide (a set the dump lacks, a CNI's module) splits the
+        # trace into assumed branches instead of stopping it, as for an iptables node.
+        kw.setdefault("strict", False)
         return trace_state(ir, settings, src, dst_ip, dst_port, proto, **kw)
 
 
@@ -91,7 +100,7 @@ def trace_state(state: IPVSState, settings: Settings, src: str | None, dst_ip: s
                 proto: str = "tcp", *, plan: Any = None, source: str = "rules",
                 jumps: tuple[tuple[str, str, str], ...] | None = None, in_iface: str | None = None,
                 out_iface: str = E.OUTSIDE_IFACE, sport: int = E.DEFAULT_SPORT,
-                pod_cidrs: tuple[str, ...] = ()) -> TraceResult:
+                pod_cidrs: tuple[str, ...] = (), strict: bool = True) -> TraceResult:
     """Follow one new connection `src → dst_ip:dst_port` through STATE (a compile, or a node's dumps).
 
     `jumps=None` means: the glue's built-in chains as the dump has them, or
@@ -134,9 +143,10 @@ def trace_state(state: IPVSState, settings: Settings, src: str | None, dst_ip: s
     local = frozenset(fs.node_ips) | bound
     step = IPVSStep(state, local)
     engine = Engine(rules, local, out_iface, E.local_pod_iface(fs, eps, pod_cidrs), sets=sets, bridged=bridged,
-                    steps={"local-in": step, "local-out": step})
+                    steps={"local-in": step, "local-out": step}, strict=strict, sets_source=f"{source}'s ipsets")
     pkt = Packet(req.proto, req.src, sport, req.dst, req.dport, iface)
     paths = engine.run(pkt, entry.hook)
+    notes += engine.notes
     if plan is None:
         entry = replace(entry, target=_target_from_state(state, pkt, fs) or entry.target)
     return E.fold(pkt, entry, paths, notes, fs, eps, source, plan is not None, BASE_CHAINS)

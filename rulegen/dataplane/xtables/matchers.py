@@ -4,8 +4,9 @@ Every function here is pure: an option's values and the packet facts in,
 an answer out. Matches answer True/False, or a `Fraction` for the random
 ones (`statistic`), which is the share of connections that match. Option
 values are read as both rulegen and iptables-save spell them. Anything
-not understood raises `Unsupported`, which the engine turns into an error
-naming the rule; the tracer never guesses.
+not understood raises `Unsupported`: the engine turns it into an error
+naming the rule (rules the compiler wrote), or into an open question that
+splits the path (a node's foreign rules); the tracer never guesses.
 """
 
 from __future__ import annotations
@@ -166,16 +167,17 @@ def probability(value: str) -> Fraction:
     return near if abs(near - exact) < Fraction(1, 10 ** 9) else exact
 
 
-def ctstate_match(states: str, dnat: bool, snat: bool) -> bool:
-    """conntrack --ctstate for the first packet of a new connection.
+def ctstate_match(states: str, dnat: bool, snat: bool, untracked: bool = False) -> bool:
+    """conntrack --ctstate (and state --state) for the first packet of a new connection.
 
     Its state is NEW; the virtual states DNAT/SNAT hold once a NAT rule
-    rewrote the destination/source of the connection.
+    rewrote the destination/source of the connection. A packet raw's
+    NOTRACK / CT --notrack left untracked is UNTRACKED and nothing else.
     """
-    have = {"NEW"}
-    if dnat:
+    have = {"UNTRACKED"} if untracked else {"NEW"}
+    if dnat and not untracked:
         have.add("DNAT")
-    if snat:
+    if snat and not untracked:
         have.add("SNAT")
     wanted = states.upper().split(",")
     for s in wanted:
@@ -227,6 +229,79 @@ def split_endpoint(value: str) -> tuple[str, int | None]:
     return ip, p
 
 
+CT_STATUSES = ("NONE", "EXPECTED", "SEEN_REPLY", "ASSURED", "CONFIRMED")
+
+
+def ctstatus_match(statuses: str) -> bool:
+    """conntrack --ctstatus for a connection's first packet: none of these bits is set yet.
+
+    (It is confirmed only when the packet leaves the last hook, and seen a
+    reply or been assured never; NONE is the empty mask, which matches nothing.)
+    """
+    for s in statuses.upper().split(","):
+        if s not in CT_STATUSES:
+            raise Unsupported(f"conntrack status {s!r}")
+    return False
+
+
+def ports_match(port: int, value: str) -> bool:
+    """multiport's `80,443,1000:2000`."""
+    return any(port_match(port, v) for v in value.split(",") if v)
+
+
+def iprange_match(ip: str, value: str) -> bool:
+    """iprange's `10.0.0.1-10.0.0.9` (inclusive); the other family never matches."""
+    lo, sep, hi = value.partition("-")
+    if not sep:
+        raise Unsupported(f"address range {value!r}")
+    try:
+        a, b = ipaddress.ip_address(lo), ipaddress.ip_address(hi)
+    except ValueError:
+        raise Unsupported(f"address range {value!r}") from None
+    x = address(ip)
+    return x.version == a.version == b.version and int(a) <= int(x) <= int(b)
+
+
+def connmark_target(ctmark: int, mark: int, opts: dict[str, str]) -> tuple[int, int]:
+    """The CONNMARK target: (connection mark, packet mark) after it, as xt_connmark computes them.
+
+    `opts` maps option → value ("" for the bare `--save-mark` / `--restore-mark`).
+    """
+    full = 0xFFFFFFFF
+    if "--save-mark" in opts or "--restore-mark" in opts:
+        both = opts.get("--mask")
+        nfmask = parse_int(opts.get("--nfmask", both or "0xffffffff"))
+        ctmask = parse_int(opts.get("--ctmask", both or "0xffffffff"))
+        if "--save-mark" in opts:
+            return ((ctmark & ~ctmask) ^ (mark & nfmask)) & full, mark
+        return ctmark, ((mark & ~nfmask) ^ (ctmark & ctmask)) & full
+    for name in ("--set-xmark", "--set-mark", "--and-mark", "--or-mark", "--xor-mark"):
+        if name in opts:
+            return mark_target(ctmark, name, opts[name]), mark
+    raise Unsupported("CONNMARK without --set-xmark, --set-mark, --save-mark or --restore-mark")
+
+
+def first_of_range(value: str) -> tuple[str, bool]:
+    """`10.0.0.1-10.0.0.5:80` → (`10.0.0.1:80`, True): the first address of a NAT range, and whether it was one."""
+    if value.startswith("["):
+        return value, False
+    host, colon, port = value.partition(":") if value.count(":") == 1 else (value, "", "")
+    ranged = False
+    if "-" in host:
+        host, ranged = host.split("-", 1)[0], True
+    if "-" in port:
+        port, ranged = port.split("-", 1)[0], True
+    return host + (colon + port if colon else ""), ranged
+
+
+def netmap(ip: str, to: str) -> str:
+    """NETMAP --to NET: the network bits from NET, the host bits kept."""
+    net = network(to)
+    a = address(ip)
+    if a.version != net.version:
+        raise Unsupported(f"NETMAP to {to}, another address family")
+    host = int(a) & int(net.hostmask)
+    return str(ipaddress.ip_address(int(net.network_address) | host))
 # ------------------------------------------------------------------ ipsets (`-m set --match-set NAME FLAGS`)
 
 # What each dimension of a set type holds, in order: an address, a network

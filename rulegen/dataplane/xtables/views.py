@@ -93,6 +93,17 @@ def side(rs: Ruleset, name: str, kube_only: bool = False) -> Side:
     return Side(name, rs.family, out, LAYOUT, kube_only)
 
 
+def outside_rules(rs: Ruleset) -> tuple[int, int]:
+    """What a kube-only comparison leaves out of RS: (rules in built-in chains that do not jump to a KUBE-*
+    chain, chains that are neither built-in nor KUBE-*)."""
+    rules = chains = 0
+    for t in rs.tables:
+        builtins = BUILTIN_CHAINS.get(t.name, ())
+        rules += sum(1 for r in t.rules if r.chain in builtins and not jumps_to_kube(r.spec))
+        chains += sum(1 for c in t.chains if c not in builtins and not c.startswith("KUBE-"))
+    return rules, chains
+
+
 def diff_rulesets(old: Ruleset, new: Ruleset, *, kube_only: bool = False,
                   old_name: str = "old", new_name: str = "new") -> DiffResult:
     """Compare two rulesets by meaning; the result lists only what differs."""

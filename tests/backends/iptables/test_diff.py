@@ -17,6 +17,7 @@ import os
 import shlex
 import subprocess
 import uuid
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -539,3 +540,27 @@ def test_generated_clusters_survive_the_kernel_round_trip(netns):
         assert res.empty, render_text(res)
 
     check()
+
+
+# ------------------------------------------------------------------ a node's whole dump: the foreign rules
+
+
+NODE_DUMP = Path(__file__).resolve().parents[2] / "node_dumps"
+
+
+def test_against_a_node_dump_says_how_many_foreign_rules_were_left_out_and_all_shows_them():
+    dump = str(NODE_DUMP / "docker" / "iptables.save")
+    cluster = str(NODE_DUMP / "cluster.yaml")
+    r = run_cli("diff", cluster, "--no-nfacct", "--against", dump)
+    assert r.exit_code == 0, r.output
+    line = (f"{dump}: 10 rule(s) outside kube-proxy's in the built-in chains, and 5 chain(s) not kube-proxy's, "
+            "are not compared (--all shows them)")
+    assert r.stdout.splitlines()[-1] == line
+    assert json.loads(run_cli("diff", cluster, "--no-nfacct", "--against", dump, "--json").stdout)["notes"] == [line]
+    for flag in ("--all", "--all-chains"):
+        r = run_cli("diff", cluster, "--no-nfacct", "--against", dump, flag)
+        assert r.exit_code == 1 and "chain DOCKER: removed (2 rules)" in r.stdout
+        assert "are not compared" not in r.stdout
+    # a dump of kube-proxy's rules alone has nothing to say
+    flannel_free = run_cli("diff", cluster, "--no-nfacct", "--against", str(NODE_DUMP / "flannel" / "iptables.save"))
+    assert "FLANNEL" not in flannel_free.stdout and "2 rule(s) outside" in flannel_free.stdout

@@ -328,12 +328,19 @@ def test_a_node_dump_folder_in_save_spelling(tmp_path):
     assert json.loads(r.stdout)["verdict"] == "REJECT"
 
 
-def test_a_set_the_dump_lacks_is_a_named_error(tmp_path):
+def test_a_set_the_dump_lacks_splits_into_branches_that_name_it(tmp_path):
+    # A node's dump never stops the trace: both answers are followed, each marked with the set's name.
     d = node_dump(tmp_path)
     (d / "ipset.rules").write_text(NODE_DUMP_IPSET.split("create cali40")[0])
-    r = run_cli("trace", "--mode", "ipvs", "--rules", str(d), "--node-ip", "172.19.8.23", "--dst", "10.112.14.7:80")
-    assert r.exit_code == 2
-    assert "table filter, chain INPUT, rule 2" in r.stderr and "set cali40all-hosts-net is not known" in r.stderr
+    r = run_cli("trace", "--mode", "ipvs", "--rules", str(d), "--node-ip", "172.19.8.23", "--dst", "10.112.14.7:80",
+                "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["verdict"] == "DNAT"
+    hops = [h["verdict"] for h in doc["hops"] if h["kind"] == "assume"]
+    # ACCEPT there or not, IPVS comes next either way: the two branches join again
+    assert hops[0].endswith(f"ipset cali40all-hosts-net is not in {d}'s ipsets")
+    assert hops[-1] == "the two assumed branches join again" and doc["assumed"] is False
 
 
 # ------------------------------------------------------------------ the command line
