@@ -3,8 +3,9 @@
 The mode's own part is the compiler (`compile`: plan → `Transaction`, the
 v1.36 design of docs/nftables-mode.md). The nftables object model, the
 script renderer, the script and listing parsers and the normal form live in
-`rulegen.dataplane.nft`, beside the nft client and its fake. Apply, trace
-and diff views are not written yet: the registry says so (exit 2).
+`rulegen.dataplane.nft`, beside the nft client and its fake. The applier
+(`apply.py`) hands the compiled table to the shared nftables sync
+(`dataplane/nft/sync.py`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ class NftablesBackend(Backend[Transaction]):
             return nparse.parse_script(text)
         except (nparse.NftParseError, ValueError) as e:
             raise UsageError(f"{source}: {e}") from None
+
+    def applier(self):
+        from .apply import APPLIER
+
+        return APPLIER
 
 
 BACKEND = NftablesBackend()
