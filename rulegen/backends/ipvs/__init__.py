@@ -2,11 +2,16 @@
 
 The IR (`ir.IPVSState`), the compiler, the three-part renderer and its
 parser are this mode's; the glue's xtables IR, renderer and parser are the
-shared ones in `rulegen.dataplane.xtables`. Apply, trace and diff views are
-not written yet: the registry says so (exit 2).
+shared ones in `rulegen.dataplane.xtables`. The tracer (`trace`) walks the
+glue with the shared xtables walk and IPVS's scheduling as a step of it;
+the diff view (`views`) lays the state out as virtual servers, sets and
+chains; `lint` holds the pitfalls only IPVS mode has. Apply is not written
+yet: the registry says so (exit 2).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from ..base import Backend
 from . import compile as compiler
@@ -32,6 +37,21 @@ class IPVSBackend(Backend[IPVSState]):
 
     def parse(self, text: str, source: str = "<input>", family: int | None = None) -> IPVSState:
         return iparse.parse(text, source, family)
+
+    def tracer(self) -> Any:
+        from .trace import TRACER
+
+        return TRACER
+
+    def diff_view(self) -> Any:
+        from .views import VIEW
+
+        return VIEW
+
+    def lint_checks(self) -> tuple[Any, ...]:
+        from .lint import CHECKS
+
+        return CHECKS
 
 
 BACKEND = IPVSBackend()
