@@ -53,6 +53,11 @@ class Backend(Generic[IR]):
     # mode's proxier reads, and whether it reads ipvs.scheduler (settings asks).
     masquerade_section: str = "iptables"
     reads_scheduler: bool = False
+    # Is a NodePort without (external) endpoints rejected or dropped on every
+    # local address, whatever nodePortAddresses says? iptables mode's filter
+    # rule matches `--dst-type LOCAL`; nftables mode looks only at
+    # @nodeport-ips, so elsewhere nothing listens. The lab's plan asks.
+    no_endpoint_nodeports_on_every_address: bool = True
 
     # ------------------------------------------------------------ required
 
@@ -75,6 +80,10 @@ class Backend(Generic[IR]):
         must give IR back exactly (each mode has a round-trip test).
         """
         raise NotImplementedError
+
+    def nodeport_ips(self, settings: Settings, fam: int) -> tuple[bool, tuple[str, ...]]:
+        """(every local address, else the node addresses) that take NodePorts in this mode (the lab's plan)."""
+        return settings.nodeport_ips(fam)
 
     def counts(self, ir: IR) -> dict[str, dict[str, int]]:
         """`compile --json`'s per-table counts ({table: {"chains": n, "rules": n}}); {} when not tables."""

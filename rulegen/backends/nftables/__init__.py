@@ -22,6 +22,11 @@ class NftablesBackend(Backend[Transaction]):
     mode = "nftables"
     output = "nft -f script"
     masquerade_section = "nftables"
+    no_endpoint_nodeports_on_every_address = False  # @no-endpoint-nodeports is looked up for @nodeport-ips only
+
+    def nodeport_ips(self, settings, fam):
+        # nodePortAddresses defaults to `primary` here, and loopback never takes NodePorts.
+        return settings.nft_nodeport_ips(fam)
 
     def compile(self, plan, settings) -> Transaction:
         return compiler.compile_plan(plan, settings)
