@@ -275,6 +275,33 @@ def _pct(a: tuple[float, float] | None, b: tuple[float, float] | None) -> str:
     return f"{100 * a[0] / b[0]:.1f}% / {100 * a[1] / b[1]:.1f}%"
 
 
+# The budgets at 10k × 10, each against the naive load of the same runs.
+FIRST_OF_NAIVE = 0.15  # first apply into an empty namespace, as a share of the naive single `nft -f`
+CHANGE_SECONDS = 1.0  # one endpoint change end to end, over netlink and through `nft -f`
+
+
+def budgets(res: Result) -> list[tuple[str, str, str, bool]]:
+    """(budget, measured, limit, met) for each budget the result has figures for."""
+    out = []
+    naive, first = res.naive.med, res.first.med
+    if first is not None:
+        if naive is None:  # every naive run overran its timeout: the share is below first / timeout
+            share = first[0] / res.naive_timeout
+            out.append(("first apply, of the naive load (wall)", f"< {100 * share:.1f}%",
+                        f"≤ {100 * FIRST_OF_NAIVE:.0f}%", share <= FIRST_OF_NAIVE))
+        else:
+            share = first[0] / naive[0]
+            per_run = ", ".join(f"{100 * f / n:.1f}%" for f, n in zip(res.first.wall, res.naive.wall))
+            out.append((f"first apply, of the naive load (wall; per run {per_run})", f"{100 * share:.1f}%",
+                        f"≤ {100 * FIRST_OF_NAIVE:.0f}%", share <= FIRST_OF_NAIVE))
+    for label, t in (("one endpoint change over netlink", res.change_netlink),
+                     ("one endpoint change through nft -f", res.change_nft)):
+        if t.med is not None:
+            out.append((f"{label} (wall, median; max {max(t.wall):.3f} s)", f"{t.med[0]:.3f} s",
+                        f"≤ {CHANGE_SECONDS:g} s", t.med[0] <= CHANGE_SECONDS))
+    return out
+
+
 def markdown(res: Result) -> str:
     """The result as a Markdown table with its context (machine, versions, load)."""
     nft_v = subprocess.run(["nft", "--version"], capture_output=True, text=True).stdout.strip()
@@ -311,6 +338,10 @@ def markdown(res: Result) -> str:
     if res.change_equal:
         lines.append(f"| state after the changes = a fresh load of the last script | "
                      f"{'yes' if all(res.change_equal) else 'NO'} | | |")
+    b = budgets(res)
+    if b:
+        lines += ["", "| budget | measured | limit | met |", "|---|---:|---:|---|"]
+        lines += [f"| {name} | {got} | {limit} | {'yes' if ok else 'NO'} |" for name, got, limit, ok in b]
     if res.phases:
         lines += ["", "Last first apply, seconds per phase: "
                   + ", ".join(f"{k} {v:.2f}" for k, v in res.phases.items())]
@@ -332,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("-o", "--output", default="", help="also write the Markdown table here")
     p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--check-budget", action="store_true",
+                   help="exit 1 when a budget is missed (first apply share of the naive load, endpoint changes)")
     a = p.parse_args(argv)
     if a.services < 1 or a.endpoints < 1 or a.repeat < 1 or a.changes < 0:
         p.error("--services, --endpoints and --repeat must be positive, --changes not negative")
@@ -348,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(a.output, "w") as f:
             f.write(out)
     ok = all(res.state_equal) and all(res.change_equal)
+    if a.check_budget:
+        ok = ok and all(met for *_, met in budgets(res))
     return 0 if ok else 1
 
 

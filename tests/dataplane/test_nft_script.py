@@ -306,3 +306,24 @@ def test_a_moved_endpoint_changes_one_service():
     chains = {c.split()[4] for c in cmds if c.startswith(("flush chain", "add rule"))}
     assert len(chains) == 1 and next(iter(chains)).startswith("service-")
     assert all(c.startswith(("flush chain", "add rule", "add element", "delete element")) for c in cmds)
+
+
+# ---------------------------------------------------------------- the load budgets
+
+
+def test_budgets_compare_each_figure_with_the_naive_load_of_the_same_runs():
+    from rulegen.bench import nftload
+
+    res = nftload.Result(10000, 10, 96000)
+    for naive, first in ((40.0, 5.6), (50.0, 8.0), (60.0, 8.4)):
+        res.naive.add(naive, naive)
+        res.first.add(first, first)
+    for w in (0.2, 0.3, 0.25):
+        res.change_netlink.add(w, w)
+        res.change_nft.add(w + 0.9, w)
+    got = {name.split(" (")[0]: (measured, met) for name, measured, _, met in nftload.budgets(res)}
+    assert got["first apply, of the naive load"] == ("16.0%", False)  # 8.0 s of 50.0 s: the medians
+    assert got["one endpoint change over netlink"] == ("0.250 s", True)
+    assert got["one endpoint change through nft -f"] == ("1.150 s", False)
+    table = nftload.markdown(res)
+    assert "| budget | measured | limit | met |" in table and "per run 14.0%, 16.0%, 14.0%" in table
