@@ -361,3 +361,27 @@ def test_real_table_changed_by_hand_is_repaired(real, tmp_path):
     assert live(kernel, ns) == want(c)
     again = apply(c, ns, kernel=kernel, state_dir=str(tmp_path), lock_dir=None)
     assert again.source == "cache" and again.lines == 0
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("case", ["ipv6-basic", "lb-source-ranges", "session-affinity"])
+def test_real_fixture_tables_load_and_list_as_the_compile(real, tmp_path, case):
+    from rulegen.pipeline import compile_files
+    from rulegen.flags import SETTING_KEYS
+
+    folder = ROOT / "fixtures" / case
+    if not folder.is_dir():
+        pytest.skip(f"no fixture {case}")
+    flags = {k: None for k in SETTING_KEYS}
+    args = (folder / "args").read_text().split() if (folder / "args").exists() else []
+    if args[:2] == ["--ip-family", "ipv6"]:
+        flags["ip_family"] = "ipv6"
+    flags["mode"] = "nftables"
+    c = compile_files(sorted(str(p) for p in folder.glob("*.yaml") if p.name != "trace.yaml"), flags)
+    kernel, make = real
+    ns = make()
+    res = apply(c, ns, create=True, kernel=kernel, state_dir=str(tmp_path), lock_dir=None)
+    assert res.path == "first"
+    text = kernel.nft.list_table(ns, c.ir.family, c.ir.table)
+    assert text is not None and normalise(parse_listing(text)[0]) == want(c)
+    assert apply(c, ns, kernel=kernel, state_dir=str(tmp_path), lock_dir=None).lines == 0
