@@ -54,6 +54,11 @@ class Backend(Generic[IR]):
     # mode's proxier reads, and whether it reads ipvs.scheduler (settings asks).
     masquerade_section: str = "iptables"
     reads_scheduler: bool = False
+    # Is a NodePort without (external) endpoints rejected or dropped on every
+    # local address, whatever nodePortAddresses says? iptables mode's filter
+    # rule matches `--dst-type LOCAL`; nftables mode looks only at
+    # @nodeport-ips, so elsewhere nothing listens. The lab's plan asks.
+    no_endpoint_nodeports_on_every_address: bool = True
 
     def traits(self) -> dict[str, Any]:
         """What this mode does where kube-proxy's modes differ: cause id → `rulegen.traits.Trait`.
@@ -101,10 +106,12 @@ class Backend(Generic[IR]):
         """`compile --json`'s per-table counts ({table: {"chains": n, "rules": n}}); {} when not tables."""
         return {}
 
-    # ------------------------------------------------------------ what lint asks of a mode
+    # ------------------------------------------------------------ what lint, migrate and the lab ask of a mode
 
     def nodeport_ips(self, settings: Settings, fam: int) -> tuple[bool, tuple[str, ...]]:
         """(every local address, else these addresses): where this mode takes NodePorts on the node of SETTINGS.
+
+        Lint, migrate and the lab's plan ask it.
 
         kube-proxy's GetNodeIPs over nodePortAddresses, as this mode's
         proxier reads it (an unset nodePortAddresses is "every address" for

@@ -36,6 +36,7 @@ import uuid
 from ..dataplane.nft import loader as L
 from ..dataplane.nft import netlink as nl
 from ..dataplane.nft import script as sc
+from ..dataplane.nft.client import RealNft
 from . import nftshape
 
 _MAP_RULE = re.compile(r"dnat ip addr \. port to numgen random mod \d+ map \{ 0 : ([0-9.]+) \. (\d+)[^}]*\}")
@@ -75,7 +76,7 @@ def experiments(services: int, endpoints: int, chunk: int = 1000, timeout: float
                 skip: frozenset[str] = frozenset()) -> list[tuple[str, str, str, str]]:
     """Rows (experiment, wall, CPU, note); a row whose experiment overran says so."""
     text = nftshape.script(services, endpoints)
-    t = sc.parse(text)
+    t = sc.play(text)
     rows: list[tuple[str, str, str, str]] = []
 
     def row(name: str, fn, note: str = "") -> None:
@@ -98,7 +99,7 @@ def experiments(services: int, endpoints: int, chunk: int = 1000, timeout: float
     row("check-only", in_ns(lambda ns: _nft(ns, text, timeout, check_only=True)), "nft -c: no commit")
     decl = [ln for ln in text.splitlines() if ln.startswith(("add table", "add chain", "flush chain", "add set",
                                                               "add map", "flush set", "flush map"))]
-    base = {c.name for c in t.chains.values() if c.base}
+    base = {name for name, c in t.chains.items() if sc.is_base(c)}
     decl_nobase = [ln for ln in decl if ln.split()[4] not in base or not ln.startswith(("add chain", "flush chain"))]
     rules = [ln for ln in text.splitlines() if ln.startswith("add rule") and ln.split()[4] not in base]
     elements = [ln for ln in text.splitlines() if ln.startswith("add element")]
@@ -150,13 +151,17 @@ def experiments(services: int, endpoints: int, chunk: int = 1000, timeout: float
 
     # One command of each kind through nft -f on the loaded table: nft's cache load.
     with _Space() as ns:
-        L.Loader(ns).apply(text)
-        svc = next(c for c in t.chains.values() if c.name.startswith("service-"))
-        ref = t.ref
+        nft = RealNft()
+        try:
+            L.load_first(L.Link(nft, ns), t, L.Options(), None)
+        finally:
+            nft.close()
+        svc = next(c for name, c in t.chains.items() if name.startswith("service-") and c.rules)
+        ref = sc.ref(t)
         one = {
             "add chain": f"add chain {ref} zz-probe",
             "flush chain": f"flush chain {ref} zz-probe",
-            "add rule": f"add rule {ref} {svc.name} {svc.rules[0]}",
+            "add rule": f"add rule {ref} {svc.decl.name} {svc.rules[0].rule}",
             "add element": f"add element {ref} cluster-ips {{ 10.111.0.1 }}",
             "delete element": f"delete element {ref} cluster-ips {{ 10.111.0.1 }}",
         }

@@ -5,7 +5,7 @@ of `nftshape`), each run, in fresh network namespaces of its own:
 
 1. **naive**: the whole script as one `nft -f` (one transaction), what a
    kube-proxy full sync sends; bounded by `--naive-timeout`;
-2. **rulegen first apply** (`dataplane.nft.loader`): phased, bounded
+2. **rulegen first apply** (`dataplane.nft.sync`, the applier's own path): phased, bounded
    transactions, raw netlink for kube-proxy's anonymous-map rules; and,
    with `--nft-only`, the same phasing through `nft -f` alone;
 3. the two namespaces' tables are compared (`nft list table`, normalised):
@@ -27,18 +27,25 @@ table; `run()` returns it with the raw figures for tests and other tools.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
 
+from ..apply.kernel import Kernel
 from ..dataplane.nft import loader as L
 from ..dataplane.nft import script as sc
+from ..dataplane.nft import sync
+from ..dataplane.nft.parse import parse_listing
+from ..dataplane.nft.state import normalise
 from ..diagnostics import UsageError
 from . import nftshape
 
@@ -117,16 +124,45 @@ class _Namespaces:
             self.drop(n)
 
 
-def _listing(ns: str, ref: str) -> dict:
+def _listing(ns: str, ref: str):
+    """Our table of NS in the normal form (objects sorted, rule order kept), for comparing two loads."""
     out = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "table", *ref.split()],
                          capture_output=True, text=True, timeout=1800).stdout
-    return sc.parse_listing(out)
+    return normalise(parse_listing(out)[0]) if out else None
 
 
 def _timed(fn) -> tuple[float, float]:
     c0, t0 = _cpu(), time.perf_counter()
     fn()
     return time.perf_counter() - t0, _cpu() - c0
+
+
+class _Applier:
+    """rulegen's nftables apply (`dataplane.nft.sync`) on the real kernel, its cache in a folder of its own."""
+
+    def __init__(self) -> None:
+        self.kernel = Kernel.real()
+        self.dir = tempfile.mkdtemp(prefix="rgbench-nft-state-")
+
+    def apply(self, ns: str, text: str, opts: L.Options) -> sync.NftApplyResult:
+        """End to end from script TEXT: played into the table state, compared, sent."""
+        st = sc.play(text)
+        return sync.sync(st, ns, self.kernel, mode="nftables", family=6 if st.family == "ip6" else 4,
+                         state_dir=self.dir, opts=opts)
+
+    def nft(self, ns: str, text: str) -> None:
+        self.kernel.nft.run(ns, text)
+
+    def close(self) -> None:
+        self.kernel.nft.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _naive(ns: str, text: str, timeout: float) -> None:
+    cp = subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=text, capture_output=True, text=True,
+                        timeout=timeout)
+    if cp.returncode != 0:
+        raise UsageError(f"the naive nft -f failed: {cp.stderr.strip()}")
 
 
 def run(services: int, endpoints: int, repeat: int = DEFAULT_REPEAT, *, seed: int = 1, layout: str = "v1.36",
@@ -136,93 +172,94 @@ def run(services: int, endpoints: int, repeat: int = DEFAULT_REPEAT, *, seed: in
     if os.geteuid() != 0:
         raise UsageError("the nftables load benchmark needs root (network namespaces and nft)")
     say = progress or (lambda msg: None)
+    opts = opts or L.Options()
     text = nftshape.script(services, endpoints, seed=seed, layout=layout)
     moved = [nftshape.script(services, endpoints, seed=seed, layout=layout, moved=k)
              for k in range(changes)] if changes else []
     res = Result(services, endpoints, text.count("\n"), naive_timeout=naive_timeout)
     ref = "ip kube-proxy"
-    with _Namespaces() as spaces:
-        for i in range(repeat):
-            load0 = os.getloadavg()
-            check = compare == "all" or (compare == "first" and i == 0)
-            ns_naive = spaces.new()
-            say(f"run {i + 1}: naive nft -f of {res.commands} commands")
-            try:
-                w, c = _timed(lambda: L.Kernel(ns_naive).nft(text, timeout=naive_timeout))
-                res.naive.add(w, c)
-            except L.LoadError as e:
-                if "did not finish" not in str(e):
-                    raise
-                res.naive_timeouts += 1
-                check = False
-            if not check:
-                spaces.drop(ns_naive)
-            ns = spaces.new()
-            say(f"run {i + 1}: rulegen first apply")
-            ld = L.Loader(ns, opts or L.Options())
-            cache: list[L.Loaded | None] = [None]
-            w, c = _timed(lambda: cache.__setitem__(0, ld.apply(text)))
-            res.first.add(w, c)
-            res.chunks = ld.report.chunks
-            res.phases = {}
-            for name, secs in ld.report.timings:
-                key = name.split(" (")[0] + " / " + name.split("(")[1].split(",")[0]
-                res.phases[key] = res.phases.get(key, 0.0) + secs
-            if check:
-                res.state_equal.append(_listing(ns_naive, ref) == _listing(ns, ref))
-                spaces.drop(ns_naive)
-            if nft_only:
-                ns2 = spaces.new()
-                say(f"run {i + 1}: rulegen first apply, nft only")
-                ld2 = L.Loader(ns2, L.Options(netlink=False))
-                w, c = _timed(lambda: ld2.apply(text))
-                res.first_nft.add(w, c)
-                ld2.close()
-                spaces.drop(ns2)
-            if changes:
-                say(f"run {i + 1}: {changes} endpoint changes each way")
-                _changes(res, ld, ns, text, moved, cache[0], check)
-            ld.close()
-            spaces.drop(ns)
-            res.runs += 1
-            res.load.append(load0 + os.getloadavg())  # type: ignore[arg-type]
+    ap = _Applier()
+    try:
+        with _Namespaces() as spaces:
+            for i in range(repeat):
+                load0 = os.getloadavg()
+                check = compare == "all" or (compare == "first" and i == 0)
+                ns_naive = spaces.new()
+                say(f"run {i + 1}: naive nft -f of {res.commands} commands")
+                try:
+                    w, c = _timed(lambda: _naive(ns_naive, text, naive_timeout))
+                    res.naive.add(w, c)
+                except subprocess.TimeoutExpired:
+                    res.naive_timeouts += 1
+                    check = False
+                if not check:
+                    spaces.drop(ns_naive)
+                ns = spaces.new()
+                say(f"run {i + 1}: rulegen first apply")
+                got: list[sync.NftApplyResult] = []
+                w, c = _timed(lambda: got.append(ap.apply(ns, text, opts)))
+                if got[0].path != "first":
+                    raise RuntimeError(f"a first apply took the {got[0].path!r} path")
+                res.first.add(w, c)
+                res.chunks = got[0].transactions
+                res.phases = {}
+                for name, secs in got[0].phases:
+                    key = name.split(" (")[0] + " / " + name.split("(")[1].split(",")[0]
+                    res.phases[key] = res.phases.get(key, 0.0) + secs
+                if check:
+                    res.state_equal.append(_listing(ns_naive, ref) == _listing(ns, ref))
+                    spaces.drop(ns_naive)
+                if nft_only:
+                    ns2 = spaces.new()
+                    say(f"run {i + 1}: rulegen first apply, nft only")
+                    w, c = _timed(lambda: ap.apply(ns2, text, L.Options(netlink=False)))
+                    res.first_nft.add(w, c)
+                    spaces.drop(ns2)
+                if changes:
+                    say(f"run {i + 1}: {changes} endpoint changes each way")
+                    _changes(res, ap, ns, text, moved, opts, check)
+                spaces.drop(ns)
+                res.runs += 1
+                res.load.append(load0 + os.getloadavg())  # type: ignore[arg-type]
+    finally:
+        ap.close()
     return res
 
 
-def _changes(res: Result, ld: L.Loader, ns: str, text: str, moved: list[str], cache: L.Loaded | None,
-             check: bool) -> None:
+def _changes(res: Result, ap: _Applier, ns: str, text: str, moved: list[str], opts: L.Options, check: bool) -> None:
     """Endpoint changes one at a time (there and back): over netlink, through nft, then bare nft -f."""
 
-    def step(loader: L.Loader, new: str, timing: Timing | None) -> None:
-        nonlocal cache
-        holder: list[L.Loaded | None] = [None]
-        w, c = _timed(lambda: holder.__setitem__(0, loader.apply(new, cache)))
-        if not loader.report.path.startswith("change"):
-            raise RuntimeError(f"an endpoint change took the {loader.report.path!r} path, not a difference")
+    def step(o: L.Options, new: str, timing: Timing | None, via: str) -> None:
+        got: list[sync.NftApplyResult] = []
+        w, c = _timed(lambda: got.append(ap.apply(ns, new, o)))
+        r = got[0]
+        if r.path != "change" or r.source != "cache" or r.via != via:
+            raise RuntimeError(f"an endpoint change took the {r.path!r} path from {r.source!r} via {r.via!r}, "
+                               f"not a difference against the cache via {via}")
         if timing is not None:
             timing.add(w, c)
-        cache = holder[0]
 
-    over_netlink = L.Loader(ns, L.Options(), kernel=ld.kernel)
-    through_nft = L.Loader(ns, L.Options(netlink=False), kernel=ld.kernel)
-    for loader, timing in ((over_netlink, res.change_netlink), (through_nft, res.change_nft)):
+    over_netlink = dataclasses.replace(opts, netlink=True)
+    through_nft = dataclasses.replace(opts, netlink=False)
+    for o, timing, via in ((over_netlink, res.change_netlink, "netlink"), (through_nft, res.change_nft, "nft")):
         for m in moved:
-            step(loader, m, timing)
-            step(loader, text, timing)
+            step(o, m, timing, via)
+            step(o, text, timing, via)
     if check:
         # After a change the table must be what a fresh load of the changed script leaves.
-        step(over_netlink, moved[0], None)
+        step(over_netlink, moved[0], None, "netlink")
         with _Namespaces() as spaces:
             ref_ns = spaces.new()
-            L.Kernel(ref_ns).nft(moved[0])
+            ap.nft(ref_ns, moved[0])
             res.change_equal.append(_listing(ref_ns, "ip kube-proxy") == _listing(ns, "ip kube-proxy"))
-        step(over_netlink, text, None)
+        step(over_netlink, text, None, "netlink")
     # The same differences through a bare nft -f: no parsing or diffing of ours.
-    base = sc.parse(text)
+    base = sc.play(text)
     for m in moved:
-        st = sc.parse(m)
-        for cmds in (sc.diff(base, st), sc.diff(st, base)):
-            w, c = _timed(lambda: ld.kernel.nft("\n".join(cmds) + "\n"))
+        st = sc.play(m)
+        for a, b in ((base, st), (st, base)):
+            cmds = sc.commands(sc.ref(b), sc.diff(sc.view(a), sc.view(b), b))
+            w, c = _timed(lambda: ap.nft(ns, "\n".join(cmds) + "\n"))
             res.change_bare.add(w, c)
 
 
@@ -236,6 +273,33 @@ def _pct(a: tuple[float, float] | None, b: tuple[float, float] | None) -> str:
     if a is None or b is None or not b[0] or not b[1]:
         return "–"
     return f"{100 * a[0] / b[0]:.1f}% / {100 * a[1] / b[1]:.1f}%"
+
+
+# The budgets at 10k × 10, each against the naive load of the same runs.
+FIRST_OF_NAIVE = 0.15  # first apply into an empty namespace, as a share of the naive single `nft -f`
+CHANGE_SECONDS = 1.0  # one endpoint change end to end, over netlink and through `nft -f`
+
+
+def budgets(res: Result) -> list[tuple[str, str, str, bool]]:
+    """(budget, measured, limit, met) for each budget the result has figures for."""
+    out = []
+    naive, first = res.naive.med, res.first.med
+    if first is not None:
+        if naive is None:  # every naive run overran its timeout: the share is below first / timeout
+            share = first[0] / res.naive_timeout
+            out.append(("first apply, of the naive load (wall)", f"< {100 * share:.1f}%",
+                        f"≤ {100 * FIRST_OF_NAIVE:.0f}%", share <= FIRST_OF_NAIVE))
+        else:
+            share = first[0] / naive[0]
+            per_run = ", ".join(f"{100 * f / n:.1f}%" for f, n in zip(res.first.wall, res.naive.wall))
+            out.append((f"first apply, of the naive load (wall; per run {per_run})", f"{100 * share:.1f}%",
+                        f"≤ {100 * FIRST_OF_NAIVE:.0f}%", share <= FIRST_OF_NAIVE))
+    for label, t in (("one endpoint change over netlink", res.change_netlink),
+                     ("one endpoint change through nft -f", res.change_nft)):
+        if t.med is not None:
+            out.append((f"{label} (wall, median; max {max(t.wall):.3f} s)", f"{t.med[0]:.3f} s",
+                        f"≤ {CHANGE_SECONDS:g} s", t.med[0] <= CHANGE_SECONDS))
+    return out
 
 
 def markdown(res: Result) -> str:
@@ -274,6 +338,10 @@ def markdown(res: Result) -> str:
     if res.change_equal:
         lines.append(f"| state after the changes = a fresh load of the last script | "
                      f"{'yes' if all(res.change_equal) else 'NO'} | | |")
+    b = budgets(res)
+    if b:
+        lines += ["", "| budget | measured | limit | met |", "|---|---:|---:|---|"]
+        lines += [f"| {name} | {got} | {limit} | {'yes' if ok else 'NO'} |" for name, got, limit, ok in b]
     if res.phases:
         lines += ["", "Last first apply, seconds per phase: "
                   + ", ".join(f"{k} {v:.2f}" for k, v in res.phases.items())]
@@ -295,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("-o", "--output", default="", help="also write the Markdown table here")
     p.add_argument("--quiet", "-q", action="store_true")
+    p.add_argument("--check-budget", action="store_true",
+                   help="exit 1 when a budget is missed (first apply share of the naive load, endpoint changes)")
     a = p.parse_args(argv)
     if a.services < 1 or a.endpoints < 1 or a.repeat < 1 or a.changes < 0:
         p.error("--services, --endpoints and --repeat must be positive, --changes not negative")
@@ -311,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         with open(a.output, "w") as f:
             f.write(out)
     ok = all(res.state_equal) and all(res.change_equal)
+    if a.check_budget:
+        ok = ok and all(met for *_, met in budgets(res))
     return 0 if ok else 1
 
 

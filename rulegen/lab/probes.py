@@ -217,8 +217,9 @@ def _probes(compiled: Any, ports, node_ips: tuple[str, ...], client_ip: str, cpo
     if det.implemented and not det.cidr:
         notes.append(f"local-traffic detector {settings.detect_local_mode} matches interfaces the lab does not "
                      "have: ClusterIP traffic from the client pod counts as off-cluster")
-    match_all, np_ips = settings.nodeport_ips(4)
-    localhost = settings.localhost_nodeports_effective(4)
+    mode = backends.get(settings.mode)
+    match_all, np_ips = mode.nodeport_ips(settings, 4)
+    localhost = mode.localhost_nodeports and settings.localhost_nodeports_effective(4)
     out: list[Probe] = []
 
     def add(p, kind, source, src_ip, dst, port, outcome):
@@ -264,9 +265,12 @@ def _probes(compiled: Any, ports, node_ips: tuple[str, ...], client_ip: str, cpo
             return ("answer", "externalTrafficPolicy Cluster: masqueraded to the node", sel.cluster, "node")
 
         def uncaptured(why: str) -> tuple:
-            # nat does not capture this address, but the filter rule for a NodePort without
-            # (external) endpoints matches every LOCAL address, whatever nodePortAddresses
-            # says (5.3), so it still REJECTs or DROPs; only otherwise nothing listens.
+            # nat does not capture this address, but in iptables mode the filter rule for a
+            # NodePort without (external) endpoints matches every LOCAL address, whatever
+            # nodePortAddresses says (5.3), so it still REJECTs or DROPs; only otherwise
+            # (or in a mode whose rule looks at the NodePort addresses only) nothing listens.
+            if not mode.no_endpoint_nodeports_on_every_address:
+                return ("refuse", f"{why}: nothing listens, refused", (), None)
             if not sel.has_any:
                 return ("reject", f"{why}, but no endpoints: REJECT on every node address", (), None)
             if not p.has_external:
@@ -288,8 +292,10 @@ def _probes(compiled: Any, ports, node_ips: tuple[str, ...], client_ip: str, cpo
                     lo = ("answer", "from the node itself: masqueraded, every cluster endpoint", sel.cluster, "node")
                 add(p, "localhost-node-port", "node", "127.0.0.1", "127.0.0.1", p.node_port, lo)
             else:
+                off = ("localhost NodePorts off" if mode.localhost_nodeports
+                       else f"--mode {settings.mode} answers no NodePort on 127.0.0.1")
                 add(p, "localhost-node-port", "node", "127.0.0.1", "127.0.0.1", p.node_port,
-                    uncaptured("localhost NodePorts off: not captured"))
+                    uncaptured(f"{off}: not captured"))
         for eip in p.external_ips:
             add(p, "external-ip", "client", client_ip, eip, port, external(client_ip, False))
         for lb in p.lb_ips:

@@ -138,7 +138,7 @@ NOT_YET = [
     pytest.param("lab", [], "apply", marks=pytest.mark.root),
 ]
 # The modes that have each hook today, as the refusal names them.
-HAVE = {"apply": "iptables", "trace": "iptables, ipvs, nftables", "diff": "iptables, ipvs, nftables"}
+HAVE = {"apply": "iptables, nftables", "trace": "iptables, ipvs, nftables", "diff": "iptables, ipvs, nftables"}
 
 
 @pytest.mark.parametrize("command, extra, what", [c for c in NOT_YET if getattr(c, "values", c)[0] != "diff"])

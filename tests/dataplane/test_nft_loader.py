@@ -1,8 +1,8 @@
-"""The nftables loader against the real kernel: same state as a naive load, by every path.
+"""The nftables loader and sync against the real kernel: same state as a naive load, by every path.
 
 Each test makes its own namespaces (prefix `rgt-nft-`, always deleted) and
-compares `nft list table` outputs, normalised so that object order does not
-count but rule order and every element does.
+compares `nft list table` outputs in the normal form (`state.normalise`),
+so that object order does not count but rule order and every element do.
 """
 
 from __future__ import annotations
@@ -12,10 +12,14 @@ import subprocess
 
 import pytest
 
+from rulegen.apply.kernel import Kernel
 from rulegen.bench import nftload, nftshape
 from rulegen.dataplane.nft import loader as L
 from rulegen.dataplane.nft import netlink as nl
 from rulegen.dataplane.nft import script as sc
+from rulegen.dataplane.nft import sync
+from rulegen.dataplane.nft.parse import parse_listing
+from rulegen.dataplane.nft.state import normalise
 
 from nshelp import namespace_names
 
@@ -25,6 +29,13 @@ pytestmark = [pytest.mark.root,
 REF = "ip kube-proxy"
 AFFINITY_MIX = nftshape.Mix(affinity=0.2, firewall=1.0, loadbalancer=0.2, nodeport=0.2, external_ip=0.2,
                             local_policy=0.5, no_endpoints=0.05, udp=0.2)
+
+
+@pytest.fixture
+def kernel():
+    k = Kernel.real()
+    yield k
+    k.nft.close()
 
 
 def _ns(make) -> str:
@@ -38,13 +49,27 @@ def listing(ns: str) -> str:
                           capture_output=True, text=True).stdout
 
 
-def state(ns: str) -> dict:
-    return sc.parse_listing(listing(ns))
+def state(ns: str):
+    return normalise(parse_listing(listing(ns))[0])
 
 
 def has_table(ns: str) -> bool:
     cp = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "table", *REF.split()], capture_output=True)
     return cp.returncode == 0
+
+
+def naive(ns: str, text: str) -> None:
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=text, text=True, check=True)
+
+
+def first(kernel: Kernel, ns: str, text: str, opts: L.Options, on_chunk=None) -> L.Sent:
+    link = L.Link(kernel.nft, ns, opts.netlink)
+    return L.load_first(link, sc.play(text), opts, link.genid(), on_chunk)
+
+
+def apply(kernel: Kernel, ns: str, text: str, state_dir, **opts) -> sync.NftApplyResult:
+    return sync.sync(sc.play(text), ns, kernel, mode="nftables", family=4, state_dir=str(state_dir),
+                     opts=L.Options(**opts))
 
 
 @pytest.mark.parametrize("services, endpoints, mix, netlink, chunk_maps", [
@@ -53,33 +78,31 @@ def has_table(ns: str) -> bool:
     (120, 4, AFFINITY_MIX, False, 25),
     (60, 1, nftshape.Mix(affinity=0.5), True, 1000),
 ])
-def test_phased_load_leaves_the_naive_state(services, endpoints, mix, netlink, chunk_maps):
+def test_phased_load_leaves_the_naive_state(kernel, services, endpoints, mix, netlink, chunk_maps):
     text = nftshape.script(services, endpoints, mix=mix, seed=services)
     with namespace_names("rgt-nft") as make:
-        naive, phased = _ns(make), _ns(make)
-        L.naive(naive, text)
-        ld = L.Loader(phased, L.Options(netlink=netlink, chunk_maps=chunk_maps))
-        cache = ld.apply(text)
-        ld.close()
-        assert ld.report.path == "first" and ld.report.chunks > 3
-        expected = state(naive)
-        assert len(expected) > services  # the comparison sees the whole table
+        by_nft, phased = _ns(make), _ns(make)
+        naive(by_nft, text)
+        sent = first(kernel, phased, text, L.Options(netlink=netlink, chunk_maps=chunk_maps))
+        assert len(sent.chunks) > 3
+        assert {c.via for c in sent.chunks} == ({"nft", "netlink"} if netlink else {"nft"})
+        expected = state(by_nft)
+        assert len(expected.chains) > services  # the comparison sees the whole table
         assert state(phased) == expected
-        assert cache is not None and cache.genid is not None
+        assert sent.generation is not None and sent.generation == kernel.nft.generation(phased)
 
 
-def test_old_layout_with_endpoint_chains_loads_the_same():
+def test_old_layout_with_endpoint_chains_loads_the_same(kernel):
     text = nftshape.script(80, 3, layout="endpoint-chains", mix=AFFINITY_MIX)
     with namespace_names("rgt-nft") as make:
-        naive, phased = _ns(make), _ns(make)
-        L.naive(naive, text)
-        ld = L.Loader(phased, L.Options(chunk_maps=30))
-        ld.apply(text)
-        assert any(c.startswith("rules (netlink") for c, _ in ld.report.timings)
-        assert state(phased) == state(naive)
+        by_nft, phased = _ns(make), _ns(make)
+        naive(by_nft, text)
+        sent = first(kernel, phased, text, L.Options(chunk_maps=30))
+        assert any(name.startswith("rules (netlink") for name, _ in sent.timings)
+        assert state(phased) == state(by_nft)
 
 
-def test_nothing_is_hooked_before_the_last_transaction():
+def test_nothing_is_hooked_before_the_last_transaction(kernel):
     text = nftshape.script(100, 3, mix=AFFINITY_MIX)
     seen: list[tuple[int, str, bool, int]] = []
     with namespace_names("rgt-nft") as make:
@@ -87,11 +110,10 @@ def test_nothing_is_hooked_before_the_last_transaction():
 
         def inspect(i: int, chunk: L.Chunk) -> None:
             out = listing(ns)
-            rules = sum(len(v[1]) for k, v in sc.parse_listing(out).items() if k[0] == "chain")
+            rules = sum(len(c.rules) for c in parse_listing(out)[0].chains.values())
             seen.append((i, chunk.phase, " hook " in out, rules))
 
-        ld = L.Loader(ns, L.Options(chunk_maps=20), on_chunk=inspect)
-        ld.apply(text)
+        first(kernel, ns, text, L.Options(chunk_maps=20), inspect)
     assert len(seen) > 5
     *before, last = seen
     assert not any(hooked for _, _, hooked, _ in before)
@@ -108,39 +130,59 @@ def test_nothing_is_hooked_before_the_last_transaction():
     # refused in a rule transaction (nft): a lookup of a set that does not exist
     ("add chain ip kube-proxy zz-plain\nadd rule ip kube-proxy zz-plain ip daddr @endpoint-nowhere drop\n", "rules"),
 ])
-def test_a_failed_chunk_leaves_no_table(extra, phase):
+def test_a_failed_chunk_leaves_no_table(kernel, extra, phase):
     good = nftshape.script(80, 3, mix=AFFINITY_MIX)
     with namespace_names("rgt-nft") as make:
         ns = _ns(make)
-        ld = L.Loader(ns, L.Options(chunk_maps=20))
+        done: list[str] = []
+        st = sc.play(good)
+        # The model refuses what the kernel would: build the bad state by hand, past the model.
+        bad = sc.play(good + extra.replace("@endpoint-nowhere", "@cluster-ips")
+                      .replace("goto endpoint-nowhere", "drop").replace("jump endpoint-nowhere", "accept"))
+        for c in bad.chains.values():
+            c.rules = [r._replace(rule=r.rule.replace("@cluster-ips", "@endpoint-nowhere")
+                                  .replace("accept", "jump endpoint-nowhere"))
+                       if r.chain.startswith("zz-") else r for r in c.rules]
+        els = bad.sets["service-ips"].elements
+        k = ("10.99.0.1", "tcp", "80")
+        if k in els and k not in st.sets["service-ips"].elements:
+            els[k] = els[k]._replace(value=("goto endpoint-nowhere",))
+        link = L.Link(kernel.nft, ns)
         with pytest.raises(L.LoadError) as e:
-            ld.apply(good + extra)
+            L.load_first(link, bad, L.Options(chunk_maps=20), link.genid(), lambda i, ch: done.append(ch.phase))
         assert "endpoint-nowhere" in str(e.value)
-        assert len(ld.report.timings) >= 2  # transactions had committed before the refused one
-        assert ld.report.failed.startswith(phase)
-        assert extra.strip().split("\n")[-1].split(" { ")[-1].split(" : ")[0] in str(e.value)
+        assert len(done) >= 2  # transactions had committed before the refused one
+        assert f"({phase}, " in str(e.value) and "the namespace is as it was" in str(e.value)
         assert not has_table(ns)
         # And the namespace still takes the good script.
-        ld.apply(good)
+        L.load_first(link, st, L.Options(chunk_maps=20), link.genid())
         assert has_table(ns)
 
 
-def test_a_failed_change_keeps_the_previous_state():
+@pytest.mark.parametrize("netlink", [True, False])
+def test_a_refused_change_keeps_the_previous_state(kernel, tmp_path, netlink):
     text = nftshape.script(80, 3)
     with namespace_names("rgt-nft") as make:
         ns = _ns(make)
-        ld = L.Loader(ns)
-        cache = ld.apply(text)
+        apply(kernel, ns, text, tmp_path)
         before = listing(ns)
-        for netlink in (True, False):
-            bad = nftshape.script(80, 3, moved=4) + "add element ip kube-proxy service-ips { 10.99.0.1 . tcp . 80 : goto no-such-chain }\n"
-            with pytest.raises(L.LoadError):
-                L.Loader(ns, L.Options(netlink=netlink)).apply(bad, cache)
-            assert listing(ns) == before
+        bad = sc.play(nftshape.script(80, 3, moved=4))
+        # an element whose verdict names a chain that does not exist: the kernel refuses the whole batch
+        el = next(iter(bad.sets["service-ips"].elements.values()))
+        bad.sets["service-ips"].elements[("10.99.0.1", "tcp", "80")] = el._replace(
+            key=("10.99.0.1", "tcp", "80"), value=("goto no-such-chain",))
+        with pytest.raises(L.LoadError) as e:
+            sync.sync(bad, ns, kernel, mode="nftables", family=4, state_dir=str(tmp_path),
+                      opts=L.Options(netlink=netlink))
+        assert "10.99.0.1" in str(e.value) and "previous state is left in place" in str(e.value)
+        assert listing(ns) == before
+        # and the cache still holds: the next apply of the old state sends nothing
+        again = apply(kernel, ns, text, tmp_path)
+        assert again.source == "cache" and again.path == "unchanged" and again.lines == 0
 
 
 @pytest.mark.parametrize("netlink", [True, False])
-def test_changes_give_the_state_of_a_full_load(netlink):
+def test_changes_give_the_state_of_a_full_load(kernel, tmp_path, netlink):
     mix = AFFINITY_MIX
     old = nftshape.script(100, 4, mix=mix, seed=9)
     steps = [nftshape.script(100, 4, mix=mix, seed=9, moved=k) for k in (3, 17, 40)]
@@ -148,71 +190,79 @@ def test_changes_give_the_state_of_a_full_load(netlink):
     steps.append(nftshape.script(110, 4, mix=mix, seed=9))  # and 40 back, 10 new
     with namespace_names("rgt-nft") as make:
         ns, ref = _ns(make), _ns(make)
-        ld = L.Loader(ns, L.Options(netlink=netlink))
-        cache = ld.apply(old)
-        paths = []
+        apply(kernel, ns, old, tmp_path, netlink=netlink)
+        results = []
         for new in steps:
-            cache = ld.apply(new, cache)
-            paths.append(ld.report.path)
+            results.append(apply(kernel, ns, new, tmp_path, netlink=netlink))
             subprocess.run(["ip", "netns", "exec", ref, "nft", "delete", "table", *REF.split()], capture_output=True)
-            L.naive(ref, new)
+            naive(ref, new)
             assert state(ns) == state(ref)
-        assert all(p.startswith("change") for p in paths)
-        if netlink:
-            # A one-endpoint change of a ClusterIP Service is only a rule and its map: all netlink.
-            assert paths[0] == "change-netlink"
+        assert all(r.path == "change" and r.source == "cache" and r.transactions == 1 for r in results)
+        # A one-endpoint change of a ClusterIP Service is a rule and its map: all netlink when asked.
+        assert results[0].via == ("netlink" if netlink else "nft")
 
 
 @pytest.mark.parametrize("netlink", [True, False])
-def test_cache_is_proven_by_the_generation(netlink):
+def test_a_stale_cache_is_found_by_the_generation_and_repaired(kernel, tmp_path, netlink):
     text = nftshape.script(60, 3)
     moved = nftshape.script(60, 3, moved=2)
     with namespace_names("rgt-nft") as make:
         ns, ref = _ns(make), _ns(make)
-        ld = L.Loader(ns, L.Options(netlink=netlink))
-        cache = ld.apply(text)
-        assert cache.genid == ld.kernel.genid()
+        apply(kernel, ns, text, tmp_path, netlink=netlink)
         # Someone else changes the table: the cache is stale and must not be trusted.
         subprocess.run(["ip", "netns", "exec", ns, "nft", "add", "element", *REF.split(), "cluster-ips",
                         "{ 10.250.0.1 }"], check=True)
-        cache2 = ld.apply(moved, cache)
-        assert ld.report.path == "full"
-        L.naive(ref, moved)
+        res = apply(kernel, ns, moved, tmp_path, netlink=netlink)
+        assert res.source == "dump" and res.path == "change"
+        assert ("set", "cluster-ips") in res.changed and res.elements_removed >= 1
+        naive(ref, moved)
         assert state(ns) == state(ref)  # the stray element is gone, as after a full sync
-        assert cache2 is not None and cache2.genid == ld.kernel.genid()
-        # And a change on the fresh cache is a difference again.
-        ld.apply(text, cache2)
-        assert ld.report.path.startswith("change")
+        # And the next change is against the fresh cache again.
+        res = apply(kernel, ns, text, tmp_path, netlink=netlink)
+        assert res.source == "cache" and res.path == "change"
 
 
-def test_a_netlink_batch_bound_to_an_old_generation_is_refused_whole():
+def test_a_netlink_batch_bound_to_an_old_generation_is_refused_whole(kernel):
     text = nftshape.script(30, 2)
     with namespace_names("rgt-nft") as make:
         ns = _ns(make)
-        ld = L.Loader(ns)
-        cache = ld.apply(text)
+        naive(ns, text)
+        gen = kernel.nft.generation(ns)
         subprocess.run(["ip", "netns", "exec", ns, "nft", "add", "chain", *REF.split(), "someone-elses"], check=True)
         enc = nl.Encoder("ip", "kube-proxy")
-        enc.learn_sets(sc.parse(text).sets.values())
+        enc.learn_sets(sc.play(text).sets.values())
         msgs = enc.command("add element ip kube-proxy cluster-ips { 10.250.0.2 }")
         with pytest.raises(nl.NetlinkError) as e:
-            ld.kernel.send(msgs, cache.genid)
+            kernel.nft.send(ns, msgs, gen)
         assert e.value.errno == 85  # ERESTART
         assert "10.250.0.2" not in listing(ns)
-        ld.kernel.send(msgs, ld.kernel.genid())
+        kernel.nft.send(ns, msgs, kernel.nft.generation(ns))
         assert "10.250.0.2" in listing(ns)
 
 
-def test_no_cache_means_a_full_sync_that_removes_leftovers():
+def test_no_cache_means_a_full_comparison_that_removes_leftovers(kernel, tmp_path):
     text = nftshape.script(60, 3, seed=4)
     fewer = nftshape.script(45, 3, seed=4)
     with namespace_names("rgt-nft") as make:
         ns, ref = _ns(make), _ns(make)
-        L.naive(ns, text)
-        ld = L.Loader(ns)
-        ld.apply(fewer)  # no cache
-        assert ld.report.path == "full"
-        L.naive(ref, fewer)
+        naive(ns, text)
+        res = apply(kernel, ns, fewer, tmp_path)  # no cache
+        assert res.source == "dump" and res.path == "change" and res.removed
+        naive(ref, fewer)
+        assert state(ns) == state(ref)
+
+
+def test_a_table_the_parser_cannot_read_is_rebuilt(kernel, tmp_path):
+    text = nftshape.script(40, 2, seed=4)
+    with namespace_names("rgt-nft") as make:
+        ns, ref = _ns(make), _ns(make)
+        naive(ns, text)
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "add", "counter", *REF.split(), "someones-counter"],
+                       check=True)
+        res = apply(kernel, ns, text, tmp_path)
+        assert res.path == "rebuild" and any("rebuilt" in w for w in res.warnings)
+        assert "someones-counter" not in listing(ns)
+        naive(ref, text)
         assert state(ns) == state(ref)
 
 
@@ -226,16 +276,17 @@ def test_bench_answers_for_a_small_cluster():
 
 
 @pytest.mark.parametrize("family", ["ip", "ip6"])
-def test_netlink_encoding_lists_as_nft_encoding(family):
+def test_netlink_encoding_lists_as_nft_encoding(kernel, family):
     a, b = ("10.128.0.1", "10.128.0.2") if family == "ip" else ("fd00:10::1", "fd00:10::2")
+    addr = "ipv4_addr" if family == "ip" else "ipv6_addr"
     sets = f"""add table {family} rgt {{ comment "probe" ; }}
 add chain {family} rgt svc
 add chain {family} rgt ep1
 add chain {family} rgt ep2
-add map {family} rgt dispatch {{ type {family}v4_addr . inet_proto . inet_service : verdict ; comment "d" ; }}
-add set {family} rgt pairs {{ type {family}v4_addr . {family}v4_addr . inet_proto . inet_service ; }}
+add map {family} rgt dispatch {{ type {addr} . inet_proto . inet_service : verdict ; comment "d" ; }}
+add set {family} rgt pairs {{ type {addr} . {addr} . inet_proto . inet_service ; }}
 add map {family} rgt ports {{ type inet_proto . inet_service : verdict ; }}
-""".replace("ipv4_addr", "ipv4_addr").replace("ip6v4_addr", "ipv6_addr")
+"""
     cmds = f"""add rule {family} rgt svc meta l4proto tcp dnat {family} addr . port to numgen random mod 2 map {{ 0 : {a} . 8080 , 1 : {b} . 8080 }}
 add rule {family} rgt svc meta l4proto udp dnat {family} addr . port to numgen random mod 1 map {{ 0 : {b} . 53 }}
 add rule {family} rgt svc numgen random mod 2 vmap {{ 0 : goto ep1 , 1 : jump ep2 }}
@@ -247,17 +298,16 @@ flush chain {family} rgt ep2
 """
     with namespace_names("rgt-nft") as make:
         by_nft, by_netlink = _ns(make), _ns(make)
-        L.naive(by_nft, sets + cmds)
-        L.naive(by_netlink, sets)
+        naive(by_nft, sets + cmds)
+        naive(by_netlink, sets)
         enc = nl.Encoder(family, "rgt")
-        enc.learn_sets(sc.parse(sets).sets.values())
+        enc.learn_sets(sc.play(sets).sets.values())
         msgs = []
         for line in cmds.strip().split("\n"):
             m = enc.command(line)
             assert m is not None, line
             msgs += m
-        k = L.Kernel(by_netlink)
-        k.send(msgs, k.genid())
+        kernel.nft.send(by_netlink, msgs, kernel.nft.generation(by_netlink))
 
         def show(ns):
             return subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "table", family, "rgt"],

@@ -1,12 +1,14 @@
 """nftables mode: kube-proxy's `ip kube-proxy` / `ip6 kube-proxy` table, as an `nft -f` script.
 
 The mode's own parts are the compiler (`compile`: plan → `Transaction`, the
-v1.36 design of docs/nftables-mode.md), the tracer (`trace`, over the walk
-in `dataplane/nft/walk.py`), the diff view (`views`), reading saved
-scripts and listings for both (`dump`), and lint's nftables-only checks
-(`lint`). The nftables object model, the script renderer, the script and
-listing parsers and the normal form live in `rulegen.dataplane.nft`, beside
-the nft client and its fake.
+v1.36 design of docs/nftables-mode.md), the applier (`apply.py`, which
+hands the compiled table to the shared nftables sync,
+`dataplane/nft/sync.py`), the tracer (`trace`, over the walk in
+`dataplane/nft/walk.py`), the diff view (`views`), reading saved scripts
+and listings for both (`dump`), and lint's nftables-only checks (`lint`).
+The nftables object model, the script renderer, the script and listing
+parsers and the normal form live in `rulegen.dataplane.nft`, beside the
+nft client and its fake.
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ class NftablesBackend(Backend[Transaction]):
     mode = "nftables"
     output = "nft -f script"
     masquerade_section = "nftables"
+    no_endpoint_nodeports_on_every_address = False  # @no-endpoint-nodeports is looked up for @nodeport-ips only
+
+    def nodeport_ips(self, settings, fam):
+        # nodePortAddresses defaults to `primary` here, and loopback never takes NodePorts.
+        return settings.nft_nodeport_ips(fam)
 
     def compile(self, plan, settings) -> Transaction:
         return compiler.compile_plan(plan, settings)
@@ -38,6 +45,11 @@ class NftablesBackend(Backend[Transaction]):
         except (nparse.NftParseError, ValueError) as e:
             raise UsageError(f"{source}: {e}") from None
 
+    def applier(self):
+        from .apply import APPLIER
+
+        return APPLIER
+
     def tracer(self) -> Any:
         from .trace import TRACER
 
@@ -47,9 +59,6 @@ class NftablesBackend(Backend[Transaction]):
         from .views import VIEW
 
         return VIEW
-
-    def nodeport_ips(self, settings, fam: int) -> tuple[bool, tuple[str, ...]]:
-        return settings.nft_nodeport_ips(fam)
 
     def lint_checks(self) -> tuple:
         from .lint import CHECKS

@@ -4,7 +4,11 @@ Like knftables' `Fake`, which kube-proxy's own tests use, it keeps each
 namespace's tables (`state.TableState`, inside the namespace of a
 `kernel.fake.FakeNamespaces`) and applies a script as one transaction: on
 the first command the kernel would refuse, nothing changes and the error
-names that line, worded as the real client words it. The refusals follow
+names that line, worded as the real client words it. It runs what rulegen's
+loader sends too: `create table` (refused when the table exists) and
+several elements in one `add element` or `delete element`. It has no raw
+netlink (`netlink` is false), so the loader sends it everything as nft
+text. The refusals follow
 what nf_tables does (checked against the kernel by
 tests/dataplane/test_nft_parity.py):
 
@@ -24,9 +28,8 @@ bumps it for some runs that change nothing, such as re-adding a set; one
 that changes nothing at all, such as re-adding an element, it does not. A
 cache that proves freshness by the generation only relies on "unchanged
 generation: nothing changed", which holds for both.) Commands the
-nftables backend never writes (`flush table`, `insert`, `replace`, handles,
-several elements in one command) are refused as not modelled, never
-guessed. `list_table` prints `nft list table` syntax that
+nftables backend never writes (`flush table`, `insert`, `replace`,
+handles) are refused as not modelled, never guessed. `list_table` prints `nft list table` syntax that
 `parse.parse_listing` reads: sets and maps, then chains, in the order they
 were made, elements sorted.
 """
@@ -39,6 +42,7 @@ from ...kernel.fake import FakeNamespaces
 from .client import Nft, run_error
 from .model import _REFS, ADD, DELETE, FLUSH, Chain, Element, Map, Rule, Set, Table, key_arity
 from .parse import NftParseError, command_object, read_command
+from .script import split_top
 from .state import ChainState, SetState, TableState
 
 _ENOENT = "No such file or directory"
@@ -98,21 +102,33 @@ class FakeNft(Nft):
             if not line or line.startswith("#"):
                 continue
             try:
+                create = line.startswith("create table ")
                 try:
-                    verb, kind, family, tname, rest = read_command(line, no)
+                    verb, kind, family, tname, rest = read_command("add" + line[6:] if create else line, no)
                 except NftParseError:
                     raise _Refused("syntax error, or a command not modelled by the fake nft") from None
                 key = (family, tname)
                 if kind == "table":
+                    if create and key in work:
+                        raise _Refused(_EEXIST)
                     changed |= self._table(work, key, verb, rest, table)
                     continue
                 st = table(key)
+
+                def is_map(n: str) -> bool:
+                    return isinstance(st.sets[n].decl, Map) if n in st.sets else False
+
                 try:
-                    obj = command_object(verb, kind, rest, lambda n: isinstance(
-                        st.sets[n].decl, Map) if n in st.sets else False)
+                    objs = [command_object(verb, kind, rest, is_map)]
+                    if kind == "element" and "," in rest:  # several elements: nft adds (or deletes) each
+                        cname, _, tail = rest.partition(" ")
+                        inner = tail.strip()[1:-1]
+                        objs = [command_object(verb, kind, f"{cname} {{ {item} }}", is_map)
+                                for item in split_top(inner)]
                 except ValueError as e:
                     raise _Refused(f"syntax error: {e}") from None
-                changed |= _APPLY[type(obj)](st, verb, obj)
+                for obj in objs:
+                    changed |= _APPLY[type(obj)](st, verb, obj)
             except _Refused as e:
                 raise run_error(script, f"/dev/stdin:{no}:1-{len(line)}: Error: Could not process rule: {e}\n",
                                 check) from None

@@ -21,8 +21,10 @@ This module speaks nf_tables' batch protocol directly for:
   concatenated types (ipv4_addr, ipv6_addr, inet_proto, inet_service,
   mark; verdict data), with comments.
 
-`Encoder.command(line)` returns the messages for one script command, or
-None when the command is outside these shapes (the caller then uses nft).
+`Encoder.op(verb, record)` returns the messages for one operation (as a
+Transaction or `script.diff` holds it), `Encoder.command(line)` those for
+one script command; either None when it is outside these shapes (the
+caller then uses nft).
 `send` wraps messages in one batch (one transaction), optionally bound to a
 ruleset generation: the kernel refuses the batch with ERESTART when the
 generation moved, which is how a cached view of the table is proven fresh.
@@ -42,6 +44,8 @@ from dataclasses import dataclass
 from ...kernel.netlink import nft_genid as _nft_genid
 from ...kernel.netns import netlink_socket_in as _netlink_socket_in
 from . import script as sc
+from .model import ADD, DELETE, FLUSH, Chain, Element, Rule, Set
+from .parse import command_object, read_command
 
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
@@ -57,7 +61,7 @@ SOL_NETLINK, NETLINK_CAP_ACK, NETLINK_EXT_ACK = 270, 10, 11
 NLM_F_CAPPED, NLM_F_ACK_TLVS = 0x100, 0x200
 NLMSGERR_ATTR_MSG, NLMSGERR_ATTR_OFFS = 1, 2
 FAMILIES = {"ip": 2, "ip6": 10, "inet": 1}
-SET_ANONYMOUS, SET_CONSTANT, SET_MAP = 0x1, 0x2, 0x8
+SET_ANONYMOUS, SET_CONSTANT, SET_MAP, SET_TIMEOUT, SET_EVAL = 0x1, 0x2, 0x8, 0x10, 0x20
 TYPE_INTEGER, TYPE_VERDICT_DATA = 4, 0xFFFFFF00
 VERDICTS = {"drop": 0, "accept": 1, "continue": -1, "return": -5}
 JUMPS = {"jump": -3, "goto": -4}
@@ -66,6 +70,8 @@ PROTOS = {"tcp": 6, "udp": 17, "sctp": 132}
 # byte order unset, data not an interval; a verdict map also records the
 # type of its data expression (a verdict).
 _UDATA_ADDR_MAP = bytes.fromhex("000401000000" "010400000000" "060400000000")
+# nft's user data for a set keyed by an address: the key is in big-endian byte order.
+_UDATA_KEY_BIG_ENDIAN = bytes.fromhex("000402000000")
 _UDATA_VERDICT_MAP = bytes.fromhex("000401000000" "010400000000" "04080004010000000100" "060400000000")
 # datatype name → (nft's type id, length in bytes)
 DATATYPES = {"ipv4_addr": (7, 4), "ipv6_addr": (8, 16), "inet_proto": (12, 1), "inet_service": (13, 2),
@@ -74,6 +80,11 @@ DATATYPES = {"ipv4_addr": (7, 4), "ipv6_addr": (8, 16), "inet_proto": (12, 1), "
 _DNAT_RE = re.compile(r"^meta l4proto (tcp|udp|sctp) dnat (ip|ip6) addr \. port to numgen random mod (\d+) "
                       r"map \{ (.+) \}$")
 _VMAP_RE = re.compile(r"^numgen random mod (\d+) vmap \{ (.+) \}$")
+# kube-proxy's session-affinity rules: the lookup and the update of an
+# endpoint's affinity set, and the endpoint chain's DNAT to one address.
+_SADDR_LOOKUP_RE = re.compile(r"^(ip|ip6) saddr @([A-Za-z0-9_./-]+) (goto|jump) ([A-Za-z0-9_./-]+)$")
+_SADDR_UPDATE_RE = re.compile(r"^update @([A-Za-z0-9_./-]+) \{ (ip|ip6) saddr \}$")
+_DNAT_TO_RE = re.compile(r"^meta l4proto (tcp|udp|sctp) dnat to (?:([0-9.]+)|\[([0-9a-fA-F:.]+)\]):(\d+)$")
 _CHAIN_NAME_RE = re.compile(r"^[A-Za-z_.][A-Za-z0-9_./-]*$")
 
 
@@ -162,21 +173,23 @@ class Encoder:
         self.set_types: dict[str, tuple[list[str], str | None]] = {}  # named set → (key types, data type)
         self._table_attr = _str(1, table)
         self._set_fixed: dict[tuple[int, int], bytes] = {}
+        self._named_ids: dict[str, int] = {}  # named sets this encoder made, by name: their batch ids
         self._verdicts: dict[str, bytes | None] = {}
 
     def learn_sets(self, sets) -> None:
-        """Remember the element types of named sets (from `script.NSet`s) so their elements can be encoded."""
+        """Remember the element types of named sets (`state.SetState`s) so their elements can be encoded."""
         for s in sets:
-            t = set_type(s.spec)
+            t = set_type(s.decl)
             if t is not None:
-                self.set_types[s.name] = t
+                self.set_types[s.decl.name] = t
 
     # -- rules
 
     @staticmethod
     def shaped(body: str) -> bool:
         """Is BODY of a shape `rule` encodes (it may still refuse bad addresses)?"""
-        return bool(_DNAT_RE.match(body) or _VMAP_RE.match(body))
+        return bool(_DNAT_RE.match(body) or _VMAP_RE.match(body) or _SADDR_LOOKUP_RE.match(body)
+                    or _SADDR_UPDATE_RE.match(body) or _DNAT_TO_RE.match(body))
 
     def rule(self, chain: str, body: str) -> list[Msg] | None:
         m = _DNAT_RE.match(body)
@@ -185,7 +198,72 @@ class Encoder:
         m = _VMAP_RE.match(body)
         if m:
             return self._verdict_map(chain, m)
+        m = _SADDR_LOOKUP_RE.match(body)
+        if m:
+            return self._saddr_lookup(chain, m)
+        m = _SADDR_UPDATE_RE.match(body)
+        if m:
+            return self._saddr_update(chain, m)
+        m = _DNAT_TO_RE.match(body)
+        if m:
+            return self._dnat_to(chain, m)
         return None
+
+    def named_set(self, decl) -> Msg | None:
+        """`add set` of a set keyed by one address, dynamic with a timeout (kube-proxy's affinity sets), or None.
+
+        Encoded as nft encodes it: flags timeout and eval (dynamic), the key
+        type and length, the timeout in milliseconds, nft's user data (the
+        key's byte order); and a set id, so its rules in the same batch may
+        name it either way.
+        """
+        if (type(decl) is not Set or decl.comment is not None or decl.timeout is None
+                or sorted(decl.flags) != ["dynamic", "timeout"] or decl.type not in ("ipv4_addr", "ipv6_addr")
+                or not _CHAIN_NAME_RE.match(decl.name)):
+            return None
+        key_type, key_len = DATATYPES[decl.type]
+        set_id = next(self._ids)
+        self._named_ids[decl.name] = set_id
+        body = (self._table_attr + _str(2, decl.name) + _u32(3, SET_TIMEOUT | SET_EVAL) + _u32(4, key_type)
+                + _u32(5, key_len) + _u32(10, set_id) + _attr(11, struct.pack(">Q", decl.timeout * 1000))
+                + _attr(13, _UDATA_KEY_BIG_ENDIAN))
+        return Msg(NFT_MSG_NEWSET, NLM_F_CREATE, self.nfproto, body)
+
+    def _set_ref(self, name_attr: int, id_attr: int, name: str) -> bytes:
+        """A set named by name, and by its batch id when this encoder made it."""
+        set_id = self._named_ids.get(name)
+        return _str(name_attr, name) + (_u32(id_attr, set_id) if set_id is not None else b"")
+
+    def _saddr_lookup(self, chain: str, m: re.Match) -> list[Msg] | None:
+        fam, name, verb, target = m.groups()
+        if fam != self.family:
+            return None
+        exprs = (_SADDR[fam] + _expr("lookup", _u32(2, 1), self._set_ref(1, 4, name))
+                 + _expr("immediate", _u32(1, 0), _nest(2, _nest(2, _u32(1, JUMPS[verb]), _str(2, target)))))
+        return [self._newrule(chain, exprs)]
+
+    def _saddr_update(self, chain: str, m: re.Match) -> list[Msg] | None:
+        name, fam = m.groups()
+        if fam != self.family:
+            return None
+        # the key from register 1, operation update, the set
+        exprs = _SADDR[fam] + _expr("dynset", _u32(4, 1), _u32(3, 1), self._set_ref(1, 2, name))
+        return [self._newrule(chain, exprs)]
+
+    def _dnat_to(self, chain: str, m: re.Match) -> list[Msg] | None:
+        proto, v4, v6, port = m.groups()
+        if (v6 is not None) != (self.family == "ip6"):
+            return None
+        try:
+            addr = socket.inet_pton(socket.AF_INET6 if v6 else socket.AF_INET, v6 or v4)
+            port_b = int(port).to_bytes(2, "big")
+        except (OSError, ValueError, OverflowError):
+            return None
+        exprs = (_DNAT_HEAD[PROTOS[proto]]
+                 + _expr("immediate", _u32(1, 1), _nest(2, _attr(1, addr)))
+                 + _expr("immediate", _u32(1, 2), _nest(2, _attr(1, port_b)))
+                 + (_NAT6_TO if v6 else _NAT4_TO))
+        return [self._newrule(chain, exprs)]
 
     def _anon_set(self, size: int, data_type: int, data_len: int, udata: bytes) -> tuple[Msg, str, int]:
         set_id = next(self._ids)
@@ -266,40 +344,37 @@ class Encoder:
 
     # -- elements of named sets
 
-    def elements(self, verb: str, set_name: str, items: list[str]) -> list[Msg] | None:
-        """`add`/`delete` of ITEMS (element texts) in named set SET_NAME, or None if not encodable."""
+    def elements(self, verb: str, set_name: str, items: list[Element]) -> list[Msg] | None:
+        """`add`/`delete` of ITEMS (records) in named set SET_NAME, or None if not encodable."""
         types = self.set_types.get(set_name)
         if types is None:
             return None
         keys, data = types
         data_types = data.split(" . ") if data not in (None, "verdict") else None
         out = []
-        for item in items:
-            if verb == "add":
-                key, (value, comment) = sc.parse_element(item)
-            else:
-                key, value, comment = " ".join(item.split()), None, None
-            k = _key(keys, key)
+        for e in items:
+            k = _key(keys, e.key)
             if k is None:
                 return None
             parts = [_nest(1, _attr(1, k))]
             if verb == "add":
-                if (value is None) != (data is None):
+                if bool(e.value) != (data is not None):
                     return None
                 if data is not None:
                     if data_types is None:
-                        d = self._verdicts.get(value)  # type: ignore[arg-type]
+                        text = " ".join(e.value)
+                        d = self._verdicts.get(text)
                         if d is None:
-                            d = self._verdicts[value] = _verdict(value)  # type: ignore[index,arg-type]
+                            d = self._verdicts[text] = _verdict(text)  # type: ignore[assignment]
                     else:
-                        d = _wrap_value(_key(data_types, value))  # type: ignore[arg-type]
+                        d = _wrap_value(_key(data_types, e.value))
                     if d is None:
                         return None
                     parts.append(_nest(2, d))
-                if comment is not None:
-                    if "\\" in comment or len(comment) > 250:
+                if e.comment is not None:
+                    if "\\" in e.comment or len(e.comment) > 250:
                         return None
-                    c = comment.encode() + b"\0"
+                    c = e.comment.encode() + b"\0"
                     parts.append(_attr(6, bytes([0, len(c)]) + c))
             out.append(_nest(1, *parts))
         head = _str(1, self.table) + _str(2, set_name)
@@ -311,25 +386,62 @@ class Encoder:
             done += len(part)
         return msgs
 
+    def op(self, verb: str, obj: tuple) -> list[Msg] | None:
+        """The messages for one operation (a Transaction's (verb, record)), or None when nft must send it."""
+        t = type(obj)
+        if t is Rule:
+            return self.rule(obj.chain, obj.rule) if verb == ADD and obj.comment is None else None
+        if t is Chain:
+            if obj.type is not None or obj.comment is not None or not _CHAIN_NAME_RE.match(obj.name):
+                return None
+            if verb == FLUSH:
+                return [self.flush_chain(obj.name)]
+            if verb == ADD:
+                return [self.new_chain(obj.name)]
+            if verb == DELETE:
+                return [self.del_chain(obj.name)]
+            return None
+        if t is Element and verb in (ADD, DELETE):
+            return self.elements(verb, obj.set or obj.map, [obj])
+        if t is Set and verb == ADD:
+            m = self.named_set(obj)
+            return [m] if m is not None else None
+        return None
+
+    def ops(self, ops) -> list[Msg] | None:
+        """Messages for every operation of OPS (each `Msg.command` its index), or None if one has no encoding."""
+        out: list[Msg] = []
+        for i, (verb, obj) in enumerate(ops):
+            m = self.op(verb, obj)
+            if m is None:
+                return None
+            for x in m:
+                x.command = i
+            out += m
+        return out
+
     def command(self, line: str) -> list[Msg] | None:
         """The messages for one script command of this table, or None when nft must send it."""
         parts = line.split(" ", 5)
         if len(parts) < 5 or parts[2] != self.family or parts[3] != self.table:
             return None
-        verb, kind, name = parts[0], parts[1], parts[4]
-        rest = parts[5] if len(parts) > 5 else ""
-        if kind == "rule" and verb == "add":
-            return self.rule(name, rest)
-        if kind == "chain" and not rest and _CHAIN_NAME_RE.match(name):
-            if verb == "flush":
-                return [self.flush_chain(name)]
-            if verb == "add":
-                return [self.new_chain(name)]
-            if verb == "delete":
-                return [self.del_chain(name)]
-        if kind == "element" and verb in ("add", "delete") and rest.startswith("{ ") and rest.endswith(" }"):
-            return self.elements(verb, name, sc.split_top(rest[2:-2]))
-        return None
+        if parts[1] == "element" and parts[0] in ("add", "delete"):
+            rest = parts[5] if len(parts) > 5 else ""
+            if not (rest.startswith("{ ") and rest.endswith(" }")):
+                return None
+            is_map = (self.set_types.get(parts[4]) or ([], None))[1] is not None
+            els = []
+            for item in sc.split_top(rest[2:-2]):
+                key, value, comment = sc.element_parts(item)
+                els.append(Element("", parts[4], key, value, comment) if is_map
+                           else Element(parts[4], "", key, value, comment))
+            return self.elements(parts[0], parts[4], els)
+        try:
+            verb, kind, _, _, rest = read_command(line, 0)
+            obj = command_object(verb, kind, rest, lambda n: False)
+        except ValueError:
+            return None
+        return self.op(verb, obj)
 
 
 def _b36(n: int) -> str:
@@ -369,6 +481,12 @@ _DNAT_HEAD = {p: _expr("meta", _u32(2, 16), _u32(1, 1)) + _expr("cmp", _u32(1, 1
 # dnat, family, address from register 1, port from the register after the address
 _NAT4 = _expr("nat", _u32(1, 1), _u32(2, FAMILIES["ip"]), _u32(3, 1), _u32(5, 9))
 _NAT6 = _expr("nat", _u32(1, 1), _u32(2, FAMILIES["ip6"]), _u32(3, 1), _u32(5, 2))
+# `dnat to ADDR:PORT`: the address in register 1, the port in register 2, the proto-specified flag
+_NAT4_TO = _expr("nat", _u32(1, 1), _u32(2, FAMILIES["ip"]), _u32(3, 1), _u32(5, 2), _u32(7, 2))
+_NAT6_TO = _expr("nat", _u32(1, 1), _u32(2, FAMILIES["ip6"]), _u32(3, 1), _u32(5, 2), _u32(7, 2))
+# `ip saddr` / `ip6 saddr` into register 1: network header, offset 12 (8), 4 (16) bytes
+_SADDR = {"ip": _expr("payload", _u32(1, 1), _u32(2, 1), _u32(3, 12), _u32(4, 4)),
+          "ip6": _expr("payload", _u32(1, 1), _u32(2, 1), _u32(3, 8), _u32(4, 16))}
 
 
 def _walk(buf: bytes, base: int):
@@ -420,15 +538,13 @@ def _wrap_value(data: bytes | None) -> bytes | None:
     return None if data is None else _attr(1, data)
 
 
-def set_type(spec: str) -> tuple[list[str], str | None] | None:
-    """The (key types, data type or None) a named set's definition gives, or None if not plain."""
-    if " typeof " in f" {spec}" or "interval" in spec or "timeout" in spec or "dynamic" in spec:
+def set_type(decl) -> tuple[list[str], str | None] | None:
+    """The (key types, data type or None) of a named set's declaration (a Set or Map), or None if not plain."""
+    if decl.flags or decl.timeout is not None:
         return None
-    m = re.search(r"\btype ([a-z0-9_ .]+?)(?: : ([a-z0-9_ .]+?))? ;", spec)
-    if not m:
-        return None
-    keys = m.group(1).split(" . ")
-    data = m.group(2)
+    key, _, data = decl.type.partition(":")
+    keys = key.strip().split(" . ")
+    data = data.strip() or None
     if any(k not in DATATYPES for k in keys):
         return None
     if data is not None and data != "verdict" and any(d not in DATATYPES for d in data.split(" . ")):
@@ -459,9 +575,8 @@ _FIELD = {
 _PAD = {1: b"\0\0\0", 2: b"\0\0", 3: b"\0", 4: b"", 16: b""}
 
 
-def _key(types: list[str], text: str) -> bytes | None:
-    """The key bytes of TEXT for a set keyed by TYPES (each field of a concatenation padded to 32 bits)."""
-    fields = text.split(" . ")
+def _key(types: list[str], fields: tuple[str, ...]) -> bytes | None:
+    """The key bytes of FIELDS for a set keyed by TYPES (each field of a concatenation padded to 32 bits)."""
     if len(fields) != len(types):
         return None
     try:

@@ -159,16 +159,25 @@ def _element_parts(text: str) -> tuple[tuple[str, ...], tuple[str, ...], str | N
 
 
 def _split_outside_quotes(text: str, sep: str) -> list[str]:
-    out, cur, quoted = [], [], False
-    for ch in text:
+    """TEXT split at SEP outside double-quoted strings (nft's quotes have no escapes)."""
+    if '"' not in text:
+        return text.split(sep)
+    out, start, i, n = [], 0, 0, len(text)
+    while i < n:
+        ch = text[i]
         if ch == '"':
-            quoted = not quoted
-        if ch == sep and not quoted:
-            out.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-    out.append("".join(cur))
+            j = text.find('"', i + 1)
+            i = n if j < 0 else j + 1
+            continue
+        if ch == sep:
+            out.append(text[start:i])
+            start = i + 1
+            i += 1
+            continue
+        # jump to the next separator or quote
+        nxt = [k for k in (text.find(sep, i), text.find('"', i)) if k >= 0]
+        i = min(nxt) if nxt else n
+    out.append(text[start:])
     return out
 
 
@@ -291,13 +300,21 @@ def _set_body(lines: list[str], i: int, st: TableState, kind: str, name: str) ->
         if line == "}":
             break
         if line.startswith("elements = {"):
-            buf = line[len("elements = {"):]
-            while not _closes(buf):
+            # A large set is listed over tens of thousands of lines: gather them
+            # once, tracking quotes line by line (a comment may hold '}' or ',').
+            parts = [line[len("elements = {"):]]
+            quoted = parts[0].count('"') % 2 == 1
+            while quoted or not parts[-1].rstrip().endswith("}"):
                 if i >= n:
                     raise NftParseError(f"{kind} {name}: elements without a closing '}}'")
-                buf += " " + lines[i].strip()
+                parts.append(lines[i].strip())
+                quoted ^= parts[-1].count('"') % 2 == 1
                 i += 1
-            elements = [e.strip() for e in _split_outside_quotes(buf.rstrip()[:-1], ",") if e.strip()]
+            buf = " ".join(parts).rstrip()[:-1]
+            if '"' in buf:
+                elements = [e.strip() for e in _split_outside_quotes(buf, ",") if e.strip()]
+            else:
+                elements = [e.strip() for e in buf.split(",") if e.strip()]
             continue
         word, _, value = line.partition(" ")
         props[word] = value
@@ -323,14 +340,6 @@ def _set_body(lines: list[str], i: int, st: TableState, kind: str, name: str) ->
         s.elements[key] = e
     st.sets[name] = s
     return i
-
-
-def _closes(buf: str) -> bool:
-    quoted = False
-    for ch in buf:
-        if ch == '"':
-            quoted = not quoted
-    return not quoted and buf.rstrip().endswith("}")
 
 
 def _drop_element_timers(text: str) -> str:

@@ -67,6 +67,18 @@ def _element(verb: str, e: Element, head: str) -> str:
 _WRITE = {Table: _table, Chain: _chain, Rule: _rule, Set: _container("set"), Map: _container("map"), Element: _element}
 
 
+def line(verb: str, obj: tuple, head: str) -> str:
+    """One operation's command, without its newline; HEAD is "FAMILY TABLE"."""
+    return _WRITE[type(obj)](verb, obj, head)[:-1]
+
+
+def element_item(e: Element) -> str:
+    """An element as it stands between `{ }`: `KEY . KEY [comment "C"] [: VALUE]`."""
+    c = f' comment "{e.comment}"' if e.comment is not None else ""
+    v = f" : {' . '.join(e.value)}" if e.value else ""
+    return f"{' . '.join(e.key)}{c}{v}"
+
+
 def lines(tx: Transaction) -> list[str]:
     """Each operation's line (with its newline), in order."""
     head = f"{tx.family} {tx.table}"

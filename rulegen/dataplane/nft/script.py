@@ -1,36 +1,54 @@
-"""nft scripts as data: read one into the table state it leaves, write states and differences back.
+"""nft scripts as table states: play a script fast, write a state back as commands, and diff two states.
 
-A script here is what knftables sends and what rulegen's nftables mode
-writes: one command per line, `add|create|insert|flush|delete` of a
-`table|chain|rule|set|map|element`, all in one table, no `{ }` blocks of
-several objects. `parse` plays the script the way nft would into a `Table`
-(chains with their rules in order, sets and maps with their elements), so
-two scripts can be compared and a loader can send the same end state in
-another order. What the model does not cover (another table, rule handles
-and positions, other object kinds, two `add`s of one object with different
-definitions, an element added twice with different values) raises
-`Unsupported`: callers then fall back to sending the script as it is,
-which is always correct. `diff` turns two states into the commands that
-take a kernel from one to the other in one transaction; `parse_listing`
-reads `nft list table` output into a form where two listings compare equal
-exactly when the kernel holds the same objects (object order ignored, rule
-order kept, element order ignored).
+The one model of "a table's state" is `state.TableState` (chains with
+their `Rule`s in order, sets and maps with their `Element`s by key), the
+form the compiler's Transaction replays into, `nft list` output parses
+into and the fake nft keeps. This module is the loader's side of it:
+
+- `play` reads script text into the TableState it leaves in a kernel that
+  had no such table. It is built for size (a 10k-Service script has 100k
+  lines): rules and elements, most of the lines, take a hot path; every
+  other command is read by `parse.command_object`. Commands outside the
+  model (another table, rule handles and positions, other object kinds,
+  properties it does not know, two `add`s of one object with different
+  definitions, an element added twice with different values) raise
+  `Unsupported`: callers then send the script as it is, which is always
+  correct.
+- `commands` writes operations (`(verb, record)` pairs, as a Transaction
+  holds them) as script lines, with the elements of one set merged into
+  fewer commands where asked; `render` writes a whole state.
+- `View`s and `diff` turn two states into the operations that take a
+  kernel from one to the other in one transaction: the cached view of
+  what the last apply loaded against a fresh compile (spellings as
+  compiled), or a live table listed by nft against a compile (both in the
+  normal form of `state.py`).
+- `anon_sets`, `set_refs`, `chain_refs`: what a rule body creates and
+  names, for the load plan.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
+from typing import Iterable
 
+from .model import ADD, DELETE, FLUSH, Chain, Element, Map, Rule, Set, Table, _new, parse_priority
+from .parse import _QUOTED_TAIL, _props, command_object
+from .render import element_item, line
+from .state import ChainState, SetState, TableState, canon_atom, canon_rule, canon_value
+
+FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")
 VERBS = frozenset({"add", "create", "insert", "flush", "delete", "destroy"})
 KINDS = frozenset({"table", "chain", "rule", "set", "map", "element"})
+_CHAIN_PROPS = frozenset({"type", "hook", "priority", "comment"})
 
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 _SET_REF = re.compile(r"@([A-Za-z0-9_./-]+)")
 _CHAIN_REF = re.compile(r"\b(?:jump|goto)\s+([A-Za-z0-9_./-]+)")
+_ELEM_COMMENT = re.compile(r'\s+comment\s+"([^"]*)"')
 
-# An element: (value or None for a set, comment text without its quotes or None).
-Element = tuple  # (str | None, str | None)
+Op = tuple  # (verb, record): ("add", Rule(...)), ("delete", Element(...)), ...
 
 
 class ScriptError(Exception):
@@ -48,40 +66,16 @@ class Unsupported(ScriptError):
     """Valid nft, perhaps, but outside what the fast paths model: send the script as it is."""
 
 
-@dataclass
-class Chain:
-    name: str
-    spec: str | None = None  # "{ type nat hook prerouting priority -100 ; }" for a base chain, or a comment block
-    rules: list[str] = field(default_factory=list)
-
-    @property
-    def base(self) -> bool:
-        return self.spec is not None and " hook " in self.spec
+def ref(st: TableState) -> str:
+    """`FAMILY NAME`, as every command names the table."""
+    return f"{st.family} {st.name}"
 
 
-@dataclass
-class NSet:
-    name: str
-    kind: str  # "set" or "map"
-    spec: str
-    items: dict[str, None] = field(default_factory=dict)  # elements as written, in order
-
-    def keys(self) -> dict[str, str]:
-        """Each element's key → the item that holds it."""
-        return {parse_element(i)[0]: i for i in self.items}
+def is_base(c: ChainState) -> bool:
+    return c.decl.type is not None
 
 
-@dataclass
-class Table:
-    family: str
-    name: str
-    spec: str | None = None
-    chains: dict[str, Chain] = field(default_factory=dict)
-    sets: dict[str, NSet] = field(default_factory=dict)
-
-    @property
-    def ref(self) -> str:
-        return f"{self.family} {self.name}"
+# ------------------------------------------------------------------ what a rule creates and names
 
 
 def unquoted(text: str) -> str:
@@ -139,341 +133,440 @@ def split_top(inner: str, sep: str = ",") -> list[str]:
     return [p.strip() for p in out if p.strip()]
 
 
-def parse_element(text: str) -> tuple[str, Element]:
-    """`KEY [comment "C"] [: VALUE]` → (KEY with single spaces, (VALUE, C))."""
+def element_parts(text: str) -> tuple[tuple[str, ...], tuple[str, ...], str | None]:
+    """`KEY . KEY [comment "C"] [: VALUE]` → (key, value, comment); keys hold IPv6 colons, never " : "."""
     comment = None
     if '"' in text:
-        m = re.search(r'\s+comment\s+("(?:[^"\\]|\\.)*")', text)
+        m = _ELEM_COMMENT.search(text)
         if m:
-            comment = m.group(1)[1:-1]
+            comment = m.group(1)
             text = text[:m.start()] + text[m.end():]
-    key, sep, value = text.partition(" : ")  # keys hold IPv6 colons, never " : "
-    return " ".join(key.split()), ((" ".join(value.split()) or None) if sep else None, comment)
+    key, sep, value = text.partition(" : ")
+    if "  " in key or key != key.strip():
+        key = " ".join(key.split())
+    return (tuple(key.split(" . ")), tuple(" ".join(value.split()).split(" . ")) if sep else (), comment)
 
 
-def render_element(key: str, elem: Element) -> str:
-    value, comment = elem
-    return key + (f' comment "{comment}"' if comment is not None else "") + (f" : {value}" if value is not None else "")
+# ------------------------------------------------------------------ playing a script
 
 
-def _braced(text: str, line_no: int, line: str) -> str:
-    t = text.strip()
-    if not (t.startswith("{") and t.endswith("}")):
-        raise ScriptError("expected { ... }", line_no, line)
-    return t[1:-1]
-
-
-def parse(text: str) -> Table:
+def play(text: str) -> TableState:
     """Play script TEXT into the state it leaves in a kernel that had no such table.
 
-    Raises ScriptError for lines that are not commands at all and
-    Unsupported for commands outside the model (see the module's doc).
-    Elements are kept as written (`NSet.items`); two spellings of one
-    element are two items, and an element added twice with different
-    values is left for the kernel to refuse, as it refuses it in the script.
+    Raises ScriptError for lines that are not commands at all or that the
+    kernel would refuse for want of an object, and Unsupported for
+    commands outside the model (see the module's doc).
     """
-    lines = text.split("\n")
-    table: Table | None = None
+    st: TableState | None = None
     prefix = ""
-    chains: dict[str, Chain] = {}
-    sets: dict[str, NSet] = {}
-    for no, line in enumerate(lines, 1):
-        if not line:
+    chains: dict[str, ChainState] = {}
+    sets: dict[str, SetState] = {}
+    for no, line_ in enumerate(text.split("\n"), 1):
+        if not line_:
             continue
-        if table is not None and line.startswith("add rule ") and line.startswith(prefix, 9):
+        if st is not None and line_.startswith("add rule ") and line_.startswith(prefix, 9):
             # The hot path: most lines of a large script are rules or elements.
-            name, _, body = line[9 + len(prefix):].partition(" ")
+            name, _, body = line_[9 + len(prefix):].partition(" ")
             c = chains.get(name)
-            if c is None or not body or body.startswith(("handle ", "index ", "position ")):
-                _general(table, chains, sets, no, line.strip())
-            else:
-                c.rules.append(body)
-            continue
-        if table is not None and line.startswith("add element ") and line.startswith(prefix, 12):
-            name, _, tail = line[12 + len(prefix):].partition(" ")
-            s = sets.get(name)
-            if s is None or not (tail.startswith("{ ") and tail.endswith(" }")):
-                _general(table, chains, sets, no, line.strip())
+            if c is not None and body and not body.startswith(("handle ", "index ", "position ")):
+                comment = None
+                if '"' in body:
+                    m = _QUOTED_TAIL.match(body)
+                    if m is not None:
+                        body, comment = m.group(1), m.group(2)
+                c.rules.append(_new(Rule, (name, body, comment)))
                 continue
-            inner = tail[2:-2]
-            if "," in inner or '"' in inner or "  " in inner:
-                for item in split_top(inner):
-                    s.items[_norm_item(item)] = None
-            else:
-                s.items[inner] = None
+        elif st is not None and line_.startswith("add element ") and line_.startswith(prefix, 12):
+            name, _, tail = line_[12 + len(prefix):].partition(" ")
+            s = sets.get(name)
+            if s is not None and tail.startswith("{ ") and tail.endswith(" }"):
+                inner = tail[2:-2]
+                if "," in inner or '"' in inner or "  " in inner:
+                    _add_elements(s, split_top(inner), no, line_)
+                    continue
+                k, sep, v = inner.partition(" : ")
+                key = tuple(k.split(" . "))
+                is_map = s.decl.__class__ is Map
+                if bool(sep) == is_map and key not in s.elements:  # else the general path says what is wrong
+                    s.elements[key] = _new(Element, ("", name, key, tuple(v.split(" . ")), None) if is_map
+                                           else (name, "", key, (), None))
+                else:
+                    _add_elements(s, (inner,), no, line_)
+                continue
+        elif st is not None and line_.startswith(("add chain ", "flush chain ")) and " " not in line_[-1:] \
+                and line_.count(" ") == 4 and line_.startswith(prefix, line_.index(" chain ") + 7):
+            # kube-proxy's ensureChain: `add chain T NAME` then `flush chain T NAME`, per chain.
+            name = line_[line_.rindex(" ") + 1:]
+            c = chains.get(name)
+            if line_[0] == "a":
+                if c is None:
+                    chains[name] = ChainState(_new(Chain, (name, None, None, None, None)))
+                continue
+            if c is not None:
+                c.rules = []
+                continue
+        line_ = line_.strip()
+        if not line_ or line_[0] == "#":
             continue
-        line = line.strip()
-        if not line or line[0] == "#":
-            continue
-        if table is None:
-            parts = line.split(None, 4)
+        if st is None:
+            parts = line_.split(None, 4)
             if len(parts) < 4:
-                raise ScriptError("not an nft command", no, line)
-            if parts[2] not in ("ip", "ip6", "inet", "arp", "bridge", "netdev"):
-                raise ScriptError(f"unknown family {parts[2]!r}", no, line)
-            table = Table(parts[2], parts[3])
-            prefix = f"{table.family} {table.name} "
-        _general(table, chains, sets, no, line)
-    if table is None:
+                raise ScriptError("not an nft command", no, line_)
+            if parts[2] not in FAMILIES:
+                raise ScriptError(f"unknown family {parts[2]!r}", no, line_)
+            st = TableState(parts[2], parts[3])
+            prefix = f"{st.family} {st.name} "
+        _general(st, chains, sets, no, line_)
+    if st is None:
         raise ScriptError("the script holds no command")
-    table.chains, table.sets = chains, sets
-    return table
+    st.chains, st.sets = chains, sets
+    return st
 
 
-def _norm_item(item: str) -> str:
-    return item if "  " not in item else " ".join(item.split()) if '"' not in item else item
+def _add_elements(s: SetState, items: Iterable[str], no: int, line_: str) -> None:
+    is_map = isinstance(s.decl, Map)
+    name = s.decl.name
+    els = s.elements
+    for item in items:
+        if '"' in item or "  " in item:
+            key, value, comment = element_parts(item)
+        else:  # the common case, without the general parser's work (40k elements at 10k Services)
+            k, sep, v = item.partition(" : ")
+            key = tuple(k.split(" . "))
+            value = (tuple(v.split(" . ")) if " . " in v else (v,)) if sep else ()
+            comment = None
+        if bool(value) != is_map:
+            raise ScriptError(f"element {item!r} of {name}: {'no value for a map' if is_map else 'a set has no values'}",
+                              no, line_)
+        old = els.get(key)
+        if old is not None:
+            if old.value != value or old.comment != comment:
+                raise Unsupported(f"element {' . '.join(key)} of {name} added twice with different values", no, line_)
+            continue
+        els[key] = _new(Element, (("", name) if is_map else (name, "")) + (key, value, comment))
 
 
-def _general(table: Table, chains: dict[str, Chain], sets: dict[str, "NSet"], no: int, line: str) -> None:
-    """One command of any kind (the slow path of `parse`)."""
-    parts = line.split(None, 4)
+def _general(st: TableState, chains: dict[str, ChainState], sets: dict[str, SetState], no: int, line_: str) -> None:
+    """One command of any kind (the slow path of `play`)."""
+    parts = line_.split(None, 4)
     if len(parts) < 4:
-        raise ScriptError("not an nft command", no, line)
+        raise ScriptError("not an nft command", no, line_)
     verb, kind, family, tname = parts[0], parts[1], parts[2], parts[3]
     rest = parts[4] if len(parts) > 4 else ""
     if verb not in VERBS:
-        raise Unsupported(f"command {verb!r} is not modelled", no, line)
+        raise Unsupported(f"command {verb!r} is not modelled", no, line_)
     if kind not in KINDS:
-        raise Unsupported(f"object kind {kind!r} is not modelled", no, line)
-    if (family, tname) != (table.family, table.name):
-        raise Unsupported("a second table", no, line)
+        raise Unsupported(f"object kind {kind!r} is not modelled", no, line_)
+    if (family, tname) != (st.family, st.name):
+        raise Unsupported("a second table", no, line_)
     if kind == "table":
         if verb not in ("add", "create"):
-            raise Unsupported(f"{verb} table is not modelled", no, line)
-        spec = rest or None
-        if table.spec is not None and spec is not None and spec != table.spec:
-            raise Unsupported("table added twice with different definitions", no, line)
-        table.spec = spec or table.spec
+            raise Unsupported(f"{verb} table is not modelled", no, line_)
+        t = _read(ADD, "table", rest, sets, no, line_)
+        if t.comment is not None:
+            if st.comment is not None and st.comment != t.comment:
+                raise Unsupported("table added twice with different definitions", no, line_)
+            st.comment = t.comment
         return
     name, _, tail = rest.partition(" ")
     if not name:
-        raise ScriptError(f"{kind} without a name", no, line)
-    tail = tail.strip()
+        raise ScriptError(f"{kind} without a name", no, line_)
     if kind == "chain":
         if verb in ("add", "create"):
+            if tail.strip():
+                extra = set(_props_or_error(tail, f"chain {name}", no, line_)) - _CHAIN_PROPS
+                if extra:
+                    raise Unsupported(f"chain {name}: properties {sorted(extra)} are not modelled", no, line_)
+            decl = _read(ADD, "chain", rest, sets, no, line_)
             c = chains.get(name)
-            spec = tail or None
+            has_props = decl.type is not None or decl.comment is not None
             if c is None:
-                chains[name] = Chain(name, spec)
+                chains[name] = ChainState(decl)
             elif verb == "create":
-                raise Unsupported(f"chain {name} created twice", no, line)
-            elif spec is not None and c.spec is not None and spec != c.spec:
-                raise Unsupported(f"chain {name} added twice with different definitions", no, line)
-            elif spec is not None:
-                c.spec = spec
+                raise Unsupported(f"chain {name} created twice", no, line_)
+            elif has_props and (c.decl.type is not None or c.decl.comment is not None) and c.decl != decl:
+                raise Unsupported(f"chain {name} added twice with different definitions", no, line_)
+            elif has_props:
+                c.decl = decl
         elif verb == "flush":
             c = chains.get(name)
             if c is None:
-                raise ScriptError(f"flush of chain {name}, which does not exist", no, line)
+                raise ScriptError(f"flush of chain {name}, which does not exist", no, line_)
             c.rules = []
         else:  # delete / destroy
             if name not in chains and verb == "delete":
-                raise ScriptError(f"delete of chain {name}, which does not exist", no, line)
+                raise ScriptError(f"delete of chain {name}, which does not exist", no, line_)
             chains.pop(name, None)
     elif kind == "rule":
         if verb not in ("add", "insert"):
-            raise Unsupported(f"{verb} rule is not modelled", no, line)
+            raise Unsupported(f"{verb} rule is not modelled", no, line_)
         c = chains.get(name)
         if c is None:
-            raise ScriptError(f"rule for chain {name}, which does not exist", no, line)
+            raise ScriptError(f"rule for chain {name}, which does not exist", no, line_)
         first = tail.split(" ", 1)[0]
         if first in ("handle", "index", "position"):
-            raise Unsupported(f"rule {first} is not modelled", no, line)
-        if not tail:
-            raise ScriptError("rule without a body", no, line)
+            raise Unsupported(f"rule {first} is not modelled", no, line_)
+        if not tail.strip():
+            raise ScriptError("rule without a body", no, line_)
+        r = _read(ADD, "rule", rest, sets, no, line_)
         if verb == "add":
-            c.rules.append(tail)
+            c.rules.append(r)
         else:
-            c.rules.insert(0, tail)
+            c.rules.insert(0, r)
     elif kind in ("set", "map"):
         if verb in ("add", "create"):
+            decl = _read(ADD, kind, rest, sets, no, line_)
             s = sets.get(name)
             if s is None:
-                sets[name] = NSet(name, kind, tail)
-            elif verb == "create" or s.kind != kind or (tail and tail != s.spec):
-                raise Unsupported(f"{kind} {name} added twice with different definitions", no, line)
+                sets[name] = SetState(decl)
+            elif verb == "create" or type(s.decl) is not type(decl) or s.decl != decl:
+                raise Unsupported(f"{kind} {name} added twice with different definitions", no, line_)
         elif verb == "flush":
             s = sets.get(name)
             if s is None:
-                raise ScriptError(f"flush of {kind} {name}, which does not exist", no, line)
-            s.items = {}
+                raise ScriptError(f"flush of {kind} {name}, which does not exist", no, line_)
+            s.elements = {}
         else:
             if name not in sets and verb == "delete":
-                raise ScriptError(f"delete of {kind} {name}, which does not exist", no, line)
+                raise ScriptError(f"delete of {kind} {name}, which does not exist", no, line_)
             sets.pop(name, None)
     else:  # element
         s = sets.get(name)
         if s is None:
-            raise ScriptError(f"element for set {name}, which does not exist", no, line)
-        items = [_norm_item(i) for i in split_top(_braced(tail, no, line))]
+            raise ScriptError(f"element for set {name}, which does not exist", no, line_)
+        t = tail.strip()
+        if not (t.startswith("{") and t.endswith("}")):
+            raise ScriptError("expected { ... }", no, line_)
+        items = split_top(t[1:-1])
         if verb == "add":
-            for item in items:
-                s.items[item] = None
+            _add_elements(s, items, no, line_)
         elif verb in ("delete", "destroy"):
-            keys = s.keys()
             for item in items:
-                key = parse_element(item)[0]
-                if key not in keys and verb == "delete":
-                    raise ScriptError(f"delete of element {key} of {name}, which does not exist", no, line)
-                old = keys.pop(key, None)
-                if old is not None:
-                    del s.items[old]
+                key = element_parts(item)[0]
+                if key not in s.elements and verb == "delete":
+                    raise ScriptError(f"delete of element {' . '.join(key)} of {name}, which does not exist",
+                                      no, line_)
+                s.elements.pop(key, None)
         else:
-            raise Unsupported(f"{verb} element is not modelled", no, line)
+            raise Unsupported(f"{verb} element is not modelled", no, line_)
+
+
+def _props_or_error(text: str, what: str, no: int, line_: str) -> dict[str, str]:
+    try:
+        return _props(text, what)
+    except ValueError as e:
+        raise ScriptError(str(e), no, line_) from None
+
+
+def _read(verb: str, kind: str, rest: str, sets: dict[str, SetState], no: int, line_: str):
+    """The record of one command (parse.command_object), its complaints as Unsupported."""
+    try:
+        return command_object(verb, kind, rest, lambda n: n in sets and isinstance(sets[n].decl, Map))
+    except ValueError as e:
+        raise Unsupported(str(e), no, line_) from None
 
 
 # ------------------------------------------------------------------ writing
 
 
-def chain_cmd(t: Table, c: Chain) -> str:
-    return f"add chain {t.ref} {c.name}" + (f" {c.spec}" if c.spec else "")
-
-
-def set_cmd(t: Table, s: NSet) -> str:
-    return f"add {s.kind} {t.ref} {s.name} {s.spec}".rstrip()
-
-
-def element_cmds(t: Table, s: NSet, items, verb: str = "add", per_command: int = 1) -> list[str]:
-    """`VERB element` commands for ITEMS of S (element texts; keys for a delete), PER_COMMAND a command."""
-    head = f"{verb} element {t.ref} {s.name} {{ "
-    items = list(items)
-    if per_command <= 1:
-        return [head + it + " }" for it in items]
-    return [head + ", ".join(items[i:i + per_command]) + " }" for i in range(0, len(items), per_command)]
-
-
-def render(t: Table) -> str:
-    """A script that builds state T in a kernel without the table, in dependency order."""
-    out = [f"add table {t.ref}" + (f" {t.spec}" if t.spec else "")]
-    out += [chain_cmd(t, c) for c in t.chains.values()]
-    out += [set_cmd(t, s) for s in t.sets.values()]
-    for c in t.chains.values():
-        out += [f"add rule {t.ref} {c.name} {r}" for r in c.rules]
-    for s in t.sets.values():
-        out += element_cmds(t, s, s.items)
-    return "\n".join(out) + "\n"
-
-
-def diff(old: Table, new: Table) -> list[str]:
-    """Commands that take a kernel holding OLD to NEW in one transaction (empty when equal).
-
-    Changed chains are flushed and written again whole; elements are deleted
-    and added one by one (an element written differently is a delete of its
-    key, then an add); chains and sets that are gone are deleted at the
-    end, after every rule and element that could point at them has been
-    flushed or deleted. A changed definition of a table, chain or set
-    raises Unsupported.
-    """
-    if (old.family, old.name) != (new.family, new.name):
-        raise Unsupported("the two scripts are for different tables")
-    if old.spec != new.spec and new.spec is not None:
-        raise Unsupported("the table's definition changed")
-    t = new
+def commands(head: str, ops: Iterable[Op], per_command: int = 1) -> list[str]:
+    """OPS as script lines (HEAD: "FAMILY TABLE"); up to PER_COMMAND consecutive elements of one set share a line."""
     out: list[str] = []
-    for name, c in new.chains.items():
-        o = old.chains.get(name)
-        if o is None:
-            out.append(chain_cmd(t, c))
-        elif o.spec != c.spec:
-            raise Unsupported(f"the definition of chain {name} changed")
-    for name, s in new.sets.items():
-        o = old.sets.get(name)
-        if o is None:
-            out.append(set_cmd(t, s))
-        elif o.spec != s.spec or o.kind != s.kind:
-            raise Unsupported(f"the definition of {s.kind} {name} changed")
-    for name, c in new.chains.items():
-        o = old.chains.get(name)
-        if o is not None and o.rules == c.rules:
-            continue
-        if o is not None and o.rules:
-            out.append(f"flush chain {t.ref} {name}")
-        out += [f"add rule {t.ref} {name} {r}" for r in c.rules]
-    for name, c in old.chains.items():
-        if name not in new.chains and c.rules:
-            out.append(f"flush chain {t.ref} {name}")
-    for name, s in new.sets.items():
-        o = old.sets.get(name)
-        if o is None:
-            out += element_cmds(t, s, s.items)
-            continue
-        if o.items == s.items:
-            continue
-        gone = [i for i in o.items if i not in s.items]
-        added = [i for i in s.items if i not in o.items]
-        if gone:
-            out += element_cmds(t, s, (parse_element(i)[0] for i in gone), "delete")
-        if added:
-            out += element_cmds(t, s, added)
-    for name, s in old.sets.items():
-        if name not in new.sets:
-            out.append(f"delete {s.kind} {t.ref} {name}")
-    for name in old.chains:
-        if name not in new.chains:
-            out.append(f"delete chain {t.ref} {name}")
-    return out
+    group: list[Element] = []
+    gkey: tuple[str, str] | None = None
 
-
-# ------------------------------------------------------------------ listings
-
-
-def parse_listing(text: str) -> dict[tuple[str, str], tuple]:
-    """`nft list table` output → {(kind, name): contents}, equal exactly when the objects are.
-
-    A chain's contents are its header lines and its rules in order; a set's
-    or map's are its property lines and its elements as a sorted tuple; the
-    table's own properties are under ("table", name).
-    """
-    lines = [ln.strip() for ln in text.splitlines()]
-    out: dict[tuple[str, str], tuple] = {}
-    i, n = 0, len(lines)
-    table_props: list[str] = []
-    tname = ""
-    while i < n:
-        ln = lines[i]
-        i += 1
-        if not ln:
-            continue
-        if ln.startswith("table "):
-            tname = ln[len("table "):-1].strip()
-            continue
-        if ln == "}":
-            continue
-        head = ln.split(" ", 2)
-        if head[0] in ("chain", "set", "map") and ln.endswith("{"):
-            kind, name = head[0], head[1]
-            body: list[str] = []
-            elements: list[str] = []
-            while i < n and lines[i] != "}":
-                cur = lines[i]
-                i += 1
-                if kind != "chain" and cur.startswith("elements = {"):
-                    pieces = [cur[len("elements = {"):]]
-                    depth = 1 + _depth(pieces[0])
-                    while depth > 0 and i < n:
-                        pieces.append(lines[i])
-                        depth += _depth(lines[i])
-                        i += 1
-                    elements += split_top(" ".join(pieces).rstrip()[:-1])
-                elif cur:
-                    body.append(cur)
-            i += 1
-            if kind == "chain":
-                out[(kind, name)] = (tuple(b for b in body if _is_chain_header(b)),
-                                     tuple(b for b in body if not _is_chain_header(b)))
+    def close() -> None:
+        if group:
+            verb, name = gkey  # type: ignore[misc]
+            if verb == DELETE:
+                items = ", ".join(" . ".join(e.key) for e in group)
             else:
-                out[(kind, name)] = (tuple(body), tuple(sorted(" ".join(e.split()) for e in elements)))
+                items = ", ".join(map(element_item, group))
+            out.append(f"{verb} element {head} {name} {{ {items} }}")
+            group.clear()
+
+    for verb, obj in ops:
+        if per_command > 1 and type(obj) is Element and verb in (ADD, DELETE):
+            k = (verb, obj.set or obj.map)
+            if k != gkey or len(group) >= per_command:
+                close()
+                gkey = k
+            group.append(obj)
             continue
-        table_props.append(ln)
-    out[("table", tname)] = tuple(table_props)
+        close()
+        gkey = None
+        out.append(line(verb, obj, head))
+    close()
     return out
 
 
-def _depth(text: str) -> int:
-    """Braces opened minus braces closed in TEXT, outside quoted strings."""
-    u = unquoted(text)
-    return u.count("{") - u.count("}")
+def state_ops(st: TableState) -> list[Op]:
+    """The operations that build ST in a kernel without the table: declarations, rules, elements."""
+    ops: list[Op] = [(ADD, Table(st.comment))]
+    ops += [(ADD, c.decl) for c in st.chains.values()]
+    ops += [(ADD, s.decl) for s in st.sets.values()]
+    for c in st.chains.values():
+        ops += [(ADD, r) for r in c.rules]
+    for s in st.sets.values():
+        ops += [(ADD, e) for e in s.elements.values()]
+    return ops
 
 
-def _is_chain_header(line: str) -> bool:
-    return line.startswith(("type ", "comment ", "policy ")) and (line.endswith(";") or line.startswith("comment "))
+def render(st: TableState, per_command: int = 1) -> str:
+    """A script that builds ST in a kernel without the table, in dependency order."""
+    return "".join(c + "\n" for c in commands(ref(st), state_ops(st), per_command))
+
+
+# ------------------------------------------------------------------ views and differences
+
+_EMPTY = ""  # the digest of a chain without rules
+
+
+@dataclass
+class View:
+    """What a diff compares of one table, in one spelling.
+
+    `chains`: name → (declaration, digest of the rules in order, "" for
+    none); `sets`: name → (declaration, {key: (value, comment)}), dynamic
+    sets without their elements (the kernel's run-time entries); `keys`:
+    per set, the key as the kernel holds it for each key of the view, when
+    the view's spelling is not the kernel's (a normal form).
+    """
+
+    comment: str | None
+    chains: dict[str, tuple[tuple, str]]
+    sets: dict[str, tuple[tuple, dict[tuple, tuple]]]
+    keys: dict[str, dict[tuple, tuple]] = field(default_factory=dict)
+
+
+def _digest(rules: Iterable[tuple[str, str | None]]) -> str:
+    h = hashlib.blake2b(digest_size=12)
+    for body, comment in rules:
+        h.update(body.encode())
+        h.update(b"\0" if comment is None else b"\1" + comment.encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def chain_decl(c: Chain) -> tuple:
+    prio = parse_priority(c.priority) if c.priority is not None else None
+    return (c.type, c.hook, prio, c.comment)
+
+
+def set_decl(s: Set | Map) -> tuple:
+    return ("map" if isinstance(s, Map) else "set", " ".join(s.type.split()), tuple(sorted(s.flags)), s.timeout,
+            s.comment)
+
+
+def view(st: TableState) -> View:
+    """ST in the spelling it was written in (a compile's): what the apply cache keeps."""
+    chains = {name: (chain_decl(c.decl), _digest((r.rule, r.comment) for r in c.rules) if c.rules else _EMPTY)
+              for name, c in st.chains.items()}
+    sets = {}
+    for name, s in st.sets.items():
+        decl = set_decl(s.decl)
+        els = {} if "dynamic" in decl[2] else {k: (e.value, e.comment) for k, e in s.elements.items()}
+        sets[name] = (decl, els)
+    return View(st.comment, chains, sets)
+
+
+def normal_view(st: TableState) -> View:
+    """ST in the normal form of `state.normalise`, so a compile and an `nft list` compare by meaning."""
+    chains = {name: (chain_decl(c.decl), _digest((canon_rule(r.rule), r.comment) for r in c.rules)
+                     if c.rules else _EMPTY) for name, c in st.chains.items()}
+    sets: dict[str, tuple[tuple, dict[tuple, tuple]]] = {}
+    keys: dict[str, dict[tuple, tuple]] = {}
+    for name, s in st.sets.items():
+        decl = set_decl(s.decl)
+        els: dict[tuple, tuple] = {}
+        raw: dict[tuple, tuple] = {}
+        if "dynamic" not in decl[2]:
+            for k, e in s.elements.items():
+                ck = tuple(canon_atom(p) for p in k)
+                els[ck] = (tuple(canon_value(v) for v in e.value), e.comment)
+                raw[ck] = k
+        sets[name] = (decl, els)
+        keys[name] = raw
+    return View(st.comment, chains, sets, keys)
+
+
+def diff(old: View, new: View, want: TableState) -> list[Op]:
+    """The operations that take a kernel holding OLD to NEW (WANT, in its own spelling) in one transaction.
+
+    In order: new chains; flushes of the chains to rewrite (changed, or
+    naming a set that is made again) and of stale ones; sets whose
+    declaration changed deleted and made again, new sets; the rewritten
+    chains' rules; element deletions (gone, or with another value), then
+    additions; last, stale sets, then stale chains, once nothing that is
+    left points at them (every rule of theirs flushed, every element naming
+    them deleted). A base chain whose hook, type or priority changed is
+    deleted and made again (nothing jumps to a base chain). Raises
+    Unsupported for what one transaction of differences cannot do in
+    place: a changed table comment, or a regular chain whose comment
+    changed (rules and map elements may name it).
+    """
+    if old.comment != new.comment and new.comment is not None:
+        raise Unsupported("the table's comment changed")
+    ops: list[Op] = []
+    rewrite: list[str] = []
+    remade: list[str] = []
+    for name, (decl, dig) in new.chains.items():
+        o = old.chains.get(name)
+        if o is None:
+            ops.append((ADD, want.chains[name].decl))
+            if dig != _EMPTY:
+                rewrite.append(name)
+        elif o[0] != decl:
+            if decl[0] is None or o[0][0] is None:
+                raise Unsupported(f"the declaration of chain {name} changed")
+            remade.append(name)
+        elif o[1] != dig:
+            rewrite.append(name)
+    changed_sets = [name for name, (decl, _) in new.sets.items() if name in old.sets and old.sets[name][0] != decl]
+    if changed_sets:
+        # A set is deleted only when no rule names it: rewrite every chain that does.
+        names = set(changed_sets)
+        have = set(rewrite) | set(remade)
+        for name, c in want.chains.items():
+            if name not in have and name in old.chains and any(n in names for r in c.rules for n in set_refs(r.rule)):
+                rewrite.append(name)
+    flush = [n for n in rewrite if n in old.chains and old.chains[n][1] != _EMPTY]
+    gone_chains = [n for n in old.chains if n not in new.chains]
+    flush += [n for n in gone_chains if old.chains[n][1] != _EMPTY]
+    ops += [(FLUSH, Chain(n)) for n in flush]
+    for name in remade:
+        ops += [(DELETE, Chain(name)), (ADD, want.chains[name].decl)]
+    for name in changed_sets:
+        decl = want.sets[name].decl
+        ops += [(DELETE, type(decl)(name)), (ADD, decl)]
+    for name in new.sets:
+        if name not in old.sets:
+            ops.append((ADD, want.sets[name].decl))
+    for name in rewrite + remade:
+        ops += [(ADD, r) for r in want.chains[name].rules]
+    adds: list[Op] = []
+    for name, (decl, els) in new.sets.items():
+        ws = want.sets[name]
+        o = old.sets.get(name)
+        if o is None or name in changed_sets:
+            adds += [(ADD, e) for e in ws.elements.values()] if "dynamic" not in decl[2] else []
+            continue
+        oels = o[1]
+        if oels == els:
+            continue
+        raw = old.keys.get(name)
+        wraw = new.keys.get(name)
+        is_map = decl[0] == "map"
+        for k, v in oels.items():
+            if els.get(k) != v:
+                key = raw[k] if raw else k
+                ops.append((DELETE, Element("", name, key) if is_map else Element(name, "", key)))
+        for k, v in els.items():
+            if oels.get(k) != v:
+                adds.append((ADD, ws.elements[wraw[k] if wraw else k]))
+    ops += adds
+    for name in old.sets:
+        if name not in new.sets:
+            ops.append((DELETE, (Map if old.sets[name][0][0] == "map" else Set)(name)))
+    ops += [(DELETE, Chain(n)) for n in gone_chains]
+    return ops

@@ -432,7 +432,7 @@ def test_bad_namespace_name_is_usage_error(kernel):
 def test_other_modes_are_not_implemented_yet(kernel):
     c = compiled(cluster())
     c = dataclasses.replace(c, settings=dataclasses.replace(c.settings, mode="ipvs"))
-    with pytest.raises(UsageError, match=r"^--mode ipvs: apply is not implemented yet \(implemented for: iptables\)$"):
+    with pytest.raises(UsageError, match=r"^--mode ipvs: apply is not implemented yet \(implemented for: iptables, nftables\)$"):
         apply(c, "rgt-apply-a", create=True, kernel=kernel, state_dir=None)
     assert not kernel.netns.exists("rgt-apply-a")  # refused before anything was made
 
