@@ -23,7 +23,7 @@ from __future__ import annotations
 import errno
 
 from .client import IPVS
-from .model import SCHEDULERS, RealServer, VirtualServer, ipvs_error
+from .model import SCHEDULERS, TUNNEL, RealServer, VirtualServer, ipvs_error
 
 
 class FakeIPVS(IPVS):
@@ -46,7 +46,7 @@ class FakeIPVS(IPVS):
 
     @staticmethod
     def _check_family(op: str, vs: VirtualServer, rs: RealServer) -> None:
-        if rs.family != vs.family and rs.forward != "tunnel":
+        if rs.family != vs.family and rs.method != TUNNEL:
             raise ipvs_error(op, errno.EINVAL, vs, rs)
 
     def virtual_servers(self) -> list[VirtualServer]:
@@ -59,6 +59,7 @@ class FakeIPVS(IPVS):
         if vs.key in self._services:
             raise ipvs_error("add_vs", errno.EEXIST, vs)
         self._check_scheduler("add_vs", vs)
+        vs = vs.bare()
         self._services[vs.key] = vs
         self._dests[vs.key] = {}
         self.log.append(("add_vs", vs))
@@ -66,6 +67,7 @@ class FakeIPVS(IPVS):
     def update_virtual_server(self, vs: VirtualServer) -> None:
         self._live("update_vs", vs)
         self._check_scheduler("update_vs", vs)
+        vs = vs.bare()
         self._services[vs.key] = vs
         self.log.append(("update_vs", vs))
 
