@@ -158,6 +158,10 @@ class Applier(Protocol):
 
     state_files: tuple[str, ...]  # file names it keeps in a namespace's state folder (pruning deletes these)
 
+    # Optional: `preflight(compiled, kernel)`, called before the namespace is
+    # made (`--create`) or anything else changes, raises a UsageError when the
+    # mode cannot work in this kernel at all (IPVS mode without ip_vs).
+
     def apply(self, compiled: Compiled, netns: str, kernel: Kernel, *, dry_run: bool,
               state_dir: str | None) -> ApplyResult:
         ...

@@ -1,12 +1,15 @@
 """IPVS mode: kube-proxy's IPVS virtual servers, KUBE-* ipsets, kube-ipvs0 addresses and iptables glue.
 
 The IR (`ir.IPVSState`), the compiler, the three-part renderer and its
-parser are this mode's; the glue's xtables IR, renderer and parser are the
-shared ones in `rulegen.dataplane.xtables`. Apply, trace and diff views are
-not written yet: the registry says so (exit 2).
+parser are this mode's, and so is the applier (`apply`: kube-ipvs0, ipsets,
+IPVS over netlink, then the glue); the glue's xtables IR, renderer, parser
+and applier are the shared ones in `rulegen.dataplane.xtables`. Trace and
+diff views are not written yet: the registry says so (exit 2).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from ..base import Backend
 from . import compile as compiler
@@ -32,6 +35,11 @@ class IPVSBackend(Backend[IPVSState]):
 
     def parse(self, text: str, source: str = "<input>", family: int | None = None) -> IPVSState:
         return iparse.parse(text, source, family)
+
+    def applier(self) -> Any:
+        from .apply import APPLIER
+
+        return APPLIER
 
 
 BACKEND = IPVSBackend()

@@ -25,7 +25,7 @@ from __future__ import annotations
 # The ipvsadm writer is the kernel clients' (their `dump`); its line helpers are re-exported for this mode.
 from ...dataplane.ipvs.model import hostport, render as render_ipvsadm, service_arg, service_line  # noqa: F401
 from ...dataplane.xtables.render import render as render_xtables
-from .ir import BITMAP_PORT, IPVSState
+from .ir import BITMAP_PORT, IPSet, IPVSState
 
 SECTIONS = ("ipvsadm", "ipset", "iptables")
 FILES = {"ipvsadm": "ipvsadm.rules", "ipset": "ipset.rules", "iptables": "iptables.rules"}
@@ -37,14 +37,19 @@ def ipvsadm(state: IPVSState) -> str:
     return render_ipvsadm(state.virtual_servers)
 
 
+def create_line(s: IPSet, name: str | None = None) -> str:
+    """The `create` line of set S (under NAME instead of its own, for a set made to be swapped in)."""
+    words = [f"create {name or s.name} {s.type}"]
+    if s.type != BITMAP_PORT and s.family:
+        words.append(f"family {s.family}")
+    words.extend(f"{k} {v}" if v else k for k, v in s.options)
+    return " ".join(words)
+
+
 def ipset(state: IPVSState) -> str:
     out: list[str] = []
     for s in state.ipsets:
-        words = [f"create {s.name} {s.type}"]
-        if s.type != BITMAP_PORT and s.family:
-            words.append(f"family {s.family}")
-        words.extend(f"{k} {v}" if v else k for k, v in s.options)
-        out.append(" ".join(words) + "\n")
+        out.append(create_line(s) + "\n")
         head = f"add {s.name} "
         out.extend([head + e + "\n" for e in s.entries])
     return "".join(out)

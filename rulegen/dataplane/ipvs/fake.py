@@ -21,9 +21,10 @@ is its hash order). `log` records every change made, so a test can tell
 from __future__ import annotations
 
 import errno
+from typing import Any
 
 from .client import IPVS
-from .model import SCHEDULERS, TUNNEL, RealServer, VirtualServer, ipvs_error
+from .model import SCHEDULERS, TUNNEL, IPVSUnavailable, RealServer, VirtualServer, ipvs_error
 
 
 class FakeIPVS(IPVS):
@@ -107,3 +108,17 @@ class FakeIPVS(IPVS):
         self._services.clear()
         self._dests.clear()
         self.log.append(("flush",))
+
+
+class NoIPVS(IPVS):
+    """IPVS in a kernel without ip_vs: every call is refused with REASON, as `RealIPVS` refuses it there."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise IPVSUnavailable(self.reason, errno.EPROTONOSUPPORT)
+
+    virtual_servers = get_virtual_server = add_virtual_server = update_virtual_server = _refuse
+    delete_virtual_server = real_servers = add_real_server = update_real_server = delete_real_server = _refuse
+    flush = table = dump = batch = _refuse
