@@ -204,9 +204,9 @@ class IPVSApplier:
         fam = state.family
         clock = Clock()
         res = IPVSApplyResult(netns, compiled.settings.mode, fam, dry_run=dry_run)
-        live = _read(kernel, netns, fam)
-        if live.exists:
+        if kernel.netns.exists(netns):
             _require_ipvs(kernel, netns)
+        live = _read(kernel, netns, fam)
         clock.lap("read-live")
         plan = _compare(state, live, res, netns)
         clock.lap("diff")

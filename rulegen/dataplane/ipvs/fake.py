@@ -14,8 +14,9 @@ compares every answer):
   one: ENOENT.
 
 Listings come back in the fixed order of the model (the kernel's own order
-is its hash order). `log` records every change made, so a test can tell
-"nothing was changed" from "changed and changed back".
+is its hash order). `log` records every change made, each service by its
+bare record (no reals), so a test can tell "nothing was changed" from
+"changed and changed back".
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class FakeIPVS(IPVS):
         self._live("delete_vs", vs)
         del self._services[vs.key]
         del self._dests[vs.key]
-        self.log.append(("delete_vs", vs))
+        self.log.append(("delete_vs", vs.bare()))
 
     def real_servers(self, vs: VirtualServer) -> list[RealServer]:
         # The kernel answers a dump of a missing service's destinations with nothing, not an error.
@@ -88,7 +89,7 @@ class FakeIPVS(IPVS):
         if rs.key in dests:
             raise ipvs_error("add_rs", errno.EEXIST, vs, rs)
         dests[rs.key] = rs
-        self.log.append(("add_rs", vs, rs))
+        self.log.append(("add_rs", vs.bare(), rs))
 
     def update_real_server(self, vs: VirtualServer, rs: RealServer) -> None:
         dests = self._live("update_rs", vs, rs)
@@ -96,13 +97,13 @@ class FakeIPVS(IPVS):
         if rs.key not in dests:
             raise ipvs_error("update_rs", errno.ENOENT, vs, rs)
         dests[rs.key] = rs
-        self.log.append(("update_rs", vs, rs))
+        self.log.append(("update_rs", vs.bare(), rs))
 
     def delete_real_server(self, vs: VirtualServer, rs: RealServer) -> None:
         dests = self._live("delete_rs", vs, rs)
         if dests.pop(rs.key, None) is None:
             raise ipvs_error("delete_rs", errno.ENOENT, vs, rs)
-        self.log.append(("delete_rs", vs, rs))
+        self.log.append(("delete_rs", vs.bare(), rs))
 
     def flush(self) -> None:
         self._services.clear()
@@ -115,6 +116,7 @@ class NoIPVS(IPVS):
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
+        self.log: list[tuple] = []  # as FakeIPVS's, which stays empty: nothing is ever changed
 
     def _refuse(self, *args: Any, **kwargs: Any) -> Any:
         raise IPVSUnavailable(self.reason, errno.EPROTONOSUPPORT)
