@@ -9,8 +9,11 @@ kernel with ip_vs run in the IPVS VM (tests/vm/test_ipvs_apply.py).
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 from msgspec.structs import replace
+from nshelp import namespace_names
 from test_ipvs_compile import NODE, compile_objs, config, endpoint, service, slice_
 
 from rulegen.apply import apply
@@ -21,7 +24,7 @@ from rulegen.backends.ipvs.compile import JUMP_RULES
 from rulegen.backends.ipvs.ir import MASQ, RealServer, normalised
 from rulegen.dataplane.ipset.fake import FakeIPSets
 from rulegen.dataplane.ipset.model import IPSetError
-from rulegen.dataplane.ipvs import FakeIPVS, IPVSUnavailable, VirtualServer, sorted_services
+from rulegen.dataplane.ipvs import FakeIPVS, IPVSUnavailable, VirtualServer, ipvs_missing_reason, sorted_services
 from rulegen.diagnostics import UsageError
 
 NS = "rgt-ipvs-a"
@@ -327,3 +330,34 @@ def test_fake_clients_live_and_die_with_their_namespace():
         kernel.ipvs(NS)
     kernel.netns.create(NS)
     assert kernel.ipvs(NS).table() == ()
+
+
+# ---------------------------------------------------------------------- the host kernel (root)
+
+
+@pytest.mark.root
+def test_on_a_kernel_without_ip_vs_apply_exits_2_naming_it_and_changes_nothing(cli, tmp_path, monkeypatch):
+    if ipvs_missing_reason(None) is None:
+        pytest.skip("this kernel has IPVS: the IPVS VM tests cover applying; this one is for kernels without it")
+    monkeypatch.setenv("RULEGEN_STATE_DIR", str(tmp_path))
+    with namespace_names("rgt-novs") as name:
+        gone, there = name(), name()
+        r = cli("apply", "--mode", "ipvs", "fixtures/ipvs-scheduler-wrr", "--netns", gone, "--create")
+        assert r.exit_code == 2
+        assert "the ip_vs module is not loaded" in r.output and "nothing was changed" in r.output
+        assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
+        assert not subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.count(gone)
+
+        subprocess.run(["ip", "netns", "add", there], check=True)
+
+        def state() -> tuple[str, str, str, str]:
+            def run(*argv: str) -> str:
+                return subprocess.run(["ip", "netns", "exec", there, *argv], capture_output=True, text=True).stdout
+            return (run("ip", "-o", "link"), run("ip", "-o", "addr"), run("ipset", "save"), run("iptables-save"))
+
+        before = state()
+        r = cli("apply", "--mode", "ipvs", "fixtures/ipvs-scheduler-wrr", "--netns", there)
+        assert r.exit_code == 2 and "ip_vs" in r.output
+        after = state()
+        assert after == before
+        assert "kube-ipvs0" not in after[0] and after[2] == "" and "KUBE-" not in after[3]
