@@ -980,6 +980,11 @@ def _service(doc: dict, cx: _Ctx) -> Service | None:
                    f"{', '.join(IP_FAMILY_POLICIES)}")
     lb_ports = spec.get("allocateLoadBalancerNodePorts")
     publish = spec.get("publishNotReadyAddresses")
+    lb_class, annotation_keys = "", ()
+    if stype == "LoadBalancer":  # who announces its address: lint's question, so read only here
+        lb_class = _str(spec.get("loadBalancerClass"), "spec.loadBalancerClass", "") or ""
+        notes = _map(_map(doc.get("metadata"), "metadata").get("annotations"), "metadata.annotations")
+        annotation_keys = tuple(k for k in notes if isinstance(k, str))
 
     return Service(
         namespace=ns, name=name, type=stype, cluster_ip=cluster_ip, cluster_ips=tuple(cluster_ips), headless=headless,
@@ -991,6 +996,7 @@ def _service(doc: dict, cx: _Ctx) -> Service | None:
         ip_family_policy=policy_,
         allocate_lb_node_ports=True if lb_ports is None else bool(_bool(lb_ports, "spec.allocateLoadBalancerNodePorts")),
         publish_not_ready=bool(_bool(publish, "spec.publishNotReadyAddresses")),
+        lb_class=lb_class, annotation_keys=annotation_keys,
     )
 
 

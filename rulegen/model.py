@@ -53,6 +53,9 @@ class Service(Struct, frozen=True, gc=False):
     ip_family_policy: str | None = None  # SingleStack | PreferDualStack | RequireDualStack
     allocate_lb_node_ports: bool = True  # spec.allocateLoadBalancerNodePorts
     publish_not_ready: bool = False  # spec.publishNotReadyAddresses
+    # Who announces a LoadBalancer's address (lint asks: MetalLB, kube-vip ...): read for type LoadBalancer only.
+    lb_class: str = ""  # spec.loadBalancerClass
+    annotation_keys: tuple[str, ...] = ()  # metadata.annotations' keys
 
     @property
     def key(self) -> str:

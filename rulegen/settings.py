@@ -23,6 +23,7 @@ LOOPBACK = {4: "127.0.0.1", 6: "::1"}
 # ipvs.scheduler values IPVS mode accepts ("" = rr): those kube-proxy's
 # configuration validation lists, plus mh, which its IPVS proxier supports.
 IPVS_SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "sh", "dh", "sed", "nq", "mh")
+UNKNOWN_SCHEDULER_SLUG = "ipvs-unknown-scheduler"  # the lint code that says the same (rulegen.lint.findings)
 
 
 @dataclass(frozen=True)
@@ -231,9 +232,10 @@ def _scheduler(flags: dict[str, Any], cfg: ProxyConfig, mode: str, report: Repor
     if not backends.get(mode).reads_scheduler or value in IPVS_SCHEDULERS:
         return value
     where = (Place(config_file, 1, "KubeProxyConfiguration", "config") if from_file and config_file
-             else _ConfigPlace("KubeProxyConfiguration among the inputs", 0))
+             else _ConfigPlace("KubeProxyConfiguration among the inputs", 0, "KubeProxyConfiguration"))
     report.add(where, "ipvs.scheduler", f"{value!r} is not an IPVS scheduler kube-proxy accepts "
-               f"({', '.join(IPVS_SCHEDULERS)}); kube-proxy refuses to start with it (rr used)")
+               f"({', '.join(IPVS_SCHEDULERS)}); kube-proxy refuses to start with it (rr used)",
+               lint=UNKNOWN_SCHEDULER_SLUG)
     return "rr"
 
 

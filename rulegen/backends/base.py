@@ -98,6 +98,15 @@ class Backend(Generic[IR]):
         """What lays the mode's IR out for `rulegen diff`'s neutral comparison."""
         return None
 
+    def lint_checks(self) -> tuple[Any, ...]:
+        """Lint checks only this mode needs (functions of `lint.context.Context` yielding `Finding`s).
+
+        They run after the shared checks, in `rulegen lint` with this mode;
+        their codes are in the one table (`lint/findings.py`), so `--ignore`
+        and the docs know them whatever the mode.
+        """
+        return ()
+
 
 class Incremental(Protocol):
     """A compile that re-uses the cached compile of every Service whose inputs did not change.
@@ -223,3 +232,7 @@ class DiffView(Protocol):
     def with_outside(self, ir: Any, settings: Settings) -> Any:
         """IR plus what kube-proxy installs outside its payload, placed as kube-proxy places it."""
         ...
+
+    # Optional: `for_family(ir, family) -> ir`, for a mode whose saved state
+    # holds both families (IPVS and ipset keep one table for a dual-stack
+    # node): `diff --against` narrows the saved side to the compiled family.

@@ -1,7 +1,12 @@
 """`rulegen diff`: compare two rule files, or compiled FILES with a saved dump or a live namespace.
 
-`rulegen diff OLD NEW` parses two iptables-save / iptables-restore files
-(`-` for standard input, once). `rulegen diff FILES... --against SAVED` and
+`rulegen diff OLD NEW` parses two saved files of one mode (`-` for
+standard input, once): iptables-save / iptables-restore files, or with
+`--mode ipvs` IPVS mode's output (the combined file, or a folder holding
+ipvsadm.rules, ipset.rules and iptables.rules, as `compile -o DIR` writes
+them and as a node's `ipvsadm -Sn`, `ipset save` and `iptables-save` are
+saved). Without `--mode`, files the default mode cannot read are tried with
+every other mode's view, and the one mode that reads both is used. `rulegen diff FILES... --against SAVED` and
 `rulegen diff FILES... --netns NAME` compile FILES with the settings and
 compare the payload with SAVED or with the namespace's `iptables-save`. The
 old side is OLD, SAVED or the live namespace; the new side is NEW or the
@@ -41,18 +46,38 @@ def _read(view: Any, path: str, ip_family: str | None) -> tuple[Any, str]:
         raise
 
 
+def _read_pair(args: tuple[str, ...], mode: str | None, ip_family: str | None) -> tuple[Any, tuple, tuple]:
+    """OLD and NEW read by MODE's view; with no MODE, by the default's, else by the one other view that reads both."""
+    view = backends.require(mode or backends.DEFAULT_MODE, "diff_view")
+    try:
+        return view, _read(view, args[0], ip_family), _read(view, args[1], ip_family)
+    except UsageError:
+        if mode is not None or "-" in args:  # standard input can be read once only
+            raise
+        readers = []
+        for other in backends.modes():
+            v = backends.get(other).diff_view()
+            if other == backends.DEFAULT_MODE or v is None:
+                continue
+            try:
+                readers.append((v, _read(v, args[0], ip_family), _read(v, args[1], ip_family)))
+            except UsageError:
+                continue
+        if len(readers) == 1:
+            return readers[0]
+        raise
+
+
 def _compare_files(args: tuple[str, ...], flags: dict, kube_only: bool | None) -> DiffResult:
     if len(args) != 2:
         raise UsageError("give two rule files OLD NEW, or Kubernetes FILES with --against SAVED or --netns NAME")
     if args.count("-") > 1:
         raise UsageError("only one of OLD and NEW can be - (standard input)")
-    extra = [k for k, v in flags.items() if v is not None and k != "ip_family"]
+    extra = [k for k, v in flags.items() if v is not None and k not in ("ip_family", "mode")]
     if extra:
         opt = "--" + extra[0].replace("_", "-")
         raise UsageError(f"{opt} applies only when compiling (with --against or --netns)")
-    view = backends.require(backends.DEFAULT_MODE, "diff_view")
-    old, old_name = _read(view, args[0], flags.get("ip_family"))
-    new, new_name = _read(view, args[1], flags.get("ip_family"))
+    view, (old, old_name), (new, new_name) = _read_pair(args, flags.get("mode"), flags.get("ip_family"))
     kube = bool(kube_only)
     return compare(view.side(old, old_name, kube), view.side(new, new_name, kube))
 
@@ -63,14 +88,25 @@ def _compare_compiled(files: tuple[str, ...], netns: str | None, against: str | 
         raise UsageError("only one of FILES and --against can be - (standard input)")
     first = flags.get("mode") or backends.DEFAULT_MODE
     view = backends.require(first, "diff_view")  # a mode without a view fails before the compile work
-    if against is not None:  # a bad SAVED file fails before the compile work
-        old, old_name = _read(view, against, None)
+    unread: UsageError | None = None
+    if against is not None:  # a bad SAVED file fails before the compile work, when --mode names the mode
+        try:
+            old, old_name = _read(view, against, None)
+        except UsageError as e:
+            if flags.get("mode"):
+                raise
+            unread = e  # the configuration among FILES may choose a mode that reads it
     c = run_compile(files, flags, config_path)
     if c.settings.mode != first:  # the configuration chose another mode
         view = backends.require(c.settings.mode, "diff_view")
         if against is not None:
             old, old_name = _read(view, against, None)
+    elif unread is not None:
+        raise unread
     fam = c.settings.family
+    narrow = getattr(view, "for_family", None)  # a saved state of both families, narrowed to the compiled one
+    if against is not None and narrow is not None:
+        old = narrow(old, fam)
     if netns is not None:
         from ..apply.kernel import Kernel
 
@@ -87,9 +123,10 @@ def _compare_compiled(files: tuple[str, ...], netns: str | None, against: str | 
 @click.command("diff")
 @click.argument("args", nargs=-1, metavar="OLD NEW | FILES...")
 @click.option("--netns", default=None, metavar="NAME",
-              help="Compare compiled FILES with this network namespace's iptables-save (needs root).")
+              help="Compare compiled FILES with this network namespace's live rules (needs root).")
 @click.option("--against", default=None, metavar="SAVED",
-              help="Compare compiled FILES with this iptables-save / iptables-restore file.")
+              help="Compare compiled FILES with this saved file: iptables-save / iptables-restore text; with "
+                   "--mode ipvs a combined file or a folder of ipvsadm.rules, ipset.rules, iptables.rules.")
 @settings_options
 @click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
 @click.option("--color/--no-color", default=None, help="Colour the output (default: when stdout is a terminal).")
@@ -108,6 +145,10 @@ def command(args, netns, against, as_json, color, kube_only, jumps, summary, con
     rulegen diff OLD NEW                      two rule files (- for stdin)
     rulegen diff FILES... --against SAVED     compiled FILES vs a saved dump
     rulegen diff FILES... --netns NAME        compiled FILES vs a live namespace
+
+    In IPVS mode, virtual servers, their real servers and set entries are
+    compared as sets, the glue's chains rule by rule; SAVED (and OLD, NEW)
+    may be a folder of ipvsadm.rules, ipset.rules and iptables.rules.
 
     Exit 1 when they differ, 0 when they are equal, 2 for unusable input.
     """

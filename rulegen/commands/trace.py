@@ -67,7 +67,9 @@ def family_of_dst(dst: str, ip: str, flag: str | None) -> str:
 @click.option("--proto", type=click.Choice(["tcp", "udp", "sctp"], case_sensitive=False), default="tcp",
               show_default=True)
 @click.option("--rules", "rules_path", default=None,
-              help="Trace this saved rule file (iptables-save output, or rulegen's) instead of compiling.")
+              help="Trace this saved rule file (iptables-save output, or rulegen's) instead of compiling; with "
+                   "--mode ipvs, IPVS mode's combined output or a folder of ipvsadm.rules, ipset.rules and "
+                   "iptables.rules (a node's ipvsadm -Sn, ipset save and iptables-save).")
 @click.option("--in-iface", default=None,
               help="Interface the packet arrives on (default eth0 from outside, cni0 or the detector's "
                    "interface from a pod).")

@@ -35,12 +35,32 @@ class Container:
 
 
 class Layout:
-    """How one mode's sides are ordered, compared and named (a diff view supplies it)."""
+    """How one mode's sides are ordered, compared and named (a diff view supplies it).
+
+    A side whose containers are all of one kind names them with
+    `container_noun` / `item_noun`. A side of several kinds (IPVS mode:
+    virtual servers, sets, chains) sets `by_kind`, names each kind with
+    `nouns(kind)`, and may word an item's line itself (`item_line`).
+    """
 
     group_noun = "table"
     container_noun = "chain"
     item_noun = "rule"
+    policy_noun = "policy"  # what a container's `policy` is called in a heading
     scope = "kube-proxy's chains only"  # said when a side keeps only kube-proxy's part
+    by_kind = False  # the summary counts each kind of container and item apart
+
+    def nouns(self, kind: str) -> tuple[str, str]:
+        """(container noun, item noun) for a KIND container."""
+        return self.container_noun, self.item_noun
+
+    def group_title(self, name: str) -> str:
+        """A group's heading in the report."""
+        return f"{self.group_noun} {name}"
+
+    def item_line(self, kind: str, container: str, change: RuleChange) -> str | None:
+        """The report's line for one changed item (without colour), or None for the standard `+ POS ITEM`."""
+        return None
 
     def group_order(self, names: Iterable[str]) -> list[str]:
         return sorted(set(names))
@@ -96,7 +116,7 @@ class ContainerDiff:
         # For a chain: {"table": ..., "chain": ...}; another kind names itself ({"set": ...}).
         return {
             "table": self.group,
-            self.kind: self.name,
+            self.kind.replace(" ", "_"): self.name,
             "status": self.status,
             "policy": {"old": self.old_policy, "new": self.new_policy} if self.policy_changed else None,
             "changes": [c.to_json() for c in self.changes],

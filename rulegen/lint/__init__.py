@@ -5,13 +5,16 @@ the shared lookups (`context.py`), near-miss label matching (`labels.py`)
 and the output (`report.py`). Lint reads the same stages every backend
 reads (loader → settings → plan), not a backend's IR, so it works whatever
 `--mode` says and needs no compiler: a finding is about the cluster's
-objects and how kube-proxy treats them, not about one rule syntax.
+objects and how kube-proxy treats them, not about one rule syntax. A
+pitfall of one mode only (IPVS mode's strictARP) is that mode's check,
+asked of the registry (`Backend.lint_checks`); its code is in the one table.
 """
 
 from __future__ import annotations
 
 from typing import Any, Iterable
 
+from .. import backends
 from ..diagnostics import Report, UsageError
 from ..model import Inputs
 from ..pipeline import Timings, load_inputs, plan_inputs
@@ -76,7 +79,8 @@ def lint(inputs: Inputs, settings: Settings, plan: Plan,
     """Every finding for these objects, sorted by severity, code and object."""
     skip = set(ignore)
     cx = Context.build(inputs, settings, plan, nodeport_range)
-    found = [f for check in CHECKS for f in check(cx) if f.code not in skip]
+    checks = CHECKS + tuple(backends.get(settings.mode).lint_checks())  # the mode's own pitfalls last
+    found = [f for check in checks for f in check(cx) if f.code not in skip]
     return sort_findings(collapse(found))
 
 

@@ -113,6 +113,19 @@ _TABLE = (
     Code("RG701", "info", "nodeport-exposure",
          "a NodePort opens that port on every listed node address (localhost included when localhost NodePorts are on)",
          "if that is more than intended: restrict nodePortAddresses, firewall the port, or use ClusterIP behind an ingress"),
+    Code("RG801", "warning", "ipvs-strict-arp-off",
+         "IPVS mode with ipvs.strictARP off while a LoadBalancer IP is announced from inside the cluster (MetalLB, "
+         "kube-vip, or an address in a node's subnet): kube-ipvs0 holds the IP on every node, so every node answers "
+         "ARP for it and traffic lands on whichever node answered last",
+         "set ipvs.strictARP: true in the KubeProxyConfiguration (kube-proxy then sets arp_ignore=1 and "
+         "arp_announce=2), as MetalLB and kube-vip require for IPVS mode"),
+    Code("RG802", "error", "ipvs-unknown-scheduler",
+         "ipvs.scheduler names a scheduler kube-proxy's configuration check refuses: kube-proxy does not start, "
+         "so no Service gets rules on the node",
+         "use one of rr, wrr, lc, wlc, lblc, lblcr, sh, dh, sed, nq, mh (empty means rr)"),
+    Code("RG803", "info", "ipvs-deprecated",
+         "kube-proxy's IPVS mode is deprecated (Kubernetes v1.35); the nftables mode is its successor",
+         "see what moving changes for these Services with `rulegen migrate FILES --from ipvs --to nftables`"),
 )
 
 CODES: dict[str, Code] = {c.code: c for c in _TABLE}

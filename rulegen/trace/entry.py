@@ -123,12 +123,20 @@ def local_pod_iface(s: Settings, eps: dict[str, str | None], pod_cidrs: tuple[st
 
 
 def entry(src: str, src_default: bool, dst: str, dport: int, proto: str, s: Settings, plan: Any,
-          eps: dict[str, str | None], pod_cidrs: tuple[str, ...], in_iface: str | None) -> tuple[Entry, str | None]:
-    """Who sends SRC's packet and where it enters: (the Entry, the interface it arrives on or None)."""
+          eps: dict[str, str | None], pod_cidrs: tuple[str, ...], in_iface: str | None,
+          own: frozenset[str] = frozenset()) -> tuple[Entry, str | None]:
+    """Who sends SRC's packet and where it enters: (the Entry, the interface it arrives on or None).
+
+    OWN are addresses the node holds besides its node IPs (IPVS mode's
+    kube-ipvs0 addresses): a packet from one of them is the node's own.
+    """
     node_ips = frozenset(s.node_ips)
     target = describe_target(dst, dport, proto, plan, node_ips)
-    if is_local(src, node_ips):
-        who = "the node itself (loopback)" if is_loopback(src) else "the node itself"
+    if is_local(src, node_ips) or src in own:
+        if is_loopback(src):
+            who = "the node itself (loopback)"
+        else:
+            who = "the node itself" if src in node_ips else f"the node itself (from {src}, an address it holds)"
         return Entry("OUTPUT", who, None, src_default, target), None
     pod_iface_ = pod_iface(s)
     if src in eps:
@@ -189,9 +197,15 @@ def fold(pkt: Packet, entry: Entry, paths: list[Path], notes: list[str], s: Sett
     """
     node_ips = frozenset(s.node_ips)
     dests: dict[tuple[str, bool], list] = {}
-    outcomes: dict[str, Fraction] = {}
+    outcomes: dict[str, Fraction | None] = {}
+    groups: dict[tuple, tuple[Fraction, set[str]]] = {}  # unknown splits: their share and the verdicts seen
     for p in paths:
-        outcomes[p.verdict] = outcomes.get(p.verdict, Fraction(0)) + p.probability
+        if p.probability is None:
+            assert p.group is not None
+            groups.setdefault(p.group[0], (p.group[1], set()))[1].add(p.verdict)
+        else:
+            prev = outcomes.get(p.verdict, Fraction(0))
+            outcomes[p.verdict] = None if prev is None else prev + p.probability
         for n in p.notes:
             if n not in notes:
                 notes.append(n)
@@ -200,7 +214,8 @@ def fold(pkt: Packet, entry: Entry, paths: list[Path], notes: list[str], s: Sett
         ep = p.packet.dst_endpoint
         k = (ep, p.masquerade)
         if k in dests:
-            dests[k][0] += p.probability
+            prev = dests[k][0]
+            dests[k][0] = None if prev is None or p.probability is None else prev + p.probability
             continue
         ip = p.packet.dst
         if is_local(ip, node_ips):
@@ -208,12 +223,17 @@ def fold(pkt: Packet, entry: Entry, paths: list[Path], notes: list[str], s: Sett
         else:
             node = eps.get(ep, eps.get(ip))
             local = (node == s.hostname) if (node is not None and s.hostname) else None
-        dests[k] = [p.probability, node, local, p.affinity]
-    destinations = tuple(Destination(ep, v[0], v[1], v[2], masq, v[3]) for (ep, masq), v in dests.items())
+        dests[k] = [p.probability, node, local, p.affinity, p.unknown, p.weight]
+    for share, verdicts in groups.values():
+        # A group's paths share one known total; split over verdicts, each verdict's share is unknown.
+        for v in verdicts:
+            prev = outcomes.get(v, Fraction(0))
+            outcomes[v] = None if prev is None or len(verdicts) > 1 else prev + share
+    destinations = tuple(Destination(ep, v[0], v[1], v[2], masq, v[3], v[4], v[5]) for (ep, masq), v in dests.items())
     if destinations:
         verdict = "DNAT"
     else:
         order = {"REJECT": 0, "DROP": 1, "ACCEPT": 2}
-        verdict = max(outcomes.items(), key=lambda kv: (kv[1], -order.get(kv[0], 3)))[0]
+        verdict = max(outcomes.items(), key=lambda kv: (kv[1] or 0, -order.get(kv[0], 3)))[0]
     return TraceResult(pkt, entry, verdict, destinations, tuple(paths), tuple(notes), source,
                        s.hostname, tuple(s.node_ips_of()), outcomes, nodes_known, base_chains)

@@ -3,6 +3,11 @@
 A trace follows one new connection. Where a `statistic` rule splits the
 traffic, the walk splits into weighted paths (`fractions.Fraction`, so 1/3
 stays 1/3); paths that end the same way are merged into one `Destination`.
+Where something outside the rules chooses and the choice depends on what
+the rules do not hold (an IPVS scheduler that counts live connections, or
+hashes the client's address), the paths' and destinations' `probability`
+is None and `unknown` says why; the group such paths share still has a
+known total, so the outcomes (verdict → chance) stay exact.
 Everything here is frozen and plain, so the lab can later compare
 `TraceResult.shares()` with the hits it counts, and `as_json` is the
 `rulegen trace --json` document.
@@ -41,6 +46,7 @@ class Packet:
     mark: int = 0
     dnat: bool = False  # conntrack status: destination rewritten
     snat: bool = False  # conntrack status: source rewritten (MASQUERADE / SNAT)
+    virtual: tuple[str, str, int] | None = None  # IPVS took the packet: its service (proto, address, port)
 
     @property
     def dst_endpoint(self) -> str:
@@ -53,7 +59,8 @@ class Hop:
 
     kind: `rule` (a rule matched), `skip` (a random rule the path did not take),
     `policy` (a built-in chain's policy decided), `route` (the routing decision),
-    `deliver` (the packet leaves the rules).
+    `balance` (a balancer outside the rules, IPVS, chose a destination; `chain`
+    names it for the path's diagram), `deliver` (the packet leaves the rules).
     """
 
     kind: str
@@ -62,7 +69,7 @@ class Hop:
     number: int  # 1-based rule number in its chain; 0 for policy/route/deliver
     rule: str  # the rule text (`-A CHAIN ...`), or a description for route/deliver
     verdict: str  # what happened: "jump KUBE-SVC-…", "DNAT to 10.0.0.1:80", "ACCEPT", ...
-    chance: Fraction | None = None  # for random rules: the share that went this way
+    chance: Fraction | None = None  # for random rules and balancers: the share that went this way (when known)
 
     def as_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"kind": self.kind, "table": self.table, "chain": self.chain,
@@ -74,16 +81,24 @@ class Hop:
 
 @dataclass(frozen=True, slots=True)
 class Path:
-    """One way the connection can go, with its probability and its end."""
+    """One way the connection can go, with its probability and its end.
 
-    probability: Fraction
+    `probability` is None when the share is not known (`unknown` says why);
+    `group` is then (the branch key where the split happened, the share of
+    the whole group), so the paths of one group add up to that share.
+    """
+
+    probability: Fraction | None
     verdict: str  # DNAT | ACCEPT | DROP | REJECT
     hops: tuple[Hop, ...]
     packet: Packet  # as it leaves the rules (or where it was stopped)
     masquerade: bool
-    affinity: int | None = None  # seconds, when a `recent --set` recorded the client
+    affinity: int | None = None  # seconds, when a `recent --set` (or IPVS persistence) recorded the client
     key: tuple[int, ...] = ()  # branch choices (0 = took the random rule), for stable order
     notes: tuple[str, ...] = ()
+    unknown: str = ""
+    group: tuple[tuple[int, ...], Fraction] | None = None
+    weight: int | None = None  # the balancer's weight of this destination, when one chose it
 
     @property
     def endpoint(self) -> str | None:
@@ -93,16 +108,23 @@ class Path:
 @dataclass(frozen=True, slots=True)
 class Destination:
     endpoint: str  # IP:PORT after DNAT
-    probability: Fraction
+    probability: Fraction | None  # None: not fixed by the rules (`unknown` says why)
     node: str | None  # node the endpoint runs on, when known
     local: bool | None  # on this node (no extra hop); None when unknown
     masquerade: bool
     affinity: int | None = None
+    unknown: str = ""
+    weight: int | None = None  # the balancer's weight, when one chose the endpoint
 
     def as_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"endpoint": self.endpoint, "probability": float(self.probability),
-                             "chance": str(self.probability), "node": self.node, "local": self.local,
+        p = self.probability
+        d: dict[str, Any] = {"endpoint": self.endpoint, "probability": None if p is None else float(p),
+                             "chance": None if p is None else str(p), "node": self.node, "local": self.local,
                              "masquerade": self.masquerade}
+        if p is None:
+            d["reason"] = self.unknown
+        if self.weight is not None:
+            d["weight"] = self.weight
         if self.affinity is not None:
             d["affinity_seconds"] = self.affinity
         return d
@@ -130,7 +152,7 @@ class TraceResult:
     source: str = ""
     node: str | None = None  # this node's name, when known
     node_ips: tuple[str, ...] = ()
-    outcomes: dict[str, Fraction] = field(default_factory=dict)  # verdict → total chance
+    outcomes: dict[str, Fraction | None] = field(default_factory=dict)  # verdict → total chance (None: unknown)
     nodes_known: bool = True  # the Kubernetes objects were given, so endpoints' nodes are known
     base_chains: frozenset[str] = frozenset()  # chains the hooks enter: the diagram names only the others
 
@@ -138,11 +160,12 @@ class TraceResult:
     def masquerade(self) -> bool:
         return any(p.masquerade for p in self.paths)
 
-    def shares(self) -> dict[str, Fraction]:
-        """Endpoint → chance of reaching it (masqueraded or not)."""
-        out: dict[str, Fraction] = {}
+    def shares(self) -> dict[str, Fraction | None]:
+        """Endpoint → chance of reaching it (masqueraded or not); None when the rules do not fix it."""
+        out: dict[str, Fraction | None] = {}
         for d in self.destinations:
-            out[d.endpoint] = out.get(d.endpoint, Fraction(0)) + d.probability
+            prev = out.get(d.endpoint, Fraction(0))
+            out[d.endpoint] = None if prev is None or d.probability is None else prev + d.probability
         return out
 
     def trunk(self) -> tuple[Hop, ...]:
@@ -168,9 +191,19 @@ class TraceResult:
             "packet": {"proto": self.packet.proto, "src": self.packet.src, "dst": self.packet.dst_endpoint,
                        "entry": self.entry.hook, "in_iface": self.entry.in_iface, "from": self.entry.who,
                        "src_default": self.entry.src_default, "target": self.entry.target},
-            "outcomes": {k: {"probability": float(v), "chance": str(v)} for k, v in self.outcomes.items()},
-            "paths": [{"probability": float(p.probability), "chance": str(p.probability), "verdict": p.verdict,
-                       "endpoint": p.endpoint, "masquerade": p.masquerade,
-                       "hops": [h.as_json() for h in p.hops]} for p in self.paths],
+            "outcomes": {k: {"probability": None if v is None else float(v), "chance": None if v is None else str(v)}
+                         for k, v in self.outcomes.items()},
+            "paths": [_path_json(p) for p in self.paths],
             "notes": list(self.notes),
         }
+
+
+def _path_json(p: Path) -> dict[str, Any]:
+    known = p.probability is not None
+    d: dict[str, Any] = {"probability": float(p.probability) if known else None,
+                         "chance": str(p.probability) if known else None, "verdict": p.verdict,
+                         "endpoint": p.endpoint, "masquerade": p.masquerade,
+                         "hops": [h.as_json() for h in p.hops]}
+    if not known:
+        d["reason"] = p.unknown
+    return d

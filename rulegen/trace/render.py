@@ -22,13 +22,15 @@ def percent(p: Fraction) -> str:
     return f"{s}%"
 
 
-def chance(p: Fraction) -> str:
+def chance(p: Fraction | None, unknown: str = "") -> str:
+    if p is None:
+        return f"not fixed by the rules ({unknown})" if unknown else "not fixed by the rules"
     return f"{p} ({percent(p)})" if p != 1 else "1 (100%)"
 
 
 def hop_lines(h: Hop) -> tuple[str, str]:
     """(what was evaluated, what happened) for one hop."""
-    if h.kind in ("route", "deliver"):
+    if h.kind in ("route", "deliver", "balance"):
         return h.rule, h.verdict
     if h.kind == "policy":
         return f"{h.table:<6} {h.rule} (policy of the built-in chain)", h.verdict
@@ -87,6 +89,9 @@ def diagram(p: Path, r: TraceResult) -> str:
     parts = [_start(r), _target(r)]
     seen: set[str] = set()
     for h in p.hops:
+        if h.kind == "balance":
+            parts.append(h.chain)
+            continue
         if h.kind != "rule":
             continue
         if h.chain not in r.base_chains and h.chain not in seen:
@@ -121,7 +126,7 @@ def _split_tail(p: Path, start: int) -> tuple[tuple, int]:
     """
     cut = None
     for i in range(start, len(p.hops)):
-        if p.hops[i].kind == "rule" and p.hops[i].verdict.startswith("DNAT "):
+        if (p.hops[i].kind == "rule" and p.hops[i].verdict.startswith("DNAT ")) or p.hops[i].kind == "balance":
             cut = i + 1
     if cut is None:
         return (), len(p.hops)
@@ -147,12 +152,12 @@ def render_text(r: TraceResult) -> str:
                 hops.append({"what": f"… then the same hops as branch {same_as}, to {end}",
                              "then": p.hops[-1].verdict})
             branches.append({
-                "title": f"Branch {i} of {len(r.paths)}: {chance(p.probability)} → {end}",
+                "title": f"Branch {i} of {len(r.paths)}: {chance(p.probability, p.unknown)} → {end}",
                 "diagram": diagram(p, r),
                 "hops": hops,
             })
-    dests = [{"endpoint": d.endpoint, "chance": chance(d.probability), "where": _where(d, r),
-              "client": _client(d.masquerade, r)} for d in r.destinations]
+    dests = [{"endpoint": d.endpoint, "chance": chance(d.probability, d.unknown), "where": _where(d, r),
+              "client": _client(d.masquerade, r), "weight": d.weight} for d in r.destinations]
     other = {k: chance(v) for k, v in r.outcomes.items() if k != "DNAT"} if r.destinations else {}
     e = r.entry
     frm = f"{r.packet.src}, {e.who}" + (" (no --src given)" if e.src_default else "")

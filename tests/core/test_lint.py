@@ -75,7 +75,8 @@ def test_bad_fixture_raises_exactly_its_code(code):
     assert not others, f"{bad} also raises {others}"
     for f in mine:
         assert f.message and f.hint
-        assert f.object.startswith(("Service ", "EndpointSlice ", "Endpoints ")) or f.object == "input"
+        assert f.object.startswith(("Service ", "EndpointSlice ", "Endpoints ", "KubeProxyConfiguration",
+                                    "kube-proxy mode ")) or f.object == "input"
 
 
 @pytest.mark.parametrize("code", sorted(CODES))
@@ -757,3 +758,89 @@ def test_the_helm_example_is_linted_by_its_workloads_with_and_without_allocate()
     assert set(codes(found)) <= {"RG701"}  # as the cluster would hold it: only the NodePort's exposure
     r = run([str(helm), "--allocate"])
     assert "6 Services, 5 EndpointSlices, 3 workloads" in r.stdout
+
+
+# --------------------------------------------------------------------------- IPVS mode's own checks (RG8xx)
+
+LB = """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: default
+  annotations: {ANNOTATIONS}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.10
+  {CLASS}
+  ports:
+  - {name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30080}
+status:
+  loadBalancer:
+    ingress: [{ip: INGRESS}]
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+status:
+  addresses:
+  - {type: InternalIP, address: 192.168.56.10}
+  - {type: InternalIP, address: fd00:56::10}
+---
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: MODE
+ipvs: {strictARP: STRICT}
+"""
+
+
+def lb(tmp_path, ingress="203.0.113.7", annotations="{}", cls="", mode="ipvs", strict="false"):
+    text = (LB.replace("{ANNOTATIONS}", annotations).replace("{CLASS}", cls).replace("INGRESS", ingress)
+            .replace("MODE", mode).replace("STRICT", strict))
+    return [f for f in lint_args([write(tmp_path, text)]) if f.code in ("RG801", "RG802", "RG803")]
+
+
+@pytest.mark.parametrize("kw,why", [
+    ({"annotations": "{metallb.universe.tf/address-pool: lan}"}, "a MetalLB annotation (metallb.universe.tf/…)"),
+    ({"annotations": "{metallb.io/loadBalancerIPs: 203.0.113.7}"}, "a MetalLB annotation (metallb.io/…)"),
+    ({"annotations": "{kube-vip.io/loadbalancerIPs: 203.0.113.7}"}, "a kube-vip annotation (kube-vip.io/…)"),
+    ({"cls": "loadBalancerClass: kube-vip.io/kube-vip-class"}, "loadBalancerClass of kube-vip"),
+    ({"ingress": "192.168.56.240"}, "192.168.56.240 is in the subnet of node node-a (192.168.56.10) (a /24 assumed)"),
+    ({"ingress": "'fd00:56::240'"}, "fd00:56::240 is in the subnet of node node-a (fd00:56::10) (a /64 assumed)"),
+])
+def test_strict_arp_off_with_an_in_cluster_announcer(tmp_path, kw, why):
+    found = lb(tmp_path, **kw)
+    [f] = [f for f in found if f.code == "RG801"]
+    assert f"announced from inside the cluster ({why})" in f.message and f.object == "Service default/web"
+
+
+@pytest.mark.parametrize("kw", [
+    {},  # a cloud load balancer's address, outside the nodes' subnets
+    {"ingress": "192.168.57.240"},  # the next /24
+    {"annotations": "{metallb.universe.tf/address-pool: lan}", "strict": "true"},
+    {"annotations": "{metallb.universe.tf/address-pool: lan}", "mode": "iptables"},  # an IPVS-mode pitfall only
+    {"annotations": "{service.beta.kubernetes.io/aws-load-balancer-type: nlb}"},
+])
+def test_strict_arp_is_not_asked_for_without_cause(tmp_path, kw):
+    assert "RG801" not in {f.code for f in lb(tmp_path, **kw)}
+
+
+def test_an_ingress_in_proxy_mode_is_not_bound_so_not_announced_by_every_node(tmp_path):
+    text = LB.replace("{ANNOTATIONS}", "{}").replace("{CLASS}", "").replace("[{ip: INGRESS}]",
+                      "[{ip: 192.168.56.240, ipMode: Proxy}]").replace("MODE", "ipvs").replace("STRICT", "false")
+    assert "RG801" not in {f.code for f in lint_args([write(tmp_path, text)])}
+
+
+def test_deprecation_and_scheduler_findings_follow_the_mode(tmp_path):
+    assert [f.code for f in lb(tmp_path)] == ["RG803"]
+    assert lb(tmp_path, mode="iptables") == [] and lb(tmp_path, mode="nftables") == []
+    bad = LB.replace("ipvs: {strictARP: STRICT}", "ipvs: {scheduler: fastest}")
+    for mode, want in (("ipvs", ["RG802", "RG803"]), ("iptables", [])):
+        text = bad.replace("{ANNOTATIONS}", "{}").replace("{CLASS}", "").replace("INGRESS", "203.0.113.7")
+        found = lint_args([write(tmp_path, text.replace("MODE", mode))])
+        assert [f.code for f in found if f.code.startswith("RG8")] == want
+    r = run([write(tmp_path, text.replace("MODE", "ipvs")), "--json"])
+    assert r.exit_code == 1
+    [f] = [f for f in json.loads(r.stdout) if f["code"] == "RG802"]
+    assert f["severity"] == "error" and "'fastest' is not an IPVS scheduler" in f["message"]
+    assert run([write(tmp_path, text.replace("MODE", "ipvs")), "--ignore", "RG802,RG803"]).exit_code == 0

@@ -326,7 +326,11 @@ def test_dnat_outside_nat_prerouting_is_refused():
 
 
 @pytest.mark.parametrize("rule,msg", [
-    ("-A PREROUTING -m physdev --physdev-in veth0 -j ACCEPT", "unknown match module 'physdev'"),
+    ("-A PREROUTING -m cpu --cpu 0 -j ACCEPT", "unknown match module 'cpu'"),
+    ("-A PREROUTING -m physdev --physdev-in veth0 -j ACCEPT", "option --physdev-in of match 'physdev'"),
+    ("-A PREROUTING -m set --match-set KUBE-X dst,src,foo -j ACCEPT", "set flags 'dst,src,foo'"),
+    ("-A PREROUTING -m set --match-set KUBE-X dst --return-nomatch -j ACCEPT", "--return-nomatch"),
+    ("-A PREROUTING -m ipvs --vmethod MASQ -j ACCEPT", "--vmethod"),
     ("-A PREROUTING -p tcp -m tcp --dport 80 --tcp-option 1 -j ACCEPT", "--tcp-option"),
     ("-A PREROUTING -p udp --dport 80 -j ACCEPT", None),  # implicit -m udp is understood
     ("-A PREROUTING -j NOTRACK", "unknown target 'NOTRACK'"),
@@ -347,3 +351,162 @@ def test_every_part_of_a_reached_rule_must_be_understood(rule, msg):
         run(text)
     assert msg in str(e.value)
     assert "t.rules: table nat, chain PREROUTING, rule 1 (-A PREROUTING -s 198.51.100.0/24" in str(e.value)
+
+
+# ------------------------------------------------------------------ ipsets, the ipvs match, physdev, steps
+
+SETS = {
+    "VIPS": M.SetMembers("VIPS", "hash:ip,port", ["10.96.0.10,tcp:80", "10.96.0.11,udp:53", "fd00::10,tcp:443"]),
+    "PORTS": M.SetMembers("PORTS", "bitmap:port", ["30080", "30090-30092"]),
+    "LOOP": M.SetMembers("LOOP", "hash:ip,port,ip", ["10.244.0.5,tcp:8080,10.244.0.5"]),
+    "SRC": M.SetMembers("SRC", "hash:ip,port,net", ["10.96.0.10,tcp:80,192.0.2.0/24", "10.96.0.10,tcp:80,198.51.100.7"]),
+    "IPS": M.SetMembers("IPS", "hash:ip", ["10.96.0.10", "fd00::10"]),
+}
+
+
+@pytest.mark.parametrize("name,flags,proto,src,sport,dst,dport,want", [
+    ("VIPS", "dst,dst", "tcp", "10.244.0.9", 40000, "10.96.0.10", 80, True),
+    ("VIPS", "dst,dst", "udp", "10.244.0.9", 40000, "10.96.0.10", 80, False),  # the protocol is part of the entry
+    ("VIPS", "dst,dst", "tcp", "10.244.0.9", 40000, "10.96.0.10", 81, False),
+    ("VIPS", "dst,dst", "udp", "10.244.0.9", 40000, "10.96.0.11", 53, True),
+    ("VIPS", "dst,dst", "tcp", "fd00::99", 40000, "fd00::10", 443, True),
+    ("VIPS", "dst", "tcp", "10.244.0.9", 40000, "10.96.0.10", 80, False),  # fewer flags than dimensions
+    ("VIPS", "src,dst", "tcp", "10.96.0.10", 40000, "10.1.1.1", 80, True),
+    ("VIPS", "dst,src", "tcp", "10.244.0.9", 80, "10.96.0.10", 9999, True),
+    ("PORTS", "dst", "tcp", "1.2.3.4", 40000, "192.168.1.10", 30080, True),
+    ("PORTS", "dst", "udp", "1.2.3.4", 40000, "192.168.1.10", 30091, True),  # a bitmap has no protocol; a range
+    ("PORTS", "dst", "tcp", "1.2.3.4", 40000, "192.168.1.10", 30093, False),
+    ("PORTS", "dst,dst,src", "tcp", "1.2.3.4", 40000, "192.168.1.10", 30080, True),  # extra flags ignored
+    ("LOOP", "dst,dst,src", "tcp", "10.244.0.5", 40000, "10.244.0.5", 8080, True),
+    ("LOOP", "dst,dst,src", "tcp", "10.244.0.6", 40000, "10.244.0.5", 8080, False),
+    ("SRC", "dst,dst,src", "tcp", "192.0.2.77", 40000, "10.96.0.10", 80, True),  # inside the net
+    ("SRC", "dst,dst,src", "tcp", "198.51.100.7", 40000, "10.96.0.10", 80, True),  # a host entry
+    ("SRC", "dst,dst,src", "tcp", "198.51.100.8", 40000, "10.96.0.10", 80, False),
+    ("IPS", "dst", "tcp", "1.2.3.4", 1, "10.96.0.10", 1, True),
+    ("IPS", "dst", "tcp", "1.2.3.4", 1, "10.96.0.12", 1, False),
+    ("IPS", "src", "tcp", "fd00::10", 1, "fd00::1", 1, True),
+])
+def test_set_match(name, flags, proto, src, sport, dst, dport, want):
+    assert M.set_match(SETS, name, flags, proto, src, sport, dst, dport) is want
+
+
+def test_set_match_refuses_what_it_cannot_read():
+    with pytest.raises(Unsupported, match="set NOPE is not known"):
+        M.set_match(SETS, "NOPE", "dst", "tcp", "1.2.3.4", 1, "1.2.3.5", 2)
+    with pytest.raises(Unsupported, match="set VIPS is not known"):
+        M.set_match(None, "VIPS", "dst", "tcp", "1.2.3.4", 1, "1.2.3.5", 2)
+    odd = {"M": M.SetMembers("M", "hash:ip,mark", ["10.0.0.1,0x1"]),
+           "B": M.SetMembers("B", "hash:ip,port", ["10.0.0.1,icmp:ping"])}
+    with pytest.raises(Unsupported, match="hash:ip,mark"):
+        M.set_match(odd, "M", "dst,dst", "tcp", "1.2.3.4", 1, "10.0.0.1", 2)
+    with pytest.raises(Unsupported, match="icmp:ping"):
+        M.set_match(odd, "B", "dst,dst", "tcp", "1.2.3.4", 1, "10.0.0.1", 2)
+
+
+@pytest.mark.parametrize("virtual,option,value,want", [
+    (None, "--ipvs", None, False),
+    (("tcp", "10.96.0.10", 80), "--ipvs", None, True),
+    (("tcp", "10.96.0.10", 80), "--vaddr", "10.96.0.10", True),
+    (("tcp", "10.96.0.10", 80), "--vaddr", "10.96.0.10/32", True),
+    (("tcp", "10.96.0.10", 80), "--vaddr", "10.96.0.11", False),
+    (("tcp", "10.96.0.10", 80), "--vproto", "tcp", True),
+    (("tcp", "10.96.0.10", 80), "--vproto", "6", True),  # iptables-save prints the number
+    (("tcp", "10.96.0.10", 80), "--vproto", "udp", False),
+    (("tcp", "10.96.0.10", 80), "--vport", "80", True),
+    (("tcp", "10.96.0.10", 80), "--vport", "81", False),
+    (("tcp", "10.96.0.10", 80), "--vdir", "ORIGINAL", True),
+    (("tcp", "10.96.0.10", 80), "--vdir", "REPLY", False),
+    (None, "--vaddr", "10.96.0.10", False),
+])
+def test_ipvs_match(virtual, option, value, want):
+    assert M.ipvs_match(virtual, option, value) is want
+
+
+FILTER_OUT = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A OUTPUT -s 10.96.0.10/32 -m ipvs --vaddr 10.96.0.10/32 --vproto 6 --vport 80 -j DROP
+COMMIT
+"""
+
+
+def _vs_step(reals, shares, unknown=""):
+    """A step standing for a balancer on 10.96.0.10:80: one branch per real server."""
+    from rulegen.dataplane.xtables.walk import RESENT, Branch
+    from rulegen.trace.model import Hop
+
+    def step(pkt):
+        if (pkt.dst, pkt.dport) != ("10.96.0.10", 80) or pkt.virtual is not None:
+            return None
+        out = []
+        for r, share in zip(reals, shares):
+            moved = Packet(pkt.proto, pkt.src, pkt.sport, r, 8080, pkt.in_iface, pkt.out_iface, pkt.mark, True,
+                           pkt.snat, ("tcp", "10.96.0.10", 80))
+            out.append(Branch(share, moved, Hop("balance", "ipvs", "LB", 0, "lb", f"to {r}", share),
+                              then=RESENT, unknown=unknown, weight=1))
+        return out
+    return step
+
+
+def test_a_step_splits_the_walk_and_the_packet_goes_on_through_output_and_postrouting():
+    text = NAT + "-A POSTROUTING -d 10.244.0.2/32 -j MASQUERADE\nCOMMIT\n" + FILTER_OUT.replace(
+        "-A OUTPUT -s 10.96.0.10/32", "-A OUTPUT -s 10.96.0.99/32")
+    local = NODE + ("10.96.0.10",)
+    eng = Engine(rules(text), local, steps={"local-in": _vs_step(["10.244.0.1", "10.244.0.2"],
+                                                                 [Fraction(1, 4), Fraction(3, 4)])})
+    paths = eng.run(Packet("tcp", "203.0.113.10", 40000, "10.96.0.10", 80, "eth0"), "PREROUTING")
+    assert [(p.probability, p.verdict, p.packet.dst, p.masquerade) for p in paths] == [
+        (Fraction(1, 4), "DNAT", "10.244.0.1", False), (Fraction(3, 4), "DNAT", "10.244.0.2", True)]
+    kinds = [h.kind for h in paths[0].hops]
+    assert kinds.index("route") < kinds.index("balance") < len(kinds) - 1  # after INPUT routing, before out
+    assert paths[0].weight == 1
+
+
+def test_without_a_step_the_walk_goes_straight_on():
+    eng = Engine(rules(NAT + "COMMIT\n"), NODE + ("10.96.0.10",))
+    [p] = eng.run(Packet("tcp", "203.0.113.10", 40000, "10.96.0.10", 80, "eth0"), "PREROUTING")
+    assert p.verdict == "ACCEPT" and p.hops[-1].rule == "delivered to 10.96.0.10:80 on this node"
+
+
+def test_unknown_shares_keep_their_group_and_the_ipvs_match_sees_the_service():
+    local = NODE + ("10.96.0.10",)
+    step = _vs_step(["10.244.0.1", "10.244.0.2"], [None, None], unknown="depends on live load")
+    eng = Engine(rules(NAT + "COMMIT\n" + FILTER_OUT), local, steps={"local-out": step})
+    paths = eng.run(Packet("tcp", "10.96.0.10", 40000, "10.96.0.10", 80, None), "OUTPUT")
+    assert [(p.probability, p.verdict, p.unknown) for p in paths] == [(None, "DROP", "depends on live load")] * 2
+    assert paths[0].group == paths[1].group == ((), Fraction(1))
+    # from another source the out-filter does not apply
+    paths = eng.run(Packet("tcp", "192.168.1.10", 40000, "10.96.0.10", 80, None), "OUTPUT")
+    assert {p.verdict for p in paths} == {"DNAT"}
+
+
+def test_a_step_verdict_ends_the_path():
+    from rulegen.dataplane.xtables.walk import Branch
+    from rulegen.trace.model import Hop
+
+    def reject(pkt):
+        return [Branch(Fraction(1), pkt, Hop("balance", "ipvs", "LB", 0, "lb", "no server"), verdict="REJECT")]
+    eng = Engine(rules(NAT + "COMMIT\n"), NODE + ("10.96.0.10",), steps={"local-in": reject})
+    [p] = eng.run(Packet("tcp", "203.0.113.10", 40000, "10.96.0.10", 80, "eth0"), "PREROUTING")
+    assert p.verdict == "REJECT" and p.hops[-1].kind == "balance"
+
+
+@pytest.mark.parametrize("iface,bridged,want", [("cni0", {"cni0"}, "ACCEPT"), ("eth0", {"cni0"}, "DROP"),
+                                                 ("cni0", set(), "DROP")])
+def test_physdev_is_in_means_through_a_bridge(iface, bridged, want):
+    text = NAT + "-A PREROUTING -m physdev --physdev-is-in -j ACCEPT\n-A PREROUTING -j DROP\nCOMMIT\n"
+    eng = Engine(rules(text), NODE, bridged=frozenset(bridged))
+    [p] = eng.run(Packet("tcp", "10.244.0.9", 40000, "10.96.0.10", 80, iface), "PREROUTING")
+    assert p.verdict == want
+
+
+def test_a_set_rule_reads_the_engine_sets():
+    text = NAT + "-A PREROUTING -m set --match-set VIPS dst,dst -j DROP\nCOMMIT\n"
+    eng = Engine(rules(text), NODE, sets=SETS)
+    [p] = eng.run(Packet("tcp", "10.244.0.9", 40000, "10.96.0.10", 80, "eth0"), "PREROUTING")
+    assert p.verdict == "DROP"
+    [p] = eng.run(Packet("tcp", "10.244.0.9", 40000, "10.96.0.10", 81, "eth0"), "PREROUTING")
+    assert p.verdict == "ACCEPT"
+    with pytest.raises(TraceError, match="set VIPS is not known"):
+        Engine(rules(text), NODE).run(Packet("tcp", "10.244.0.9", 40000, "10.96.0.10", 80, "eth0"), "PREROUTING")

@@ -55,6 +55,10 @@ SAME = [
     # in-rule counters (iptables-restore -c form) carry no meaning
     ("-c 10 840 -s 10.0.0.1 -j ACCEPT", "-s 10.0.0.1/32 -j ACCEPT"),
     ("--set-counters 0 0 -p udp -m udp --dport 53 -j ACCEPT", "-p udp -m udp --dport 53 -j ACCEPT"),
+    # the ipvs match as kube-proxy writes it and as iptables-save printed it in the IPVS VM
+    ("-s 192.0.2.74 -m ipvs --vaddr 192.0.2.74 --vproto tcp --vport 5432 -j DROP",
+     "-s 192.0.2.74/32 -m ipvs --vproto 6 --vaddr 192.0.2.74 --vport 5432 -j DROP"),
+    ("-m ipvs --vaddr fd00::74 --vproto sctp --vport 80 -j DROP", "-m ipvs --vproto 132 --vaddr fd00::74/128 --vport 80 -j DROP"),
 ]
 
 DIFFERENT = [
@@ -69,6 +73,7 @@ DIFFERENT = [
     ("-j KUBE-SVC-A", "-g KUBE-SVC-A"),
     ("-c 10 840 -s 10.0.0.1 -j ACCEPT", "-s 10.0.0.2 -j ACCEPT"),
     ("! -s 0.0.0.0/0 -j ACCEPT", "-j ACCEPT"),
+    ("-m ipvs --vaddr 192.0.2.74 --vproto tcp -j DROP", "-m ipvs --vproto 17 --vaddr 192.0.2.74 -j DROP"),
 ]
 
 

@@ -3,8 +3,10 @@
 The IR (`ir.IPVSState`), the compiler, the three-part renderer and its
 parser are this mode's, and so is the applier (`apply`: kube-ipvs0, ipsets,
 IPVS over netlink, then the glue); the glue's xtables IR, renderer, parser
-and applier are the shared ones in `rulegen.dataplane.xtables`. Trace and
-diff views are not written yet: the registry says so (exit 2).
+and applier are the shared ones in `rulegen.dataplane.xtables`. The tracer
+(`trace`) walks the glue with the shared xtables walk and IPVS's scheduling
+as a step of it; the diff view (`views`) lays the state out as virtual
+servers, sets and chains; `lint` holds the pitfalls only IPVS mode has.
 """
 
 from __future__ import annotations
@@ -40,6 +42,21 @@ class IPVSBackend(Backend[IPVSState]):
         from .apply import APPLIER
 
         return APPLIER
+
+    def tracer(self) -> Any:
+        from .trace import TRACER
+
+        return TRACER
+
+    def diff_view(self) -> Any:
+        from .views import VIEW
+
+        return VIEW
+
+    def lint_checks(self) -> tuple[Any, ...]:
+        from .lint import CHECKS
+
+        return CHECKS
 
 
 BACKEND = IPVSBackend()

@@ -225,3 +225,159 @@ def split_endpoint(value: str) -> tuple[str, int | None]:
     except ValueError:
         raise Unsupported(f"--to-destination {value!r}") from None
     return ip, p
+
+
+# ------------------------------------------------------------------ ipsets (`-m set --match-set NAME FLAGS`)
+
+# What each dimension of a set type holds, in order: an address, a network
+# (an entry's CIDR contains the packet's address), a protocol and port, or
+# (bitmap:port) a port of any protocol that has ports.
+SET_DIMENSIONS: dict[str, tuple[str, ...]] = {
+    "hash:ip": ("ip",),
+    "hash:net": ("net",),
+    "hash:ip,port": ("ip", "port"),
+    "hash:net,port": ("net", "port"),
+    "hash:ip,port,ip": ("ip", "port", "ip"),
+    "hash:ip,port,net": ("ip", "port", "net"),
+    "bitmap:port": ("anyport",),
+}
+_PORT_PROTOS = ("tcp", "udp", "sctp", "udplite")
+
+
+def _set_port(text: str, any_proto: bool = False) -> tuple[str | None, int, int]:
+    """An entry's `proto:PORT` (or bare PORT: tcp, or any with ANY_PROTO), with `A-B` ranges: (proto, low, high)."""
+    proto, sep, port = text.rpartition(":")
+    proto = proto.lower() if sep else (None if any_proto else "tcp")
+    lo, _, hi = port.partition("-")
+    try:
+        a = int(lo)
+        b = int(hi) if hi else a
+    except ValueError:
+        raise Unsupported(f"set entry part {text!r} (only protocol:port entries are evaluated)") from None
+    if proto not in _PORT_PROTOS and not (proto is None and any_proto):
+        raise Unsupported(f"set entry part {text!r} (only tcp, udp and sctp ports are evaluated)")
+    return proto, a, b
+
+
+class SetMembers:
+    """One ipset as the walk reads it: its type and its entries as `ipset save` prints them.
+
+    Shared by every tracer that meets `-m set`: IPVS mode feeds its
+    compiled sets, a node's `ipset save` feeds the same. An entry is split
+    into its dimensions once, when the set is made, so a match is a few
+    comparisons. A type or an entry the walk cannot read raises
+    `Unsupported` when a rule asks about the set, not before.
+    """
+
+    __slots__ = ("name", "type", "entries", "_parsed", "_error")
+
+    def __init__(self, name: str, type: str, entries) -> None:
+        self.name, self.type, self.entries = name, type, tuple(entries)
+        self._parsed: list[tuple] | None = None
+        self._error: str | None = None
+
+    def _rows(self) -> list[tuple]:
+        if self._parsed is None:
+            dims = SET_DIMENSIONS.get(self.type)
+            if dims is None:
+                raise Unsupported(f"set {self.name} of type {self.type} (the walk reads "
+                                  f"{', '.join(SET_DIMENSIONS)})")
+            rows = []
+            for e in self.entries:
+                parts = e.split(",")
+                if len(parts) != len(dims):
+                    raise Unsupported(f"entry {e!r} of set {self.name} ({self.type})")
+                row = []
+                for kind, part in zip(dims, parts):
+                    if kind == "port" or kind == "anyport":
+                        row.append(_set_port(part, kind == "anyport"))
+                    elif kind == "net" or "/" in part:
+                        row.append(network(part))
+                    else:
+                        row.append(address(part))
+                rows.append(tuple(row))
+            self._parsed = rows
+        return self._parsed
+
+    def dimension(self) -> int:
+        dims = SET_DIMENSIONS.get(self.type)
+        if dims is None:
+            self._rows()  # raises with the reason
+        return len(dims or ())
+
+    def contains(self, values: tuple) -> bool:
+        """Does an entry hold VALUES: per dimension an address, or (proto, port)?"""
+        for row in self._rows():
+            for want, have in zip(row, values):
+                if isinstance(want, tuple):
+                    proto, port = have
+                    if (want[0] is not None and proto != want[0]) or not want[1] <= port <= want[2]:
+                        break
+                elif isinstance(want, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+                    if have.version != want.version or have not in want:
+                        break
+                elif have != want:
+                    break
+            else:
+                return True
+        return False
+
+
+def set_match(sets, name: str, flags: str, proto: str, src: str, sport: int, dst: str, dport: int) -> bool:
+    """`--match-set NAME FLAGS` for one packet: is its (src|dst per flag) tuple in the set?
+
+    As the kernel's set match: fewer flags than the set's dimension never
+    match; extra flags are ignored; a port dimension matches only a packet
+    with ports (tcp, udp, sctp).
+    """
+    members = sets.get(name) if sets is not None else None
+    if members is None:
+        raise Unsupported(f"set {name} is not known (no ipset listing holds it)")
+    words = flags.split(",")
+    if not words or any(w not in ("src", "dst") for w in words):
+        raise Unsupported(f"set flags {flags!r}")
+    dims = SET_DIMENSIONS.get(members.type) or ()
+    if len(words) < members.dimension():
+        return False
+    values = []
+    for kind, w in zip(dims, words):
+        if kind == "port" or kind == "anyport":
+            if proto not in _PORT_PROTOS:
+                return False
+            values.append((proto, sport if w == "src" else dport))
+        else:
+            values.append(address(src if w == "src" else dst))
+    return members.contains(tuple(values))
+
+
+def ipvs_match(virtual: tuple[str, str, int] | None, option: str, value: str | None) -> bool:
+    """One option of `-m ipvs`, for a packet IPVS handled (VIRTUAL: its service) or not (None).
+
+    `--ipvs` asks "did IPVS handle the packet"; the others compare the
+    service's protocol, address and port, and `--vdir ORIGINAL` the
+    direction (a traced packet is always the connection's first, original
+    direction). A packet IPVS did not handle matches no option but a
+    negated `--ipvs` (the caller applies negation).
+    """
+    if option == "--ipvs":
+        return virtual is not None
+    if virtual is None:
+        return False
+    proto, vaddr, vport = virtual
+    if option == "--vproto":
+        v = (value or "").lower()
+        if v.isdigit():
+            return PROTO_NUMBERS.get(proto) == int(v)
+        if v not in PROTO_NUMBERS:
+            raise Unsupported(f"--vproto {value!r}")
+        return v == proto
+    if option == "--vaddr":
+        return in_cidr(vaddr, value or "")
+    if option == "--vport":
+        return port_match(vport, value or "")
+    if option == "--vdir":
+        v = (value or "").upper()
+        if v not in ("ORIGINAL", "REPLY"):
+            raise Unsupported(f"--vdir {value!r}")
+        return v == "ORIGINAL"
+    raise Unsupported(f"option {option} of match 'ipvs'")

@@ -271,6 +271,7 @@ def _mark(v: str) -> str:
 
 
 _CTSTATE_ORDER = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED", "SNAT", "DNAT")
+_IP_PROTOS = {"tcp": "6", "udp": "17", "sctp": "132"}
 
 
 def _probability(v: str) -> str | None:
@@ -310,6 +311,13 @@ def _canon_opt(module: str, name: str, vals: Sequence[str], negated: bool) -> tu
             name = "--dport"
         elif name == "--source-port":
             name = "--sport"
+    elif module == "ipvs" and vals:
+        # kube-proxy writes `--vaddr 192.0.2.74 --vproto tcp`; iptables-save prints the protocol's number
+        # (seen in the IPVS VM: `--vproto 6 --vaddr 192.0.2.74`).
+        if name == "--vproto":
+            vals = (_IP_PROTOS.get(vals[0].lower(), vals[0]),)
+        elif name == "--vaddr":
+            vals = (_addr(vals[0]),)
     return name, vals
 
 
@@ -353,7 +361,7 @@ def _fmt(name: str, vals: Sequence[str], negated: bool, q: Callable[[str], str] 
 
 
 # Modules whose options `_canon_opt` may respell; other options print as written.
-_CANON_MODULES = frozenset(("recent", "mark", "statistic", "conntrack", "state", "tcp", "udp", "sctp"))
+_CANON_MODULES = frozenset(("recent", "mark", "statistic", "conntrack", "state", "tcp", "udp", "sctp", "ipvs"))
 _first = itemgetter(0)  # sort key: the sorts below are stable and look at the name/rank only
 
 

@@ -19,6 +19,18 @@ Tables missing from the rules are skipped. The tracer understands exactly
 what `matchers` evaluates; any other match, option or target stops the
 trace with a `TraceError` naming the rule (only rules the packet reaches
 are evaluated, so unknown rules elsewhere in a node's dump do no harm).
+
+Two places in that order belong to the kernel's other packet handlers, not
+to xtables: `local-in` (after filter and security INPUT, before nat INPUT:
+where IPVS takes packets for a local address) and `local-out` (after nat
+OUTPUT and re-routing: where IPVS takes the node's own packets). A tracer
+that models such a handler passes a `Step` for it; without one the walk goes
+straight on. A step may split the connection into branches whose shares it
+cannot know (a scheduler that counts live connections): such a path carries
+`probability=None`, the reason, and the share of the group it belongs to.
+`-m set` matches read the sets a tracer passes (`sets`: name →
+`matchers.SetMembers`), so IPVS mode's compiled sets and a node's
+`ipset save` are read alike.
 """
 
 from __future__ import annotations
@@ -26,7 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from functools import lru_cache
-from typing import Callable
+from typing import Callable, Mapping, Protocol
 
 from ...trace.model import Hop, Packet, Path, TraceError
 from . import matchers as M
@@ -35,17 +47,51 @@ from .model import BUILTIN_CHAINS, Ruleset
 from .spec import Match, Spec, SpecError, parse_spec
 
 PRE = (("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("nat", "PREROUTING"), ("route", "in"))
-TO_LOCAL = (("mangle", "INPUT"), ("filter", "INPUT"), ("security", "INPUT"), ("nat", "INPUT"), ("deliver", "local"))
+TO_LOCAL = (("mangle", "INPUT"), ("filter", "INPUT"), ("security", "INPUT"), ("step", "local-in"), ("nat", "INPUT"),
+            ("deliver", "local"))
 FORWARD = (("mangle", "FORWARD"), ("filter", "FORWARD"), ("security", "FORWARD"),
            ("mangle", "POSTROUTING"), ("nat", "POSTROUTING"), ("deliver", "out"))
-OUT = (("raw", "OUTPUT"), ("mangle", "OUTPUT"), ("nat", "OUTPUT"), ("route", "out"), ("filter", "OUTPUT"),
-       ("security", "OUTPUT"), ("mangle", "POSTROUTING"), ("nat", "POSTROUTING"), ("route", "loop"))
+OUT = (("raw", "OUTPUT"), ("mangle", "OUTPUT"), ("nat", "OUTPUT"), ("route", "out"), ("step", "local-out"),
+       ("filter", "OUTPUT"), ("security", "OUTPUT"), ("mangle", "POSTROUTING"), ("nat", "POSTROUTING"),
+       ("route", "loop"))
+# A packet a step sends on again as the node's own (IPVS's NAT forwarding does):
+# the OUTPUT hooks but nat (the connection's destination NAT is settled), then
+# POSTROUTING, where source NAT is still open.
+RESENT = (("raw", "OUTPUT"), ("mangle", "OUTPUT"), ("route", "out"), ("filter", "OUTPUT"), ("security", "OUTPUT"),
+          ("mangle", "POSTROUTING"), ("nat", "POSTROUTING"), ("route", "loop"))
 LOOP_IN = (("raw", "PREROUTING"), ("mangle", "PREROUTING"), ("mangle", "INPUT"), ("filter", "INPUT"),
            ("security", "INPUT"), ("deliver", "local"))
 
 MAX_PATHS = 20000
 MAX_STEPS = 2_000_000
 MAX_DEPTH = 64  # deeper than any real chain nesting; the kernel refuses loops at load time
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One way a step sends the packet on.
+
+    `share` is the fraction of the connections reaching the step that take
+    this branch, or None when the step cannot know it (`unknown` says why;
+    `weight` is what the step weighs it by). `then` replaces the hooks
+    still to come (None: carry on), `verdict` ends the path there.
+    """
+
+    share: Fraction | None
+    packet: Packet
+    hop: Hop
+    then: tuple[tuple[str, str], ...] | None = None
+    verdict: str | None = None
+    unknown: str = ""
+    weight: int | None = None
+    affinity: int | None = None
+    notes: tuple[str, ...] = ()
+
+
+class Step(Protocol):
+    """A packet handler outside xtables: None (or no branch) when the packet is not for it."""
+
+    def __call__(self, pkt: Packet) -> list[Branch] | None: ...
 
 
 @dataclass
@@ -125,10 +171,14 @@ class _Walk:
     affinity: int | None = None
     key: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    unknown: str = ""  # why this path's share is not known (a step could not say)
+    group: tuple | None = None  # (branch key, share) of the group of paths an unknown split made
+    weight: int | None = None
 
     def fork(self) -> "_Walk":
         return _Walk(self.pkt, self.prob, list(self.hops), list(self.hooks), [list(f) for f in self.stack],
-                     self.masq, self.affinity, list(self.key), list(self.notes))
+                     self.masq, self.affinity, list(self.key), list(self.notes), self.unknown, self.group,
+                     self.weight)
 
 
 @dataclass(frozen=True)
@@ -150,11 +200,19 @@ class Engine:
     """
 
     def __init__(self, rules: Rules, node_ips: tuple[str, ...] | frozenset[str], out_iface: str = "eth0",
-                 pod_iface: Callable[[str], str | None] | None = None) -> None:
+                 pod_iface: Callable[[str], str | None] | None = None, *,
+                 sets: Mapping[str, M.SetMembers] | None = None, bridged: frozenset[str] = frozenset(),
+                 steps: Mapping[str, Step] | None = None) -> None:
+        """NODE_IPS: every address LOCAL to the node; SETS: the ipsets `-m set` reads; BRIDGED: interfaces
+        that are bridges (a packet in on one came through a bridge port: `physdev --physdev-is-in`);
+        STEPS: handlers for the `local-in` / `local-out` places (see the module's docstring)."""
         self.rules = rules
         self.local = frozenset(node_ips)
         self.out_iface = out_iface
         self.pod_iface = pod_iface
+        self.sets = sets
+        self.bridged = bridged
+        self.handlers = dict(steps or {})
         self.steps = 0
 
     def _out(self, dst: str) -> tuple[str, str]:
@@ -192,6 +250,14 @@ class Engine:
                 w.hooks.pop(0)
                 self._route(w, chain)
                 continue
+            if table == "step":
+                w.hooks.pop(0)
+                handler = self.handlers.get(chain)
+                if handler is not None:
+                    self._step(w, handler(w.pkt) or [], work)
+                continue
+            if table == "end":
+                return self._finish(w, chain, "")
             if table == "deliver":
                 return self._finish(w, "DNAT" if w.pkt.dnat else "ACCEPT", chain)
             if table not in self.rules.chains:
@@ -214,7 +280,36 @@ class Engine:
                 text = f"sent on to {dest}" + (f" via {p.out_iface}" if p.out_iface else "")
             w.hops.append(Hop("deliver", "", "", 0, text, verdict))
         notes = tuple(n.replace("{endpoint}", p.dst_endpoint) for n in w.notes)
-        return Path(w.prob, verdict, tuple(w.hops), p, w.masq, w.affinity, tuple(w.key), notes)
+        if w.unknown:
+            return Path(None, verdict, tuple(w.hops), p, w.masq, w.affinity, tuple(w.key), notes,
+                        w.unknown, w.group, w.weight)
+        return Path(w.prob, verdict, tuple(w.hops), p, w.masq, w.affinity, tuple(w.key), notes, weight=w.weight)
+
+    def _step(self, w: _Walk, branches: list[Branch], work: list[_Walk]) -> None:
+        """Send W on along each branch a step chose (forks for all but the first)."""
+        if not branches:
+            return
+        key, share = tuple(w.key), w.prob
+        walks = [w] + [w.fork() for _ in branches[1:]]
+        for i, (b, x) in enumerate(zip(branches, walks)):
+            if len(branches) > 1:
+                x.key.append(i)
+            if b.share is None:
+                x.unknown, x.group = b.unknown, (key, share)
+            else:
+                x.prob = share * b.share
+            x.pkt = b.packet
+            x.hops.append(b.hop)
+            x.notes.extend(b.notes)
+            x.weight = b.weight
+            if b.affinity is not None:
+                x.affinity = b.affinity
+            if b.verdict is not None:
+                x.hooks = [("end", b.verdict)]
+            elif b.then is not None:
+                x.hooks = list(b.then)
+            if x is not w:
+                work.append(x)
 
     def _route(self, w: _Walk, which: str) -> None:
         p = w.pkt
@@ -409,6 +504,31 @@ class Engine:
                 return False
         return True
 
+    def _m_set(self, m: Match, pkt: Packet, sets: list[str]) -> bool:
+        for o in m.opts:
+            name, flags = o.values
+            if M.set_match(self.sets, name, flags, pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport) == o.negated:
+                return False
+        return True
+
+    def _m_ipvs(self, m: Match, pkt: Packet, sets: list[str]) -> bool:
+        # The kernel's rule: a packet IPVS did not handle matches only a negated --ipvs.
+        if pkt.virtual is None:
+            o = m.get("--ipvs")
+            return o is not None and o.negated
+        for o in m.opts:
+            if M.ipvs_match(pkt.virtual, o.name, o.values[0] if o.values else None) == o.negated:
+                return False
+        return True
+
+    def _m_physdev(self, m: Match, pkt: Packet, sets: list[str]) -> bool:
+        for o in m.opts:
+            # Came in through a bridge port; a routed packet is never being bridged.
+            r = pkt.in_iface in self.bridged if o.name == "--physdev-is-in" else False
+            if r == o.negated:
+                return False
+        return True
+
     # ------------------------------------------------------------------ targets
 
     def _target(self, w: _Walk, sp: Spec, ctx: _Ctx) -> tuple[str | None, str]:
@@ -489,6 +609,9 @@ _MATCH_OPTS: dict[str, dict[str, int]] = {
                "--hitcount": 1, "--rttl": 0, "--rsource": 0, "--rdest": 0, "--mask": 1},
     "conntrack": {"--ctstate": 1},
     "state": {"--state": 1},
+    "set": {"--match-set": 2},
+    "ipvs": {"--ipvs": 0, "--vproto": 1, "--vaddr": 1, "--vport": 1, "--vdir": 1},
+    "physdev": {"--physdev-is-in": 0, "--physdev-is-bridged": 0},
 }
 _RECENT_CMDS = ("--set", "--rcheck", "--update", "--remove")
 _LOG_OPTS = {"--log-prefix": 1, "--log-level": 1, "--log-tcp-sequence": 0, "--log-tcp-options": 0,
@@ -607,6 +730,14 @@ def _check_values(m: Match) -> None:
     elif mod in ("conntrack", "state"):
         for o in m.opts:
             M.ctstate_match(o.values[0], False, False)
+    elif mod == "set":
+        for o in m.opts:
+            if any(w not in ("src", "dst") for w in o.values[1].split(",")):
+                raise Unsupported(f"set flags {o.values[1]!r} (src and dst are evaluated)")
+    elif mod == "ipvs":
+        for o in m.opts:
+            if o.values:
+                M.ipvs_match(("tcp", "0.0.0.0", 0), o.name, o.values[0])
 
 
 _MATCHES: dict[str, Callable] = {
@@ -621,4 +752,7 @@ _MATCHES: dict[str, Callable] = {
     "recent": Engine._m_recent,
     "conntrack": Engine._m_conntrack,
     "state": Engine._m_conntrack,
+    "set": Engine._m_set,
+    "ipvs": Engine._m_ipvs,
+    "physdev": Engine._m_physdev,
 }
