@@ -98,6 +98,16 @@ class Backend(Generic[IR]):
         """What lays the mode's IR out for `rulegen diff`'s neutral comparison."""
         return None
 
+    def lab_probes(self, compiled: Any, probes: list[Any], requests: int, notes: list[str]) -> list[Any]:
+        """The lab's probes (`lab.probes.Probe`) with this mode's expectations.
+
+        The lab plans each access path's outcome by kube-proxy's iptables
+        logic; a mode whose kernel objects behave otherwise returns the
+        probes corrected (`dataclasses.replace`; REQUESTS is what a path
+        that answers gets), and may add a line to NOTES.
+        """
+        return probes
+
     def lint_checks(self) -> tuple[Any, ...]:
         """Lint checks only this mode needs (functions of `lint.context.Context` yielding `Finding`s).
 

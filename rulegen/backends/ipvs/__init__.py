@@ -6,7 +6,8 @@ IPVS over netlink, then the glue); the glue's xtables IR, renderer, parser
 and applier are the shared ones in `rulegen.dataplane.xtables`. The tracer
 (`trace`) walks the glue with the shared xtables walk and IPVS's scheduling
 as a step of it; the diff view (`views`) lays the state out as virtual
-servers, sets and chains; `lint` holds the pitfalls only IPVS mode has.
+servers, sets and chains; `lint` holds the pitfalls only IPVS mode has;
+`lab` gives the lab's probes the tracer's expectations.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ class IPVSBackend(Backend[IPVSState]):
         from .views import VIEW
 
         return VIEW
+
+    def lab_probes(self, compiled: Any, probes: list[Any], requests: int, notes: list[str]) -> list[Any]:
+        from .lab import lab_probes
+
+        return lab_probes(compiled, probes, requests, notes)
 
     def lint_checks(self) -> tuple[Any, ...]:
         from .lint import CHECKS

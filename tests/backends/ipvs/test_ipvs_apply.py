@@ -361,3 +361,17 @@ def test_on_a_kernel_without_ip_vs_apply_exits_2_naming_it_and_changes_nothing(c
         after = state()
         assert after == before
         assert "kube-ipvs0" not in after[0] and after[2] == "" and "KUBE-" not in after[3]
+
+
+@pytest.mark.root
+def test_on_a_kernel_without_ip_vs_lab_exits_2_naming_it_before_building_anything(cli):
+    if ipvs_missing_reason(None) is None:
+        pytest.skip("this kernel has IPVS: the IPVS VM runs the lab in IPVS mode; this one is for kernels without it")
+    before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    r = cli("lab", "fixtures/ipvs-scheduler-wrr", "--mode", "ipvs", "--requests", "5")
+    assert r.exit_code == 2
+    assert "rulegen: error: " in r.output and "the ip_vs module is not loaded" in r.output
+    assert "nothing was changed" in r.output and "Traceback" not in r.output
+    assert "building" not in r.output  # the lab logs its namespaces before it makes the first one
+    assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.count("rglab-") <= \
+        before.count("rglab-")
