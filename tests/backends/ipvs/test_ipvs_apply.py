@@ -4,7 +4,7 @@ Every client of the fake bundle logs its changes (`FakeIPVS.log`, the
 payloads `FakeIPSets` restored, `FakeLinks.log`, `FakeXtables`'
 restores, the sysctls `FakeNamespaces` set), so "nothing changed" is
 counted, not inferred from the end state. The same checks against a real
-kernel with ip_vs run in the IPVS VM (tests/vm/test_ipvs_apply.py).
+kernel with ip_vs run in the IPVS VM (tests/vm/test_ipvs_kernel_apply.py).
 """
 
 from __future__ import annotations
