@@ -431,8 +431,8 @@ def test_bad_namespace_name_is_usage_error(kernel):
 
 def test_other_modes_are_not_implemented_yet(kernel):
     c = compiled(cluster())
-    c = dataclasses.replace(c, settings=dataclasses.replace(c.settings, mode="ipvs"))
-    with pytest.raises(UsageError, match=r"^--mode ipvs: apply is not implemented yet \(implemented for: iptables\)$"):
+    c = dataclasses.replace(c, settings=dataclasses.replace(c.settings, mode="nftables"))
+    with pytest.raises(UsageError, match=r"^--mode nftables: apply is not implemented yet \(implemented for: iptables, ipvs\)$"):
         apply(c, "rgt-apply-a", create=True, kernel=kernel, state_dir=None)
     assert not kernel.netns.exists("rgt-apply-a")  # refused before anything was made
 
@@ -473,8 +473,8 @@ def test_cli_missing_namespace_exit_2():
     assert not os.path.exists(f"/run/netns/{name}")
 
 
-def test_cli_ipvs_mode_exit_2(monkeypatch):
-    r = CliRunner().invoke(main, ["apply", str(EXAMPLE), "--netns", "rgt-apply-x", "--mode", "ipvs"])
+def test_cli_nftables_mode_exit_2(monkeypatch):
+    r = CliRunner().invoke(main, ["apply", str(EXAMPLE), "--netns", "rgt-apply-x", "--mode", "nftables"])
     assert r.exit_code == 2 and "not implemented yet" in r.output
 
 
