@@ -56,10 +56,8 @@ def test_lab_sends_real_traffic_through_ipvs_as_the_tracer_predicts(tmp_path, mo
         assert r.sent == r.answered == REQUESTS, r.probe.path
         assert set(r.hits) == set(r.probe.endpoints) and len(r.hits) == 2, r.probe.path
         assert r.p_value is not None and r.p_value >= lab.P_FAIL, (r.probe.path, r.hits)
-        # rr hands out TCP connections in turn: two real servers differ by at most one (a UDP datagram
-        # whose source port IPVS still holds a connection entry for goes where that entry says)
-        if r.probe.proto == "tcp":
-            assert max(r.hits.values()) - min(r.hits.values()) <= 1, (r.probe.path, r.hits)
+        # (not "at most one apart": the lab's client overlaps connections and retries, and the rr pointer
+        # is shared by the paths to one virtual server; 11/9 was seen)
         # the servers saw the client's own address, or (masqueraded, or sent by the node) a node address
         seen = set(r.peers)
         assert seen == {r.probe.src_ip} if r.probe.masq == "client" else seen <= set(plan.node_ips), (r.probe.path, seen)
