@@ -12,26 +12,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from rulegen.dataplane.ipvs import FLAG_PERSISTENT, FLAG_SCHED2, IPVS, IPVSError, RealServer, VirtualServer
+from rulegen.dataplane.ipvs import FLAG_PERSISTENT, FLAG_SCHED2, IPVS, ROUTE, TUNNEL, IPVSError, RealServer, VirtualServer
 
-WEB = VirtualServer("10.100.0.10", "TCP", 80, "rr")
-DNS = VirtualServer("10.100.0.10", "UDP", 53, "wrr")
-STICKY = VirtualServer("10.100.0.11", "TCP", 443, "sh", flags=FLAG_PERSISTENT, timeout=10800)
-MH = VirtualServer("10.100.0.12", "TCP", 8443, "mh", flags=FLAG_SCHED2)
-SCTP = VirtualServer("10.100.0.13", "SCTP", 9000, "rr")
-WEB6 = VirtualServer("fd00:100::10", "TCP", 80, "rr")
-STICKY6 = VirtualServer("fd00:100::11", "TCP", 80, "rr", flags=FLAG_PERSISTENT, timeout=60, netmask=64)
-MISSING = VirtualServer("10.100.0.99", "TCP", 80, "rr")
-UNKNOWN_SCHED = VirtualServer("10.100.0.14", "TCP", 80, "nosuch")
+WEB = VirtualServer.new("tcp", "10.100.0.10", 80, "rr")
+DNS = VirtualServer.new("udp", "10.100.0.10", 53, "wrr")
+STICKY = VirtualServer.new("tcp", "10.100.0.11", 443, "sh", flags=FLAG_PERSISTENT, timeout=10800)
+MH = VirtualServer.new("tcp", "10.100.0.12", 8443, "mh", flags=FLAG_SCHED2)
+SCTP = VirtualServer.new("sctp", "10.100.0.13", 9000, "rr")
+WEB6 = VirtualServer.new("tcp", "fd00:100::10", 80, "rr")
+STICKY6 = VirtualServer.new("tcp", "fd00:100::11", 80, "rr", flags=FLAG_PERSISTENT, timeout=60, netmask=64)
+MISSING = VirtualServer.new("tcp", "10.100.0.99", 80, "rr")
+UNKNOWN_SCHED = VirtualServer.new("tcp", "10.100.0.14", 80, "nosuch")
 
-W1 = RealServer("10.200.1.1", 8080)
-W2 = RealServer("10.200.1.2", 8080)
-W3 = RealServer("10.200.1.3", 8080)
-D1 = RealServer("10.200.2.1", 5353, weight=3)
-D2 = RealServer("10.200.2.2", 5353, weight=1)
-V6 = RealServer("fd00:200::1", 8080, weight=2)
-ROUTED = RealServer("10.200.3.1", 443, forward="route")
-TUNNEL6 = RealServer("fd00:200::7", 443, forward="tunnel")
+W1 = RealServer.new("10.200.1.1", 8080)
+W2 = RealServer.new("10.200.1.2", 8080)
+W3 = RealServer.new("10.200.1.3", 8080)
+D1 = RealServer.new("10.200.2.1", 5353, weight=3)
+D2 = RealServer.new("10.200.2.2", 5353, weight=1)
+V6 = RealServer.new("fd00:200::1", 8080, weight=2)
+ROUTED = RealServer.new("10.200.3.1", 443, method=ROUTE)
+TUNNEL6 = RealServer.new("fd00:200::7", 443, method=TUNNEL)
 
 SCRIPT: list[tuple] = [
     ("add_virtual_server", WEB),
@@ -55,14 +55,14 @@ SCRIPT: list[tuple] = [
     ("add_real_server", STICKY, ROUTED),
     ("add_real_server", STICKY, TUNNEL6),  # another family, tunnelled: allowed
     ("real_servers", WEB),
-    ("update_real_server", DNS, RealServer("10.200.2.2", 5353, weight=0)),  # graceful termination
-    ("update_real_server", DNS, RealServer("10.200.2.9", 5353, weight=1)),  # ENOENT
+    ("update_real_server", DNS, RealServer.new("10.200.2.2", 5353, weight=0)),  # graceful termination
+    ("update_real_server", DNS, RealServer.new("10.200.2.9", 5353, weight=1)),  # ENOENT
     ("update_real_server", MISSING, W1),  # ESRCH
-    ("update_virtual_server", VirtualServer("10.100.0.10", "TCP", 80, "wrr")),
-    ("update_virtual_server", VirtualServer("10.100.0.11", "TCP", 443, "sh")),  # persistence off
+    ("update_virtual_server", VirtualServer.new("tcp", "10.100.0.10", 80, "wrr")),
+    ("update_virtual_server", VirtualServer.new("tcp", "10.100.0.11", 443, "sh")),  # persistence off
     ("update_virtual_server", MISSING),  # ESRCH
-    ("update_virtual_server", VirtualServer("10.100.0.12", "TCP", 8443, "nosuch")),  # ENOENT
-    ("get_virtual_server", VirtualServer("10.100.0.10", "TCP", 80)),
+    ("update_virtual_server", VirtualServer.new("tcp", "10.100.0.12", 8443, "nosuch")),  # ENOENT
+    ("get_virtual_server", VirtualServer.new("tcp", "10.100.0.10", 80)),
     ("get_virtual_server", MISSING),
     ("delete_real_server", WEB, W3),
     ("delete_real_server", WEB, W3),  # ENOENT

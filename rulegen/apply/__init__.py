@@ -64,6 +64,9 @@ def apply(compiled: Compiled, netns: str, create: bool = False, dry_run: bool = 
     if state_dir is DEFAULT:
         state_dir = default_state_dir()
     with namespace_lock(netns, lock_dir, lock_timeout, notify):
+        preflight = getattr(applier, "preflight", None)
+        if preflight is not None:  # a mode that cannot work in this kernel stops before anything is made
+            preflight(compiled, kernel)
         created = False
         if not kernel.netns.exists(netns):
             if not create:

@@ -146,6 +146,16 @@ class Backend(Generic[IR]):
         """
         return None
 
+    def lab_probes(self, compiled: Any, probes: list[Any], requests: int, notes: list[str]) -> list[Any]:
+        """The lab's probes (`lab.probes.Probe`) with this mode's expectations.
+
+        The lab plans each access path's outcome by kube-proxy's iptables
+        logic; a mode whose kernel objects behave otherwise returns the
+        probes corrected (`dataclasses.replace`; REQUESTS is what a path
+        that answers gets), and may add a line to NOTES.
+        """
+        return probes
+
     def lint_checks(self) -> tuple[Any, ...]:
         """Lint checks only this mode needs (functions of `lint.context.Context` yielding `Finding`s).
 
@@ -214,6 +224,10 @@ class Applier(Protocol):
     """
 
     state_files: tuple[str, ...]  # file names it keeps in a namespace's state folder (pruning deletes these)
+
+    # Optional: `preflight(compiled, kernel)`, called before the namespace is
+    # made (`--create`) or anything else changes, raises a UsageError when the
+    # mode cannot work in this kernel at all (IPVS mode without ip_vs).
 
     def apply(self, compiled: Compiled, netns: str, kernel: Kernel, *, dry_run: bool,
               state_dir: str | None) -> ApplyResult:

@@ -71,6 +71,9 @@ class FakeNamespaces(Namespaces):
         self.get(name).sysctls[key] = value
         self.log.append(("sysctl", name, key, value))
 
+    def sysctl(self, name: str, key: str) -> str | None:
+        return self.get(name).sysctls.get(key)
+
     def run(self, name: str, argv: Sequence[str], input: str | None = None,
             timeout: float = 30.0) -> subprocess.CompletedProcess:
         self.get(name)

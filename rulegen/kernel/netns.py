@@ -80,6 +80,10 @@ class Namespaces:
     def set_sysctl(self, name: str, key: str, value: str) -> None:
         raise NotImplementedError
 
+    def sysctl(self, name: str, key: str) -> str | None:
+        """The value of sysctl KEY (`net.ipv4.ip_forward`) in NAME, None when the kernel has no such key."""
+        raise NotImplementedError
+
     def run(self, name: str, argv: Sequence[str], input: str | None = None,
             timeout: float = 30.0) -> subprocess.CompletedProcess:
         raise NotImplementedError
@@ -129,15 +133,11 @@ class RealNamespaces(Namespaces):
         self.require_root()
         if self.exists(name):
             raise NetnsError(f"network namespace {name!r} already exists")
-        from pyroute2 import netns as pnetns
-
         try:
-            pnetns.create(name)
+            _make(name)
         except OSError as e:
             raise NetnsError(f"cannot create network namespace {name!r}: {e.strerror or e}") from None
         self._changed(name)
-        # A new namespace has its loopback down; most uses expect it up.
-        self.exec(name, ["ip", "link", "set", "lo", "up"], check=False)
 
     def delete(self, name: str) -> None:
         check_name(name)
@@ -242,6 +242,20 @@ class RealNamespaces(Namespaces):
         self.need(name)
         self.exec(name, ["sysctl", "-q", "-w", f"{key}={value}"], check=True)
 
+    def sysctl(self, name: str, key: str) -> str | None:
+        self.need(name)
+        path = "/proc/sys/" + key.replace(".", "/")
+
+        def read() -> str | None:
+            # /proc/sys/net shows the namespace of the thread that opens it.
+            try:
+                with open(path) as f:
+                    return " ".join(f.read().split())
+            except FileNotFoundError:
+                return None
+
+        return _in_netns(name, read)
+
 
 _BOOT_ID: list[str] = []
 
@@ -254,6 +268,69 @@ def _boot_id() -> str:
         except OSError:
             _BOOT_ID.append("")
     return _BOOT_ID[0]
+
+
+_MS_BIND, _MS_REC, _MS_SHARED = 0x1000, 0x4000, 0x100000
+
+
+def _make(name: str) -> None:
+    """Make namespace NAME as `ip netns add` does, without forking: in a thread that leaves with it.
+
+    NETNS_DIR becomes a shared mount (bound onto itself first if it is no
+    mount point), so the namespaces mounted in it show in every mount
+    namespace; a file there is the mount point; a short-lived thread
+    unshares its network namespace, brings its loopback up and binds its
+    own `/proc/thread-self/ns/net` onto the file, which keeps the namespace
+    alive once the thread is gone. (pyroute2 forks a helper for this and
+    waits for it with a timeout that a slow machine, such as the IPVS test
+    VM under emulation, can outlast.)
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    os.makedirs(NETNS_DIR, mode=0o755, exist_ok=True)
+    d = NETNS_DIR.encode()
+    if libc.mount(b"none", d, None, _MS_SHARED | _MS_REC, None) != 0:
+        if libc.mount(d, d, b"none", _MS_BIND | _MS_REC, None) != 0 or \
+                libc.mount(b"none", d, None, _MS_SHARED | _MS_REC, None) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"cannot make {NETNS_DIR} a shared mount: {os.strerror(err)}")
+    path = os.path.join(NETNS_DIR, name)
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+    out: dict[str, Any] = {}
+
+    def work() -> None:
+        if libc.unshare(_CLONE_NEWNET) != 0:
+            out["err"] = (ctypes.get_errno(), "unshare")
+            return
+        try:
+            _loopback_up()
+        except Exception as e:  # noqa: BLE001 - reported from the caller's thread
+            out["err"] = (getattr(e, "errno", None) or errno.EIO, "bring up lo in")
+            return
+        if libc.mount(b"/proc/thread-self/ns/net", path.encode(), b"none", _MS_BIND, None) != 0:
+            out["err"] = (ctypes.get_errno(), "mount")
+
+    t = threading.Thread(target=work, name=f"netns-add-{name}")
+    t.start()
+    t.join()
+    if "err" in out:
+        err, what = out["err"]
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        raise OSError(err, f"cannot {what} the new namespace: {os.strerror(err)}")
+
+
+def _loopback_up() -> None:
+    """Set `lo` up in the calling thread's namespace (SIOCSIFFLAGS: no netlink library needed)."""
+    import fcntl
+    import struct
+
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        req = struct.pack("16sh", b"lo", 0)
+        flags = struct.unpack_from("16sh", fcntl.ioctl(sock, siocgifflags, req + b"\0" * 22))[1]
+        fcntl.ioctl(sock, siocsifflags, struct.pack("16sh", b"lo", flags | iff_up) + b"\0" * 22)
 
 
 def _in_netns(name: str, fn: Callable[[], Any]) -> Any:

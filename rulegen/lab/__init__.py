@@ -15,6 +15,7 @@ import signal
 import time
 from typing import Any, Callable
 
+from .. import backends
 from ..diagnostics import UsageError
 from .judge import MIN_EXPECTED, P_FAIL, PathResult, chi2_sf, chi_square_p, gammaincc, judge
 from .probes import (
@@ -44,6 +45,9 @@ def run(compiled: Any, recompile: Callable[[dict], Any], plan: LabPlan, timeout:
     t0 = time.time()
     lab = Lab(plan, run_id=run_id, deadline=t0 + timeout)
     notes = list(plan.notes)
+    preflight = getattr(backends.require(compiled.settings.mode, "applier"), "preflight", None)
+    if preflight is not None:  # a mode this kernel cannot run stops before anything is built
+        preflight(compiled, lab.kernel)
 
     # A SIGINT ignored by whoever started us (a background job) stays ignored.
     sigs = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]

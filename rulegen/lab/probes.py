@@ -197,6 +197,7 @@ def build_plan(compiled: Any, requests: int = 200, services: tuple[str, ...] = (
         notes.append("endpoints on a node IP (hostNetwork) are served inside the node namespace")
 
     probes = _probes(compiled, ports, node_ips, client_ip, cpod_ip, requests, notes)
+    probes = backends.get(settings.mode).lab_probes(compiled, probes, requests, notes)
     return LabPlan(node_ips, client_ip, cpod_ip, tuple(pods), tuple(probes), settings.hostname, notes)
 
 

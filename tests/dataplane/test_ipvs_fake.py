@@ -12,52 +12,82 @@ import errno
 import ipvs_script as S
 import pytest
 
+from msgspec.structs import replace
+
 from rulegen.dataplane.ipvs import (
     FLAG_PERSISTENT,
+    ROUTE,
+    TUNNEL,
     FakeIPVS,
     IPVSError,
     RealServer,
     VirtualServer,
     load_table,
     render,
+    sorted_services,
 )
 from rulegen.dataplane.ipvs.model import FLAG_HASHED
 from rulegen.diagnostics import UsageError
 
 
 def test_records_are_canonical_and_checked():
-    vs = VirtualServer("fd00:0:0::0010", "tcp", 80, flags=FLAG_PERSISTENT | FLAG_HASHED, timeout=5)
-    assert (vs.address, vs.protocol, vs.flags, vs.netmask) == ("fd00::10", "TCP", FLAG_PERSISTENT, 128)
-    assert VirtualServer("10.0.0.1", "UDP", 53).netmask == 32
-    assert vs == VirtualServer("fd00::10", "TCP", 80, flags=FLAG_PERSISTENT, timeout=5, netmask=128)
+    vs = VirtualServer.new("TCP", "fd00:0:0::0010", 80, flags=FLAG_PERSISTENT | FLAG_HASHED, timeout=5, netmask=128)
+    assert (vs.address, vs.protocol, vs.flags, vs.netmask) == ("fd00::10", "tcp", FLAG_PERSISTENT, 0)
+    assert vs == VirtualServer("tcp", "fd00::10", 80, flags=FLAG_PERSISTENT, timeout=5)
+    assert VirtualServer.new("udp", "10.0.0.1", 53, netmask=24).netmask == 24
+    assert str(vs) == "TCP [fd00::10]:80" and vs.family == 6 and vs.key == ("tcp", "fd00::10", 80)
     for bad in (dict(address="10.0.0.300"), dict(protocol="ICMP"), dict(port=70000), dict(scheduler=""),
                 dict(scheduler="x" * 16), dict(netmask=33), dict(timeout=-1)):
         args = dict(address="10.0.0.1", protocol="TCP", port=80) | bad
         with pytest.raises(ValueError):
-            VirtualServer(**args)
+            VirtualServer.new(**args)
+    assert RealServer.new("10.0.0.1", 80, 3, ROUTE) == RealServer("10.0.0.1", 80, 3, "g")
     with pytest.raises(ValueError, match="weight"):
-        RealServer("10.0.0.1", 80, weight=2**31)
+        RealServer.new("10.0.0.1", 80, weight=2**31)
     with pytest.raises(ValueError, match="forwarding"):
-        RealServer("10.0.0.1", 80, forward="dr")
+        RealServer.new("10.0.0.1", 80, method="dr")
     with pytest.raises(ValueError, match="IPv4-mapped"):
-        RealServer("::ffff:10.0.0.1", 80)
+        RealServer.new("::ffff:10.0.0.1", 80)
 
 
-def test_render_is_ipvsadm_save_spelling_in_a_fixed_order():
-    table = {
-        VirtualServer("fd00::1", "TCP", 80, "rr", flags=FLAG_PERSISTENT, timeout=60, netmask=64): [],
-        VirtualServer("10.0.0.2", "UDP", 53, "wrr"): [RealServer("10.1.0.9", 53, 0), RealServer("10.1.0.10", 53, 3)],
-        VirtualServer("10.0.0.1", "SCTP", 9, "sh", flags=FLAG_PERSISTENT | 0x18, timeout=10, netmask=24): [
-            RealServer("10.1.0.1", 9, forward="route")],
-    }
-    assert render(table) == (
+def test_a_record_with_its_reals_is_still_the_service():
+    with_reals = VirtualServer("tcp", "10.0.0.1", 80, reals=(RealServer("10.1.0.1", 80),))
+    assert with_reals.bare() == VirtualServer("tcp", "10.0.0.1", 80) and with_reals.key == with_reals.bare().key
+    f = FakeIPVS()
+    f.add_virtual_server(with_reals)  # destinations have calls of their own
+    assert f.virtual_servers() == [with_reals.bare()] and f.real_servers(with_reals) == []
+
+
+def test_render_is_ipvsadm_save_spelling_in_the_order_given():
+    services = (
+        VirtualServer("tcp", "fd00::1", 80, "rr", flags=FLAG_PERSISTENT, timeout=60, netmask=64),
+        VirtualServer("udp", "10.0.0.2", 53, "wrr", reals=(RealServer("10.1.0.9", 53, 0), RealServer("10.1.0.10", 53, 3))),
+        VirtualServer("sctp", "10.0.0.1", 9, "sh", flags=FLAG_PERSISTENT | 0x18, timeout=10, netmask=24,
+                      reals=(RealServer("10.1.0.1", 9, method=ROUTE),)),
+    )
+    assert render(services) == (
+        "-A -t [fd00::1]:80 -s rr -p 60 -M 64\n"
         "-A -u 10.0.0.2:53 -s wrr\n"
         "-a -u 10.0.0.2:53 -r 10.1.0.9:53 -m -w 0\n"
         "-a -u 10.0.0.2:53 -r 10.1.0.10:53 -m -w 3\n"
         "-A --sctp-service 10.0.0.1:9 -s sh -p 10 -M 255.255.255.0 -b sh-fallback,sh-port\n"
         "-a --sctp-service 10.0.0.1:9 -r 10.1.0.1:9 -g -w 1\n"
-        "-A -t [fd00::1]:80 -s rr -p 60 -M 64\n"
     )
+    assert render(sorted_services(services)).splitlines() == [
+        "-A -u 10.0.0.2:53 -s wrr",
+        "-a -u 10.0.0.2:53 -r 10.1.0.9:53 -m -w 0",
+        "-a -u 10.0.0.2:53 -r 10.1.0.10:53 -m -w 3",
+        "-A --sctp-service 10.0.0.1:9 -s sh -p 10 -M 255.255.255.0 -b sh-fallback,sh-port",
+        "-a --sctp-service 10.0.0.1:9 -r 10.1.0.1:9 -g -w 1",
+        "-A -t [fd00::1]:80 -s rr -p 60 -M 64",
+    ]
+
+
+def test_render_formats_a_shared_tuple_of_reals_once_and_right():
+    shared = (RealServer("10.1.0.1", 80), RealServer("fd00::1", 80, method=TUNNEL))
+    services = [VirtualServer("tcp", f"10.0.0.{i}", 80, reals=shared) for i in (1, 2)]
+    assert render(services).splitlines()[-2:] == ["-a -t 10.0.0.2:80 -r 10.1.0.1:80 -m -w 1",
+                                                  "-a -t 10.0.0.2:80 -r [fd00::1]:80 -i -w 1"]
 
 
 def _answers() -> dict[str, list]:
@@ -85,7 +115,7 @@ def test_fake_refuses_what_the_kernel_refuses():
     assert errs["delete_virtual_server(UDP 10.100.0.10:53)"] == [errno.ESRCH]
     assert a["real_servers(UDP 10.100.0.10:53)"] == [("ok", [])]
     assert a["get_virtual_server(TCP 10.100.0.99:80)"] == [("ok", None)]
-    assert a["get_virtual_server(TCP 10.100.0.10:80)"] == [("ok", VirtualServer("10.100.0.10", "TCP", 80, "wrr"))]
+    assert a["get_virtual_server(TCP 10.100.0.10:80)"] == [("ok", VirtualServer("tcp", "10.100.0.10", 80, "wrr"))]
     assert a["virtual_servers()"][-1] == ("ok", [])
 
 
@@ -129,8 +159,12 @@ def test_a_refused_step_changes_nothing():
 
 
 def test_load_table_and_table_round_trip():
-    table = {S.WEB: (S.W2, S.W1), S.WEB6: (S.V6,), S.SCTP: ()}
+    services = [with_reals(S.WEB, S.W2, S.W1), with_reals(S.WEB6, S.V6), S.SCTP]
     f = FakeIPVS()
-    load_table(f, table)
-    assert f.table() == {S.WEB: (S.W1, S.W2), S.SCTP: (), S.WEB6: (S.V6,)}
-    assert list(f.table()) == [S.WEB, S.SCTP, S.WEB6]  # family, protocol number, address, port
+    load_table(f, services)
+    # family, protocol number, address, port; the reals by address
+    assert f.table() == (with_reals(S.WEB, S.W1, S.W2), S.SCTP, with_reals(S.WEB6, S.V6))
+
+
+def with_reals(vs: VirtualServer, *reals: RealServer) -> VirtualServer:
+    return replace(vs, reals=reals)

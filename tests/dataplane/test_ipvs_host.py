@@ -48,7 +48,7 @@ def test_the_probe_names_the_missing_module(no_ipvs):
 def test_a_client_stops_before_changing_anything(no_ipvs):
     client = RealIPVS(no_ipvs)
     with pytest.raises(IPVSUnavailable, match="ip_vs"):
-        client.add_virtual_server(VirtualServer("10.96.0.10", "TCP", 80))
+        client.add_virtual_server(VirtualServer("tcp", "10.96.0.10", 80))
     with pytest.raises(IPVSUnavailable):
         client.table()
 

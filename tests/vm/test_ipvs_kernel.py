@@ -11,8 +11,9 @@ import subprocess
 
 import ipvs_script as S
 import pytest
+from msgspec.structs import replace
 
-from rulegen.dataplane.ipvs import FakeIPVS, RealIPVS, ipvs_missing_reason, load_table, render
+from rulegen.dataplane.ipvs import FakeIPVS, RealIPVS, ipvs_missing_reason, load_table, render, sorted_services
 from rulegen.dataplane.links import FakeLinks, LinkError, RealLinks
 
 pytestmark = [pytest.mark.ipvs_kernel, pytest.mark.root]
@@ -34,22 +35,23 @@ def test_kernel_answers_the_script_as_the_fake_does(netns):
 def test_render_matches_ipvsadm_save(netns):
     ns = netns()
     client = RealIPVS(ns)
-    table = {S.WEB: (S.W1, S.W2), S.DNS: (S.D1, S.D2), S.STICKY: (S.ROUTED,), S.MH: (), S.SCTP: (),
-             S.WEB6: (S.V6,), S.STICKY6: ()}
-    load_table(client, table)
+    services = [replace(S.WEB, reals=(S.W1, S.W2)), replace(S.DNS, reals=(S.D1, S.D2)),
+                replace(S.STICKY, reals=(S.ROUTED,)), S.MH, S.SCTP, replace(S.WEB6, reals=(S.V6,)), S.STICKY6]
+    load_table(client, services)
     saved = subprocess.run(["ip", "netns", "exec", ns, "ipvsadm-save", "-n"], capture_output=True, text=True,
                            check=True).stdout
-    assert sorted(saved.splitlines()) == sorted(render(table).splitlines())
-    assert client.dump() == render(table)
+    assert sorted(saved.splitlines()) == sorted(render(services).splitlines())
+    assert client.dump() == render(sorted_services(services))
+    assert client.table() == sorted_services(services)
 
 
 def test_namespaces_have_their_own_tables_and_flush_empties_one(netns):
     a, b = RealIPVS(netns()), RealIPVS(netns())
-    load_table(a, {S.WEB: (S.W1,)})
-    load_table(b, {S.DNS: (S.D1,)})
-    assert list(a.table()) == [S.WEB] and list(b.table()) == [S.DNS]
+    load_table(a, [replace(S.WEB, reals=(S.W1,))])
+    load_table(b, [replace(S.DNS, reals=(S.D1,))])
+    assert [vs.bare() for vs in a.table()] == [S.WEB] and [vs.bare() for vs in b.table()] == [S.DNS]
     a.flush()
-    assert a.table() == {} and list(b.table()) == [S.DNS]
+    assert a.table() == () and [vs.bare() for vs in b.table()] == [S.DNS]
 
 
 def _links_script(links) -> list:

@@ -81,7 +81,7 @@ def test_round_robin_splits_connections_and_weight_zero_drains(netns):
     assert links.ensure_dummy() is True
     links.add_address("kube-ipvs0", VIP)
     ipvs = RealIPVS(d)
-    vs = VirtualServer(VIP, "TCP", PORT, "rr")
+    vs = VirtualServer("tcp", VIP, PORT, "rr")
     dests = {key: RealServer(SERVERS[key][0], BACKEND_PORT) for key in SERVERS}
     ipvs.add_virtual_server(vs)
     for rs in dests.values():

@@ -41,9 +41,7 @@ def _ns(name: str, *cmd: str, input: str | None = None) -> str:
 
 def _load(ns: str, c) -> None:
     client = dipvs.RealIPVS(ns)
-    dipvs.load_table(client, {dipvs.VirtualServer(v.address, v.protocol, v.port, v.scheduler, v.flags, v.timeout):
-                              [dipvs.RealServer(r.address, r.port, r.weight) for r in v.reals]
-                              for v in c.ir.virtual_servers})
+    dipvs.load_table(client, c.ir.virtual_servers)  # the IR's records are the client's
     _ns(ns, "ipset", "restore", input=render.ipset(c.ir))
     _ns(ns, "iptables-restore", "--noflush", input=render.iptables(c.ir))
     for table, chain, spec in JUMP_RULES:
@@ -65,8 +63,7 @@ def test_a_live_namespace_diffs_empty_and_shows_a_changed_real_server(netns):
     assert " -m ipvs " in _ns(ns, "iptables-save")  # the rule the host could not load is here
     vs = c.ir.virtual_servers[0]
     rs = vs.reals[0]
-    kvs = dipvs.VirtualServer(vs.address, vs.protocol, vs.port, vs.scheduler, vs.flags, vs.timeout)
-    dipvs.RealIPVS(ns).update_real_server(kvs, dipvs.RealServer(rs.address, rs.port, 0))
+    dipvs.RealIPVS(ns).update_real_server(vs, dipvs.RealServer(rs.address, rs.port, 0))
     live, name = VIEW.live(Kernel.real(), ns, 4)
     res = compare(VIEW.side(live, name, True), VIEW.side(compiled, "compiled", True))
     assert [(d.kind, d.name) for d in res.containers] == [("virtual server", f"TCP {vs.address}:{vs.port}")]

@@ -1,12 +1,13 @@
 """IPVS mode: kube-proxy's IPVS virtual servers, KUBE-* ipsets, kube-ipvs0 addresses and iptables glue.
 
 The IR (`ir.IPVSState`), the compiler, the three-part renderer and its
-parser are this mode's; the glue's xtables IR, renderer and parser are the
-shared ones in `rulegen.dataplane.xtables`. The tracer (`trace`) walks the
-glue with the shared xtables walk and IPVS's scheduling as a step of it;
-the diff view (`views`) lays the state out as virtual servers, sets and
-chains; `lint` holds the pitfalls only IPVS mode has. Apply is not written
-yet: the registry says so (exit 2).
+parser are this mode's, and so is the applier (`apply`: kube-ipvs0, ipsets,
+IPVS over netlink, then the glue); the glue's xtables IR, renderer, parser
+and applier are the shared ones in `rulegen.dataplane.xtables`. The tracer
+(`trace`) walks the glue with the shared xtables walk and IPVS's scheduling
+as a step of it; the diff view (`views`) lays the state out as virtual
+servers, sets and chains; `lint` holds the pitfalls only IPVS mode has;
+`lab` gives the lab's probes the tracer's expectations.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ class IPVSBackend(Backend[IPVSState]):
     def parse(self, text: str, source: str = "<input>", family: int | None = None) -> IPVSState:
         return iparse.parse(text, source, family)
 
+    def applier(self) -> Any:
+        from .apply import APPLIER
+
+        return APPLIER
+
     def tracer(self) -> Any:
         from .trace import TRACER
 
@@ -47,6 +53,11 @@ class IPVSBackend(Backend[IPVSState]):
         from .views import VIEW
 
         return VIEW
+
+    def lab_probes(self, compiled: Any, probes: list[Any], requests: int, notes: list[str]) -> list[Any]:
+        from .lab import lab_probes
+
+        return lab_probes(compiled, probes, requests, notes)
 
     def lint_checks(self) -> tuple[Any, ...]:
         from .lint import CHECKS

@@ -21,83 +21,36 @@ from typing import Any
 
 from msgspec import Struct
 
+# The virtual and real server records, their flags and the forwarding methods
+# are the kernel's, shared with the IPVS clients (dataplane/ipvs/model.py);
+# this mode's compiler, parser and tools take them from here as its IR.
+from ...dataplane.ipvs.model import (  # noqa: F401 - re-exported
+    FLAG_HASHED,
+    FLAG_ONEPACKET,
+    FLAG_PERSISTENT,
+    FLAG_SCHED1,
+    FLAG_SCHED2,
+    FLAG_SCHED3,
+    MASQ,
+    ROUTE,
+    SCHED_FLAGS,
+    TUNNEL,
+    RealServer,
+    VirtualServer,
+    sched_flag_bit,
+    sched_flag_names,
+)
 from ...dataplane.xtables.model import Ruleset
 from ...dataplane.xtables.spec import canonical as canonical_rule
 from ...settings import IPVS_SCHEDULERS
 
 # ------------------------------------------------------------------ virtual servers
 
-# IPVS service flags as the kernel numbers them (include/uapi/linux/ip_vs.h).
-FLAG_PERSISTENT = 0x01  # ClientIP affinity: `-p TIMEOUT`
-FLAG_HASHED = 0x02  # set by the kernel on every service; never part of the IR
-FLAG_SCHED1 = 0x08
-FLAG_SCHED2 = 0x10  # kube-proxy's FlagSourceHash, set with scheduler mh (`-b mh-port`)
-FLAG_SCHED3 = 0x20
-SCHED_FLAGS = (FLAG_SCHED1, FLAG_SCHED2, FLAG_SCHED3)
-
-# How ipvsadm names the three scheduler flags, per scheduler (`-b a,b`).
-_FLAG_NAMES = {
-    "sh": ("sh-fallback", "sh-port", "flag-3"),
-    "mh": ("mh-fallback", "mh-port", "flag-3"),
-}
-_GENERIC_FLAG_NAMES = ("flag-1", "flag-2", "flag-3")
-
 # The schedulers kube-proxy's configuration accepts (ipvs.scheduler); "" means rr.
 SCHEDULERS = IPVS_SCHEDULERS
 DEFAULT_SCHEDULER = "rr"
 
 PROTOCOLS = ("tcp", "udp", "sctp")
-
-# Forwarding methods of a real server, as ipvsadm writes them.
-MASQ, ROUTE, TUNNEL = "m", "g", "i"
-
-
-def sched_flag_names(scheduler: str, flags: int) -> list[str]:
-    """The `-b` words ipvsadm prints for FLAGS under SCHEDULER (empty when none is set)."""
-    names = _FLAG_NAMES.get(scheduler, _GENERIC_FLAG_NAMES)
-    return [n for bit, n in zip(SCHED_FLAGS, names) if flags & bit]
-
-
-def sched_flag_bit(scheduler: str, name: str) -> int | None:
-    """The flag bit of one `-b` word (generic `flag-N` words work for any scheduler)."""
-    for names in (_FLAG_NAMES.get(scheduler, _GENERIC_FLAG_NAMES), _GENERIC_FLAG_NAMES):
-        if name in names:
-            return SCHED_FLAGS[names.index(name)]
-    return None
-
-
-class RealServer(Struct, frozen=True, gc=False):
-    """One IPVS destination: an endpoint with its weight and forwarding method."""
-
-    address: str
-    port: int
-    weight: int = 1
-    method: str = MASQ  # "m" masquerading (NAT, what kube-proxy uses), "g" direct routing, "i" tunnel
-
-    @property
-    def masquerade(self) -> bool:
-        return self.method == MASQ
-
-
-class VirtualServer(Struct, frozen=True, gc=False):
-    """One IPVS service, `protocol` lower case; `reals` in the order written."""
-
-    protocol: str  # tcp | udp | sctp (| fwmark for a foreign service read from a node)
-    address: str  # for a fwmark service: "" (IPv4) or "::" (IPv6)
-    port: int  # the firewall mark for a fwmark service
-    scheduler: str
-    flags: int = 0  # FLAG_* bits, FLAG_HASHED never set
-    timeout: int = 0  # persistence timeout in seconds (with FLAG_PERSISTENT)
-    reals: tuple[RealServer, ...] = ()
-
-    @property
-    def key(self) -> tuple[str, str, int]:
-        return (self.protocol, self.address, self.port)
-
-    @property
-    def persistent(self) -> bool:
-        return bool(self.flags & FLAG_PERSISTENT)
-
 
 # ------------------------------------------------------------------ ipsets
 
@@ -195,7 +148,7 @@ def normalised(state: IPVSState, canonical: bool = False) -> dict[str, Any]:
     node's `iptables-save`, which prints rules differently from a payload.
     """
     services = {
-        vs.key: (vs.scheduler, vs.flags, vs.timeout if vs.persistent else 0, frozenset(vs.reals))
+        vs.key: (*vs.settings, frozenset(vs.reals))
         for vs in state.virtual_servers
     }
     sets = {s.name: (s.type, s.family, s.options, frozenset(s.entries)) for s in state.ipsets}

@@ -18,6 +18,7 @@ The kube-ipvs0 address list is the KUBE-IPVS-IPS set's entries.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 
 from ...dataplane.xtables.model import Ruleset
@@ -27,6 +28,7 @@ from ...diagnostics import UsageError
 from ...ipaddr import parse_ip
 from .ir import (
     BITMAP_PORT,
+    FLAG_ONEPACKET,
     FLAG_PERSISTENT,
     MASQ,
     ROUTE,
@@ -91,17 +93,34 @@ def _hostport(word: str, fail) -> tuple[str, int | None]:
 class _Service:
     """A virtual server while its real servers are being read."""
 
-    __slots__ = ("protocol", "address", "port", "scheduler", "flags", "timeout", "reals", "seen")
+    __slots__ = ("protocol", "address", "port", "scheduler", "flags", "timeout", "netmask", "reals", "seen")
 
-    def __init__(self, protocol: str, address: str, port: int, scheduler: str, flags: int, timeout: int):
+    def __init__(self, protocol: str, address: str, port: int, scheduler: str, flags: int, timeout: int,
+                 netmask: int):
         self.protocol, self.address, self.port = protocol, address, port
-        self.scheduler, self.flags, self.timeout = scheduler, flags, timeout
+        self.scheduler, self.flags, self.timeout, self.netmask = scheduler, flags, timeout, netmask
         self.reals: list[RealServer] = []
         self.seen: set[tuple[str, int]] = set()
 
     def done(self) -> VirtualServer:
         return VirtualServer(self.protocol, self.address, self.port, self.scheduler, self.flags,
-                             self.timeout, tuple(self.reals))
+                             self.timeout, tuple(self.reals), self.netmask)
+
+
+def _netmask(word: str, address: str, fail) -> int:
+    """`-M` as ipvsadm prints it (a dotted IPv4 mask, an IPv6 prefix length) → the record's netmask."""
+    six = ":" in address
+    full = 128 if six else 32
+    if six or word.isdigit():
+        bits = int(word) if word.isdigit() else -1
+    else:
+        try:
+            bits = ipaddress.IPv4Network(f"0.0.0.0/{word}").prefixlen
+        except ValueError:
+            bits = -1
+    if not 1 <= bits <= full:
+        fail(f"{word!r} is not a persistence netmask")
+    return 0 if bits == full else bits
 
 
 def _service_key(words: list[str], i: int, fail) -> tuple[tuple[str, str, int], int]:
@@ -134,7 +153,7 @@ def parse_ipvsadm(text: str, source: str = "<ipvsadm>") -> tuple[VirtualServer, 
             if len(words) < 2 or words[1] not in _SERVICE_OPTS:
                 fail("-A needs -t, -u, --sctp-service or -f and a service address")
             key, i = _service_key(words, 1, fail)
-            scheduler, flags, timeout, sched_words = "wlc", 0, 0, ""  # ipvsadm's default scheduler
+            scheduler, flags, timeout, netmask, sched_words = "wlc", 0, 0, 0, ""  # ipvsadm's default scheduler
             while i < len(words):
                 w = words[i]
                 if w in ("-s", "--scheduler") and i + 1 < len(words):
@@ -145,10 +164,14 @@ def parse_ipvsadm(text: str, source: str = "<ipvsadm>") -> tuple[VirtualServer, 
                         timeout, i = int(words[i + 1]), i + 2
                     else:
                         timeout, i = DEFAULT_PERSISTENCE, i + 1
+                elif w in ("-M", "--netmask") and i + 1 < len(words):
+                    netmask, i = _netmask(words[i + 1], key[1], fail), i + 2
+                elif w in ("-o", "--ops"):
+                    flags, i = flags | FLAG_ONEPACKET, i + 1
                 elif w in ("-b", "--sched-flags") and i + 1 < len(words):
                     sched_words, i = words[i + 1], i + 2
                 else:
-                    fail(f"option {w} is not one rulegen models on a virtual server (-s, -p, -b)")
+                    fail(f"option {w} is not one rulegen models on a virtual server (-s, -p, -M, -o, -b)")
             for word in filter(None, sched_words.split(",")):
                 bit = sched_flag_bit(scheduler, word)
                 if bit is None:
@@ -156,7 +179,7 @@ def parse_ipvsadm(text: str, source: str = "<ipvsadm>") -> tuple[VirtualServer, 
                 flags |= bit
             if key in services:
                 fail("virtual server defined twice")
-            services[key] = _Service(*key, scheduler, flags, timeout)
+            services[key] = _Service(*key, scheduler, flags, timeout, netmask)
         elif verb in ("-a", "--add-server"):
             if len(words) < 2 or words[1] not in _SERVICE_OPTS:
                 fail("-a needs -t, -u, --sctp-service or -f and a service address")

@@ -22,69 +22,34 @@ Without `-o`, `render` gives the three texts in that order, each after a
 
 from __future__ import annotations
 
+# The ipvsadm writer is the kernel clients' (their `dump`); its line helpers are re-exported for this mode.
+from ...dataplane.ipvs.model import hostport, render as render_ipvsadm, service_arg, service_line  # noqa: F401
 from ...dataplane.xtables.render import render as render_xtables
-from .ir import BITMAP_PORT, IPVSState, VirtualServer, sched_flag_names
+from .ir import BITMAP_PORT, IPSet, IPVSState
 
 SECTIONS = ("ipvsadm", "ipset", "iptables")
 FILES = {"ipvsadm": "ipvsadm.rules", "ipset": "ipset.rules", "iptables": "iptables.rules"}
 HEADER = "# rulegen: "
-_PROTO_OPT = {"tcp": "-t", "udp": "-u", "sctp": "--sctp-service"}
-
-
-def hostport(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-
-
-def service_arg(vs: VirtualServer) -> str:
-    """`-t VIP:PORT` (or `-u`, `--sctp-service`, `-f MARK` for a firewall-mark service)."""
-    if vs.protocol == "fwmark":
-        return f"-f {vs.port} -6" if vs.address == "::" else f"-f {vs.port}"
-    return f"{_PROTO_OPT[vs.protocol]} {hostport(vs.address, vs.port)}"
-
-
-def service_line(vs: VirtualServer) -> str:
-    line = f"-A {service_arg(vs)} -s {vs.scheduler}"
-    if vs.persistent:
-        line += f" -p {vs.timeout}"
-    names = sched_flag_names(vs.scheduler, vs.flags)
-    if names:
-        line += " -b " + ",".join(names)
-    return line
 
 
 def ipvsadm(state: IPVSState) -> str:
-    out: list[str] = []
-    # Many virtual servers share one tuple of real servers (ClusterIP, NodePorts,
-    # LB IPs of one port): format each tuple's destinations once, then one
-    # C-level join per virtual server puts the `-a ... -r ` head before each.
-    done: dict[int, list[str]] = {}
-    for vs in state.virtual_servers:
-        svc = service_arg(vs)
-        out.append(service_line(vs) + "\n")
-        reals = vs.reals
-        if not reals:
-            continue
-        parts = done.get(id(reals))
-        if parts is None:
-            if state.family == 4:  # no brackets to decide: one f-string per destination
-                parts = [f"{r.address}:{r.port} -{r.method} -w {r.weight}\n" for r in reals]
-            else:
-                parts = [f"{hostport(r.address, r.port)} -{r.method} -w {r.weight}\n" for r in reals]
-            done[id(reals)] = parts
-        head = f"-a {svc} -r "
-        out.append(head)
-        out.append(head.join(parts))
-    return "".join(out)
+    """The virtual servers in compile order, by the one ipvsadm writer (`dataplane.ipvs.model.render`)."""
+    return render_ipvsadm(state.virtual_servers)
+
+
+def create_line(s: IPSet, name: str | None = None) -> str:
+    """The `create` line of set S (under NAME instead of its own, for a set made to be swapped in)."""
+    words = [f"create {name or s.name} {s.type}"]
+    if s.type != BITMAP_PORT and s.family:
+        words.append(f"family {s.family}")
+    words.extend(f"{k} {v}" if v else k for k, v in s.options)
+    return " ".join(words)
 
 
 def ipset(state: IPVSState) -> str:
     out: list[str] = []
     for s in state.ipsets:
-        words = [f"create {s.name} {s.type}"]
-        if s.type != BITMAP_PORT and s.family:
-            words.append(f"family {s.family}")
-        words.extend(f"{k} {v}" if v else k for k, v in s.options)
-        out.append(" ".join(words) + "\n")
+        out.append(create_line(s) + "\n")
         head = f"add {s.name} "
         out.extend([head + e + "\n" for e in s.entries])
     return "".join(out)

@@ -189,17 +189,8 @@ VIEW = IPVSView()
 
 
 def clients(kernel: Any, netns: str) -> tuple[Any, Any, Any]:
-    """NETNS's IPVS, ipset and link clients.
-
-    The Kernel bundle holds no IPVS, ipset or link client yet (IPVS mode's
-    applier adds them), so the live state is read through the real clients
-    of `rulegen.dataplane` directly, in the namespace.
-    """
-    from ...dataplane.ipset.client import RealIPSets
-    from ...dataplane.ipvs.client import RealIPVS
-    from ...dataplane.links.client import RealLinks
-
-    return RealIPVS(netns), RealIPSets(netns), RealLinks(netns)
+    """NETNS's IPVS, ipset and link clients, from the Kernel bundle (the real ones, or the fakes under test)."""
+    return kernel.ipvs(netns), kernel.ipsets(netns), kernel.links(netns)
 
 
 def read_live(ipvs: Any, ipsets: Any, links: Any, iptables_save: str, family: int, name: str) -> IPVSState:

@@ -7,15 +7,19 @@ from .fake import FakeIPVS
 from .model import (
     FLAG_PERSISTENT,
     FLAG_SCHED2,
+    MASQ,
+    ROUTE,
+    TUNNEL,
     IPVSError,
     IPVSUnavailable,
     RealServer,
     VirtualServer,
     render,
-    sorted_table,
+    sorted_services,
 )
 
 __all__ = [
-    "FLAG_PERSISTENT", "FLAG_SCHED2", "IPVS", "FakeIPVS", "IPVSError", "IPVSUnavailable", "RealIPVS", "RealServer",
-    "VirtualServer", "ipvs_missing_reason", "kernel_has_ipvs", "load_table", "render", "require_ipvs", "sorted_table",
+    "FLAG_PERSISTENT", "FLAG_SCHED2", "IPVS", "MASQ", "ROUTE", "TUNNEL", "FakeIPVS", "IPVSError", "IPVSUnavailable",
+    "RealIPVS", "RealServer", "VirtualServer", "ipvs_missing_reason", "kernel_has_ipvs", "load_table", "render",
+    "require_ipvs", "sorted_services",
 ]

@@ -26,7 +26,9 @@ import socket
 import struct
 import subprocess
 import threading
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
+
+from msgspec.structs import replace
 
 from ...kernel.netns import in_netns
 from .model import (
@@ -38,11 +40,10 @@ from .model import (
     IPVSError,
     IPVSUnavailable,
     RealServer,
-    Table,
     VirtualServer,
     ipvs_error,
     render,
-    sorted_table,
+    sorted_services,
 )
 
 T = TypeVar("T")
@@ -50,6 +51,10 @@ T = TypeVar("T")
 
 class IPVS:
     """The kernel's IPVS table in one network namespace (kube-proxy's ipvs.Interface, in our words)."""
+
+    # A VirtualServer passed in names the service and says its settings; its
+    # `reals` are ignored (destinations have calls of their own). One coming
+    # back has none, except from `table`.
 
     def virtual_servers(self) -> list[VirtualServer]:
         """Every virtual server, in the fixed order of `VirtualServer.sort_key`."""
@@ -87,9 +92,9 @@ class IPVS:
         """Delete every virtual server (and with them every real server)."""
         raise NotImplementedError
 
-    def table(self) -> dict[VirtualServer, tuple[RealServer, ...]]:
-        """Every virtual server with its real servers, sorted (see `model.sorted_table`)."""
-        return sorted_table({vs: tuple(self.real_servers(vs)) for vs in self.virtual_servers()})
+    def table(self) -> tuple[VirtualServer, ...]:
+        """Every virtual server with its real servers in `reals`, sorted (see `model.sorted_services`)."""
+        return sorted_services(replace(vs, reals=tuple(self.real_servers(vs))) for vs in self.virtual_servers())
 
     def dump(self) -> str:
         """The table in `ipvsadm-save -n` spelling, deterministic."""
@@ -203,17 +208,21 @@ def _netmask_attr(vs: VirtualServer) -> str:
     # prefix length as a native-endian u32 (what the kernel and libipvs
     # use); pyroute2 types the attribute as an IPv4 address either way.
     if vs.family == 4:
-        return socket.inet_ntoa(struct.pack(">I", (_ALL_ONES << (32 - vs.netmask)) & _ALL_ONES))
-    return socket.inet_ntoa(struct.pack("=I", vs.netmask))
+        bits = vs.netmask or 32
+        return socket.inet_ntoa(struct.pack(">I", (_ALL_ONES << (32 - bits)) & _ALL_ONES))
+    return socket.inet_ntoa(struct.pack("=I", vs.netmask or 128))
 
 
 def _netmask_from(family: int, text: str | None) -> int:
+    """The record's netmask: the prefix length, 0 for the family's full one (or none given)."""
     if not text:
         return 0
     raw = socket.inet_aton(text)
     if family == 6:
-        return struct.unpack("=I", raw)[0]
-    return bin(struct.unpack(">I", raw)[0]).count("1")
+        bits = struct.unpack("=I", raw)[0]
+        return 0 if bits == 128 else bits
+    bits = bin(struct.unpack(">I", raw)[0]).count("1")
+    return 0 if bits == 32 else bits
 
 
 def _attrs(nla: Any) -> dict[str, Any]:
@@ -261,7 +270,7 @@ class RealIPVS(IPVS):
         return svc_cls(**fields)
 
     def _dest(self, rs: RealServer) -> Any:
-        return _sockets()[2](addr=rs.address, port=rs.port, weight=rs.weight, fwd_method=FORWARD[rs.forward])
+        return _sockets()[2](addr=rs.address, port=rs.port, weight=rs.weight, fwd_method=FORWARD[rs.method])
 
     @staticmethod
     def _call(op: str, fn: Callable[[], T], vs: VirtualServer | None = None, rs: RealServer | None = None) -> T:
@@ -283,7 +292,7 @@ class RealIPVS(IPVS):
             return None  # a protocol kube-proxy never uses (made by another tool)
         flags = a.get("IPVS_SVC_ATTR_FLAGS")
         return VirtualServer(
-            address=a["IPVS_SVC_ATTR_ADDR"], protocol=proto, port=a.get("IPVS_SVC_ATTR_PORT", 0),
+            proto, a["IPVS_SVC_ATTR_ADDR"], a.get("IPVS_SVC_ATTR_PORT", 0),
             scheduler=a.get("IPVS_SVC_ATTR_SCHED_NAME", ""),
             flags=(flags["flags"] if flags is not None else 0) & ~FLAG_HASHED,
             timeout=a.get("IPVS_SVC_ATTR_TIMEOUT", 0),
@@ -296,8 +305,8 @@ class RealIPVS(IPVS):
         if fwd not in FORWARD_NAMES:
             raise IPVSError(f"real server {a.get('IPVS_DEST_ATTR_ADDR')}: forwarding method {fwd} is not modelled",
                             errno.EPROTO)
-        return RealServer(address=a["IPVS_DEST_ATTR_ADDR"], port=a.get("IPVS_DEST_ATTR_PORT", 0),
-                          weight=a.get("IPVS_DEST_ATTR_WEIGHT", 0), forward=FORWARD_NAMES[fwd])
+        return RealServer(a["IPVS_DEST_ATTR_ADDR"], a.get("IPVS_DEST_ATTR_PORT", 0),
+                          a.get("IPVS_DEST_ATTR_WEIGHT", 0), FORWARD_NAMES[fwd])
 
     # -- the interface
     def virtual_servers(self) -> list[VirtualServer]:
@@ -366,17 +375,17 @@ class RealIPVS(IPVS):
 
         self._visit(work)
 
-    def table(self) -> dict[VirtualServer, tuple[RealServer, ...]]:
+    def table(self) -> tuple[VirtualServer, ...]:
         return self.batch(lambda c: IPVS.table(c))
 
 
-def load_table(client: IPVS, table: Table) -> None:
-    """Add every virtual server of TABLE and its real servers (one visit for a real client)."""
+def load_table(client: IPVS, services: Iterable[VirtualServer]) -> None:
+    """Add every virtual server of SERVICES and its real servers (one visit for a real client)."""
 
     def work(c: IPVS) -> None:
-        for vs, dests in table.items():
+        for vs in services:
             c.add_virtual_server(vs)
-            for rs in dests:
+            for rs in vs.reals:
                 c.add_real_server(vs, rs)
 
     client.batch(work)

@@ -14,16 +14,18 @@ compares every answer):
   one: ENOENT.
 
 Listings come back in the fixed order of the model (the kernel's own order
-is its hash order). `log` records every change made, so a test can tell
-"nothing was changed" from "changed and changed back".
+is its hash order). `log` records every change made, each service by its
+bare record (no reals), so a test can tell "nothing was changed" from
+"changed and changed back".
 """
 
 from __future__ import annotations
 
 import errno
+from typing import Any
 
 from .client import IPVS
-from .model import SCHEDULERS, RealServer, VirtualServer, ipvs_error
+from .model import SCHEDULERS, TUNNEL, IPVSUnavailable, RealServer, VirtualServer, ipvs_error
 
 
 class FakeIPVS(IPVS):
@@ -46,7 +48,7 @@ class FakeIPVS(IPVS):
 
     @staticmethod
     def _check_family(op: str, vs: VirtualServer, rs: RealServer) -> None:
-        if rs.family != vs.family and rs.forward != "tunnel":
+        if rs.family != vs.family and rs.method != TUNNEL:
             raise ipvs_error(op, errno.EINVAL, vs, rs)
 
     def virtual_servers(self) -> list[VirtualServer]:
@@ -59,6 +61,7 @@ class FakeIPVS(IPVS):
         if vs.key in self._services:
             raise ipvs_error("add_vs", errno.EEXIST, vs)
         self._check_scheduler("add_vs", vs)
+        vs = vs.bare()
         self._services[vs.key] = vs
         self._dests[vs.key] = {}
         self.log.append(("add_vs", vs))
@@ -66,6 +69,7 @@ class FakeIPVS(IPVS):
     def update_virtual_server(self, vs: VirtualServer) -> None:
         self._live("update_vs", vs)
         self._check_scheduler("update_vs", vs)
+        vs = vs.bare()
         self._services[vs.key] = vs
         self.log.append(("update_vs", vs))
 
@@ -73,7 +77,7 @@ class FakeIPVS(IPVS):
         self._live("delete_vs", vs)
         del self._services[vs.key]
         del self._dests[vs.key]
-        self.log.append(("delete_vs", vs))
+        self.log.append(("delete_vs", vs.bare()))
 
     def real_servers(self, vs: VirtualServer) -> list[RealServer]:
         # The kernel answers a dump of a missing service's destinations with nothing, not an error.
@@ -85,7 +89,7 @@ class FakeIPVS(IPVS):
         if rs.key in dests:
             raise ipvs_error("add_rs", errno.EEXIST, vs, rs)
         dests[rs.key] = rs
-        self.log.append(("add_rs", vs, rs))
+        self.log.append(("add_rs", vs.bare(), rs))
 
     def update_real_server(self, vs: VirtualServer, rs: RealServer) -> None:
         dests = self._live("update_rs", vs, rs)
@@ -93,15 +97,30 @@ class FakeIPVS(IPVS):
         if rs.key not in dests:
             raise ipvs_error("update_rs", errno.ENOENT, vs, rs)
         dests[rs.key] = rs
-        self.log.append(("update_rs", vs, rs))
+        self.log.append(("update_rs", vs.bare(), rs))
 
     def delete_real_server(self, vs: VirtualServer, rs: RealServer) -> None:
         dests = self._live("delete_rs", vs, rs)
         if dests.pop(rs.key, None) is None:
             raise ipvs_error("delete_rs", errno.ENOENT, vs, rs)
-        self.log.append(("delete_rs", vs, rs))
+        self.log.append(("delete_rs", vs.bare(), rs))
 
     def flush(self) -> None:
         self._services.clear()
         self._dests.clear()
         self.log.append(("flush",))
+
+
+class NoIPVS(IPVS):
+    """IPVS in a kernel without ip_vs: every call is refused with REASON, as `RealIPVS` refuses it there."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        self.log: list[tuple] = []  # as FakeIPVS's, which stays empty: nothing is ever changed
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise IPVSUnavailable(self.reason, errno.EPROTONOSUPPORT)
+
+    virtual_servers = get_virtual_server = add_virtual_server = update_virtual_server = _refuse
+    delete_virtual_server = real_servers = add_real_server = update_real_server = delete_real_server = _refuse
+    flush = table = dump = batch = _refuse

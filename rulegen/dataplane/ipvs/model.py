@@ -1,19 +1,25 @@
-"""IPVS objects as the kernel holds them: virtual servers, real servers, their errors and text.
+"""IPVS objects as the kernel holds them: virtual servers, real servers, their errors and their one text form.
 
-A `VirtualServer` is one IPVS service (address, protocol, port) with its
-scheduler, flags, persistence timeout and persistence netmask; a
-`RealServer` is one destination of it (address, port, weight, forwarding
-method). Both are frozen, checked and put in canonical form when made, so
-two records that mean the same kernel object compare equal, and they sort in
-one fixed order (family, protocol, address, port), the order `render` and
-every listing use. Firewall-mark services are not modelled: kube-proxy never
-makes them.
+A `VirtualServer` is one IPVS service (protocol, address, port) with its
+scheduler, flags, persistence timeout and persistence netmask, and, when
+the record describes a whole service (a compile's IR, a table read back),
+its destinations in `reals`; a `RealServer` is one destination (address,
+port, weight, forwarding method). Both are frozen msgspec records with no
+checks in the constructor, because IPVS mode's compiler makes one per
+endpoint and service port in its hot loop; `VirtualServer.new` and
+`RealServer.new` check their arguments and put them in the canonical form
+(address as Python prints it, protocol lower case, no HASHED flag, the
+family's full netmask written 0), so two records that mean the same kernel
+object compare equal. Records sort in one fixed order (family, protocol,
+address, port), the order every listing uses. Firewall-mark services are
+not modelled by the kernel clients: kube-proxy never makes them.
 
 `ipvs_error` words a kernel refusal; the real client and the fake both build
 their messages with it from the operation and the errno, so a parity test
-can compare whole messages. `render` writes a table in `ipvsadm-save -n`
-spelling (`-A -t 10.96.0.10:53 -s rr` / `-a -t ... -r ... -m -w 1`), which
-is also the syntax of the `ipvsadm.rules` that compile writes for ipvs mode.
+can compare whole messages. `render` writes virtual servers in `ipvsadm
+-Sn` spelling (`-A -t 10.96.0.10:53 -s rr` / `-a -t ... -r ... -m -w 1`):
+it is IPVS mode's `ipvsadm.rules` and the clients' `dump`, the one ipvsadm
+writer.
 """
 
 from __future__ import annotations
@@ -21,36 +27,39 @@ from __future__ import annotations
 import errno as _errno
 import ipaddress
 import os
-from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable
+
+from msgspec import Struct
+from msgspec.structs import replace
 
 from ...diagnostics import UsageError
 
-# Protocol name (as kube-proxy spells it) -> IP protocol number, and the
-# ipvsadm option that names a service of that protocol.
-PROTOCOLS: dict[str, int] = {"TCP": 6, "UDP": 17, "SCTP": 132}
+# Protocol (lower case, as the plan and ipvsadm's save spell it) -> IP
+# protocol number, and the ipvsadm option that names a service of it.
+PROTOCOLS: dict[str, int] = {"tcp": 6, "udp": 17, "sctp": 132}
 PROTOCOL_NAMES: dict[int, str] = {v: k for k, v in PROTOCOLS.items()}
-_IPVSADM_PROTO = {"TCP": "-t", "UDP": "-u", "SCTP": "--sctp-service"}
+_IPVSADM_PROTO = {"tcp": "-t", "udp": "-u", "sctp": "--sctp-service"}
 
-# Forwarding methods (IP_VS_CONN_F_*) a user can ask for, with ipvsadm's
-# option for each (the kernel's internal LOCALNODE is not one of them).
-FORWARD: dict[str, int] = {"masq": 0, "tunnel": 2, "route": 3}
+# Forwarding methods of a real server, as ipvsadm writes them (-m, -g, -i),
+# and the kernel's IP_VS_CONN_F_* number of each (its internal LOCALNODE
+# is not one a user can ask for).
+MASQ, ROUTE, TUNNEL = "m", "g", "i"
+FORWARD: dict[str, int] = {MASQ: 0, TUNNEL: 2, ROUTE: 3}
 FORWARD_NAMES: dict[int, str] = {v: k for k, v in FORWARD.items()}
-_IPVSADM_FWD = {"masq": "-m", "tunnel": "-i", "route": "-g"}
 
-# Service flags (IP_VS_SVC_F_*). HASHED is the kernel's own bookkeeping: it
-# is set on every service it holds and is never part of a record.
-FLAG_PERSISTENT = 0x0001
+# Service flags (IP_VS_SVC_F_*, include/uapi/linux/ip_vs.h). HASHED is the
+# kernel's own bookkeeping: it is set on every service it holds and is
+# never part of a record.
+FLAG_PERSISTENT = 0x0001  # ClientIP affinity: `-p TIMEOUT`
 FLAG_HASHED = 0x0002
 FLAG_ONEPACKET = 0x0004
 FLAG_SCHED1 = 0x0008
-FLAG_SCHED2 = 0x0010  # kube-proxy's FlagSourceHash ("mh-port" with the mh scheduler)
+FLAG_SCHED2 = 0x0010  # kube-proxy's FlagSourceHash, set with scheduler mh (`-b mh-port`)
 FLAG_SCHED3 = 0x0020
-# What ipvsadm calls the scheduler flags, per scheduler; others are flag-N.
-_SCHED_FLAG_NAMES = {
-    "sh": {FLAG_SCHED1: "sh-fallback", FLAG_SCHED2: "sh-port"},
-    "mh": {FLAG_SCHED1: "mh-fallback", FLAG_SCHED2: "mh-port"},
-}
+SCHED_FLAGS = (FLAG_SCHED1, FLAG_SCHED2, FLAG_SCHED3)
+# What ipvsadm calls the three scheduler flags, per scheduler (`-b a,b`); others say flag-N.
+_FLAG_NAMES = {"sh": ("sh-fallback", "sh-port", "flag-3"), "mh": ("mh-fallback", "mh-port", "flag-3")}
+_GENERIC_FLAG_NAMES = ("flag-1", "flag-2", "flag-3")
 
 # The schedulers Linux ships (net/netfilter/ipvs/ip_vs_*.c). The kernel
 # loads ip_vs_<name> on demand and refuses a name it has no module for
@@ -59,6 +68,24 @@ SCHEDULERS = frozenset({"rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "
                         "ovf", "mh", "twos"})
 SCHED_NAME_MAX = 15  # IP_VS_SCHEDNAME_MAXLEN is 16 with the terminating NUL
 WEIGHT_MAX = 2**31 - 1  # the kernel keeps the weight in an int and refuses more (ERANGE)
+
+
+def sched_flag_names(scheduler: str, flags: int) -> list[str]:
+    """The `-b` words ipvsadm prints for FLAGS under SCHEDULER (empty when none is set)."""
+    names = _FLAG_NAMES.get(scheduler, _GENERIC_FLAG_NAMES)
+    return [n for bit, n in zip(SCHED_FLAGS, names) if flags & bit]
+
+
+def sched_flag_bit(scheduler: str, name: str) -> int | None:
+    """The flag bit of one `-b` word (generic `flag-N` words work for any scheduler)."""
+    for names in (_FLAG_NAMES.get(scheduler, _GENERIC_FLAG_NAMES), _GENERIC_FLAG_NAMES):
+        if name in names:
+            return SCHED_FLAGS[names.index(name)]
+    return None
+
+
+def hostport(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 def _canonical_ip(text: str, what: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -76,77 +103,28 @@ def _check_port(port: int, what: str) -> None:
         raise ValueError(f"{what}: {port!r} is not a port (0-65535)")
 
 
-@dataclass(frozen=True, slots=True)
-class VirtualServer:
-    """One IPVS service. `netmask` is the persistence netmask as a prefix length (32 / 128 by default)."""
-
-    address: str
-    protocol: str
-    port: int
-    scheduler: str = "rr"
-    flags: int = 0
-    timeout: int = 0
-    netmask: int = 0  # 0: the family's full length
-
-    def __post_init__(self) -> None:
-        ip = _canonical_ip(self.address, "virtual server address")
-        object.__setattr__(self, "address", str(ip))
-        proto = self.protocol.upper() if isinstance(self.protocol, str) else self.protocol
-        if proto not in PROTOCOLS:
-            raise ValueError(f"virtual server protocol: {self.protocol!r} is not one of {', '.join(PROTOCOLS)}")
-        object.__setattr__(self, "protocol", proto)
-        _check_port(self.port, "virtual server port")
-        if not isinstance(self.scheduler, str) or not self.scheduler or len(self.scheduler) > SCHED_NAME_MAX \
-                or not self.scheduler.isascii() or not self.scheduler.replace("_", "").isalnum():
-            raise ValueError(f"virtual server scheduler: {self.scheduler!r} is not a scheduler name")
-        if not isinstance(self.flags, int) or not 0 <= self.flags < 2**32:
-            raise ValueError(f"virtual server flags: {self.flags!r} is not a 32-bit value")
-        # The kernel sets HASHED on everything it holds; a record never carries it.
-        object.__setattr__(self, "flags", self.flags & ~FLAG_HASHED)
-        if not isinstance(self.timeout, int) or not 0 <= self.timeout < 2**32:
-            raise ValueError(f"virtual server timeout: {self.timeout!r} is not a number of seconds")
-        full = ip.max_prefixlen
-        mask = self.netmask or full
-        if not isinstance(mask, int) or not 1 <= mask <= full:
-            raise ValueError(f"virtual server netmask: {self.netmask!r} is not a prefix length (1-{full})")
-        object.__setattr__(self, "netmask", mask)
-
-    @property
-    def family(self) -> int:
-        return 6 if ":" in self.address else 4
-
-    @property
-    def key(self) -> tuple[str, str, int]:
-        """What names the service in the kernel: (protocol, address, port)."""
-        return (self.protocol, self.address, self.port)
-
-    @property
-    def persistent(self) -> bool:
-        return bool(self.flags & FLAG_PERSISTENT)
-
-    def sort_key(self) -> tuple:
-        return (self.family, PROTOCOLS[self.protocol], ipaddress.ip_address(self.address), self.port)
-
-    def __str__(self) -> str:
-        return f"{self.protocol} {_hostport(self.address, self.port)}"
-
-
-@dataclass(frozen=True, slots=True)
-class RealServer:
+class RealServer(Struct, frozen=True, gc=False):
     """One destination of a virtual server. kube-proxy always masquerades (NAT) with weight 1."""
 
     address: str
     port: int
     weight: int = 1
-    forward: str = "masq"
+    method: str = MASQ  # MASQ (NAT, what kube-proxy uses), ROUTE (direct routing) or TUNNEL
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "address", str(_canonical_ip(self.address, "real server address")))
-        _check_port(self.port, "real server port")
-        if not isinstance(self.weight, int) or isinstance(self.weight, bool) or not 0 <= self.weight <= WEIGHT_MAX:
-            raise ValueError(f"real server weight: {self.weight!r} is not 0-{WEIGHT_MAX}")
-        if self.forward not in FORWARD:
-            raise ValueError(f"real server forwarding: {self.forward!r} is not one of {', '.join(FORWARD)}")
+    @classmethod
+    def new(cls, address: str, port: int, weight: int = 1, method: str = MASQ) -> RealServer:
+        """A checked record in canonical form; ValueError naming the field otherwise."""
+        ip = str(_canonical_ip(address, "real server address"))
+        _check_port(port, "real server port")
+        if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= WEIGHT_MAX:
+            raise ValueError(f"real server weight: {weight!r} is not 0-{WEIGHT_MAX}")
+        if method not in FORWARD:
+            raise ValueError(f"real server forwarding method: {method!r} is not one of {', '.join(FORWARD)}")
+        return cls(ip, port, weight, method)
+
+    @property
+    def masquerade(self) -> bool:
+        return self.method == MASQ
 
     @property
     def family(self) -> int:
@@ -161,14 +139,71 @@ class RealServer:
         return (self.family, ipaddress.ip_address(self.address), self.port)
 
     def __str__(self) -> str:
-        return _hostport(self.address, self.port)
+        return hostport(self.address, self.port)
 
 
-Table = Mapping[VirtualServer, Sequence[RealServer]]
+class VirtualServer(Struct, frozen=True, gc=False):
+    """One IPVS service; `reals` its destinations in the order written (empty where only the service is meant)."""
 
+    protocol: str  # tcp | udp | sctp (| fwmark for a foreign service read from a node's ipvsadm -Sn)
+    address: str  # for a fwmark service: "" (IPv4) or "::" (IPv6)
+    port: int  # the firewall mark for a fwmark service
+    scheduler: str = "rr"
+    flags: int = 0  # FLAG_* bits, FLAG_HASHED never set
+    timeout: int = 0  # persistence timeout in seconds (with FLAG_PERSISTENT)
+    reals: tuple[RealServer, ...] = ()
+    netmask: int = 0  # persistence netmask as a prefix length; 0: the family's full length (kube-proxy's)
 
-def _hostport(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    @classmethod
+    def new(cls, protocol: str, address: str, port: int, scheduler: str = "rr", flags: int = 0, timeout: int = 0,
+            reals: Iterable[RealServer] = (), netmask: int = 0) -> VirtualServer:
+        """A checked record in canonical form; ValueError naming the field otherwise."""
+        ip = _canonical_ip(address, "virtual server address")
+        proto = protocol.lower() if isinstance(protocol, str) else protocol
+        if proto not in PROTOCOLS:
+            raise ValueError(f"virtual server protocol: {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+        _check_port(port, "virtual server port")
+        if not isinstance(scheduler, str) or not scheduler or len(scheduler) > SCHED_NAME_MAX \
+                or not scheduler.isascii() or not scheduler.replace("_", "").isalnum():
+            raise ValueError(f"virtual server scheduler: {scheduler!r} is not a scheduler name")
+        if not isinstance(flags, int) or not 0 <= flags < 2**32:
+            raise ValueError(f"virtual server flags: {flags!r} is not a 32-bit value")
+        if not isinstance(timeout, int) or not 0 <= timeout < 2**32:
+            raise ValueError(f"virtual server timeout: {timeout!r} is not a number of seconds")
+        full = ip.max_prefixlen
+        if not isinstance(netmask, int) or not 0 <= netmask <= full:
+            raise ValueError(f"virtual server netmask: {netmask!r} is not a prefix length (1-{full})")
+        return cls(proto, str(ip), port, scheduler, flags & ~FLAG_HASHED, timeout, tuple(reals),
+                   0 if netmask == full else netmask)
+
+    @property
+    def family(self) -> int:
+        return 6 if ":" in self.address else 4
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """What names the service in the kernel: (protocol, address, port)."""
+        return (self.protocol, self.address, self.port)
+
+    @property
+    def persistent(self) -> bool:
+        return bool(self.flags & FLAG_PERSISTENT)
+
+    @property
+    def settings(self) -> tuple[str, int, int, int]:
+        """What an update may change: scheduler, flags, timeout (when persistent) and netmask."""
+        return (self.scheduler, self.flags, self.timeout if self.persistent else 0, self.netmask)
+
+    def bare(self) -> VirtualServer:
+        """The service alone, without its destinations (how a client lists it)."""
+        return replace(self, reals=()) if self.reals else self
+
+    def sort_key(self) -> tuple:
+        return (self.family, PROTOCOLS.get(self.protocol, 0), ipaddress.ip_address(self.address or "0.0.0.0"),
+                self.port)
+
+    def __str__(self) -> str:
+        return f"{self.protocol.upper()} {hostport(self.address, self.port)}"
 
 
 class IPVSError(UsageError):
@@ -219,39 +254,75 @@ def ipvs_error(op: str, errno: int, vs: VirtualServer | None = None, rs: RealSer
     return IPVSError(f"cannot {_OP_TEXT.get(op, op)}{subject}: {why}", errno)
 
 
-def sorted_table(table: Table) -> dict[VirtualServer, tuple[RealServer, ...]]:
-    """TABLE in the one fixed order: services by (family, protocol, address, port), their destinations by address."""
-    return {vs: tuple(sorted(table[vs], key=RealServer.sort_key)) for vs in sorted(table, key=VirtualServer.sort_key)}
+def sorted_services(services: Iterable[VirtualServer]) -> tuple[VirtualServer, ...]:
+    """SERVICES in the one fixed order: by (family, protocol, address, port), each one's reals by address."""
+    return tuple(replace(vs, reals=tuple(sorted(vs.reals, key=RealServer.sort_key)))
+                 for vs in sorted(services, key=VirtualServer.sort_key))
 
 
-def _flag_words(vs: VirtualServer) -> list[str]:
-    out = []
+# ------------------------------------------------------------------ ipvsadm text
+
+
+def service_arg(vs: VirtualServer) -> str:
+    """`-t VIP:PORT` (or `-u`, `--sctp-service`, `-f MARK [-6]` for a firewall-mark service)."""
+    if vs.protocol == "fwmark":
+        return f"-f {vs.port} -6" if vs.address == "::" else f"-f {vs.port}"
+    return f"{_IPVSADM_PROTO[vs.protocol]} {hostport(vs.address, vs.port)}"
+
+
+def _netmask_word(vs: VirtualServer) -> str:
+    if vs.family == 4:
+        return str(ipaddress.IPv4Network(f"0.0.0.0/{vs.netmask}").netmask)
+    return str(vs.netmask)
+
+
+def service_options(vs: VirtualServer) -> str:
+    """`-s SCHED [-p TIMEOUT [-M MASK]] [-o] [-b FLAGS]`, in ipvsadm's order."""
+    line = f"-s {vs.scheduler}"
     if vs.persistent:
-        out += ["-p", str(vs.timeout)]
-        if vs.netmask != (32 if vs.family == 4 else 128):
-            mask = str(ipaddress.ip_network(f"0.0.0.0/{vs.netmask}").netmask) if vs.family == 4 else str(vs.netmask)
-            out += ["-M", mask]
+        line += f" -p {vs.timeout}"
+        if vs.netmask:
+            line += f" -M {_netmask_word(vs)}"
     if vs.flags & FLAG_ONEPACKET:
-        out.append("-o")
-    names = _SCHED_FLAG_NAMES.get(vs.scheduler, {})
-    sched = [names.get(bit, f"flag-{i}") for i, bit in enumerate((FLAG_SCHED1, FLAG_SCHED2, FLAG_SCHED3), 1)
-             if vs.flags & bit]
-    if sched:
-        out += ["-b", ",".join(sched)]
-    return out
+        line += " -o"
+    names = sched_flag_names(vs.scheduler, vs.flags)
+    if names:
+        line += " -b " + ",".join(names)
+    return line
 
 
-def render(table: Table) -> str:
-    """TABLE in `ipvsadm-save -n` spelling, in the fixed order of `sorted_table`."""
-    lines: list[str] = []
-    for vs, dests in sorted_table(table).items():
-        svc = f"{_IPVSADM_PROTO[vs.protocol]} {_hostport(vs.address, vs.port)}"
-        lines.append(" ".join(["-A", svc, "-s", vs.scheduler, *_flag_words(vs)]))
-        for rs in dests:
-            lines.append(f"-a {svc} -r {rs} {_IPVSADM_FWD[rs.forward]} -w {rs.weight}")
-    return "".join(line + "\n" for line in lines)
+def service_line(vs: VirtualServer, verb: str = "-A") -> str:
+    return f"{verb} {service_arg(vs)} {service_options(vs)}"
 
 
-def table_from(pairs: Iterable[tuple[VirtualServer, Iterable[RealServer]]]) -> dict[VirtualServer, tuple[RealServer, ...]]:
-    """A sorted table from (virtual server, real servers) pairs."""
-    return sorted_table({vs: tuple(rss) for vs, rss in pairs})
+def real_line(vs: VirtualServer, rs: RealServer, verb: str = "-a") -> str:
+    return f"{verb} {service_arg(vs)} -r {hostport(rs.address, rs.port)} -{rs.method} -w {rs.weight}"
+
+
+def render(services: Iterable[VirtualServer]) -> str:
+    """Virtual servers with their reals in `ipvsadm -Sn` spelling, in the order given (`sorted_services` to fix one)."""
+    out: list[str] = []
+    # Many virtual servers share one tuple of real servers (a port's ClusterIP,
+    # NodePorts and LB IPs): format each tuple's destinations once, then one
+    # C-level join per virtual server puts the `-a ... -r ` head before each.
+    # The tuple is kept beside its text, so its id cannot be reused meanwhile.
+    done: dict[int, tuple[tuple[RealServer, ...], list[str]]] = {}
+    for vs in services:
+        svc = service_arg(vs)
+        out.append(f"-A {svc} {service_options(vs)}\n")
+        reals = vs.reals
+        if not reals:
+            continue
+        hit = done.get(id(reals))
+        if hit is not None and hit[0] is reals:
+            parts = hit[1]
+        else:
+            if any(":" in r.address for r in reals):
+                parts = [f"{hostport(r.address, r.port)} -{r.method} -w {r.weight}\n" for r in reals]
+            else:  # no brackets to decide: one f-string per destination
+                parts = [f"{r.address}:{r.port} -{r.method} -w {r.weight}\n" for r in reals]
+            done[id(reals)] = (reals, parts)
+        head = f"-a {svc} -r "
+        out.append(head)
+        out.append(head.join(parts))
+    return "".join(out)

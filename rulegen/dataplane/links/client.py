@@ -5,10 +5,10 @@ mode binds every ClusterIP (and external/load-balancer IP) to a dummy
 interface, `kube-ipvs0`, which it creates and leaves down. `Links` is that
 job: make the dummy if it is missing, list its addresses, add and remove
 one (both idempotent: an address already there, or already gone, is not an
-error) and `sync_addresses` to a wanted list. Addresses are written
-`IP/prefix`, host-length by default (/32, /128); IPv6 link-local addresses,
-which the kernel adds by itself when a link goes up, are neither listed nor
-removed. `RealLinks` does it with pyroute2's IPRoute inside a namespace
+error), `sync_addresses` to a wanted list, and `batch` many calls in one
+visit. Addresses are written `IP/prefix`, host-length by default (/32,
+/128); IPv6 link-local addresses, which the kernel adds by itself when a
+link goes up, are neither listed nor removed. `RealLinks` does it with pyroute2's IPRoute inside a namespace
 (`rulegen.kernel.netns.in_netns`); the fake is `fake.FakeLinks`.
 """
 
@@ -18,6 +18,7 @@ import errno
 import ipaddress
 import os
 import socket
+import threading
 from typing import Any, Callable, Iterable, TypeVar
 
 from ...diagnostics import UsageError
@@ -97,6 +98,10 @@ class Links:
         """Unbind ADDRESS from NAME; True when it was bound."""
         raise NotImplementedError
 
+    def batch(self, fn: Callable[["Links"], T]) -> T:
+        """Run FN(self); a real client makes every call FN does in one namespace visit."""
+        return fn(self)
+
     def sync_addresses(self, name: str, wanted: Iterable[str]) -> tuple[list[str], list[str]]:
         """Make NAME's addresses exactly WANTED; return (added, removed), each in address order."""
         want = {canonical_address(a) for a in wanted}
@@ -115,15 +120,26 @@ class RealLinks(Links):
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
+        self._local = threading.local()
 
     def _visit(self, fn: Callable[[Any], T]) -> T:
+        ipr = getattr(self._local, "ipr", None)
+        if ipr is not None:  # inside batch(): already in the namespace, with a socket
+            return fn(ipr)
         from pyroute2 import IPRoute
 
         def work() -> T:
             with IPRoute() as ipr:
-                return fn(ipr)
+                self._local.ipr = ipr
+                try:
+                    return fn(ipr)
+                finally:
+                    self._local.ipr = None
 
         return in_netns(self.netns, work)
+
+    def batch(self, fn: Callable[[Links], T]) -> T:
+        return self._visit(lambda _ipr: fn(self))
 
     @staticmethod
     def _index(ipr: Any, name: str) -> int | None:
@@ -227,4 +243,4 @@ class RealLinks(Links):
 
     def sync_addresses(self, name: str, wanted: Iterable[str]) -> tuple[list[str], list[str]]:
         want = list(wanted)
-        return self._visit(lambda _ipr: Links.sync_addresses(self, name, want))
+        return self.batch(lambda links: Links.sync_addresses(links, name, want))

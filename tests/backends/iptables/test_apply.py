@@ -429,13 +429,6 @@ def test_bad_namespace_name_is_usage_error(kernel):
         apply(compiled(cluster()), "../etc", create=True, kernel=kernel, state_dir=None)
 
 
-def test_other_modes_are_not_implemented_yet(kernel):
-    c = compiled(cluster())
-    c = dataclasses.replace(c, settings=dataclasses.replace(c.settings, mode="ipvs"))
-    with pytest.raises(UsageError, match=r"^--mode ipvs: apply is not implemented yet \(implemented for: iptables, nftables\)$"):
-        apply(c, "rgt-apply-a", create=True, kernel=kernel, state_dir=None)
-    assert not kernel.netns.exists("rgt-apply-a")  # refused before anything was made
-
 
 def test_ipv6_uses_family_6_tables(kernel):
     c = compiled(cluster6(), ip_family="ipv6")
@@ -471,11 +464,6 @@ def test_cli_missing_namespace_exit_2():
     assert r.exit_code == 2
     assert f"network namespace '{name}' does not exist (use --create" in r.output
     assert not os.path.exists(f"/run/netns/{name}")
-
-
-def test_cli_ipvs_mode_exit_2(monkeypatch):
-    r = CliRunner().invoke(main, ["apply", str(EXAMPLE), "--netns", "rgt-apply-x", "--mode", "ipvs"])
-    assert r.exit_code == 2 and "not implemented yet" in r.output
 
 
 # ---------------------------------------------------------------------- real namespaces

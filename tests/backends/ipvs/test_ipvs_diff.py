@@ -113,8 +113,7 @@ def node_dump(tmp_path: Path, c, name: str = "node") -> Path:
     spelling with kube-proxy's jumps and a CNI's rules, both families' sets."""
     d = tmp_path / name
     d.mkdir()
-    table = {dipvs.VirtualServer(vs.address, vs.protocol, vs.port, vs.scheduler, vs.flags, vs.timeout):
-             [dipvs.RealServer(r.address, r.port, r.weight) for r in vs.reals] for vs in c.ir.virtual_servers}
+    table = dipvs.sorted_services(c.ir.virtual_servers)  # ipvsadm -Sn's order, not the compile's
     (d / "ipvsadm.rules").write_text(dipvs.render(table) + "-A -t [fd00::10]:80 -s rr\n")
     sets = render.ipset(c.ir).replace("maxelem 65536\n", "maxelem 65536 bucketsize 12 initval 0x5eed\n")
     (d / "ipset.rules").write_text(sets + NODE_IPSET_EXTRA +
@@ -173,9 +172,7 @@ def test_the_other_family_of_a_dual_stack_dump(tmp_path):
 def test_a_live_namespace_through_its_clients_reads_as_the_compile():
     c = compile_files([str(FIX / "ipvs-scheduler-sh")], {"mode": "ipvs"})
     ipvs, sets, links = dipvs.FakeIPVS(), FakeIPSets(), FakeLinks()
-    dipvs.load_table(ipvs, {dipvs.VirtualServer(v.address, v.protocol, v.port, v.scheduler, v.flags, v.timeout):
-                            [dipvs.RealServer(r.address, r.port, r.weight) for r in v.reals]
-                            for v in c.ir.virtual_servers})
+    dipvs.load_table(ipvs, c.ir.virtual_servers)
     sets.restore(render.ipset(c.ir))
     links.ensure_dummy()
     for a in c.ir.bound:

@@ -16,6 +16,7 @@ from test_ipvs_compile import WEB_EPS, config, service, slice_, state
 
 from rulegen.backends.ipvs import parse, render
 from rulegen.backends.ipvs.ir import (
+    FLAG_ONEPACKET,
     FLAG_PERSISTENT,
     FLAG_SCHED1,
     FLAG_SCHED2,
@@ -139,6 +140,9 @@ def test_ipvsadm_forms_rulegen_never_writes_but_a_node_may_hold():
 -A -f 8 -6 -s rr
 -A -t 10.0.0.2:80 -s lc -b flag-1
 -A -t 010.0.0.3:80
+-A -t 10.0.0.4:80 -s rr -p 60 -M 255.255.255.0 -o
+-A -t [fd00::4]:80 -s rr -p 60 -M 64
+-A -t 10.0.0.5:80 -s rr -p 60 -M 255.255.255.255
 """
     got = parse.parse_ipvsadm(text)
     assert got == (
@@ -149,6 +153,9 @@ def test_ipvsadm_forms_rulegen_never_writes_but_a_node_may_hold():
         VirtualServer("fwmark", "::", 8, "rr"),
         VirtualServer("tcp", "10.0.0.2", 80, "lc", FLAG_SCHED1),
         VirtualServer("tcp", "10.0.0.3", 80, "wlc"),  # ipvsadm's default scheduler; sloppy IPv4 read as kube-proxy does
+        VirtualServer("tcp", "10.0.0.4", 80, "rr", FLAG_PERSISTENT | FLAG_ONEPACKET, 60, netmask=24),
+        VirtualServer("tcp", "fd00::4", 80, "rr", FLAG_PERSISTENT, 60, netmask=64),
+        VirtualServer("tcp", "10.0.0.5", 80, "rr", FLAG_PERSISTENT, 60),  # the full mask is the default: 0
     )
     st_ = IPVSState(6, got, (), (), parse.parse_xtables("", "x", 6))
     assert parse.parse_ipvsadm(render.ipvsadm(st_)) == got
@@ -156,7 +163,9 @@ def test_ipvsadm_forms_rulegen_never_writes_but_a_node_may_hold():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("-A -t 10.0.0.1:80 -s rr -M 255.255.255.0\n", "line 1: option -M is not one rulegen models"),
+    ("-A -t 10.0.0.1:80 -s rr --pe sip\n", "line 1: option --pe is not one rulegen models"),
+    ("-A -t 10.0.0.1:80 -s rr -p 60 -M 255.0.255.0\n", "line 1: '255.0.255.0' is not a persistence netmask"),
+    ("-A -t [fd00::1]:80 -s rr -p 60 -M 129\n", "line 1: '129' is not a persistence netmask"),
     ("-A -t web.example:80 -s rr\n", "not a numeric IP address (dump with ipvsadm -Sn)"),
     ("-A -t 10.0.0.1:http -s rr\n", "not a numeric port"),
     ("-A -t 10.0.0.1 -s rr\n", "has no port"),
