@@ -521,13 +521,21 @@ clusterCIDR: 10.244.0.0/16
     return path
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.root
 @pytest.mark.parametrize("sig,phase", [(signal.SIGINT, "sending"), (signal.SIGTERM, "sending"),
                                        (signal.SIGINT, "building")])
 def test_interrupt_cleans_up(runs, tmp_path, sig, phase):
     src = many_endpoints(tmp_path, 40) if phase == "building" else CASES / "nodeport-cluster.yaml"
+    # A terminal's Ctrl-C reaches a process whose SIGINT is at its default. A test runner
+    # started as a background job inherits an ignored SIGINT, which the lab keeps ignored
+    # (as nohup asks), so the child starts from the default, as a shell's foreground job does.
     proc = subprocess.Popen([*RULEGEN, "lab", str(src), "--requests", "5000", "--timeout", "90"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            preexec_fn=_default_sigint)
     run = None
     try:
         t_end = time.monotonic() + 30
