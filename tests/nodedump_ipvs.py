@@ -69,8 +69,8 @@ LINT_FIXTURES: dict[str, N.Variant] = {
         ("filter", "-A", "INPUT", "-p tcp -m set --match-set KUBE-NODE-PORT-TCP dst -j ACCEPT"),
         ("filter", "-A", "INPUT", "-i {ext} -j REJECT --reject-with icmp-host-prohibited"))),)),
     # a foreign DROP in filter OUTPUT of what the node sends to the pods: IPVS's forwarded packets
-    "RG910-bad": N._one("filter", "-I", "OUTPUT", f"-d {N.CLUSTER_CIDR} -p tcp -m conntrack --ctstate NEW -j DROP"),
-    "RG910-good": N._one("filter", "-I", "OUTPUT", f"-d {N.CLUSTER_CIDR} -p udp -m conntrack --ctstate NEW -j DROP"),
+    "RG910-bad": N._one("filter", "-I", "OUTPUT", f"-d {N.CLUSTER_CIDR} -p tcp -j DROP"),
+    "RG910-good": N._one("filter", "-I", "OUTPUT", f"-d {N.CLUSTER_CIDR} -p udp -j DROP"),
 }
 
 

@@ -147,7 +147,7 @@ def lint_dump(rs: Ruleset, name: str, settings: Settings, expected: Ruleset, set
         hit.services.update(dict.fromkeys(everyone))
         hit.unconditional = True
         hits[(hit.code, table, chain, spec)] = hit
-    return [_finding(h) for h in hits.values()]
+    return [finding(h) for h in hits.values()]
 
 
 def _deciders(p, rules) -> list[tuple]:
@@ -238,7 +238,8 @@ _HINTS = {
 }
 
 
-def _finding(h: _Hit) -> Finding:
+def finding(h: _Hit, hints: dict[str, str] | None = None) -> Finding:
+    """The lint finding for hit H (HINTS: the fix per code, another mode's where it differs)."""
     names = list(h.services)
     shown = ", ".join(names[:MAX_NAMED]) + (f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else "")
     message = f"{h.rule} {h.what}; it hits {len(names)} Service port(s): {shown}"
@@ -246,4 +247,4 @@ def _finding(h: _Hit) -> Finding:
         message += f" (if {'; '.join(sorted(h.assuming))})"
     name = f"{h.table} {h.chain}" + (f" rule {h.number}" if h.number else " policy" if h.code in ("RG906", "RG907")
                                       else "")
-    return Finding(h.code, "iptables", name, message, _HINTS[h.code])
+    return Finding(h.code, "iptables", name, message, (hints or _HINTS)[h.code])
