@@ -194,7 +194,8 @@ _TABLE = (
          "connections before IPVS takes them (in IPVS mode they cross INPUT, not FORWARD: a firewall that is "
          "harmless in iptables mode refuses them)",
          "accept the Service traffic in INPUT before it (the cluster IPs on kube-ipvs0 and the node ports; "
-         "firewalld: put kube-ipvs0 in a trusted zone), or move the rule after kube-proxy's jumps"),
+         "firewalld: open the node-port range, the pod network in the trusted zone), or move the rule after "
+         "kube-proxy's jumps"),
     Code("RG910", "error", "node-ipvs-after-drop",
          "on an IPVS node's dump: a DROP or REJECT outside kube-proxy's chains stops the packet IPVS sends on to "
          "the real server it chose (filter OUTPUT or later: IPVS forwards as the node's own packet)",

@@ -45,9 +45,9 @@ _HINTS_IPVS = {
              "masquerade mark is never set, so replies from other nodes' pods miss the client",
     "RG906": "accept the Service traffic explicitly (in IPVS mode it crosses filter INPUT: the cluster IPs on "
              "kube-ipvs0 and the node ports), or set the policy to ACCEPT",
-    "RG909": "accept the Service traffic in INPUT before the rule (the cluster IPs on kube-ipvs0 and the node ports, "
-             "e.g. -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT; firewalld: kube-ipvs0 in a trusted zone), "
-             "or move the rule after kube-proxy's jumps",
+    "RG909": "accept the Service traffic in INPUT before the rule (the cluster IPs and node ports kube-proxy's sets "
+             "hold, e.g. -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT; firewalld: open the node-port range "
+             "and put the pod network in the trusted zone), or move the rule after kube-proxy's jumps",
     "RG910": "let the node's own packets to the pod network through in filter OUTPUT (IPVS forwards as the node), "
              "or narrow the rule",
 }

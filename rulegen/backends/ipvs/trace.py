@@ -184,6 +184,15 @@ def trace_state(state: IPVSState, settings: Settings, src: str | None, dst_ip: s
     pkt = Packet(req.proto, req.src, sport, req.dst, req.dport, iface)
     paths = engine.run(pkt, entry.hook)
     notes += engine.notes
+    waiting = step.lookup(pkt)
+    for p in paths:
+        last = next((h for h in reversed(p.hops) if h.kind in ("rule", "policy")), None)
+        if (waiting is not None and p.verdict in ("DROP", "REJECT") and last is not None and last.table == "filter"
+                and not last.chain.startswith("KUBE-") and not any(h.kind == "balance" for h in p.hops) and _in_input(p.hops)):
+            notes.append(f"IPVS virtual server {_vs_name(waiting)} never saw this connection: IPVS takes it after "
+                         "filter INPUT (the address is local), so a DROP or REJECT reached from INPUT stops it "
+                         "first (in iptables mode, DNATed in PREROUTING, a connection to a pod crosses FORWARD instead)")
+            break
     if not strict and any(" is not in " in a.reason and a.reason.startswith("ipset ") for p in paths
                           for a in p.assumptions):
         notes.append("some rules match ipsets the dump's sets do not hold: their branches are assumed; pass the "
@@ -197,6 +206,13 @@ def _router(routes: tuple[tuple[str, str], ...]):
     from ..iptables.trace import _router as route
 
     return route(routes)
+
+
+def _in_input(hops) -> bool:
+    """Did the walk last enter filter's built-in chains at INPUT?"""
+    last = next((h.chain for h in reversed(hops) if h.table == "filter" and h.chain in BUILTIN_CHAINS["filter"]),
+                None)
+    return last == "INPUT"
 
 
 def _existing_jumps(rules: Rules, jumps):

@@ -28,6 +28,7 @@ from rgtest import run_cli
 
 TESTS = Path(__file__).resolve().parents[2]
 DUMPS = TESTS / "node_dumps"
+CLUSTER_YAML = DUMPS / "cluster.yaml"
 NODE = "192.168.77.10"
 WEB_NP, LOCAL_NP, WEB_VIP, LOCAL_VIP, EMPTY_VIP = (f"{NODE}:30080", f"{NODE}:30090", "10.96.50.10:80",
                                                    "10.96.50.20:80", "10.96.50.30:80")
@@ -100,6 +101,8 @@ def test_a_foreign_drop_of_the_nodeport_in_input_is_reported_as_drop_and_named()
     assert "-A INPUT -i eth0 -p tcp -m tcp --dport 30080 -j DROP" in note
     assert "before kube-proxy's jump at filter INPUT rule 2" in note
     assert not any(h["kind"] == "balance" for p in doc["paths"] for h in p["hops"])  # IPVS never sees it
+    assert any(n.startswith("IPVS virtual server TCP 192.168.77.10:30080 never saw this connection: IPVS takes it "
+                            "after filter INPUT") for n in doc["notes"])
     # the other NodePort and the cluster IP pass the same rule
     assert trace("input-drop", LOCAL_NP)["verdict"] == "DNAT"
     assert shares(trace("input-drop", WEB_VIP, src=POD)) == {"10.244.1.21:8080": Fraction(1, 3),
@@ -120,6 +123,20 @@ def test_ufw_input_policy_drop_drops_ipvs_service_traffic():
     doc = trace("ufw", WEB_NP)
     assert doc["verdict"] == "DROP"
     assert "DROP by the policy of filter INPUT: no rule there accepted the packet" in doc["notes"]
+    assert any("never saw this connection" in n for n in doc["notes"])
+
+
+def test_kube_proxys_own_reject_draws_no_ipvs_note():
+    # a port no Service uses on a kube-ipvs0 address: KUBE-IPVS-FILTER refuses it, and no virtual server waits
+    doc = trace("calico", "10.96.50.10:81", src=POD)
+    assert doc["verdict"] == "REJECT" and not any("never saw" in n for n in doc["notes"])
+
+
+def test_the_readme_example_is_the_firewalld_dump():
+    ex = TESTS.parent / "examples" / "node-dump-ipvs"
+    for name in ("ipvsadm.rules", "ipset.rules", "iptables.rules"):
+        assert (ex / name).read_text() == (DUMPS / "ipvs-firewalld" / name).read_text(), name
+    assert (ex / "cluster.yaml").read_text().split("\n", 1)[1] == CLUSTER_YAML.read_text().split("\n", 1)[1]
 
 
 def test_a_service_without_endpoints_is_still_refused_by_ipvs():

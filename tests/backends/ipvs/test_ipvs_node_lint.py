@@ -48,7 +48,7 @@ def test_firewalld_rejects_every_service_port_in_input():
                                    "INPUT, after kube-proxy's jumps in filter INPUT, before IPVS takes them")
     assert f["message"].endswith("it hits 5 Service port(s): lab/empty:http cluster IP, lab/local:http cluster IP, "
                                  "lab/local:http node port, lab/web:http cluster IP, lab/web:http node port")
-    assert "kube-ipvs0" in f["hint"]
+    assert "KUBE-CLUSTER-IP" in f["hint"] and "node-port range" in f["hint"]
 
 
 def test_a_host_drop_of_one_nodeport_in_input_names_that_service_only():
