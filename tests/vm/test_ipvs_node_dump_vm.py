@@ -1,9 +1,14 @@
 """Inside the IPVS VM: a foreign DROP in filter INPUT shadows a NodePort on a real IPVS node, as the trace says.
 
-A node namespace gets the compile through `rulegen apply --mode ipvs`
-(kube-ipvs0, kube-proxy's sysctls and sets, IPVS, the glue and its jumps),
-then a host's own rule first in filter INPUT drops one NodePort from the
-uplink. Real connections from a client namespace: the other NodePort is
+A node namespace is loaded as tests/nodedump_ipvs.py loads the committed
+IPVS dumps (`ipset restore` and `iptables-restore` of the compile's
+ipset.rules and iptables.rules, kube-proxy's IPVS-mode jumps prepended,
+then the foreign rule: a host's own DROP of one NodePort from the uplink,
+first in filter INPUT), plus what that host cannot hold: the compile's
+virtual servers by `ipvsadm -R`, kube-ipvs0 with the cluster IPs, and
+kube-proxy's sysctls. (Not `rulegen apply`: the same state, but it took
+most of the guest's 20 s under emulation; the applier has VM tests of its
+own.) Real connections from a client namespace: the other NodePort is
 answered by the two pods (rr), the shadowed one never is. The node's own
 `ipvsadm -Sn`, `ipset save` and `iptables-save`, as a dump folder, are
 traced: DROP by that rule (named) for the one, the pods that answered for
@@ -15,14 +20,16 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import tempfile
 import threading
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from rulegen.apply import apply
-from rulegen.apply.kernel import Kernel
+from rulegen.backends.ipvs.apply import SYSCTLS
+from rulegen.backends.ipvs.compile import JUMP_RULES
+from rulegen.backends.ipvs.render import files
 from rulegen.backends.ipvs.trace import TRACER
 from rulegen.diagnostics import Report
 from rulegen.flags import SETTING_KEYS
@@ -75,6 +82,34 @@ def _sh(ns: str, *argv: str) -> str:
                           timeout=60).stdout
 
 
+def _load(ns: str, compiled) -> None:
+    """The node as tests/nodedump_ipvs.py builds it (kube-proxy's jumps prepended, then the foreign rule first in
+    INPUT), in one `iptables-restore --noflush` (each process costs seconds under emulation), plus IPVS,
+    kube-ipvs0 and kube-proxy's sysctls."""
+    texts = files(compiled.ir)
+    inserts: dict[str, list[str]] = {}
+    for table, chain, spec in JUMP_RULES:  # each prepended in turn, as kube-proxy's EnsureRule(Prepend) does
+        inserts.setdefault(table, []).append(f"-I {chain} 1 {spec}")
+    inserts["filter"].append(f"-I INPUT 1 {DROP_RULE}")
+    lines, table = [], ""
+    for line in texts["iptables.rules"].splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line == "COMMIT":
+            lines += inserts.pop(table, [])
+        lines.append(line)
+    assert not inserts, inserts  # every table with a jump is in the compile
+    restore = "\n".join(lines) + "\n"
+    script = (f"ipset restore < {ns}.ipset && iptables-restore --noflush < {ns}.ipt && ipvsadm -R < {ns}.ipvs && "
+              f"sysctl -q -w {' '.join(f'{k}={v}' for k, v in SYSCTLS)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for ext, text in (("ipset", texts["ipset.rules"]), ("ipt", restore), ("ipvs", texts["ipvsadm.rules"])):
+            Path(tmp, f"{ns}.{ext}").write_text(text)
+        subprocess.run(["ip", "netns", "exec", ns, "sh", "-c", script], cwd=tmp, check=True, capture_output=True,
+                       timeout=60)
+    _ip_batch(["link add kube-ipvs0 type dummy", *(f"addr add {a}/32 dev kube-ipvs0" for a in compiled.ir.bound)], ns)
+
+
 def _serve(listener: socket.socket, name: str, stop: threading.Event) -> None:
     listener.settimeout(0.5)
     while not stop.is_set():
@@ -117,9 +152,7 @@ def test_a_foreign_input_drop_shadows_a_nodeport_in_the_kernel_as_in_the_trace(n
     flags = {k: None for k in SETTING_KEYS}
     flags.update(mode="ipvs", cluster_cidr=("10.244.0.0/16",), nfacct=False)
     compiled = compile_files([str(cluster)], flags, Report())
-    apply(compiled, d, kernel=Kernel.real(), state_dir=None)
-    _sh(d, "iptables", "-I", "INPUT", *DROP_RULE.split())
-
+    _load(d, compiled)
     stop = threading.Event()
     threads = []
     for ns, key in ((p1, "p1"), (p2, "p2")):
