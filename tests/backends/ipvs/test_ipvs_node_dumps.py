@@ -190,3 +190,11 @@ def test_a_bad_ipsets_file_is_exit_2_naming_it(tmp_path):
     r = run_cli("trace", "--mode", "ipvs", "--rules", str(DUMPS / "ipvs-calico"), "--ipsets", str(bad),
                 "--node-ip", NODE, "--dst", WEB_NP)
     assert r.exit_code == 2 and f"{bad}: line 2" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("variant", ALL)
+@pytest.mark.parametrize("dst,src", [(WEB_NP, CLIENT), (WEB_VIP, POD)])
+def test_with_the_nodes_own_ipsets_nothing_is_assumed_on_any_dump(variant, dst, src):
+    doc = trace(variant, dst, "--ipsets", str(DUMPS / f"ipvs-{variant}" / "ipset.rules"), src=src)
+    assert doc["assumed"] is False and doc["assumptions"] == []
+    assert doc["verdict"] in ("DNAT", "DROP", "REJECT")
