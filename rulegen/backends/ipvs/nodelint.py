@@ -32,15 +32,15 @@ from typing import Any
 from ...dataplane.xtables.model import BUILTIN_CHAINS
 from ...dataplane.xtables.walk import Rules, is_kube_chain
 from ...lint.findings import Finding
+from ...lint.node import HINTS, Hit, finding, pod_client, target_of
 from ...settings import Settings
 from ...trace.model import TraceError
-from ..iptables.nodelint import _HINTS, _Hit, _pod_client, _target, finding
 from .compile import JUMP_RULES, compile_plan
 from .ir import IPVSState, set_name
 from .trace import TRACER, _existing_jumps, trace_state, with_ipsets
 
 _HINTS_IPVS = {
-    **_HINTS,
+    **HINTS,
     "RG903": "move the ACCEPT after kube-proxy's jump in nat: IPVS still takes the connections, but kube-proxy's "
              "masquerade mark is never set, so replies from other nodes' pods miss the client",
     "RG906": "accept the Service traffic explicitly (in IPVS mode it crosses filter INPUT: the cluster IPs on "
@@ -95,8 +95,8 @@ def lint_state(state: IPVSState, name: str, settings: Settings, expected: IPVSSt
                from_files: bool, sets_name: str = "") -> list[Finding]:
     rules = Rules.of(state.iptables, name)
     ports = service_ports(expected, settings, plan)
-    hits: dict[tuple, _Hit] = {}
-    pod = _pod_client(settings)
+    hits: dict[tuple, Hit] = {}
+    pod = pod_client(settings)
     for label, proto, dst, port, from_pod in ports:
         src = pod if from_pod and pod else None
         try:
@@ -106,7 +106,7 @@ def lint_state(state: IPVSState, name: str, settings: Settings, expected: IPVSSt
             continue  # a dump the tracer cannot follow at all: `rulegen trace` says why
         for p in r.paths:
             for h in _deciders(p, rules):
-                hit = hits.setdefault(h[:4], _Hit(*h))
+                hit = hits.setdefault(h[:4], Hit(*h))
                 hit.services[label] = None
                 if p.assumptions:
                     hit.assuming.update(a.text() for a in p.assumptions)
@@ -114,7 +114,7 @@ def lint_state(state: IPVSState, name: str, settings: Settings, expected: IPVSSt
                     hit.unconditional = True
     everyone = [p[0] for p in ports]
     for table, chain, spec in _missing_jumps(rules, from_files):
-        hit = _Hit("RG908", table, chain, 0, f"-A {chain} {spec}", "is missing, so no Service traffic there "
+        hit = Hit("RG908", table, chain, 0, f"-A {chain} {spec}", "is missing, so no Service traffic there "
                    "meets kube-proxy's rules")
         hit.services.update(dict.fromkeys(everyone))
         hit.unconditional = True
@@ -187,8 +187,8 @@ def _missing_jumps(rules: Rules, from_files: bool):
     want = JUMP_RULES if from_files else _existing_jumps(rules, JUMP_RULES)
     out = []
     for table, chain, spec in want:
-        target = _target(spec)
+        target = target_of(spec)
         have = rules.chains.get(table, {}).get(chain, [])
-        if target and not any(_target(s) == target for s in have):
+        if target and not any(target_of(s) == target for s in have):
             out.append((table, chain, spec))
     return out

@@ -180,7 +180,7 @@ def trace_state(state: IPVSState, settings: Settings, src: str | None, dst_ip: s
             return pod_iface if _route(dst) else None
     engine = Engine(rules, local, out_iface, to_pod, sets=sets, bridged=bridged,
                     steps={"local-in": step, "local-out": step}, strict=strict,
-                    sets_source=sets_source or f"{source}'s ipsets", route=_router(routes))
+                    sets_source=sets_source or f"{source}'s ipsets", route=E.router(routes))
     pkt = Packet(req.proto, req.src, sport, req.dst, req.dport, iface)
     paths = engine.run(pkt, entry.hook)
     notes += engine.notes
@@ -200,12 +200,6 @@ def trace_state(state: IPVSState, settings: Settings, src: str | None, dst_ip: s
     if plan is None:
         entry = replace(entry, target=_target_from_state(state, pkt, fs) or entry.target)
     return E.fold(pkt, entry, paths, notes, fs, eps, source, plan is not None, BASE_CHAINS)
-
-
-def _router(routes: tuple[tuple[str, str], ...]):
-    from ..iptables.trace import _router as route
-
-    return route(routes)
 
 
 def _in_input(hops) -> bool:
