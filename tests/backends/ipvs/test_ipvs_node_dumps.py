@@ -198,3 +198,14 @@ def test_with_the_nodes_own_ipsets_nothing_is_assumed_on_any_dump(variant, dst, 
     doc = trace(variant, dst, "--ipsets", str(DUMPS / f"ipvs-{variant}" / "ipset.rules"), src=src)
     assert doc["assumed"] is False and doc["assumptions"] == []
     assert doc["verdict"] in ("DNAT", "DROP", "REJECT")
+
+
+def test_routes_and_the_pod_interface_say_where_ipvs_sends_the_packet_on():
+    # as for an iptables node: --route for other nodes' pods, --pod-iface for this node's (FILES name them local)
+    r = run_cli("trace", "--mode", "ipvs", str(CLUSTER_YAML), "--rules", str(DUMPS / "ipvs-calico"), "--dst", WEB_NP,
+                "--src", CLIENT, "--route", "10.244.2.0/24=vxlan.calico", "--pod-iface", "cali01", "--json")
+    assert r.exit_code == 0, r.output
+    sent = {p["endpoint"]: [h["rule"] for h in p["hops"] if h["kind"] == "deliver"] for p in json.loads(r.stdout)["paths"]}
+    assert sent == {"10.244.1.21:8080": ["sent on to 10.244.1.21:8080 via cali01"],
+                    "10.244.1.22:8080": ["sent on to 10.244.1.22:8080 via cali01"],
+                    "10.244.2.23:8080": ["sent on to 10.244.2.23:8080 via vxlan.calico"]}
