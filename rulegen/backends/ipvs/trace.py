@@ -185,14 +185,10 @@ def trace_state(state: IPVSState, settings: Settings, src: str | None, dst_ip: s
     paths = engine.run(pkt, entry.hook)
     notes += engine.notes
     waiting = step.lookup(pkt)
-    for p in paths:
-        last = next((h for h in reversed(p.hops) if h.kind in ("rule", "policy")), None)
-        if (waiting is not None and p.verdict in ("DROP", "REJECT") and last is not None and last.table == "filter"
-                and not last.chain.startswith("KUBE-") and not any(h.kind == "balance" for h in p.hops) and _in_input(p.hops)):
-            notes.append(f"IPVS virtual server {_vs_name(waiting)} never saw this connection: IPVS takes it after "
-                         "filter INPUT (the address is local), so a DROP or REJECT reached from INPUT stops it "
-                         "first (in iptables mode, DNATed in PREROUTING, a connection to a pod crosses FORWARD instead)")
-            break
+    if waiting is not None and any(_stopped_in_input(p) for p in paths):
+        notes.append(f"IPVS virtual server {_vs_name(waiting)} never saw this connection: IPVS takes it after "
+                     "filter INPUT (the address is local), so a DROP or REJECT reached from INPUT stops it first "
+                     "(in iptables mode, DNATed in PREROUTING, a connection to a pod crosses FORWARD instead)")
     if not strict and any(" is not in " in a.reason and a.reason.startswith("ipset ") for p in paths
                           for a in p.assumptions):
         notes.append("some rules match ipsets the dump's sets do not hold: their branches are assumed; pass the "
@@ -202,11 +198,16 @@ def trace_state(state: IPVSState, settings: Settings, src: str | None, dst_ip: s
     return E.fold(pkt, entry, paths, notes, fs, eps, source, plan is not None, BASE_CHAINS)
 
 
-def _in_input(hops) -> bool:
-    """Did the walk last enter filter's built-in chains at INPUT?"""
-    last = next((h.chain for h in reversed(hops) if h.table == "filter" and h.chain in BUILTIN_CHAINS["filter"]),
-                None)
-    return last == "INPUT"
+def _stopped_in_input(p) -> bool:
+    """Did a rule or policy outside kube-proxy's chains, reached from filter INPUT, stop path P before IPVS?"""
+    last = next((h for h in reversed(p.hops) if h.kind in ("rule", "policy")), None)
+    if p.verdict not in ("DROP", "REJECT") or last is None or last.table != "filter" or last.chain.startswith("KUBE-"):
+        return False
+    if any(h.kind == "balance" for h in p.hops):
+        return False
+    entered = next((h.chain for h in reversed(p.hops) if h.table == "filter" and h.chain in BUILTIN_CHAINS["filter"]),
+                   None)
+    return entered == "INPUT"
 
 
 def _existing_jumps(rules: Rules, jumps):

@@ -205,7 +205,8 @@ def test_routes_and_the_pod_interface_say_where_ipvs_sends_the_packet_on():
     r = run_cli("trace", "--mode", "ipvs", str(CLUSTER_YAML), "--rules", str(DUMPS / "ipvs-calico"), "--dst", WEB_NP,
                 "--src", CLIENT, "--route", "10.244.2.0/24=vxlan.calico", "--pod-iface", "cali01", "--json")
     assert r.exit_code == 0, r.output
-    sent = {p["endpoint"]: [h["rule"] for h in p["hops"] if h["kind"] == "deliver"] for p in json.loads(r.stdout)["paths"]}
+    paths = json.loads(r.stdout)["paths"]
+    sent = {p["endpoint"]: [h["rule"] for h in p["hops"] if h["kind"] == "deliver"] for p in paths}
     assert sent == {"10.244.1.21:8080": ["sent on to 10.244.1.21:8080 via cali01"],
                     "10.244.1.22:8080": ["sent on to 10.244.1.22:8080 via cali01"],
                     "10.244.2.23:8080": ["sent on to 10.244.2.23:8080 via vxlan.calico"]}
