@@ -43,7 +43,8 @@ PODS = {"p1": "10.244.1.21", "p2": "10.244.1.22"}
 POD_GW = "10.244.1.1"
 SHADOWED, OPEN, TARGET = 30080, 30081, 8080
 DROP_RULE = f"-i eth0 -p tcp -m tcp --dport {SHADOWED} -j DROP"
-TIMEOUT = 2.0
+TIMEOUT = 2.0  # an answered connection's
+DROPPED_AFTER = 1.0  # a dropped SYN never gets an answer: one second of waiting shows it as well as more
 
 CLUSTER = f"""
 apiVersion: v1
@@ -123,10 +124,10 @@ def _serve(listener: socket.socket, name: str, stop: threading.Event) -> None:
             conn.sendall(name.encode())
 
 
-def _ask(client_ns: str, port: int) -> str:
+def _ask(client_ns: str, port: int, timeout: float = TIMEOUT) -> str:
     """The answering pod's name, or the error's name (a DROP: the connection times out)."""
     try:
-        sock = in_netns(client_ns, lambda: socket.create_connection((NODE, port), timeout=TIMEOUT))
+        sock = in_netns(client_ns, lambda: socket.create_connection((NODE, port), timeout=timeout))
     except OSError as e:
         return "timeout" if isinstance(e, (TimeoutError, socket.timeout)) else type(e).__name__
     with sock:
@@ -169,7 +170,7 @@ def test_a_foreign_input_drop_shadows_a_nodeport_in_the_kernel_as_in_the_trace(n
         threads.append((t, listener))
     try:
         opened = Counter(_ask(c, OPEN) for _ in range(4))
-        shadowed = Counter(_ask(c, SHADOWED) for _ in range(1))
+        shadowed = Counter(_ask(c, SHADOWED, DROPPED_AFTER) for _ in range(1))
     finally:
         stop.set()
         for t, listener in threads:
