@@ -88,7 +88,8 @@ def parse_routes(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
                    "ipset.rules and iptables.rules (a node's ipvsadm -Sn, ipset save and iptables-save).")
 @click.option("--ipsets", "ipsets_path", default=None, metavar="SAVED_SETS",
               help="The node's ipsets (`ipset save` output), to decide `-m set` matches in --rules; without "
-                   "it they split the trace into assumed branches.")
+                   "it they split the trace into assumed branches. With --mode ipvs it replaces the folder's "
+                   "ipset.rules (sets missing from either are assumed, named).")
 @click.option("--in-iface", default=None,
               help="Interface the packet arrives on (default eth0 from outside, cni0 or the detector's "
                    "interface from a pod).")
@@ -118,12 +119,13 @@ def command(files, dst, src, proto, rules_path, ipsets_path, in_iface, out_iface
     rulegen trace --rules node.save --node-ip 192.168.56.10 --dst 192.168.56.10:30080
     rulegen trace --rules node.save --ipsets node.ipsets --node-ip 192.168.56.10 --dst 10.96.0.10:80
     rulegen trace cluster.yaml --rules node.save --dst 127.0.0.1:30080 --src 127.0.0.1
+    rulegen trace --mode ipvs --rules node-dump/ --node-ip 192.168.56.10 --dst 192.168.56.10:30080
     """
     flags = flags_of(kw)
     if ipsets_path is not None and rules_path is None:
         raise UsageError("--ipsets goes with --rules (the node's dump whose rules match those sets)")
     where = {"in_iface": in_iface, "out_iface": out_iface}
-    # Only the iptables tracer models the node's routes and pod interfaces; others get them only when given.
+    # The iptables and IPVS tracers model the node's routes and pod interfaces; others get them only when given.
     if pod_iface:
         where["pod_iface"] = pod_iface
     if routes:

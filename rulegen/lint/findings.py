@@ -187,6 +187,19 @@ _TABLE = (
          "on a node dump: a jump kube-proxy installs from a built-in chain is missing (a firewall reload flushed it): "
          "Service traffic there never meets kube-proxy's rules",
          "restart kube-proxy (it inserts its jumps on every sync) and find what flushed them"),
+    # IPVS nodes: Service traffic is for a local address (kube-ipvs0, a node address), so it crosses filter
+    # INPUT before IPVS takes it, and IPVS sends the packet on as the node's own (OUTPUT, POSTROUTING).
+    Code("RG909", "error", "node-ipvs-input-drop",
+         "on an IPVS node's dump: a DROP or REJECT outside kube-proxy's chains in filter INPUT stops Service "
+         "connections before IPVS takes them (in IPVS mode they cross INPUT, not FORWARD: a firewall that is "
+         "harmless in iptables mode refuses them)",
+         "accept the Service traffic in INPUT before it (the cluster IPs on kube-ipvs0 and the node ports; "
+         "firewalld: open the node-port range, the pod network in the trusted zone), or move the rule after "
+         "kube-proxy's jumps"),
+    Code("RG910", "error", "node-ipvs-after-drop",
+         "on an IPVS node's dump: a DROP or REJECT outside kube-proxy's chains stops the packet IPVS sends on to "
+         "the real server it chose (filter OUTPUT or later: IPVS forwards as the node's own packet)",
+         "let the node's own packets to the pod network through (filter OUTPUT), or narrow the rule"),
 )
 
 CODES: dict[str, Code] = {c.code: c for c in _TABLE}

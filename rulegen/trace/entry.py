@@ -258,3 +258,18 @@ def fold(pkt: Packet, entry: Entry, paths: list[Path], notes: list[str], s: Sett
         verdict = max(outcomes.items(), key=lambda kv: (kv[1] or 0, -order.get(kv[0], 3)))[0]
     return TraceResult(pkt, entry, verdict, destinations, tuple(paths), tuple(notes), source,
                        s.hostname, tuple(s.node_ips_of()), outcomes, nodes_known, base_chains)
+
+
+def router(routes: tuple[tuple[str, str], ...]):
+    """dst → the interface of the most specific route holding it, or None."""
+    if not routes:
+        return None
+    ordered = sorted(routes, key=lambda r: -int(r[0].rpartition("/")[2]))
+
+    def route(dst: str) -> str | None:
+        for cidr, iface in ordered:
+            if (":" in cidr) == (":" in dst) and cidr_contains(cidr, dst):
+                return iface
+        return None
+
+    return route

@@ -2,7 +2,9 @@
 
 * tests/node_dumps/<variant>/ and the RG9xx lint fixtures' node.rules are
   rebuilt in a fresh namespace (tests/nodedump.py) and must equal the
-  committed files (ipset's random hash seeds aside).
+  committed files (ipset's random hash seeds aside); so are the IPVS
+  nodes' tests/node_dumps/ipvs-<variant>/ and the RG909/RG910 fixtures'
+  node/ folders (tests/nodedump_ipvs.py).
 * For each variant the lab (`rulegen.lab` as a library) builds its
   throw-away node and applies the compile, tests/nodedump.py adds the
   variant's foreign chains (written for the lab's interfaces), real
@@ -32,6 +34,7 @@ from rulegen import lab
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
 import nodedump as N  # noqa: E402
+import nodedump_ipvs as NI  # noqa: E402
 from test_trace_lab import check_kernel  # noqa: E402
 
 pytestmark = pytest.mark.root
@@ -46,6 +49,11 @@ def _need_root():
 
 def _sets_without_seeds(text: str) -> str:
     return re.sub(r" (bucketsize \d+|initval 0x[0-9a-f]+)", "", text)
+
+
+def _sets_unordered(text: str) -> list[str]:
+    """ipset save's lines without the seeds, sorted: a hash set lists its entries in its seed's order."""
+    return sorted(_sets_without_seeds(text).splitlines())
 
 
 @pytest.mark.parametrize("v", N.VARIANTS, ids=[v.name for v in N.VARIANTS])
@@ -63,6 +71,29 @@ def test_the_lint_fixture_dumps_are_what_the_kernel_prints(name):
     d = N.LINT_DIR / name
     ipt, _ = N.make(N.LINT_FIXTURES[name], f"rgt-nd-{secrets.token_hex(3)}", N.BRIDGE_IFACES, d / "input.yaml")
     assert ipt == (d / "node.rules").read_text()
+
+
+@pytest.mark.parametrize("v", NI.VARIANTS, ids=[v.name for v in NI.VARIANTS])
+def test_the_committed_ipvs_dumps_are_what_the_kernel_prints(v):
+    # ipset.rules and iptables.rules are the namespace's ipset save and iptables-save; ipvsadm.rules the compile's
+    # (no ip_vs on this host: tests/node_dumps/README.md)
+    _need_root()
+    made = NI.make(v.base, f"rgt-ndi-{secrets.token_hex(3)}", NI.ifaces_of(v))
+    d = N.DUMPS / v.name
+    hint = f"rewrite with `python {NI.__file__}` (root)"
+    assert made["iptables.rules"] == (d / "iptables.rules").read_text(), hint
+    assert made["ipvsadm.rules"] == (d / "ipvsadm.rules").read_text(), hint
+    assert _sets_unordered(made["ipset.rules"]) == _sets_unordered((d / "ipset.rules").read_text()), hint
+
+
+@pytest.mark.parametrize("name", sorted(NI.LINT_FIXTURES))
+def test_the_ipvs_lint_fixture_dumps_are_what_the_kernel_prints(name):
+    _need_root()
+    d = N.LINT_DIR / name
+    made = NI.make(NI.LINT_FIXTURES[name], f"rgt-ndi-{secrets.token_hex(3)}", N.BRIDGE_IFACES, d / "input.yaml")
+    for fname, text in made.items():
+        have = (d / "node" / fname).read_text()
+        assert (_sets_unordered(text) == _sets_unordered(have)) if fname == "ipset.rules" else text == have, fname
 
 
 def _lab_ifaces(plan: lab.LabPlan) -> N.Ifaces:

@@ -29,20 +29,19 @@ rests on.
 
 from __future__ import annotations
 
-import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ...dataplane.xtables.model import BUILTIN_CHAINS, Ruleset
 from ...dataplane.xtables.spec import SpecError, parse_spec
 from ...dataplane.xtables.walk import index_key, is_kube_chain
 from ...lint.findings import Finding
+from ...lint.node import Hit, finding, pod_client, target_of
 from ...settings import Settings
 from ...trace.model import TraceError
 from .compile import compile_plan, jump_rules
 from .trace import _existing_jumps, _rules_for, read_ipsets, trace_ruleset
 
-MAX_NAMED = 5  # Service ports named in one finding; the rest are counted
 _KINDS = (" cluster IP", " external IP", " loadbalancer IP")
 
 
@@ -53,19 +52,6 @@ class ServicePort:
     dst: str
     port: int
     from_pod: bool
-
-
-@dataclass
-class _Hit:
-    code: str
-    table: str
-    chain: str
-    number: int  # 0 for a policy or a missing jump
-    rule: str
-    what: str
-    services: dict[str, None] = field(default_factory=dict)
-    assuming: set[str] = field(default_factory=set)
-    unconditional: bool = False
 
 
 def service_ports(rs: Ruleset, settings: Settings) -> list[ServicePort]:
@@ -96,15 +82,6 @@ def service_ports(rs: Ruleset, settings: Settings) -> list[ServicePort]:
     return list(dict.fromkeys(out))
 
 
-def _pod_client(settings: Settings) -> str | None:
-    """A pod of this node that is no endpoint: the next-to-last address of its pod range."""
-    for cidr in settings.node_pod_cidrs:
-        net = ipaddress.ip_network(cidr, strict=False)
-        if net.version == settings.family and net.num_addresses > 2:
-            return str(net[-2])
-    return None
-
-
 class NodeLinter:
     def lint(self, dump_path: str, ipsets_path: str | None, settings: Settings, plan: Any,
              from_files: bool) -> list[Finding]:
@@ -123,8 +100,8 @@ def lint_dump(rs: Ruleset, name: str, settings: Settings, expected: Ruleset, set
               from_files: bool) -> list[Finding]:
     rules = _rules_for(rs, name, ())
     ports = service_ports(expected, settings)
-    hits: dict[tuple, _Hit] = {}
-    pod = _pod_client(settings)
+    hits: dict[tuple, Hit] = {}
+    pod = pod_client(settings)
     for sp in ports:
         src = pod if sp.from_pod and pod else None
         try:
@@ -134,7 +111,7 @@ def lint_dump(rs: Ruleset, name: str, settings: Settings, expected: Ruleset, set
             continue  # a dump the tracer cannot follow at all: `rulegen trace` says why
         for p in r.paths:
             for h in _deciders(p, rules):
-                hit = hits.setdefault(h[:4], _Hit(*h))
+                hit = hits.setdefault(h[:4], Hit(*h))
                 hit.services[sp.label] = None
                 if p.assumptions:
                     hit.assuming.update(a.text() for a in p.assumptions)
@@ -142,12 +119,12 @@ def lint_dump(rs: Ruleset, name: str, settings: Settings, expected: Ruleset, set
                     hit.unconditional = True
     everyone = [sp.label for sp in ports]
     for table, chain, spec in _missing_jumps(rules, settings, from_files):
-        hit = _Hit("RG908", table, chain, 0, f"-A {chain} {spec}", "is missing, so no Service traffic there "
+        hit = Hit("RG908", table, chain, 0, f"-A {chain} {spec}", "is missing, so no Service traffic there "
                    "meets kube-proxy's rules")
         hit.services.update(dict.fromkeys(everyone))
         hit.unconditional = True
         hits[(hit.code, table, chain, spec)] = hit
-    return [_finding(h) for h in hits.values()]
+    return [finding(h) for h in hits.values()]
 
 
 def _deciders(p, rules) -> list[tuple]:
@@ -209,41 +186,6 @@ def _missing_jumps(rules, settings: Settings, from_files: bool):
         except SpecError:
             continue
         have = rules.chains.get(table, {}).get(chain, [])
-        if not any(_target(s) == target for s in have):
+        if not any(target_of(s) == target for s in have):
             out.append((table, chain, spec))
     return out
-
-
-def _target(spec: str) -> str | None:
-    try:
-        return parse_spec(spec).target
-    except SpecError:
-        return None
-
-
-_HINTS = {
-    "RG901": "let Service traffic through before it (match the pods' or the node ports' traffic with an ACCEPT), or "
-             "move the rule after kube-proxy's jumps (kube-proxy re-inserts its jumps first on its next sync)",
-    "RG902": "give the other DNAT a port no Service uses (NodePorts are 30000-32767), or move it after kube-proxy's "
-             "jump; restart kube-proxy after the daemon that inserted it",
-    "RG903": "move the ACCEPT after kube-proxy's jump in nat, or make it match only what no Service uses",
-    "RG904": "move the ACCEPT after kube-proxy's jumps, or let kube-proxy re-insert its jumps first (its next sync)",
-    "RG905": "move the RETURN after kube-proxy's jump, or narrow it to traffic no Service uses",
-    "RG906": "accept the Service traffic explicitly (ufw route allow / firewalld zone / DOCKER-USER), or set the "
-             "policy to ACCEPT",
-    "RG907": "add the host's own ACCEPT for the pod network and node ports (kube-proxy's may vanish when a firewall "
-             "reloads), or set the policy to ACCEPT",
-    "RG908": "restart kube-proxy (it inserts its jumps on every sync); check what flushed the built-in chains "
-             "(a firewall reload)",
-}
-
-
-def _finding(h: _Hit) -> Finding:
-    names = list(h.services)
-    shown = ", ".join(names[:MAX_NAMED]) + (f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else "")
-    message = f"{h.rule} {h.what}; it hits {len(names)} Service port(s): {shown}"
-    if not h.unconditional and h.assuming:
-        message += f" (if {'; '.join(sorted(h.assuming))})"
-    name = f"{h.table} {h.chain}" + (f" rule {h.number}" if h.number else " policy" if h.code in ("RG906", "RG907")
-                                      else "")
-    return Finding(h.code, "iptables", name, message, _HINTS[h.code])

@@ -28,7 +28,6 @@ from ...dataplane.xtables.parse import read_ruleset
 from ...dataplane.xtables.spec import SpecError, parse_spec
 from ...dataplane.xtables.walk import Engine, Rules
 from ...diagnostics import UsageError
-from ...ipaddr import cidr_contains
 from ...settings import Settings
 from ...trace import entry as E
 from ...trace.model import Packet, Path, TraceResult
@@ -63,21 +62,6 @@ def read_ipsets(path: str) -> tuple[dict[str, IPSet], str]:
     except IPSetError as e:
         raise UsageError(f"{name}: {e}") from None
     return {s.name: s for s in sets}, name
-
-
-def _router(routes: tuple[tuple[str, str], ...]):
-    """dst → the interface of the most specific route holding it, or None."""
-    if not routes:
-        return None
-    ordered = sorted(routes, key=lambda r: -int(r[0].rpartition("/")[2]))
-
-    def route(dst: str) -> str | None:
-        for cidr, iface in ordered:
-            if (":" in cidr) == (":" in dst) and cidr_contains(cidr, dst):
-                return iface
-        return None
-
-    return route
 
 
 TRACER = IptablesTracer()
@@ -144,7 +128,7 @@ def trace_ruleset(ruleset: Ruleset, settings: Settings, src: str | None, dst_ip:
         def to_pod(dst: str, _route=to_pod) -> str | None:  # noqa: E306 - the same question, another answer
             return pod_iface if _route(dst) else None
     engine = Engine(rules, node_ips, out_iface, to_pod, strict=strict, sets=ipsets, sets_source=ipsets_source,
-                    route=_router(routes))
+                    route=E.router(routes))
     paths = engine.run(pkt, entry.hook)
     notes += engine.notes
     if ipsets is None and not strict and any(a.reason.endswith("pass --ipsets") for p in paths

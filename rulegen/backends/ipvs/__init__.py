@@ -54,6 +54,11 @@ class IPVSBackend(Backend[IPVSState]):
 
         return VIEW
 
+    def node_linter(self) -> Any:
+        from .nodelint import NODE_LINTER
+
+        return NODE_LINTER
+
     def lab_probes(self, compiled: Any, probes: list[Any], requests: int, notes: list[str]) -> list[Any]:
         from .lab import lab_probes
 

@@ -34,22 +34,25 @@ Service's ClientIP affinity) is noted with its timeout.
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from fractions import Fraction
 from typing import Any
 
+import msgspec
+
 from ...dataplane.xtables.matchers import SetMembers, is_local
 from ...dataplane.xtables.model import BUILTIN_CHAINS
 from ...dataplane.xtables.spec import SpecError, parse_spec
+from ...dataplane.xtables.parse import read_source
 from ...dataplane.xtables.walk import RESENT, Branch, Engine, Rules
-from ...diagnostics import UsageError
 from ...settings import Settings
 from ...trace import entry as E
 from ...trace.model import Hop, Packet, TraceError, TraceResult
 from .compile import JUMP_RULES
-from .ir import FLAG_SCHED2, IPVSState, VirtualServer, sched_flag_names
-from .parse import read
-from .render import hostport
+from .ir import FLAG_SCHED2, IPVSState, VirtualServer, sched_flag_names, set_name
+from .parse import parse_ipset, read
+from .render import FILES, hostport
 
 BASE_CHAINS = frozenset(c for cs in BUILTIN_CHAINS.values() for c in cs)
 
@@ -82,15 +85,36 @@ class IPVSTracer:
 
     def trace_saved(self, ir: IPVSState, settings: Settings, src: str | None, dst_ip: str, dst_port: int,
                     proto: str = "tcp", **kw: Any) -> TraceResult:
-        given = [flag for k, flag in (("ipsets", "--ipsets"), ("routes", "--route"), ("pod_iface", "--pod-iface"))
-                 if kw.pop(k, None)]
-        if given:
-            raise UsageError(f"{', '.join(given)}: not read in ipvs mode (the dump folder's ipset.rules holds the "
-                             "sets; the IPVS tracer routes by the node's addresses)")
+        """A node's dump (ipvsadm -Sn, ipset save, iptables-save): the whole node, foreign chains included.
+
+        kw `ipsets` (a path): the node's `ipset save`, in place of the dump's own
+        ipset.rules (kube-ipvs0's addresses then come from its KUBE-IPVS-IPS).
+        """
+        path = kw.pop("ipsets", None)
+        source = kw.get("source", "rules")
+        sets_source = _sets_name(source)
+        if path is not None:
+            ir, sets_source = with_ipsets(ir, path)
         # A node's dump: what the walk cannot decide (a set the dump lacks, a CNI's module) splits the
         # trace into assumed branches instead of stopping it, as for an iptables node.
         kw.setdefault("strict", False)
-        return trace_state(ir, settings, src, dst_ip, dst_port, proto, **kw)
+        return trace_state(ir, settings, src, dst_ip, dst_port, proto, sets_source=sets_source, **kw)
+
+
+def _sets_name(source: str) -> str:
+    """Where the dump's sets were read: a folder's ipset.rules, else the combined file's ipset section."""
+    if os.path.isdir(source):
+        return os.path.join(source, FILES["ipset"])
+    return f"{source}'s ipset section"
+
+
+def with_ipsets(state: IPVSState, path: str) -> tuple[IPVSState, str]:
+    """STATE with the sets of PATH (`ipset save` output, `-` for standard input) and the name shown for it."""
+    text, name = read_source(path)
+    sets = parse_ipset(text, name)
+    fam = state.family
+    bound = next((s.entries for s in sets if s.name == set_name("KUBE-IPVS-IPS", fam)), ())
+    return msgspec.structs.replace(state, ipsets=sets, bound=bound), name
 
 
 TRACER = IPVSTracer()
@@ -100,11 +124,16 @@ def trace_state(state: IPVSState, settings: Settings, src: str | None, dst_ip: s
                 proto: str = "tcp", *, plan: Any = None, source: str = "rules",
                 jumps: tuple[tuple[str, str, str], ...] | None = None, in_iface: str | None = None,
                 out_iface: str = E.OUTSIDE_IFACE, sport: int = E.DEFAULT_SPORT,
-                pod_cidrs: tuple[str, ...] = (), strict: bool = True) -> TraceResult:
+                pod_cidrs: tuple[str, ...] = (), strict: bool = True, sets_source: str = "",
+                routes: tuple[tuple[str, str], ...] = (), pod_iface: str | None = None) -> TraceResult:
     """Follow one new connection `src → dst_ip:dst_port` through STATE (a compile, or a node's dumps).
 
     `jumps=None` means: the glue's built-in chains as the dump has them, or
-    kube-proxy's jumps when it has none (said in the notes).
+    kube-proxy's jumps when it has none (said in the notes). A set the
+    glue (or a foreign chain) matches that STATE lacks is undecided: with
+    `strict=False` it splits the path into assumed branches naming the set
+    and SETS_SOURCE. `routes` and `pod_iface` are the node's routes and pod
+    interface, as for an iptables node's trace.
     """
     req = E.request(settings, src, dst_ip, dst_port, proto, state.family)
     fs = req.settings
@@ -125,6 +154,9 @@ def trace_state(state: IPVSState, settings: Settings, src: str | None, dst_ip: s
     bound = frozenset(state.bound)
     entry, iface = E.entry(req.src, req.src_default, req.dst, req.dport, req.proto, fs, plan, eps, pod_cidrs,
                            in_iface, own=bound)
+    if pod_iface and not in_iface and iface == E.pod_iface(fs) and entry.hook == "PREROUTING":
+        iface = pod_iface  # a pod of this node sends through its own interface
+        entry = replace(entry, in_iface=iface)
     head, tail = E.notes_for(req)
     if req.dst in bound:
         notes.append(f"{req.dst} is bound to kube-ipvs0, so the node takes it as its own address "
@@ -142,14 +174,40 @@ def trace_state(state: IPVSState, settings: Settings, src: str | None, dst_ip: s
     sets = {s.name: SetMembers(s.name, s.type, s.entries) for s in state.ipsets}
     local = frozenset(fs.node_ips) | bound
     step = IPVSStep(state, local)
-    engine = Engine(rules, local, out_iface, E.local_pod_iface(fs, eps, pod_cidrs), sets=sets, bridged=bridged,
-                    steps={"local-in": step, "local-out": step}, strict=strict, sets_source=f"{source}'s ipsets")
+    to_pod = E.local_pod_iface(fs, eps, pod_cidrs)
+    if pod_iface:
+        def to_pod(dst: str, _route=to_pod) -> str | None:  # noqa: E306 - the same question, another answer
+            return pod_iface if _route(dst) else None
+    engine = Engine(rules, local, out_iface, to_pod, sets=sets, bridged=bridged,
+                    steps={"local-in": step, "local-out": step}, strict=strict,
+                    sets_source=sets_source or f"{source}'s ipsets", route=E.router(routes))
     pkt = Packet(req.proto, req.src, sport, req.dst, req.dport, iface)
     paths = engine.run(pkt, entry.hook)
     notes += engine.notes
+    waiting = step.lookup(pkt)
+    if waiting is not None and any(_stopped_in_input(p) for p in paths):
+        notes.append(f"IPVS virtual server {_vs_name(waiting)} never saw this connection: IPVS takes it after "
+                     "filter INPUT (the address is local), so a DROP or REJECT reached from INPUT stops it first "
+                     "(in iptables mode, DNATed in PREROUTING, a connection to a pod crosses FORWARD instead)")
+    if not strict and any(" is not in " in a.reason and a.reason.startswith("ipset ") for p in paths
+                          for a in p.assumptions):
+        notes.append("some rules match ipsets the dump's sets do not hold: their branches are assumed; pass the "
+                     "node's whole `ipset save` with --ipsets (or as the folder's ipset.rules) to decide them")
     if plan is None:
         entry = replace(entry, target=_target_from_state(state, pkt, fs) or entry.target)
     return E.fold(pkt, entry, paths, notes, fs, eps, source, plan is not None, BASE_CHAINS)
+
+
+def _stopped_in_input(p) -> bool:
+    """Did a rule or policy outside kube-proxy's chains, reached from filter INPUT, stop path P before IPVS?"""
+    last = next((h for h in reversed(p.hops) if h.kind in ("rule", "policy")), None)
+    if p.verdict not in ("DROP", "REJECT") or last is None or last.table != "filter" or last.chain.startswith("KUBE-"):
+        return False
+    if any(h.kind == "balance" for h in p.hops):
+        return False
+    entered = next((h.chain for h in reversed(p.hops) if h.table == "filter" and h.chain in BUILTIN_CHAINS["filter"]),
+                   None)
+    return entered == "INPUT"
 
 
 def _existing_jumps(rules: Rules, jumps):

@@ -339,7 +339,7 @@ def test_a_set_the_dump_lacks_splits_into_branches_that_name_it(tmp_path):
     assert doc["verdict"] == "DNAT"
     hops = [h["verdict"] for h in doc["hops"] if h["kind"] == "assume"]
     # ACCEPT there or not, IPVS comes next either way: the two branches join again
-    assert hops[0].endswith(f"ipset cali40all-hosts-net is not in {d}'s ipsets")
+    assert hops[0].endswith(f"ipset cali40all-hosts-net is not in {d / 'ipset.rules'}")
     assert hops[-1] == "the two assumed branches join again" and doc["assumed"] is False
 
 
