@@ -415,8 +415,8 @@ def markdown(res: Result) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m rulegen.bench.nftload", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m rulegen.bench.nftload") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--services", "-n", type=int, default=DEFAULT_SERVICES)
     p.add_argument("--sizes", default="", help="several Service counts, comma-separated (instead of --services); "
                    "a summary table across them comes first")

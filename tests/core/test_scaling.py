@@ -470,3 +470,14 @@ def test_nftables_compile_within_4x_the_floor_measured_in_the_same_run(tmp_path)
     j = r.runs[("nftables", "json")]
     assert j["lines"] > 30000 and j["ports"] > 3000 and ("nftables", "yaml") not in r.runs
     assert "yaml_cload" not in r.floors and not (tmp_path / "cluster-3000x10.yaml").exists()
+
+
+def test_bench_nftables_command_takes_the_nftload_options():
+    """`rulegen bench nftables` is nftload's command line (the load itself needs root: tests/dataplane)."""
+    r = CliRunner()
+    res = r.invoke(main, ["bench", "nftables", "--help"])
+    assert res.exit_code == 0 and "--sizes" in res.output and "--source {compile,shape}" in res.output
+    res = r.invoke(main, ["bench", "nftables", "--sizes", "100,ten"])
+    assert res.exit_code == 2 and "not a comma-separated list" in res.output
+    res = r.invoke(main, ["bench", "nftables", "--source", "templates"])
+    assert res.exit_code == 2
