@@ -1,7 +1,10 @@
 """How fast can kube-proxy's nftables table be loaded? Naive `nft -f` against rulegen's loader.
 
-For one cluster size (N Services × E endpoints, the kube-proxy-shaped script
-of `nftshape`), each run, in fresh network namespaces of its own:
+For each cluster size (N Services × E endpoints; the script is rulegen's own
+nftables compile of the `rulegen bench gen` cluster with `--source compile`,
+what `make bench` runs at 100 / 1k / 5k / 10k, or the kube-proxy-shaped
+stand-in of `nftshape` with `--source shape`), each run, in fresh network
+namespaces of its own:
 
 1. **naive**: the whole script as one `nft -f` (one transaction), what a
    kube-proxy full sync sends; bounded by `--naive-timeout`;
@@ -20,8 +23,10 @@ where nft's and the kernel's work is counted); figures are the median of
 `--repeat` runs, with the load average before and after, since other work
 on the machine stretches wall-clock times. Needs root.
 
-`python -m rulegen.bench.nftload --services N --endpoints E` prints the
-table; `run()` returns it with the raw figures for tests and other tools.
+`python -m rulegen.bench.nftload --services N --endpoints E` (or `rulegen
+bench nftables ...`; `--sizes N,M,...` for several sizes and a summary
+table) prints the table; `run()` returns it with the raw figures for tests
+and other tools. Budgets are judged at 10k Services only.
 """
 
 from __future__ import annotations
