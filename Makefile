@@ -85,8 +85,8 @@ bench: sysdeps $(STAMP)
 	if [ "$$(id -u)" = 0 ]; then \
 	  $(BIN)/python -m rulegen.bench.incremental --services 10000 --endpoints 10 --check-budget \
 	    -o bench-incremental.md || status=1; \
-	  $(BIN)/python -m rulegen.bench.nftload --services 10000 --endpoints 10 --repeat 3 --check-budget \
-	    -o bench-nftables.md || status=1; \
+	  $(BIN)/python -m rulegen.bench.nftload --sizes 100,1000,5000,10000 --endpoints 10 --source compile \
+	    --repeat 3 --check-budget -o bench-nftables.md || status=1; \
 	else echo "skipping the apply benchmarks (incremental, nftables load): they need root (network namespaces)"; fi; \
 	exit $$status
 

@@ -1,7 +1,10 @@
 """How fast can kube-proxy's nftables table be loaded? Naive `nft -f` against rulegen's loader.
 
-For one cluster size (N Services × E endpoints, the kube-proxy-shaped script
-of `nftshape`), each run, in fresh network namespaces of its own:
+For each cluster size (N Services × E endpoints; the script is rulegen's own
+nftables compile of the `rulegen bench gen` cluster with `--source compile`,
+what `make bench` runs at 100 / 1k / 5k / 10k, or the kube-proxy-shaped
+stand-in of `nftshape` with `--source shape`), each run, in fresh network
+namespaces of its own:
 
 1. **naive**: the whole script as one `nft -f` (one transaction), what a
    kube-proxy full sync sends; bounded by `--naive-timeout`;
@@ -20,8 +23,10 @@ where nft's and the kernel's work is counted); figures are the median of
 `--repeat` runs, with the load average before and after, since other work
 on the machine stretches wall-clock times. Needs root.
 
-`python -m rulegen.bench.nftload --services N --endpoints E` prints the
-table; `run()` returns it with the raw figures for tests and other tools.
+`python -m rulegen.bench.nftload --services N --endpoints E` (or `rulegen
+bench nftables ...`; `--sizes N,M,...` for several sizes and a summary
+table) prints the table; `run()` returns it with the raw figures for tests
+and other tools. Budgets are judged at 10k Services only.
 """
 
 from __future__ import annotations
@@ -47,13 +52,42 @@ from ..dataplane.nft import sync
 from ..dataplane.nft.parse import parse_listing
 from ..dataplane.nft.state import normalise
 from ..diagnostics import UsageError
-from . import nftshape
+from . import gen, nftshape
+from .incremental import CHANGED_IPS, endpoint_to_change
 
 DEFAULT_SERVICES = 1000
 DEFAULT_ENDPOINTS = 10
 DEFAULT_REPEAT = 3
 DEFAULT_CHANGES = 5
 DEFAULT_NAIVE_TIMEOUT = 900.0
+SOURCES = ("compile", "shape")  # rulegen's compile of a `bench gen` cluster, or nftshape's stand-in script
+
+
+def compiled_scripts(services: int, endpoints: int, seed: int, changes: int) -> tuple[str, list[str]]:
+    """rulegen's nftables compile of the `rulegen bench gen` cluster (the compile benchmark's input), and of
+    CHANGES versions of it with one endpoint moved to another address each (the same endpoint each time)."""
+    from ..pipeline import compile_files
+
+    objs = gen.generate(services, endpoints, seed)
+    with tempfile.TemporaryDirectory(prefix="rgbench-nft-src-") as wd:
+        path = os.path.join(wd, "cluster.json")
+
+        def compiled() -> str:
+            with open(path, "w") as f:
+                gen.write(objs, "json", f)
+            c = compile_files([path], {"mode": "nftables"})
+            if c.report.errors:
+                raise RuntimeError(f"the generated cluster does not compile: {c.report.errors[0]}")
+            return c.text
+
+        text = compiled()
+        moved = []
+        if changes:
+            ep, _ = endpoint_to_change(objs)
+            for k in range(changes):
+                ep["addresses"] = [CHANGED_IPS[k % len(CHANGED_IPS)]]
+                moved.append(compiled())
+    return text, moved
 
 
 def _cpu() -> float:
@@ -97,6 +131,7 @@ class Result:
     change_equal: list[bool] = field(default_factory=list)
     load: list[tuple[float, float, float]] = field(default_factory=list)
     naive_timeout: float = DEFAULT_NAIVE_TIMEOUT
+    source: str = "shape"
 
 
 class _Namespaces:
@@ -167,16 +202,25 @@ def _naive(ns: str, text: str, timeout: float) -> None:
 
 def run(services: int, endpoints: int, repeat: int = DEFAULT_REPEAT, *, seed: int = 1, layout: str = "v1.36",
         naive_timeout: float = DEFAULT_NAIVE_TIMEOUT, changes: int = DEFAULT_CHANGES, nft_only: bool = False,
-        compare: str = "first", opts: L.Options | None = None, progress=None) -> Result:
-    """Measure one size; COMPARE is "first" (compare states on the first run), "all" or "none"."""
+        compare: str = "first", opts: L.Options | None = None, progress=None, source: str = "shape") -> Result:
+    """Measure one size; COMPARE is "first" (compare states on the first run), "all" or "none".
+
+    SOURCE "compile" loads rulegen's own compile of the `bench gen` cluster of that size (LAYOUT and the
+    nftshape mix do not apply), "shape" nftshape's kube-proxy-shaped stand-in."""
     if os.geteuid() != 0:
         raise UsageError("the nftables load benchmark needs root (network namespaces and nft)")
     say = progress or (lambda msg: None)
     opts = opts or L.Options()
-    text = nftshape.script(services, endpoints, seed=seed, layout=layout)
-    moved = [nftshape.script(services, endpoints, seed=seed, layout=layout, moved=k)
-             for k in range(changes)] if changes else []
-    res = Result(services, endpoints, text.count("\n"), naive_timeout=naive_timeout)
+    if source == "compile":
+        say(f"compiling the {services} x {endpoints} cluster and {changes} changed versions")
+        text, moved = compiled_scripts(services, endpoints, seed, changes)
+    elif source == "shape":
+        text = nftshape.script(services, endpoints, seed=seed, layout=layout)
+        moved = [nftshape.script(services, endpoints, seed=seed, layout=layout, moved=k)
+                 for k in range(changes)] if changes else []
+    else:
+        raise UsageError(f"unknown source {source!r}: one of {', '.join(SOURCES)}")
+    res = Result(services, endpoints, text.count("\n"), naive_timeout=naive_timeout, source=source)
     ref = "ip kube-proxy"
     ap = _Applier()
     try:
@@ -276,13 +320,16 @@ def _pct(a: tuple[float, float] | None, b: tuple[float, float] | None) -> str:
 
 
 # The budgets at 10k × 10, each against the naive load of the same runs.
+BUDGET_SERVICES = 10000  # smaller sizes are reported beside their naive figures, not judged
 FIRST_OF_NAIVE = 0.15  # first apply into an empty namespace, as a share of the naive single `nft -f`
 CHANGE_SECONDS = 1.0  # one endpoint change end to end, over netlink and through `nft -f`
 
 
 def budgets(res: Result) -> list[tuple[str, str, str, bool]]:
-    """(budget, measured, limit, met) for each budget the result has figures for."""
-    out = []
+    """(budget, measured, limit, met) for each budget the result has figures for (none below 10k Services)."""
+    out: list[tuple[str, str, str, bool]] = []
+    if res.services < BUDGET_SERVICES:
+        return out
     naive, first = res.naive.med, res.first.med
     if first is not None:
         if naive is None:  # every naive run overran its timeout: the share is below first / timeout
@@ -302,6 +349,31 @@ def budgets(res: Result) -> list[tuple[str, str, str, bool]]:
     return out
 
 
+_SOURCE_NAMES = {"compile": "rulegen's nftables compile of the `rulegen bench gen` cluster",
+                 "shape": "nftshape's kube-proxy-shaped stand-in script"}
+
+
+def summary(results: list[Result]) -> str:
+    """One row per size: each figure (wall / CPU seconds, medians) beside the naive load of the same runs."""
+    lines = [
+        "| Services × endpoints | commands | runs | naive `nft -f` | rulegen first apply | of naive (wall / CPU) "
+        "| change over netlink | change through `nft -f` | bare `nft -f` of the change | same state | load average |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in results:
+        def pair(t: Timing) -> str:
+            w, c = _fmt(t.med)
+            return "–" if t.med is None else f"{w} / {c}"
+        naive = pair(r.naive) if r.naive.med or not r.naive_timeouts else f"> {r.naive_timeout:g}"
+        same = ("yes" if all(r.state_equal + r.change_equal) else "NO") if r.state_equal else "not compared"
+        loads = [x for row in r.load for x in (row[0], row[3])]
+        load = f"{min(loads):.1f}–{max(loads):.1f}" if loads else "–"
+        lines.append(f"| {r.services:,} × {r.endpoints} | {r.commands:,} | {r.runs} | {naive} | {pair(r.first)} "
+                     f"| {_pct(r.first.med, r.naive.med)} | {pair(r.change_netlink)} | {pair(r.change_nft)} "
+                     f"| {pair(r.change_bare)} | {same} | {load} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(res: Result) -> str:
     """The result as a Markdown table with its context (machine, versions, load)."""
     nft_v = subprocess.run(["nft", "--version"], capture_output=True, text=True).stdout.strip()
@@ -309,7 +381,7 @@ def markdown(res: Result) -> str:
     naive = res.naive.med
     lines = [
         f"nftables load of a kube-proxy-shaped table: {res.services} Services × {res.endpoints} endpoints "
-        f"({res.commands} commands), median of {res.runs} run(s)",
+        f"({res.commands} commands, {_SOURCE_NAMES[res.source]}), median of {res.runs} run(s)",
         f"kernel {platform.release()}, {nft_v}, {os.cpu_count()} CPUs, load average (1 min) per run {loads}",
         "",
         "| measure | wall s | CPU s | of naive (wall / CPU) |",
@@ -348,9 +420,14 @@ def markdown(res: Result) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m rulegen.bench.nftload", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m rulegen.bench.nftload") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--services", "-n", type=int, default=DEFAULT_SERVICES)
+    p.add_argument("--sizes", default="", help="several Service counts, comma-separated (instead of --services); "
+                   "a summary table across them comes first")
+    p.add_argument("--source", choices=SOURCES, default="shape",
+                   help="compile: rulegen's nftables compile of the `rulegen bench gen` cluster (what `make bench` "
+                   "loads); shape: nftshape's stand-in script")
     p.add_argument("--endpoints", "-e", type=int, default=DEFAULT_ENDPOINTS)
     p.add_argument("--repeat", "-r", type=int, default=DEFAULT_REPEAT, help="runs; figures are medians")
     p.add_argument("--changes", type=int, default=DEFAULT_CHANGES, help="endpoint changes per run and variant")
@@ -366,23 +443,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check-budget", action="store_true",
                    help="exit 1 when a budget is missed (first apply share of the naive load, endpoint changes)")
     a = p.parse_args(argv)
-    if a.services < 1 or a.endpoints < 1 or a.repeat < 1 or a.changes < 0:
-        p.error("--services, --endpoints and --repeat must be positive, --changes not negative")
     try:
-        res = run(a.services, a.endpoints, a.repeat, seed=a.seed, layout=a.layout, naive_timeout=a.naive_timeout,
-                  changes=a.changes, nft_only=a.nft_only, opts=L.Options(chunk_maps=a.chunk_maps),
-                  progress=None if a.quiet else (lambda m: print(m, file=sys.stderr, flush=True)))
+        sizes = [int(x) for x in a.sizes.split(",") if x.strip()] if a.sizes else [a.services]
+    except ValueError:
+        p.error(f"--sizes {a.sizes!r} is not a comma-separated list of numbers")
+    if min(sizes) < 1 or a.endpoints < 1 or a.repeat < 1 or a.changes < 0:
+        p.error("--services, --sizes, --endpoints and --repeat must be positive, --changes not negative")
+    say = None if a.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    results = []
+    try:
+        for n in sizes:
+            if say:
+                say(f"{n} Services x {a.endpoints} endpoints ({a.source})")
+            results.append(run(n, a.endpoints, a.repeat, seed=a.seed, layout=a.layout,
+                               naive_timeout=a.naive_timeout, changes=a.changes, nft_only=a.nft_only,
+                               opts=L.Options(chunk_maps=a.chunk_maps), progress=say, source=a.source))
     except UsageError as e:
         print(f"rulegen: {e}", file=sys.stderr)
         return 2
-    out = markdown(res)
+    parts = [markdown(r) for r in results]
+    if len(results) > 1:
+        parts.insert(0, f"nftables apply, {_SOURCE_NAMES[a.source]}: medians of {a.repeat} fresh runs per size, "
+                        "seconds wall / CPU (this process and its children); budgets are judged at "
+                        f"{BUDGET_SERVICES:,} Services only\n\n" + summary(results))
+    out = "\n".join(parts)
     sys.stdout.write(out)
     if a.output:
         with open(a.output, "w") as f:
             f.write(out)
-    ok = all(res.state_equal) and all(res.change_equal)
+    ok = all(all(r.state_equal) and all(r.change_equal) for r in results)
     if a.check_budget:
-        ok = ok and all(met for *_, met in budgets(res))
+        ok = ok and all(met for r in results for *_, met in budgets(r))
     return 0 if ok else 1
 
 

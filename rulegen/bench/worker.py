@@ -97,13 +97,15 @@ def floors(json_path: str, yaml_path: str, payloads: list[str]) -> dict[str, Any
     t6 = _now()
     gc.enable()
     del doc, jtext
-    with open(yaml_path) as f:
-        ytext = f.read()
-    t2 = _now()
-    docs = list(yaml.load_all(ytext, Loader=yaml.CSafeLoader))
-    t3 = _now()
-    del docs, ytext
-    out = _spans(json_loads=(t0, t1), json_loads_nogc=(t5, t6), yaml_cload=(t2, t3))
+    out = _spans(json_loads=(t0, t1), json_loads_nogc=(t5, t6))
+    if yaml_path != "-":  # "-": no YAML input measured
+        with open(yaml_path) as f:
+            ytext = f.read()
+        t2 = _now()
+        docs = list(yaml.load_all(ytext, Loader=yaml.CSafeLoader))
+        t3 = _now()
+        del docs, ytext
+        out.update(_spans(yaml_cload=(t2, t3)))
     for i, p in enumerate(payloads):
         with open(p) as f:
             lines = f.read().splitlines(keepends=True)

@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from ..bench import gen
+from ..bench import gen, nftload
 from ..bench import run as runmod
 from ..cli import guarded
 from ..diagnostics import UsageError
@@ -90,3 +90,11 @@ def run_cmd(sizes, endpoints, modes, repeat, quick, seed, output, workdir, clock
     if output:
         click.echo(f"(written to {output})", err=True)
     sys.exit(0 if ok else 1)
+
+
+@command.command("nftables", context_settings={"ignore_unknown_options": True, "help_option_names": []},
+                 add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def nftables_cmd(args):
+    """nftables load: the naive `nft -f` against rulegen's first apply and endpoint changes (root; --help)."""
+    sys.exit(nftload.main(list(args), prog="rulegen bench nftables"))

@@ -275,6 +275,20 @@ def test_bench_answers_for_a_small_cluster():
     assert "| naive: the whole script as one `nft -f` |" in table and "200 Services × 3 endpoints" in table
 
 
+def test_bench_loads_rulegens_own_compile_of_the_generated_cluster_and_its_endpoint_changes():
+    """`make bench`'s apply figures are of rulegen's compile of the `bench gen` cluster, not the stand-in."""
+    text, moved = nftload.compiled_scripts(40, 3, 1, 2)
+    assert len(moved) == 2 and len({text, *moved}) == 3 and "numgen random mod 3 map" in text
+    gone = [line for line in text.splitlines() if line not in set(moved[0].splitlines())]
+    assert gone and all("10.128." in line or "endpoint" in line for line in gone)  # one endpoint's objects only
+    res = nftload.run(40, 3, repeat=1, changes=2, source="compile")
+    assert res.source == "compile" and res.commands == text.count("\n")
+    assert res.state_equal == [True] and res.change_equal == [True]
+    assert len(res.change_netlink.wall) == 4 and nftload.budgets(res) == []  # judged at 10k only
+    table = nftload.summary([res])
+    assert "| 40 × 3 |" in table and "| yes |" in table
+
+
 @pytest.mark.parametrize("family", ["ip", "ip6"])
 def test_netlink_encoding_lists_as_nft_encoding(kernel, family):
     a, b = ("10.128.0.1", "10.128.0.2") if family == "ip" else ("fd00:10::1", "fd00:10::2")
