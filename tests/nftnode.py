@@ -291,6 +291,7 @@ class Variant:
     name: str
     tables: tuple[str, ...]  # nft scripts, loaded after kube-proxy's table
     iptables: tuple[tuple[str, ...], ...] = ()  # iptables(-nft) commands run last
+    handles: bool = False  # listed with `nft -a` (every object and rule followed by `# handle N`)
 
     @property
     def dir(self) -> Path:
@@ -300,7 +301,7 @@ class Variant:
 VARIANTS = (
     Variant("firewalld", (FIREWALLD,)),
     Variant("docker", (DOCKER,), DOCKER_IPTABLES),
-    Variant("server-filter", (SERVER_FILTER,)),
+    Variant("server-filter", (SERVER_FILTER,), handles=True),
 )
 
 
@@ -338,8 +339,8 @@ def install(ns: str, v: Variant, ifaces: Ifaces, compiled=None) -> None:
         run_in(ns, "iptables", *argv)
 
 
-def listed(ns: str) -> str:
-    return run_in(ns, "nft", "list", "ruleset")
+def listed(ns: str, handles: bool = False) -> str:
+    return run_in(ns, "nft", *(("-a",) if handles else ()), "list", "ruleset")
 
 
 def make(v: Variant, ns: str, ifaces: Ifaces = BRIDGE, cluster: Path = CLUSTER) -> str:
@@ -347,7 +348,7 @@ def make(v: Variant, ns: str, ifaces: Ifaces = BRIDGE, cluster: Path = CLUSTER) 
     subprocess.run(["ip", "netns", "add", ns], check=True, capture_output=True, timeout=30)
     try:
         install(ns, v, ifaces, compile_cluster(cluster))
-        return listed(ns)
+        return listed(ns, v.handles)
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
 

@@ -78,7 +78,7 @@ def read_text(text: str, source: str, ip_family: str | None = None, allow_none: 
     return Dump({6 if tx.family == "ip6" else 4: replay(tx)})
 
 
-_HEADER = re.compile(r"table (\S+) (\S+) \{\s*\Z")
+_HEADER = re.compile(r"table (\S+) (\S+) \{\s*(?:# handle \d+\s*)?\Z")
 _COMMAND = re.compile(r"(add|flush|delete) (table|chain|rule|set|map|element) (ip6?|inet|arp|bridge|netdev) ")
 
 

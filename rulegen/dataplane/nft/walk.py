@@ -890,6 +890,11 @@ class Engine:
                     raise WalkError(cname, idx + 1, r.rule, str(e)) from None
                 self._unread(w, cname, idx + 1, r, str(e), work)
                 continue
+            if not self.strict and " limit rate " in f" {r.rule} ":
+                note = f"{self._rule_name(cname, idx + 1)}: `limit` taken as matching (a first connection is " \
+                       "within any rate)"
+                if note not in w.notes:
+                    w.notes.append(note)
             try:
                 self._rule(w, ops, cname, idx + 1, r, work)
             except Unsupported as e:
