@@ -305,6 +305,10 @@ VARIANTS = (
 )
 
 
+LINT_DIR = ROOT / "lint-fixtures"
+LINT_FIXTURES: dict[str, Variant] = {}  # lint-fixtures/<name>/node.nft: name → the node it lists
+
+
 def variant(name: str) -> Variant:
     return next(v for v in VARIANTS if v.name == name)
 

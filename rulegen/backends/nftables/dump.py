@@ -93,6 +93,7 @@ def _listing(text: str, source: str, want: str | None, allow_none: bool = False)
     others: list[str] = []
     foreign: list[NodeTable] = []
     unread: list[str] = []
+    lines: dict[int, int] = {}
     for family, name, block, lineno in table_blocks(text, source):
         if name != TABLE or family not in ("ip", "ip6") or (want is not None and family != want):
             others.append(f"{family} {name}")
@@ -106,10 +107,11 @@ def _listing(text: str, source: str, want: str | None, allow_none: bool = False)
         except NftParseError as e:
             raise UsageError(f"{source}: table {family} {name} (from line {lineno}): {e}") from None
         mine[6 if family == "ip6" else 4] = st
+        lines[6 if family == "ip6" else 4] = lineno
     if not mine and not (allow_none and foreign):
         seen = ", ".join(others) or "none"
         raise UsageError(f"{source}: no table {want or 'ip/ip6'} {TABLE} in the listing (tables: {seen})")
-    return Dump(mine, tuple(others), listing=True, foreign=tuple(foreign), unread=tuple(unread))
+    return Dump(mine, tuple(others), listing=True, foreign=tuple(foreign), unread=tuple(unread), kube_lines=lines)
 
 
 def table_blocks(text: str, source: str) -> list[tuple[str, str, str, int]]:

@@ -129,7 +129,7 @@ def trace_node(ir: Dump, fam: int, settings: Settings, src: str | None, dst_ip: 
         if t.iptables_nft:
             notes.append(f"table {t.where} is iptables-nft's: traced as nft lists it; the node's iptables-save "
                          "shows the same rules in iptables' own words")
-        others.append(Other(t.state, t.policies, t.handles, t.unreadable))
+        others.append(Other(t.state, t.policies, t.handles, t.unreadable, t.line))
         if t.skipped:
             notes.append(f"table {t.where}: {', '.join(t.skipped)} not read (the trace needs none of them)")
     skipped = [t.where for t in ir.foreign if t.family not in ("ip", "ip6", "inet")]
@@ -143,14 +143,15 @@ def trace_node(ir: Dump, fam: int, settings: Settings, src: str | None, dst_ip: 
         notes.append(f"the whole ruleset is traced: table {table.family} {TABLE} and {names}, every base chain "
                      "at its hook in priority order")
     return trace_table(table, settings, src, dst_ip, dst_port, proto, extra_notes=notes, others=tuple(others),
-                       **kw)
+                       table_line=(ir.kube_lines or {}).get(fam, 0), **kw)
 
 
 def trace_table(table: TableState, settings: Settings, src: str | None, dst_ip: str, dst_port: int,
                 proto: str = "tcp", *, plan: Any = None, source: str = "rules", in_iface: str | None = None,
                 out_iface: str = E.OUTSIDE_IFACE, sport: int = E.DEFAULT_SPORT, pod_cidrs: tuple[str, ...] = (),
                 extra_notes: list[str] | None = None, others: tuple[Other, ...] = (),
-                routes: tuple[tuple[str, str], ...] = (), pod_iface: str | None = None) -> TraceResult:
+                routes: tuple[tuple[str, str], ...] = (), pod_iface: str | None = None,
+                table_line: int = 0) -> TraceResult:
     """Follow one new connection `src → dst_ip:dst_port` through TABLE.
 
     `plan` (a `rulegen.plan.Plan`) names the destination and the endpoints'
@@ -177,7 +178,7 @@ def trace_table(table: TableState, settings: Settings, src: str | None, dst_ip: 
     engine = None
     try:
         engine = Engine(table, tuple(fs.node_ips), out_iface, to_pod, others=others, strict=not others,
-                        route=_router(routes))
+                        route=_router(routes), table_line=table_line)
         paths = engine.run(pkt, entry.hook)
     except WalkError as e:
         where = engine.where if engine is not None and others else where

@@ -685,6 +685,7 @@ class Other:
     policies: dict = field(default_factory=dict)
     handles: dict = field(default_factory=dict)
     unreadable: dict = field(default_factory=dict)
+    line: int = 0  # where the table starts in the listing (tables are listed in the order they were made)
 
 
 class Engine:
@@ -695,9 +696,13 @@ class Engine:
     names one. `where` names the table in hops ("ip kube-proxy").
 
     `others` are the node's other tables (`Other`): their base chains join
-    the hooks by priority, lower first (equal priorities keep the listing's
-    order: the kernel's is registration order, which a listing cannot
-    show). An accept ends one base chain and the packet goes on to the next
+    the hooks by priority, lower first. At equal priorities the kernel runs
+    the base chain registered last first (`nf_hook_entries_grow` inserts a
+    new hook before the ones of equal priority); a listing shows tables in
+    the order they were made and chains in the order they were added, so
+    the walk takes the one listed last first and says so, since a
+    restarted kube-proxy re-registers its chains and a listing cannot show
+    that (`table_line`: where the walked table starts). An accept ends one base chain and the packet goes on to the next
     on the hook; drop and reject end it; a base chain's policy applies when
     its rules end. Once a nat chain has translated the connection, later
     nat chains on that hook are not consulted (as `nf_nat_inet_fn`). With
@@ -710,9 +715,9 @@ class Engine:
     def __init__(self, table: TableState, node_ips: tuple[str, ...] | frozenset[str], out_iface: str = "eth0",
                  pod_iface: Callable[[str], str | None] | None = None, *, others: tuple[Other, ...] = (),
                  strict: bool = True, max_assumed: int = 64,
-                 route: Callable[[str], str | None] | None = None) -> None:
+                 route: Callable[[str], str | None] | None = None, table_line: int = 0) -> None:
         self.route_iface = route
-        self.views = [Other(table)] + list(others)
+        self.views = [Other(table, line=table_line)] + list(others)
         self.kube = 0 if others == () or table.name == "kube-proxy" else -1
         self.local = frozenset(node_ips)
         self.out_iface = out_iface
@@ -723,9 +728,26 @@ class Engine:
         self.cut: list[str] = []
         self.steps = 0
         self.bases = []
+        listed: dict[tuple[int, str], tuple[int, int]] = {}
         for i, v in enumerate(self.views):
-            self.bases += [(name, type_, hook, prio, i) for name, type_, hook, prio in base_chains(v.state, i > 0)]
-        self.bases.sort(key=lambda b: b[3])  # stable: equal priorities keep the listing's order
+            for k, (name, type_, hook, prio) in enumerate(base_chains(v.state, i > 0)):
+                self.bases.append((name, type_, hook, prio, i))
+                listed[(i, name)] = (v.line, k)
+        # equal priorities: the one registered (listed) last runs first
+        self.bases.sort(key=lambda b: (b[3], tuple(-x for x in listed[(b[4], b[0])])))
+        self.ties: dict[str, list[str]] = {}  # hook → a note per priority shared by tables
+        seen: dict[tuple[str, int], list[tuple]] = {}
+        for b in self.bases:
+            seen.setdefault((b[2], b[3]), []).append(b)
+        for (hook, prio), bs in seen.items():
+            if len({b[4] for b in bs}) > 1:
+                names = ", then ".join(f"{self.views[b[4]].state.family} {self.views[b[4]].state.name} {b[0]}"
+                                       for b in bs)
+                self.ties.setdefault(hook, []).append(
+                    f"base chains of several tables share hook {hook} priority {prio}; traced in the order {names} "
+                    "(the kernel runs the one registered last first; the listing shows the order tables were "
+                    "made, not when each chain was last registered: a restarted kube-proxy re-registers its "
+                    "chains, which puts them first)")
         self._index: dict[tuple[int, str], tuple[dict, list, SetState]] = {}
         self._use(0)
 
@@ -786,6 +808,9 @@ class Engine:
             if kind == "hook":
                 w.hook = what
                 w.queue = self._chains_at(what, phase)
+                for n in self.ties.get(what, ()):
+                    if n not in w.notes:
+                        w.notes.append(n)
             elif kind == "route":
                 self._route(w, what)
             else:
