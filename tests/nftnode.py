@@ -306,7 +306,38 @@ VARIANTS = (
 
 
 LINT_DIR = ROOT / "lint-fixtures"
-LINT_FIXTURES: dict[str, Variant] = {}  # lint-fixtures/<name>/node.nft: name → the node it lists
+
+
+def _guard(hook: str, prio: str, rule: str, policy: str = "accept", family: str = "inet", name: str = "guard",
+           type_: str = "filter") -> str:
+    return (f"table {family} {name} {{\n\tchain {hook} {{\n\t\ttype {type_} hook {hook} priority {prio}; "
+            f"policy {policy};\n" + (f"\t\t{rule}\n" if rule else "") + "\t}\n}\n")
+
+
+# lint-fixtures/<name>/node.nft: name → the node it lists (input.yaml there is the cluster without lab/empty)
+LINT_FIXTURES: dict[str, Variant] = {
+    # a drop at raw priority, before kube-proxy's chains; the good one accepts instead: an accept ends only
+    # its own base chain, so it never keeps a packet from kube-proxy's
+    "RG911-bad": Variant("RG911-bad", (_guard("prerouting", "raw", 'iifname "{ext}" tcp dport 30080 drop'),)),
+    "RG911-good": Variant("RG911-good", (_guard("prerouting", "raw", 'iifname "{ext}" tcp dport 30080 accept'),)),
+    # a DNAT of a NodePort in a nat chain before kube-proxy's (dstnat - 5), or after it (dstnat + 5: not consulted)
+    "RG912-bad": Variant("RG912-bad", (_guard("prerouting", "dstnat - 5", "tcp dport 30080 dnat to 10.244.1.31:8080",
+                                              family="ip", name="natfirst", type_="nat"),)),
+    "RG912-good": Variant("RG912-good", (_guard("prerouting", "dstnat + 5", "tcp dport 30080 dnat to 10.244.1.31:8080",
+                                                family="ip", name="natfirst", type_="nat"),)),
+    # forward policy drop: with nothing accepted, and with what kube-proxy DNATs accepted (firewalld's way)
+    "RG913-bad": Variant("RG913-bad", (_guard("forward", "filter", "", policy="drop", name="filter"),)),
+    "RG913-good": Variant("RG913-good", (_guard("forward", "filter", "ct status dnat accept", policy="drop",
+                                                name="filter"),)),
+    # kube-proxy's nat prerouting chain deleted (a firewall script's cleanup), or all in place
+    "RG914-bad": Variant("RG914-bad", ("flush chain ip kube-proxy nat-prerouting\n"
+                                       "delete chain ip kube-proxy nat-prerouting\n",)),
+    "RG914-good": Variant("RG914-good", ()),
+    # iptables-nft rules beside: one nft can only print as `xt match physdev`, one it spells in its own words
+    "RG915-bad": Variant("RG915-bad", (), (("-I", "FORWARD", "-m", "physdev", "--physdev-is-bridged", "-j", "ACCEPT"),)),
+    "RG915-good": Variant("RG915-good", (), (("-I", "FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j",
+                                              "DROP"),)),
+}
 
 
 def variant(name: str) -> Variant:
@@ -365,6 +396,25 @@ def main() -> None:  # pragma: no cover - run by hand, as root, to rewrite the c
         v.dir.mkdir(exist_ok=True)
         (v.dir / "ruleset.nft").write_text(text)
         print(f"{v.dir}/ruleset.nft: {len(text.splitlines())} lines", file=sys.stderr)
+    for name, v in LINT_FIXTURES.items():
+        d = LINT_DIR / name
+        d.mkdir(exist_ok=True)
+        if not (d / "input.yaml").exists():
+            (d / "input.yaml").write_text(lint_input())
+        (d / "args").write_text("--mode nftables --nft-version 1.0.6 --kernel-version 6.6.0 --rules {dir}/node.nft\n")
+        text = make(v, f"rgt-nodenft-{os.getpid()}", BRIDGE, d / "input.yaml")
+        (d / "node.nft").write_text(text)
+        print(f"{d}/node.nft: {len(text.splitlines())} lines", file=sys.stderr)
+
+
+def lint_input() -> str:
+    """cluster.yaml without lab/empty (its own lint error, RG201, would ride along in every fixture)."""
+    docs = CLUSTER.read_text().split("\n---\n")
+    keep = [d for d in docs if "name: empty" not in d]
+    keep[0] = "\n".join(ln for ln in keep[0].splitlines() if not ln.startswith("#"))
+    head = ("# The cluster of node.nft (tests/nftnode.py builds that ruleset in a namespace): lab/web and lab/local\n"
+            "# (NodePorts 30080, 30090) on node lab-node, 192.168.77.10, pods in 10.244.1.0/24.\n")
+    return head + "\n---\n".join(keep) + ("" if keep[-1].endswith("\n") else "\n")
 
 
 if __name__ == "__main__":

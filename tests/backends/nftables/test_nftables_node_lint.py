@@ -1,0 +1,68 @@
+"""`rulegen lint --mode nftables --rules RULESET [FILES...]`: what in a node's other tables shadows Service traffic.
+
+The one-pitfall fixtures (lint-fixtures/RG911-RG915, their node.nft built by
+tests/nftnode.py in a namespace) are checked with every other code by
+tests/core/test_lint.py; here the whole-node dumps of tests/node_dumps/nft-*
+and what only an nftables node has.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from rgtest import run_cli
+
+TESTS = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(TESTS))
+import nftnode as N  # noqa: E402
+
+VERSIONS = ("--nft-version", "1.0.6", "--kernel-version", "6.6.0")
+NODE = ("--node-ip", N.NODE_IP, "--cluster-cidr", "10.244.0.0/16")
+
+
+def lint(ruleset: Path, *files: str, extra: tuple[str, ...] = ()) -> tuple[int, list[dict]]:
+    r = run_cli("lint", "--mode", "nftables", "--rules", str(ruleset), *files, *VERSIONS, *extra, "--json")
+    assert r.exit_code in (0, 1), r.output
+    return r.exit_code, [f for f in json.loads(r.stdout) if f["code"].startswith("RG91")]
+
+
+def dump(name: str) -> Path:
+    return N.DUMPS / f"nft-{name}" / "ruleset.nft"
+
+
+def test_a_forward_policy_drop_is_found_with_every_service_port_it_hits():
+    for files, extra in (((str(N.CLUSTER),), ()), ((), NODE)):  # from a compile, and from the dump's own maps
+        code, found = lint(dump("server-filter"), *files, extra=extra)
+        assert code == 1
+        assert [f["code"] for f in found] == ["RG913"], found
+        f = found[0]
+        assert f["object"] == "nftables inet filter chain forward policy"
+        assert "policy drop" in f["message"] and "it hits 4 Service port(s)" in f["message"]
+        assert "lab/web:http node port" in f["message"] and "lab/local:http cluster IP" in f["message"]
+
+
+def test_firewalld_lets_services_through_and_dockers_xt_table_is_named():
+    assert lint(dump("firewalld"), str(N.CLUSTER))[1] == []
+    _, found = lint(dump("docker"), str(N.CLUSTER))
+    assert [f["code"] for f in found] == ["RG915"]
+    assert found[0]["object"] == "nftables ip filter" and "xt match physdev" in found[0]["message"]
+    assert "iptables-save" in found[0]["hint"]
+
+
+def test_a_ruleset_without_kube_proxys_table(tmp_path):
+    f = tmp_path / "ruleset.nft"
+    text = dump("server-filter").read_text()
+    f.write_text(text[text.index("table inet filter"):])
+    code, found = lint(f, str(N.CLUSTER))
+    assert code == 1 and [x["code"] for x in found] == ["RG914"]
+    assert found[0]["message"].startswith("table ip kube-proxy is missing from the ruleset")
+    r = run_cli("trace", "--mode", "nftables", "--rules", str(f), "--dst", f"{N.NODE_IP}:30080")
+    assert r.exit_code == 2 and "no table ip/ip6 kube-proxy in the listing (tables: inet filter)" in r.stderr
+
+
+def test_ipsets_are_refused_for_an_nftables_node(tmp_path):
+    r = run_cli("lint", "--mode", "nftables", "--rules", str(dump("firewalld")), "--ipsets", str(tmp_path / "x"),
+                str(N.CLUSTER))
+    assert r.exit_code == 2 and "--ipsets" in r.stderr and "nft list ruleset" in r.stderr
