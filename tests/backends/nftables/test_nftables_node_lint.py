@@ -66,3 +66,32 @@ def test_ipsets_are_refused_for_an_nftables_node(tmp_path):
     r = run_cli("lint", "--mode", "nftables", "--rules", str(dump("firewalld")), "--ipsets", str(tmp_path / "x"),
                 str(N.CLUSTER))
     assert r.exit_code == 2 and "--ipsets" in r.stderr and "nft list ruleset" in r.stderr
+
+
+# ------------------------------------------------------------------ diff --against a whole ruleset
+
+
+def test_diff_keeps_to_kube_proxys_table_and_counts_the_foreign_base_chain_rules():
+    r = run_cli("diff", "--mode", "nftables", str(N.CLUSTER), "--against", str(dump("firewalld")))
+    assert r.exit_code == 0, r.output
+    assert "table kube-proxy only" in r.stdout
+    # inet firewalld's base chains hold 24 rules: raw 3, mangle 1, nat 1 + 1, filter INPUT 6, FORWARD 7, OUTPUT 5
+    assert ("24 foreign rule(s) sit in other tables' base chains on kube-proxy's hooks (inet firewalld), not "
+            "compared (--all shows them)") in r.stdout + r.stderr
+    r = run_cli("diff", "--mode", "nftables", str(N.CLUSTER), "--against", str(dump("docker")), "--all", "--json")
+    assert r.exit_code == 1, r.output
+    doc = r.stdout
+    assert "docker-bridges" in doc and "raw-PREROUTING" in doc and '"ip filter"' in doc
+
+
+def test_diff_of_two_rulesets_compares_every_table(tmp_path):
+    old = dump("firewalld").read_text()
+    new = old.replace("\t\ttcp dport 9090 ct state { new, untracked } accept\n", "")
+    assert new != old
+    (tmp_path / "old.nft").write_text(old)
+    (tmp_path / "new.nft").write_text(new)
+    r = run_cli("diff", "--mode", "nftables", str(tmp_path / "old.nft"), str(tmp_path / "new.nft"))
+    assert r.exit_code == 1, r.output
+    assert "table inet firewalld" in r.stdout and "filter_IN_public_allow" in r.stdout and "tcp dport 9090" in r.stdout
+    r = run_cli("diff", "--mode", "nftables", str(tmp_path / "old.nft"), str(tmp_path / "old.nft"))
+    assert r.exit_code == 0, r.output
