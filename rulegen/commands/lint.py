@@ -47,8 +47,9 @@ def _scope(linted) -> dict[str, str]:
 @click.option("--nft-version", default=None, metavar="VERSION",
               help="The node's nft (nft --version), for nftables mode's requirement.")
 @click.option("--rules", "rules_path", default=None, metavar="DUMP",
-              help="A node's iptables-save: report the rules outside kube-proxy's chains that shadow Service "
-                   "traffic (RG9xx); FILES then optional (the expected rules come from their compile, else from "
+              help="A node's iptables-save (with --mode nftables its `nft list ruleset`): report the rules "
+                   "outside kube-proxy's chains or table that shadow Service traffic (RG901-RG908, "
+                   "RG911-RG915); FILES then optional (the expected rules come from their compile, else from "
                    "the dump's own kube-proxy chains).")
 @click.option("--ipsets", "ipsets_path", default=None, metavar="SAVED_SETS",
               help="The node's `ipset save`, to decide the dump's `-m set` matches.")
@@ -61,6 +62,7 @@ def command(files, as_json, nodeport_range, ignore, kernel_version, nft_version,
     rulegen lint cluster.yaml
     rulegen lint --rules node.save --ipsets node.ipsets --node-ip 192.168.56.10
     rulegen lint cluster.yaml --rules node.save
+    rulegen lint --mode nftables cluster.yaml --rules ruleset.nft
     """
     flags = flags_of(kw)
     rng = parse_nodeport_range(nodeport_range)

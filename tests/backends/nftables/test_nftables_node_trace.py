@@ -190,3 +190,10 @@ def test_the_cli_carries_the_whole_node_trace_in_json(tmp_path):
     text = run_cli("trace", "--mode", "nftables", "--rules", str(f), str(N.CLUSTER), "--dst", f"{NODE}:30080",
                    "--src", CLIENT)
     assert text.exit_code == 0 and "Assumed" in text.stdout and "@blocklist" in text.stdout
+
+
+def test_the_readme_example_is_the_server_filter_dump():
+    ex = N.ROOT / "examples" / "node-dump-nft"
+    assert (ex / "ruleset.nft").read_text() == (N.DUMPS / "nft-server-filter" / "ruleset.nft").read_text()
+    body = lambda p: p.read_text().split("apiVersion", 1)[1]  # noqa: E731 - the header comment differs
+    assert body(ex / "cluster.yaml") == body(N.CLUSTER)
