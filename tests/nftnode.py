@@ -20,7 +20,12 @@ here from their documentation (no upstream file is copied):
   `inet filter` with input and forward policy drop. Its forward policy
   drops every NodePort and ClusterIP connection kube-proxy DNATs to a pod
   (kube-proxy's accepts do not keep another table's base chain open): the
-  trace must report DROP and name the policy.
+  trace must report DROP and name the policy;
+* `guard-drop` — a hand-made `inet guard` at raw priority dropping one
+  NodePort from the uplink: DROP, named by its rule;
+* `nat-first` — a DNAT in an `ip natfirst` nat chain at dstnat - 5 that
+  takes a NodePort before kube-proxy's nat chain, which is then not
+  consulted for those connections.
 
 `python tests/nftnode.py` (root) rewrites tests/node_dumps/nft-<variant>/ruleset.nft;
 tests/kernel/test_nft_node_dumps_kernel.py rebuilds them and checks them
@@ -298,10 +303,31 @@ class Variant:
         return DUMPS / f"nft-{self.name}"
 
 
+# A hand-made guard at raw priority that drops one NodePort from the uplink (a rule, not a policy).
+GUARD_DROP = """table inet guard {
+\tchain prerouting {
+\t\ttype filter hook prerouting priority raw; policy accept;
+\t\tiifname "{ext}" tcp dport 30080 counter drop comment "no web from outside"
+\t}
+}
+"""
+
+# A DNAT in a nat chain that runs before kube-proxy's (dstnat - 5): it takes lab/local's NodePort to one of
+# lab/web's pods, and kube-proxy's nat chain is then not consulted for those connections (nf_nat_inet_fn).
+NAT_FIRST = """table ip natfirst {
+\tchain prerouting {
+\t\ttype nat hook prerouting priority dstnat - 5; policy accept;
+\t\tiifname "{ext}" tcp dport 30090 dnat to 10.244.1.21:8080
+\t}
+}
+"""
+
 VARIANTS = (
     Variant("firewalld", (FIREWALLD,)),
     Variant("docker", (DOCKER,), DOCKER_IPTABLES),
     Variant("server-filter", (SERVER_FILTER,), handles=True),
+    Variant("guard-drop", (GUARD_DROP,)),
+    Variant("nat-first", (NAT_FIRST,)),
 )
 
 

@@ -33,7 +33,9 @@ def hop_lines(h: Hop) -> tuple[str, str]:
     if h.kind in ("route", "deliver", "balance") or (h.kind == "assume" and not h.number):
         return h.rule, h.verdict
     if h.kind == "policy":
-        return f"{h.table:<6} {h.rule} (policy of the built-in chain)", h.verdict
+        # an nft base chain's policy hop names its declaration (`type filter hook forward ...; policy drop`)
+        what = "(the base chain's policy)" if "; policy " in h.rule else "(policy of the built-in chain)"
+        return f"{h.table:<6} {h.rule} {what}", h.verdict
     where = f"{h.table:<6} {h.rule}   (rule {h.number})"
     if h.kind == "skip":
         return where, f"random: not taken ({h.chance} of the connections reaching it)"

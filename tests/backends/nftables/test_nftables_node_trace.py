@@ -197,3 +197,29 @@ def test_the_readme_example_is_the_server_filter_dump():
     assert (ex / "ruleset.nft").read_text() == (N.DUMPS / "nft-server-filter" / "ruleset.nft").read_text()
     body = lambda p: p.read_text().split("apiVersion", 1)[1]  # noqa: E731 - the header comment differs
     assert body(ex / "cluster.yaml") == body(N.CLUSTER)
+
+
+def test_a_guards_drop_before_kube_proxy_is_named_and_the_rest_passes(compiled):
+    got, _ = both(compiled, "guard-drop", CLIENT, NODE, 30080)
+    assert got.verdict == "DROP" and not got.destinations
+    assert any(n.startswith("DROP by inet guard chain prerouting rule 1, outside kube-proxy's table: "
+                            'iifname "eth0" tcp dport 30080 counter packets 0 bytes 0 drop') for n in got.notes)
+    # its first hop is the guard's (raw, -300), before any of kube-proxy's
+    assert got.paths[0].hops[0].table == "inet guard"
+    for src, dst, port in PROBES[1:]:
+        got, want = both(compiled, "guard-drop", src, dst, port)
+        assert (got.verdict, got.shares()) == (want.verdict, want.shares())
+
+
+def test_a_dnat_before_kube_proxys_nat_chain_takes_the_node_port(compiled):
+    got, want = both(compiled, "nat-first", CLIENT, NODE, 30090)
+    assert want.shares() == {"10.244.1.31:8080": Fraction(1)}
+    assert got.shares() == {"10.244.1.21:8080": Fraction(1)}
+    assert any(n.startswith("DNAT by ip natfirst chain prerouting rule 1, outside kube-proxy's table") and
+               n.endswith("kube-proxy's nat chain on this hook is not consulted for this connection") for n in got.notes), got.notes
+    assert any("ip kube-proxy chain nat-prerouting (type nat hook prerouting priority -100) is not consulted" in n
+               for n in got.notes)
+    assert not any(h.table == "ip kube-proxy" and h.chain == "nat-prerouting" for p in got.paths for h in p.hops)
+    # from a pod (not the uplink) the foreign rule does not match: kube-proxy's DNAT as compiled
+    got, want = both(compiled, "nat-first", POD, NODE, 30090)
+    assert got.shares() == want.shares()
