@@ -52,6 +52,7 @@ from .trace import _spn, state_of, trace_saved
 
 MAX_NAMED = 5
 _REF = re.compile(r"\b(?:jump|goto) ([^ ,}]+)")
+_SETREF = re.compile(r"@([^ ,}]+)")
 
 
 @dataclass(frozen=True)
@@ -117,15 +118,15 @@ def _pod_client(settings: Settings) -> str | None:
 
 def _bases_of(t: NodeTable) -> dict[str, set[str]]:
     """chain → the base chains it is reached from (jump, goto, verdict maps), in table T."""
+    targets = {name: {m.group(1) for e in s.elements.values() for m in _REF.finditer(" ".join(e.value))}
+               for name, s in t.state.sets.items() if s.is_map}
     calls: dict[str, set[str]] = {}
     for name, c in t.state.chains.items():
-        calls[name] = {m.group(1) for r in c.rules for m in _REF.finditer(r.rule)}
-    for s in t.state.sets.values():
-        for e in s.elements.values():
-            for m in _REF.finditer(" ".join(e.value)):
-                for name in calls:
-                    if f"@{s.decl.name}" in " ".join(r.rule for r in t.state.chains[name].rules):
-                        calls[name].add(m.group(1))
+        out = calls[name] = set()
+        for r in c.rules:
+            out.update(m.group(1) for m in _REF.finditer(r.rule))
+            for ref in _SETREF.findall(r.rule):
+                out.update(targets.get(ref, ()))
     out: dict[str, set[str]] = {}
     for base, *_ in t.base_chains():
         todo, seen = [base], {base}

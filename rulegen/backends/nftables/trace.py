@@ -59,6 +59,9 @@ class NftablesTracer:
 
     def trace_saved(self, ir: Any, settings: Settings, src: str | None, dst_ip: str, dst_port: int,
                     proto: str = "tcp", **kw: Any) -> TraceResult:
+        if kw.pop("ipsets", None) is not None:
+            raise UsageError("--ipsets: an nftables node's sets are in its `nft list ruleset` (--rules); --ipsets "
+                             "is for iptables and IPVS nodes")
         return trace_saved(ir, settings, src, dst_ip, dst_port, proto, **kw)
 
 

@@ -95,3 +95,22 @@ def test_diff_of_two_rulesets_compares_every_table(tmp_path):
     assert "table inet firewalld" in r.stdout and "filter_IN_public_allow" in r.stdout and "tcp dport 9090" in r.stdout
     r = run_cli("diff", "--mode", "nftables", str(tmp_path / "old.nft"), str(tmp_path / "old.nft"))
     assert r.exit_code == 0, r.output
+
+
+def test_a_chain_is_traced_back_to_its_base_chains_through_jumps_and_verdict_maps():
+    from rulegen.backends.nftables.dump import read_text
+    from rulegen.backends.nftables.nodelint import _bases_of
+
+    d = read_text(dump("docker").read_text(), "docker")
+    reach = _bases_of(d.foreign[0])
+    assert reach["filter-forward-in__docker0"] == {"filter-FORWARD"}  # through @filter-forward-in-jumps
+    assert reach["nat-prerouting-and-output"] == {"nat-PREROUTING", "nat-OUTPUT"}
+    assert reach["raw-PREROUTING"] == {"raw-PREROUTING"}
+    fw = read_text(dump("firewalld").read_text(), "firewalld")
+    assert _bases_of(fw.foreign[0])["filter_IN_public_allow"] == {"filter_INPUT"}  # goto, then jump
+
+
+def test_trace_refuses_ipsets_for_an_nftables_node(tmp_path):
+    r = run_cli("trace", "--mode", "nftables", "--rules", str(dump("firewalld")), "--ipsets", str(tmp_path / "x"),
+                "--node-ip", N.NODE_IP, "--dst", f"{N.NODE_IP}:30080")
+    assert r.exit_code == 2 and "--ipsets" in r.stderr and "Traceback" not in r.output
