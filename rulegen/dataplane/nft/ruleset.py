@@ -175,7 +175,6 @@ def _chain(lines: list[str], i: int, nt: NodeTable, name: str, first_line: int) 
 def _set(lines: list[str], i: int, nt: NodeTable, kind: str, name: str, first_line: int) -> int:
     props: dict[str, str] = {}
     elements: list[str] = []
-    had_elements = False
     n = len(lines)
     while i < n:
         line = _HANDLE.sub("", lines[i].strip())
@@ -185,7 +184,6 @@ def _set(lines: list[str], i: int, nt: NodeTable, kind: str, name: str, first_li
         if line == "}":
             break
         if line.startswith("elements = {"):
-            had_elements = True
             parts = [line[len("elements = {"):]]
             quoted = parts[0].count('"') % 2 == 1
             while quoted or not parts[-1].rstrip().endswith("}"):
@@ -203,8 +201,7 @@ def _set(lines: list[str], i: int, nt: NodeTable, kind: str, name: str, first_li
         raise RulesetError(f"{kind} {name}: no closing '}}'")
     type_ = props.get("type")
     if type_ is None and "typeof" in props:
-        type_ = props["typeof"]
-        nt.unreadable[name] = f"@{name} is declared by `typeof {type_}`, which the trace does not read"
+        type_ = props["typeof"]  # `typeof ip saddr . tcp dport`: the walk needs only the key's arity and the values
     flags = tuple(props["flags"].replace(" ", "").split(",")) if "flags" in props else ()
     try:
         timeout = parse_duration(props["timeout"]) if "timeout" in props else None
@@ -221,7 +218,5 @@ def _set(lines: list[str], i: int, nt: NodeTable, kind: str, name: str, first_li
         s.elements[key] = e
     if not type_:
         nt.unreadable[name] = f"@{name} has no type in the listing"
-    elif not had_elements and "dynamic" not in flags and kind == "set" and "interval" not in flags:
-        pass  # an empty set is listed without elements: it matches nothing, which the walk can decide
     nt.state.sets[name] = s
     return i

@@ -154,7 +154,8 @@ def parse_rule(text: str) -> tuple[Op, ...]:
 
 
 # Statements a node's foreign rules carry that change nothing the trace follows; `limit` is taken as matching.
-_NOOPS = (re.compile(r'(?:^|\s)counter(?: packets \d+ bytes \d+)?(?=\s|$)'),
+_NOOPS = (re.compile(r'(?:^|\s)(?:counter|quota|limit) name (?:"[^"]*"|\S+)(?=\s|$)'),
+          re.compile(r'(?:^|\s)counter(?: packets \d+ bytes \d+)?(?=\s|$)'),
           re.compile(r'(?:^|\s)log(?: (?:prefix "[^"]*"|level \S+|group \d+|snaplen \d+|queue-threshold \d+))*(?=\s|$)'),
           re.compile(r'(?:^|\s)limit rate \d+/\S+(?: burst \d+ \S+)?(?=\s|$)'),
           re.compile(r'(?:^|\s)(?:notrack|nftrace set 1)(?=\s|$)'))
