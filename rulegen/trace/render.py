@@ -45,6 +45,9 @@ def hop_lines(h: Hop) -> tuple[str, str]:
         kind = h.rule.split("--reject-with ", 1)[1].split(" ", 1)[0]
         if kind not in ("icmp-port-unreachable", "icmp6-port-unreachable"):  # a firewall's own answer
             return where, f"REJECT: the client is refused ({kind})"
+    if h.verdict == "REJECT" and " reject with " in f" {h.rule}":  # nft: `reject with icmpx admin-prohibited`
+        kind = h.rule.split(" reject with ", 1)[1].split(" # handle ", 1)[0].split(' comment "', 1)[0]
+        return where, f"REJECT: the client is refused ({kind})"
     return where, _EXPLAIN.get(h.verdict, h.verdict)
 
 

@@ -134,6 +134,9 @@ def test_the_servers_input_reject_is_named_with_its_handle(compiled):
     assert any(n.startswith("REJECT by inet filter chain input rule 7 (handle 10), outside kube-proxy's table")
                for n in r.notes), r.notes
     assert any("`limit` taken as matching" in n for n in r.notes)
+    from rulegen.trace.render import render_text
+    assert "⇒ REJECT: the client is refused (icmpx admin-prohibited)" in render_text(r)
+    assert any(h.rule.endswith("reject with icmpx admin-prohibited # handle 10") for p in r.paths for h in p.hops)
 
 
 # ------------------------------------------------------------------ what the walk cannot decide
