@@ -150,7 +150,7 @@ def command(files, dst, src, proto, rules_path, ipsets_path, in_iface, out_iface
                 rs, name = tracer.read(rules_path, given_family)  # a bad file is a UsageError
             except UsageError as e:
                 if not files:
-                    raise
+                    raise backends.other_mode_hint(e, rules_path, first) from None
                 read_error = e  # the files' configuration may choose the mode the file is of
             if files:
                 c = run_compile(files, flags, config_path)

@@ -114,3 +114,9 @@ def test_trace_refuses_ipsets_for_an_nftables_node(tmp_path):
     r = run_cli("trace", "--mode", "nftables", "--rules", str(dump("firewalld")), "--ipsets", str(tmp_path / "x"),
                 "--node-ip", N.NODE_IP, "--dst", f"{N.NODE_IP}:30080")
     assert r.exit_code == 2 and "--ipsets" in r.stderr and "Traceback" not in r.output
+
+
+def test_an_nft_ruleset_read_in_iptables_mode_says_which_mode_reads_it():
+    for cmd in (("trace", "--dst", f"{N.NODE_IP}:30080"), ("lint",)):
+        r = run_cli(*cmd, "--rules", str(dump("firewalld")))
+        assert r.exit_code == 2 and "(this is an nftables ruleset or script: add --mode nftables)" in r.stderr, r.output
