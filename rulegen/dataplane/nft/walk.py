@@ -79,7 +79,7 @@ class Sel(NamedTuple):
         return _SEL_TEXT.get(self.field, self.field).format(arg=self.arg)
 
 
-_SEL_TEXT = {"nfproto": "meta nfproto", "pkttype": "meta pkttype", "icmp": "{arg}", "saddr": "{arg} saddr", "daddr": "{arg} daddr", "l4proto": "meta l4proto", "mark": "meta mark",
+_SEL_TEXT = {"fib-rpf": "fib saddr . iif oif", "nfproto": "meta nfproto", "pkttype": "meta pkttype", "icmp": "{arg}", "saddr": "{arg} saddr", "daddr": "{arg} daddr", "l4proto": "meta l4proto", "mark": "meta mark",
              "fib-saddr": "fib saddr type", "fib-daddr": "fib daddr type", "ct-state": "ct state",
              "ct-status": "ct status", "dport": "{arg} dport", "sport": "{arg} sport"}
 
@@ -348,6 +348,15 @@ class _Parser:
             self.take()
             self.take()
             return Sel("fib-" + b)
+        if a == "fib" and b == "saddr":  # `fib saddr [. mark] . iif oif missing`: a reverse-path check
+            parts = []
+            while self.peek() and self.peek() != "oif":
+                parts.append(self.take())
+            if parts[:1] != ["saddr"] or parts[-2:] != [".", "iif"] or not set(parts[1:-2]) <= {".", "meta", "mark"} \
+                    or self.peek() != "oif":
+                raise Unsupported(f"fib {' '.join(parts)}")
+            self.take()
+            return Sel("fib-rpf")
         if a == "ct" and b in ("state", "status"):
             self.take()
             return Sel("ct-" + b)
@@ -608,6 +617,9 @@ def _check_values(keys: tuple[Sel, ...], values: tuple[str, ...]) -> None:
         elif f in ("fib-saddr", "fib-daddr"):
             if v not in FIB_TYPES:
                 raise Unsupported(f"fib type {v!r}")
+        elif f == "fib-rpf":
+            if v not in ("missing", "exists"):
+                raise Unsupported(f"fib ... oif {v!r}")
         elif f == "nfproto":
             if v not in ("ipv4", "ipv6"):
                 raise Unsupported(f"meta nfproto {v!r}")
@@ -1187,6 +1199,12 @@ class Engine:
             return "local" if self.is_local(p.src) else "unicast"
         if f == "fib-daddr":
             return "local" if self.is_local(p.dst) else "unicast"
+        if f == "fib-rpf":
+            note = (f"reverse-path check (fib saddr . iif oif) taken as passing: the node has a route back to {p.src} "
+                    f"by {p.in_iface or 'the interface it came from'} (the trace's interfaces follow the node's routes)")
+            if note not in w.notes:
+                w.notes.append(note)
+            return "exists"
         if f == "ct-state":
             return "new"
         if f == "ct-status":
@@ -1215,7 +1233,7 @@ class Engine:
             return got == _int(value, "mark")
         if f in ("fib-saddr", "fib-daddr"):
             return got == value
-        if f in ("nfproto", "pkttype"):
+        if f in ("nfproto", "pkttype", "fib-rpf"):
             return got == value
         if f == "ct-state":
             return value == got

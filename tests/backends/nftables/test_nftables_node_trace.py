@@ -226,3 +226,18 @@ def test_a_dnat_before_kube_proxys_nat_chain_takes_the_node_port(compiled):
     # from a pod (not the uplink) the foreign rule does not match: kube-proxy's DNAT as compiled
     got, want = both(compiled, "nat-first", POD, NODE, 30090)
     assert got.shares() == want.shares()
+
+
+def test_an_ipv6_connection_through_firewalds_inet_table(tmp_path):
+    v6 = (TESTS / "backends" / "nftables" / "listings" / "nft-ipv6.list").read_text()
+    fw = (N.DUMPS / "nft-firewalld" / "ruleset.nft").read_text()
+    f = tmp_path / "v6.nft"
+    f.write_text(v6 + fw[fw.index("table inet firewalld"):])
+    r = run_cli("trace", "--mode", "nftables", "--rules", str(f), "--node-ip", "fd00:19::6",
+                "--dst", "[fd00:19::6]:30680", "--src", "2001:db8::5", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert [d["endpoint"] for d in doc["destinations"]] == ["[fd00:60:6::80]:8080"]
+    assert not doc["assumed"]  # the IPv6-only rules (rpfilter, icmpv6) are read, decided, and pass
+    assert any(n.startswith("reverse-path check (fib saddr . iif oif) taken as passing") for n in doc["notes"])
+    assert any(h["table"] == "inet firewalld" for p in doc["paths"] for h in p["hops"])
