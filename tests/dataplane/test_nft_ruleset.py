@@ -72,5 +72,7 @@ def test_the_lenient_helpers():
     assert trailing_verdict("ip saddr 10.0.0.1 goto blocked") == Verdict("goto", "blocked")
     assert trailing_verdict("tcp option maxseg size set rt mtu") is None
     assert [m.keys[0].field for m in leading_matches("meta nfproto ipv6 fib saddr . mark . iif oif missing drop")] \
-        == ["nfproto"]
+        == ["nfproto", "fib-rpf"]
+    assert [m.keys[0].field for m in leading_matches("ip saddr 10.0.0.1 meta skuid 1000 ip daddr 10.0.0.2 drop")] \
+        == ["saddr"]  # up to the first part it cannot read
     assert lenient_ops('counter packets 1 bytes 2 log prefix "x y" level info accept') == (Verdict("accept"),)
