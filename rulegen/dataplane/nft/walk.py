@@ -27,7 +27,18 @@ statement kube-proxy's nftables mode writes, read in the one spelling
 
 A rule the walk reaches that holds anything else stops the trace with an
 `Unsupported` message naming the part, which the tracer turns into an error
-naming the rule; rules the packet never reaches are never read. The walk
+naming the rule; rules the packet never reaches are never read.
+
+A node's whole `nft list ruleset` is walked too (`Engine(..., others=...,
+strict=False)`): every table's base chains join the hooks by priority, a
+base chain's policy decides when its rules end, and what a firewall or
+Docker writes beyond kube-proxy's words is read where it matters (`meta
+nfproto`, `iif`/`oif`, `ip protocol`, `icmp type`, `meta pkttype`, fib
+types, the `fib saddr . iif oif missing` reverse-path check; counters, logs
+and limits are no-ops, `reject with X` a reject). The rest never stops the
+trace: a match it cannot evaluate, or a rule it cannot read, becomes an
+open question answered both ways on two assumed branches (`Assumption`),
+the rule's trailing verdict taken on the "matches" branch. The walk
 knows connections, not packets: it traces the first packet of a new one,
 so `ct state new` holds, and a dynamic set (affinity) holds only what the
 listing it came from shows.
