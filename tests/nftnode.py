@@ -25,7 +25,10 @@ here from their documentation (no upstream file is copied):
   NodePort from the uplink: DROP, named by its rule;
 * `nat-first` — a DNAT in an `ip natfirst` nat chain at dstnat - 5 that
   takes a NodePort before kube-proxy's nat chain, which is then not
-  consulted for those connections.
+  consulted for those connections;
+* `notrack` — an `inet raw` table that takes one NodePort's connections out
+  of conntrack: no nat chain sees them, kube-proxy's DNAT never happens, and
+  the node itself refuses them.
 
 `python tests/nftnode.py` (root) rewrites tests/node_dumps/nft-<variant>/ruleset.nft;
 tests/kernel/test_nft_node_dumps_kernel.py rebuilds them and checks them
@@ -322,12 +325,23 @@ NAT_FIRST = """table ip natfirst {
 }
 """
 
+# A notrack at raw priority for one NodePort from the uplink (a "performance" rule copied from a DNS guide):
+# the connection is never tracked, so no nat chain (kube-proxy's included) translates it.
+NOTRACK = """table inet raw {
+\tchain prerouting {
+\t\ttype filter hook prerouting priority raw; policy accept;
+\t\tiifname "{ext}" tcp dport 30080 notrack
+\t}
+}
+"""
+
 VARIANTS = (
     Variant("firewalld", (FIREWALLD,)),
     Variant("docker", (DOCKER,), DOCKER_IPTABLES),
     Variant("server-filter", (SERVER_FILTER,), handles=True),
     Variant("guard-drop", (GUARD_DROP,)),
     Variant("nat-first", (NAT_FIRST,)),
+    Variant("notrack", (NOTRACK,)),
 )
 
 
@@ -359,6 +373,10 @@ LINT_FIXTURES: dict[str, Variant] = {
     "RG914-bad": Variant("RG914-bad", ("flush chain ip kube-proxy nat-prerouting\n"
                                        "delete chain ip kube-proxy nat-prerouting\n",)),
     "RG914-good": Variant("RG914-good", ()),
+    # a notrack at raw priority for the uplink's NodePort traffic (kube-proxy's DNAT never happens), or for a port
+    # no Service uses
+    "RG916-bad": Variant("RG916-bad", (_guard("prerouting", "raw", 'iifname "{ext}" tcp dport 30080 notrack'),)),
+    "RG916-good": Variant("RG916-good", (_guard("prerouting", "raw", 'iifname "{ext}" udp dport 53 notrack'),)),
     # iptables-nft rules beside: one nft can only print as `xt match physdev`, one it spells in its own words
     "RG915-bad": Variant("RG915-bad", (), (("-I", "FORWARD", "-m", "physdev", "--physdev-is-bridged", "-j", "ACCEPT"),)),
     "RG915-good": Variant("RG915-good", (), (("-I", "FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j",

@@ -49,7 +49,7 @@ def _scope(linted) -> dict[str, str]:
 @click.option("--rules", "rules_path", default=None, metavar="DUMP",
               help="A node's iptables-save (with --mode nftables its `nft list ruleset`): report the rules "
                    "outside kube-proxy's chains or table that shadow Service traffic (RG901-RG908, "
-                   "RG911-RG915); FILES then optional (the expected rules come from their compile, else from "
+                   "RG911-RG916); FILES then optional (the expected rules come from their compile, else from "
                    "the dump's own kube-proxy chains).")
 @click.option("--ipsets", "ipsets_path", default=None, metavar="SAVED_SETS",
               help="The node's `ipset save`, to decide the dump's `-m set` matches.")

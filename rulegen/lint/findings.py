@@ -155,7 +155,7 @@ _TABLE = (
          "nftables mode needs Linux 5.13 or later and nft 1.0.1 or later, and the node's versions are not known here",
          "pass --kernel-version and --nft-version (uname -r, nft --version), or a Node with status.nodeInfo.kernelVersion"),
     # A node's dump read beside the input (`--rules`): foreign rules in kube-proxy's way, RG901-RG919
-    # (RG901-RG908 an iptables node's iptables-save, RG911-RG915 an nftables node's nft list ruleset).
+    # (RG901-RG908 an iptables node's iptables-save, RG911-RG916 an nftables node's nft list ruleset).
     Code("RG901", "error", "node-foreign-drop",
          "on a node dump (`--rules`): a DROP or REJECT outside kube-proxy's chains stops Service connections "
          "(the rule, and the Service ports it hits, are named)",
@@ -209,6 +209,10 @@ _TABLE = (
          "on an nftables node's ruleset: a table iptables-nft manages holds xtables matches nft cannot spell, so "
          "what it does to Service traffic is not checked (nor traced) from the ruleset",
          "lint the node's iptables-save as well (`rulegen lint --rules iptables.save`), or move those rules to nftables"),
+    Code("RG916", "error", "node-nft-foreign-notrack",
+         "on an nftables node's ruleset: a `notrack` in another table takes Service connections out of conntrack, so "
+         "no nat chain is consulted for them and kube-proxy's DNAT never happens",
+         "exempt Service traffic (cluster IPs, node ports) from the notrack rule, or remove it"),
 )
 
 CODES: dict[str, Code] = {c.code: c for c in _TABLE}

@@ -42,7 +42,8 @@ SHADOWED = {"server-filter": ("DROP", "DROP by the policy of inet filter chain f
             "guard-drop": ("DROP", "DROP by inet guard chain prerouting rule 1, outside kube-proxy's table"),
             "nat-first": ("DNAT", "DNAT by ip natfirst chain prerouting rule 1, outside kube-proxy's table: "
                                   "192.168.77.10:30090 → 10.244.1.21:8080; kube-proxy's nat chain on this hook is "
-                                  "not consulted")}
+                                  "not consulted"),
+            "notrack": ("ACCEPT", "NOTRACK by inet raw chain prerouting rule 1, outside kube-proxy's table")}
 
 
 def _need_root():

@@ -27,7 +27,11 @@ ports it hits:
 - RG914 kube-proxy's table or one of its base chains is missing (or on
   another hook or priority) (static: the base chains a compile installs);
 - RG915 a table iptables-nft manages holds xtables matches nft cannot spell:
-  its effect is not checked here (lint the node's iptables-save).
+  its effect is not checked here (lint the node's iptables-save);
+- RG916 a foreign `notrack` takes Service connections out of conntrack, so
+  no nat chain (kube-proxy's DNAT included) is consulted for them. This is
+  nftables' one way for another table to skip kube-proxy's rules without
+  dropping: where iptables mode has an ACCEPT ahead of kube-proxy's jump.
 
 What the trace cannot decide counts too; the finding then says which
 assumption it rests on.
@@ -219,7 +223,13 @@ def _deciders(p, tables: dict[str, NodeTable], reach, kube_bases) -> list[tuple]
         verb = "drops" if p.verdict == "DROP" else "rejects"
         out.append(("RG911", last.table, last.chain, last.number, last.rule, f"{verb} them{where}"))
         return out
+    skipped = any(n.startswith(f"ip{'6' if ':' in p.packet.dst else ''} kube-proxy chain nat-") and
+                  "is not consulted" in n for n in p.notes)
     for h in p.hops:
+        if h.kind == "rule" and h.table in tables and "notrack:" in h.verdict and skipped:
+            out.append(("RG916", h.table, h.chain, h.number, h.rule,
+                        "takes them out of conntrack: no nat chain is consulted for them, so kube-proxy's Service "
+                        "DNAT never happens"))
         if h.kind == "rule" and h.table in tables and h.verdict.startswith("DNAT ") \
                 and any(n.startswith("DNAT by ") and "is not consulted" in n for n in p.notes):
             out.append(("RG912", h.table, h.chain, h.number, h.rule,
@@ -278,6 +288,8 @@ _HINTS = {
              "or set its policy to accept",
     "RG914": "restart kube-proxy (it re-creates its base chains on its first sync) and find what deleted them "
              "(a firewall reload that flushes the whole ruleset: `flush ruleset`)",
+    "RG916": "exempt Service traffic from the notrack rule (cluster IPs, node ports, external IPs), or drop it: "
+             "untracked connections are never NATed",
     "RG915": "lint the node's iptables-save (`rulegen lint --rules iptables.save`, iptables mode) for that table's "
              "rules, or move them to nftables",
 }

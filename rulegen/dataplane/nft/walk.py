@@ -145,7 +145,11 @@ class Verdict(NamedTuple):
     chain: str = ""
 
 
-Op = Match | VMap | Numgen | Dnat | Masquerade | SetMark | Update | Verdict
+class Notrack(NamedTuple):
+    """`notrack`: the connection is not tracked, so no nat chain is consulted for it (and `ct state untracked`)."""
+
+
+Op = Match | VMap | Numgen | Dnat | Masquerade | SetMark | Update | Verdict | Notrack
 TERMINAL = (VMap, Numgen, Dnat, Masquerade, Verdict)
 
 _TOKEN = re.compile(r'"[^"]*"|[{}]|,|[^\s{},]+')
@@ -169,7 +173,7 @@ _NOOPS = (re.compile(r'(?:^|\s)(?:counter|quota|limit) name (?:"[^"]*"|\S+)(?=\s
           re.compile(r'(?:^|\s)counter(?: packets \d+ bytes \d+)?(?=\s|$)'),
           re.compile(r'(?:^|\s)log(?: (?:prefix "[^"]*"|level \S+|group \d+|snaplen \d+|queue-threshold \d+))*(?=\s|$)'),
           re.compile(r'(?:^|\s)limit rate \d+/\S+(?: burst \d+ \S+)?(?=\s|$)'),
-          re.compile(r'(?:^|\s)(?:notrack|nftrace set 1)(?=\s|$)'))
+          re.compile(r'(?:^|\s)nftrace set 1(?=\s|$)'))
 _REJECT_WITH = re.compile(r'(?:^|\s)reject with .*$')
 _TRAILING = re.compile(r'(?:^|\s)(accept|drop|return|continue|reject(?: with .*)?|(?:jump|goto) (\S+))\s*$')
 
@@ -272,6 +276,9 @@ class _Parser:
             keys = self.concat()
             self.take("}")
             return Update(name, keys)
+        if tok == "notrack":
+            self.take()
+            return Notrack()
         if tok == "numgen":
             n = self.numgen_head()
             self.take("vmap")
@@ -670,11 +677,13 @@ class _Walk:
     base: str = ""  # the base chain being walked (a goto from it replaces its frame, not its policy)
     answers: dict[str, Assumption] = field(default_factory=dict)  # open questions, answered once per path
     natted: tuple[str, ...] = ()  # hooks whose NAT is done: later nat chains there are not consulted
+    untracked: bool = False  # a `notrack` took the connection out of conntrack
 
     def fork(self) -> "_Walk":
         return _Walk(self.pkt, self.prob, list(self.hops), list(self.steps), list(self.queue),
                      [list(f) for f in self.stack], self.hook, self.pending, self.masq, self.affinity,
-                     list(self.key), list(self.notes), self.tidx, self.base, dict(self.answers), self.natted)
+                     list(self.key), list(self.notes), self.tidx, self.base, dict(self.answers), self.natted,
+                     self.untracked)
 
 
 class WalkError(Exception):
@@ -821,8 +830,10 @@ class Engine:
                 w.tidx, w.base = tidx, name
                 b = self._base(w)
                 if b[1] == "nat" and w.hook in w.natted:
+                    why = ("the connection is untracked (notrack), and nat needs conntrack" if w.untracked else
+                           "an earlier nat chain already translated this connection on this hook")
                     w.notes.append(f"{self.where} chain {name} (type nat hook {w.hook} priority {b[3]}) is not "
-                                   "consulted: an earlier nat chain already translated this connection on this hook")
+                                   f"consulted: {why}")
                     continue
                 w.stack = [[name, 0]]
                 continue
@@ -1068,6 +1079,14 @@ class Engine:
                 texts.append(f"mark is now {hex(w.pkt.mark)}")
             elif t is Update:
                 texts.append(self._update(w, op))
+            elif t is Notrack:
+                w.untracked = True
+                w.natted = HOOKS  # nf_nat_inet_fn: a packet without conntrack is never NATed
+                texts.append("notrack: the connection is not tracked, so no nat chain sees it (no Service DNAT)")
+                if self.foreign():
+                    w.notes.append(f"NOTRACK by {self._rule_name(chain, number)}, outside kube-proxy's table: "
+                                   f"{r.rule}; no nat chain is consulted for this connection, kube-proxy's DNAT "
+                                   "included")
             else:  # pragma: no cover - parse_rule lets no other kind through
                 raise Unsupported(f"{t.__name__} here")
         last = ops[-1]
@@ -1217,7 +1236,7 @@ class Engine:
                 w.notes.append(note)
             return "exists"
         if f == "ct-state":
-            return "new"
+            return "untracked" if w.untracked else "new"
         if f == "ct-status":
             return frozenset(x for x, on in (("dnat", p.dnat), ("snat", p.snat)) if on)
         if f == "nfproto":

@@ -241,3 +241,16 @@ def test_an_ipv6_connection_through_firewalds_inet_table(tmp_path):
     assert not doc["assumed"]  # the IPv6-only rules (rpfilter, icmpv6) are read, decided, and pass
     assert any(n.startswith("reverse-path check (fib saddr . iif oif) taken as passing") for n in doc["notes"])
     assert any(h["table"] == "inet firewalld" for p in doc["paths"] for h in p["hops"])
+
+
+def test_a_foreign_notrack_keeps_the_node_port_from_kube_proxys_dnat(compiled):
+    got, want = both(compiled, "notrack", CLIENT, NODE, 30080)
+    assert want.verdict == "DNAT"
+    assert got.verdict == "ACCEPT" and not got.destinations  # delivered, un-NATed, to the node itself
+    assert got.paths[0].hops[-1].rule == "delivered to 192.168.77.10:30080 on this node"
+    assert any(n.startswith("NOTRACK by inet raw chain prerouting rule 1, outside kube-proxy's table") for n in got.notes)
+    assert any(n.startswith("ip kube-proxy chain nat-prerouting (type nat hook prerouting priority -100) is not "
+                            "consulted: the connection is untracked") for n in got.notes), got.notes
+    for src, dst, port in PROBES[1:]:  # the rest is kube-proxy's as compiled
+        got, want = both(compiled, "notrack", src, dst, port)
+        assert (got.verdict, got.shares()) == (want.verdict, want.shares())
