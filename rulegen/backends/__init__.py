@@ -84,3 +84,20 @@ def require(mode: str, hook: str) -> Any:
         raise UsageError(f"--mode {mode}: {HOOKS[hook]} is not implemented yet"
                          + (f" (implemented for: {', '.join(have)})" if have else ""))
     return got
+
+
+def other_mode_hint(e: UsageError, path: str, mode: str) -> UsageError:
+    """E, with a hint when PATH is an nft listing or script but was read as MODE's file."""
+    if mode == "nftables" or path == "-":
+        return e
+    try:
+        with open(path, encoding="utf-8") as f:
+            head = f.read(4096)
+    except (OSError, UnicodeDecodeError):
+        return e
+    if "nftables" not in REGISTRY:
+        return e
+    view = get("nftables").diff_view()
+    if view is not None and view.sniff(head):
+        return UsageError(f"{e} (this is an nftables ruleset or script: add --mode nftables)")
+    return e

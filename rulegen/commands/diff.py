@@ -111,7 +111,12 @@ def _compare_files(args: tuple[str, ...], flags: dict, kube_only: bool | None) -
 def _with_outside_note(res: DiffResult, view: Any, sides) -> DiffResult:
     """One line per side that holds rules outside the mode's own chains that the comparison left out."""
     count = getattr(view, "outside_rules", None)
+    note = getattr(view, "outside_note", None)
     notes = []
+    for ir, name in sides if note is not None else ():
+        line = note(ir, name)
+        if line:
+            notes.append(line)
     for ir, name in sides if count is not None else ():
         builtin, chains = count(ir)
         if builtin or chains:

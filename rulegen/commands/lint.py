@@ -47,10 +47,11 @@ def _scope(linted) -> dict[str, str]:
 @click.option("--nft-version", default=None, metavar="VERSION",
               help="The node's nft (nft --version), for nftables mode's requirement.")
 @click.option("--rules", "rules_path", default=None, metavar="DUMP",
-              help="A node's iptables-save (with --mode ipvs, a folder of the node's ipvsadm -Sn, ipset save and "
-                   "iptables-save as ipvsadm.rules, ipset.rules, iptables.rules): report the rules outside "
-                   "kube-proxy's chains that shadow Service traffic (RG9xx); FILES then optional (the expected "
-                   "rules come from their compile, else from the dump's own kube-proxy rules).")
+              help="A node's iptables-save (with --mode nftables its `nft list ruleset`; with --mode ipvs a folder "
+                   "of the node's ipvsadm -Sn, ipset save and iptables-save as ipvsadm.rules, ipset.rules, "
+                   "iptables.rules): report the rules outside kube-proxy's chains or table that shadow Service "
+                   "traffic (RG901-RG916); FILES then optional (the expected rules come from their compile, else "
+                   "from the dump's own kube-proxy rules).")
 @click.option("--ipsets", "ipsets_path", default=None, metavar="SAVED_SETS",
               help="The node's `ipset save`, to decide the dump's `-m set` matches (with --mode ipvs, in place of "
                    "the folder's ipset.rules).")
@@ -64,6 +65,7 @@ def command(files, as_json, nodeport_range, ignore, kernel_version, nft_version,
     rulegen lint --rules node.save --ipsets node.ipsets --node-ip 192.168.56.10
     rulegen lint cluster.yaml --rules node.save
     rulegen lint --mode ipvs cluster.yaml --rules node-dump/
+    rulegen lint --mode nftables cluster.yaml --rules ruleset.nft
     """
     flags = flags_of(kw)
     rng = parse_nodeport_range(nodeport_range)

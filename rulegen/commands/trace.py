@@ -7,7 +7,9 @@ without a tracer is refused by the registry, exit 2); a rule there the
 tracer does not understand is an error naming it (exit 2). `rulegen trace
 --rules SAVED [--ipsets SAVED_SETS] --dst ...` traces a saved rule file:
 a node's whole iptables-save (every table, the CNI's, Docker's and the
-firewall's chains among kube-proxy's), or rulegen's own output; what the
+firewall's chains among kube-proxy's), a node's whole `nft list ruleset`
+(--mode nftables: every table's base chains by hook and priority), or
+rulegen's own output; what the
 tracer cannot decide there splits the path into assumed branches, each
 naming its reason. FILES may be given too, then they only name the
 destination and the endpoints' nodes, and supply the settings. Exit 0 for
@@ -84,7 +86,8 @@ def parse_routes(values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
               show_default=True)
 @click.option("--rules", "rules_path", default=None,
               help="Trace this saved rule file (a node's whole iptables-save, or rulegen's output) instead of "
-                   "compiling; with --mode ipvs, IPVS mode's combined output or a folder of ipvsadm.rules, "
+                   "compiling; with --mode nftables a node's whole `nft list ruleset` (every table's base chains, "
+                   "firewalld's and Docker's among kube-proxy's) or rulegen's script; with --mode ipvs, IPVS mode's combined output or a folder of ipvsadm.rules, "
                    "ipset.rules and iptables.rules (a node's ipvsadm -Sn, ipset save and iptables-save).")
 @click.option("--ipsets", "ipsets_path", default=None, metavar="SAVED_SETS",
               help="The node's ipsets (`ipset save` output), to decide `-m set` matches in --rules; without "
@@ -120,6 +123,7 @@ def command(files, dst, src, proto, rules_path, ipsets_path, in_iface, out_iface
     rulegen trace --rules node.save --ipsets node.ipsets --node-ip 192.168.56.10 --dst 10.96.0.10:80
     rulegen trace cluster.yaml --rules node.save --dst 127.0.0.1:30080 --src 127.0.0.1
     rulegen trace --mode ipvs --rules node-dump/ --node-ip 192.168.56.10 --dst 192.168.56.10:30080
+    rulegen trace --mode nftables --rules ruleset.nft --node-ip 192.168.56.10 --dst 192.168.56.10:30080
     """
     flags = flags_of(kw)
     if ipsets_path is not None and rules_path is None:
@@ -148,7 +152,7 @@ def command(files, dst, src, proto, rules_path, ipsets_path, in_iface, out_iface
                 rs, name = tracer.read(rules_path, given_family)  # a bad file is a UsageError
             except UsageError as e:
                 if not files:
-                    raise
+                    raise backends.other_mode_hint(e, rules_path, first) from None
                 read_error = e  # the files' configuration may choose the mode the file is of
             if files:
                 c = run_compile(files, flags, config_path)

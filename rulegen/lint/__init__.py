@@ -137,5 +137,9 @@ def lint_files(paths: list[str], flags: dict[str, Any], report: Report, config_p
         if linter is None:
             raise UsageError(f"--rules: lint does not read {settings.mode} mode's node dumps yet")
         skip = set(ignore)
-        found += [f for f in linter.lint(rules_path, ipsets_path, settings, plan, bool(paths)) if f.code not in skip]
+        try:
+            node = linter.lint(rules_path, ipsets_path, settings, plan, bool(paths))
+        except UsageError as e:
+            raise backends.other_mode_hint(e, rules_path, settings.mode) from None
+        found += [f for f in node if f.code not in skip]
     return Linted(sort_findings(found), inputs, settings, plan)

@@ -154,7 +154,8 @@ _TABLE = (
     Code("RG817", "info", "nft-versions-unknown",
          "nftables mode needs Linux 5.13 or later and nft 1.0.1 or later, and the node's versions are not known here",
          "pass --kernel-version and --nft-version (uname -r, nft --version), or a Node with status.nodeInfo.kernelVersion"),
-    # A node's dump read beside the input (`--rules`): foreign rules in kube-proxy's way, RG901-RG919.
+    # A node's dump read beside the input (`--rules`): foreign rules in kube-proxy's way, RG901-RG919
+    # (RG901-RG908 an iptables node's iptables-save, RG911-RG916 an nftables node's nft list ruleset).
     Code("RG901", "error", "node-foreign-drop",
          "on a node dump (`--rules`): a DROP or REJECT outside kube-proxy's chains stops Service connections "
          "(the rule, and the Service ports it hits, are named)",
@@ -200,6 +201,31 @@ _TABLE = (
          "on an IPVS node's dump: a DROP or REJECT outside kube-proxy's chains stops the packet IPVS sends on to "
          "the real server it chose (filter OUTPUT or later: IPVS forwards as the node's own packet)",
          "let the node's own packets to the pod network through (filter OUTPUT), or narrow the rule"),
+    Code("RG911", "error", "node-nft-foreign-drop",
+         "on an nftables node's ruleset (`--mode nftables --rules`): a drop or reject in another table's base chain "
+         "(or a chain it calls) stops Service connections; kube-proxy's accepts do not keep another table's base "
+         "chain open (the rule, its hook and priority, and the Service ports it hits are named)",
+         "accept Service traffic in that table first (`ct status dnat accept`, the node ports), or narrow the rule"),
+    Code("RG912", "error", "node-nft-foreign-dnat",
+         "on an nftables node's ruleset: a DNAT in another table's nat chain that runs before kube-proxy's takes "
+         "Service connections elsewhere, and kube-proxy's nat chain is not consulted for them",
+         "give it a port no Service uses, or a nat priority after kube-proxy's (dstnat)"),
+    Code("RG913", "error", "node-nft-policy-drop",
+         "on an nftables node's ruleset: another table's base chain with policy drop drops Service connections none "
+         "of its rules accepted (kube-proxy's accepts end only kube-proxy's own chains)",
+         "accept the Service traffic in that chain (`ct status dnat accept`), or set its policy to accept"),
+    Code("RG914", "error", "node-nft-missing-base-chain",
+         "on an nftables node's ruleset: kube-proxy's table, or one of the base chains it installs, is missing or "
+         "on another hook or priority: Service traffic there never meets kube-proxy's rules",
+         "restart kube-proxy (it re-creates its base chains) and find what deleted them (a `flush ruleset`)"),
+    Code("RG915", "warning", "node-nft-iptables-nft-table",
+         "on an nftables node's ruleset: a table iptables-nft manages holds xtables matches nft cannot spell, so "
+         "what it does to Service traffic is not checked (nor traced) from the ruleset",
+         "lint the node's iptables-save as well (`rulegen lint --rules iptables.save`), or move those rules to nftables"),
+    Code("RG916", "error", "node-nft-foreign-notrack",
+         "on an nftables node's ruleset: a `notrack` in another table takes Service connections out of conntrack, so "
+         "no nat chain is consulted for them and kube-proxy's DNAT never happens",
+         "exempt Service traffic (cluster IPs, node ports) from the notrack rule, or remove it"),
 )
 
 CODES: dict[str, Code] = {c.code: c for c in _TABLE}

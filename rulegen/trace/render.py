@@ -33,7 +33,9 @@ def hop_lines(h: Hop) -> tuple[str, str]:
     if h.kind in ("route", "deliver", "balance") or (h.kind == "assume" and not h.number):
         return h.rule, h.verdict
     if h.kind == "policy":
-        return f"{h.table:<6} {h.rule} (policy of the built-in chain)", h.verdict
+        # an nft base chain's policy hop names its declaration (`type filter hook forward ...; policy drop`)
+        what = "(the base chain's policy)" if "; policy " in h.rule else "(policy of the built-in chain)"
+        return f"{h.table:<6} {h.rule} {what}", h.verdict
     where = f"{h.table:<6} {h.rule}   (rule {h.number})"
     if h.kind == "skip":
         return where, f"random: not taken ({h.chance} of the connections reaching it)"
@@ -43,6 +45,9 @@ def hop_lines(h: Hop) -> tuple[str, str]:
         kind = h.rule.split("--reject-with ", 1)[1].split(" ", 1)[0]
         if kind not in ("icmp-port-unreachable", "icmp6-port-unreachable"):  # a firewall's own answer
             return where, f"REJECT: the client is refused ({kind})"
+    if h.verdict == "REJECT" and " reject with " in f" {h.rule}":  # nft: `reject with icmpx admin-prohibited`
+        kind = h.rule.split(" reject with ", 1)[1].split(" # handle ", 1)[0].split(' comment "', 1)[0]
+        return where, f"REJECT: the client is refused ({kind})"
     return where, _EXPLAIN.get(h.verdict, h.verdict)
 
 

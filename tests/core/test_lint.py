@@ -80,7 +80,7 @@ def test_bad_fixture_raises_exactly_its_code(code):
     for f in mine:
         assert f.message and f.hint
         assert f.object.startswith(("Service ", "EndpointSlice ", "Endpoints ", "KubeProxyConfiguration",
-                                    "kube-proxy mode ", "Node ", "iptables ")) or f.object == "input"
+                                    "kube-proxy mode ", "Node ", "iptables ", "nftables ")) or f.object == "input"
 
 
 @pytest.mark.parametrize("code", sorted(CODES))

@@ -57,7 +57,7 @@ def test_what_a_rule_is_read_as():
     ("numgen inc mod 2 vmap { 0 : drop }", "numgen inc"),
     ("numgen random mod 2 offset 1 vmap { 0 : drop }", "offset"),
     ("ip daddr vmap { 10.0.0.1 : reject }", "is not a verdict"),
-    ("fib daddr type broadcast drop", "only local is judged"),
+    ("fib daddr type nosuchtype drop", "fib type 'nosuchtype'"),
     ("ct state foo drop", "ct state 'foo'"),
     ("tcp dport 99999 drop", "is not a port"),
     ("ip daddr not-an-address drop", "is not an address"),

@@ -65,5 +65,10 @@ class NftablesBackend(Backend[Transaction]):
 
         return CHECKS
 
+    def node_linter(self) -> Any:
+        from .nodelint import NODE_LINTER
+
+        return NODE_LINTER
+
 
 BACKEND = NftablesBackend()

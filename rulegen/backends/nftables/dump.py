@@ -1,13 +1,15 @@
 """A saved nftables file as this mode reads it for `trace --rules` and `diff`: the kube-proxy tables in it.
 
 The file is rulegen's (knftables') script, `nft list table ip kube-proxy`,
-or `nft list ruleset` of a whole node. From a ruleset only the
-`kube-proxy` tables (`ip`, `ip6`) are read; the others — iptables-nft's
-`ip filter` / `ip nat`, a CNI's or firewalld's tables — are cut out by
-their braces before parsing and only named, because their syntax
-(policies, `xt` matches, counters) is none of kube-proxy's and the tools
-here compare and walk kube-proxy's table alone. Errors are UsageErrors
-naming the file.
+or `nft list ruleset` of a whole node. From a ruleset the `kube-proxy`
+tables (`ip`, `ip6`) are read strictly (every word is kube-proxy's); the
+others — firewalld's `inet firewalld`, a Docker or CNI table, a hand-made
+`inet filter`, iptables-nft's `ip filter` / `ip nat` — are cut out by
+their braces and read leniently (`dataplane/nft/ruleset.py`: policies,
+handles, counters, statements the walk does not know kept as text), for
+the whole-node tracer, lint and `diff --all`. A foreign table whose
+structure cannot be read is named, not fatal. Errors are UsageErrors naming
+the file.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...dataplane.nft.parse import NftParseError, parse_listing, parse_script
+from ...dataplane.nft.ruleset import NodeTable, RulesetError, read_table
 from ...dataplane.nft.state import TableState, replay
 from ...diagnostics import UsageError
 
@@ -32,6 +35,14 @@ class Dump:
     tables: dict[int, TableState]
     others: tuple[str, ...] = ()
     listing: bool = False  # an `nft list` output, not a script
+    foreign: tuple[NodeTable, ...] = ()  # the other tables, read leniently, in listing order
+    unread: tuple[str, ...] = ()  # other tables whose structure could not be read, each with why
+    kube_lines: dict[int, int] | None = None  # family → the first line of its kube-proxy table
+
+    def node_tables(self, fam: int) -> list[NodeTable]:
+        """The other tables whose base chains see family FAM's packets (ip or ip6, and inet)."""
+        want = ("ip6" if fam == 6 else "ip", "inet")
+        return [t for t in self.foreign if t.family in want]
 
     def table(self, fam: int) -> TableState | None:
         return self.tables.get(fam)
@@ -49,13 +60,14 @@ def read(path: str, ip_family: str | None = None) -> tuple[Dump, str]:
     return read_text(text, path, ip_family), path
 
 
-def read_text(text: str, source: str, ip_family: str | None = None) -> Dump:
+def read_text(text: str, source: str, ip_family: str | None = None, allow_none: bool = False) -> Dump:
+    """TEXT → Dump; ALLOW_NONE accepts a ruleset without kube-proxy's table (lint reports that)."""
     want = FAMILIES.get(ip_family or "")
     first = next((ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")), "")
     if not first:
         raise UsageError(f"{source}: empty: no nftables script or listing")
     if first.startswith("table "):
-        return _listing(text, source, want)
+        return _listing(text, source, want, allow_none)
     try:
         tx = parse_script(text)
     except NftParseError as e:
@@ -66,7 +78,7 @@ def read_text(text: str, source: str, ip_family: str | None = None) -> Dump:
     return Dump({6 if tx.family == "ip6" else 4: replay(tx)})
 
 
-_HEADER = re.compile(r"table (\S+) (\S+) \{\s*\Z")
+_HEADER = re.compile(r"table (\S+) (\S+) \{\s*(?:# handle \d+\s*)?\Z")
 _COMMAND = re.compile(r"(add|flush|delete) (table|chain|rule|set|map|element) (ip6?|inet|arp|bridge|netdev) ")
 
 
@@ -76,22 +88,30 @@ def looks_like_nft(text: str) -> bool:
     return bool(_HEADER.match(first) or _COMMAND.match(first))
 
 
-def _listing(text: str, source: str, want: str | None) -> Dump:
+def _listing(text: str, source: str, want: str | None, allow_none: bool = False) -> Dump:
     mine: dict[int, TableState] = {}
     others: list[str] = []
+    foreign: list[NodeTable] = []
+    unread: list[str] = []
+    lines: dict[int, int] = {}
     for family, name, block, lineno in table_blocks(text, source):
         if name != TABLE or family not in ("ip", "ip6") or (want is not None and family != want):
             others.append(f"{family} {name}")
+            try:
+                foreign.append(read_table(block, family, name, lineno))
+            except (RulesetError, NftParseError, ValueError) as e:
+                unread.append(f"table {family} {name} (line {lineno}): {e}")
             continue
         try:
             (st,) = parse_listing(block)
         except NftParseError as e:
             raise UsageError(f"{source}: table {family} {name} (from line {lineno}): {e}") from None
         mine[6 if family == "ip6" else 4] = st
-    if not mine:
+        lines[6 if family == "ip6" else 4] = lineno
+    if not mine and not (allow_none and foreign):
         seen = ", ".join(others) or "none"
         raise UsageError(f"{source}: no table {want or 'ip/ip6'} {TABLE} in the listing (tables: {seen})")
-    return Dump(mine, tuple(others), listing=True)
+    return Dump(mine, tuple(others), listing=True, foreign=tuple(foreign), unread=tuple(unread), kube_lines=lines)
 
 
 def table_blocks(text: str, source: str) -> list[tuple[str, str, str, int]]:

@@ -5,13 +5,20 @@
 table state, such as the `kube-proxy` table of a node's `nft list table ip
 kube-proxy` or `nft list ruleset` read by `dump.read`. Unlike iptables mode,
 kube-proxy's nftables mode owns its base chains, so nothing outside the
-table is added: what the table holds is what the kernel runs. The walk is
-`dataplane/nft/walk.py`; who sends the packet, what the destination is and
-how paths fold into destinations are the neutral `trace.entry`'s. What is
-this mode's own: tracing the kube-proxy table of the destination's family
-from a dump (other tables are noted, not walked), naming the destination from
-the rules when no Kubernetes objects are given, and errors that name the
-table, chain and rule.
+table is added: what the table holds is what kube-proxy asks the kernel to run. A node's whole
+`nft list ruleset` holds more: firewalld's `inet firewalld`, a Docker or
+CNI table, a hand-made `inet filter`. `trace_saved` walks them all
+(`trace_node`): every base chain of the destination's family (ip or ip6,
+and inet) at its hook and priority, foreign verdicts named with table,
+chain, rule number and handle, and what the walk cannot decide there split
+into assumed branches. iptables-nft's tables (their rules are xtables
+matches nft can only print as comments) are not walked: the trace says so
+and points at iptables-save. The walk is `dataplane/nft/walk.py`; who
+sends the packet, what the destination is and how paths fold into
+destinations are the neutral `trace.entry`'s. What is this mode's own:
+choosing the tables, naming the destination from the rules when no
+Kubernetes objects are given, and errors that name the table, chain and
+rule.
 """
 
 from __future__ import annotations
@@ -21,8 +28,9 @@ from typing import Any
 
 from ...dataplane.nft.model import Transaction
 from ...dataplane.nft.state import TableState, replay
-from ...dataplane.nft.walk import Engine, WalkError
+from ...dataplane.nft.walk import Engine, Other, WalkError
 from ...diagnostics import UsageError
+from ...ipaddr import cidr_contains
 from ...settings import Settings
 from ...trace import entry as E
 from ...trace.model import Path as TracePath
@@ -51,6 +59,9 @@ class NftablesTracer:
 
     def trace_saved(self, ir: Any, settings: Settings, src: str | None, dst_ip: str, dst_port: int,
                     proto: str = "tcp", **kw: Any) -> TraceResult:
+        if kw.pop("ipsets", None) is not None:
+            raise UsageError("--ipsets: an nftables node's sets are in its `nft list ruleset` (--rules); --ipsets "
+                             "is for iptables and IPVS nodes")
         return trace_saved(ir, settings, src, dst_ip, dst_port, proto, **kw)
 
 
@@ -90,6 +101,8 @@ def trace_saved(ir: Any, settings: Settings, src: str | None, dst_ip: str, dst_p
     fam = 6 if ":" in dst_ip else 4
     table = ir.tables.get(fam)
     source = kw.get("source", "rules")
+    if ir.foreign:
+        return trace_node(ir, fam, settings, src, dst_ip, dst_port, proto, **kw)
     if table is None:
         have = next(iter(ir.tables))
         raise UsageError(f"--dst {dst_ip} is IPv{fam} but the rules are IPv{have} "
@@ -100,10 +113,48 @@ def trace_saved(ir: Any, settings: Settings, src: str | None, dst_ip: str, dst_p
     return trace_table(table, settings, src, dst_ip, dst_port, proto, extra_notes=notes, **kw)
 
 
+def trace_node(ir: Dump, fam: int, settings: Settings, src: str | None, dst_ip: str, dst_port: int,
+               proto: str = "tcp", **kw: Any) -> TraceResult:
+    """A whole node's ruleset: kube-proxy's table of --dst's family and every other table that sees the packet."""
+    table = ir.tables.get(fam)
+    notes: list[str] = []
+    if table is None:
+        table = TableState("ip6" if fam == 6 else "ip", TABLE)
+        notes.append(f"the ruleset holds no table {table.family} {TABLE}: kube-proxy's rules are not on this "
+                     "node (is kube-proxy running, in nftables mode?); only the other tables are traced")
+    others: list[Other] = []
+    for t in ir.node_tables(fam):
+        if t.xt:
+            notes.append(f"table {t.where} is iptables-nft's and holds xtables matches nft cannot spell "
+                         f"({t.xt[0]}{'; ...' if len(t.xt) > 1 else ''}): it is not traced here; trace the node's "
+                         "iptables-save with `rulegen trace --rules` (iptables mode) for its rules")
+            continue
+        if t.iptables_nft:
+            notes.append(f"table {t.where} is iptables-nft's: traced as nft lists it; the node's iptables-save "
+                         "shows the same rules in iptables' own words")
+        others.append(Other(t.state, t.policies, t.handles, t.unreadable, t.line))
+        if t.skipped:
+            notes.append(f"table {t.where}: {', '.join(t.skipped)} not read (the trace needs none of them)")
+    skipped = [t.where for t in ir.foreign if t.family not in ("ip", "ip6", "inet")]
+    if skipped:
+        notes.append(f"table(s) {', '.join(skipped)} sit on other hooks than the IP ones (ingress, bridge, arp) "
+                     "and are not traced")
+    for u in ir.unread:
+        notes.append(f"could not read {u}: it is not traced")
+    if others:
+        names = ", ".join(o.state.family + " " + o.state.name for o in others)
+        notes.append(f"the whole ruleset is traced: table {table.family} {TABLE} and {names}, every base chain "
+                     "at its hook in priority order")
+    return trace_table(table, settings, src, dst_ip, dst_port, proto, extra_notes=notes, others=tuple(others),
+                       table_line=(ir.kube_lines or {}).get(fam, 0), **kw)
+
+
 def trace_table(table: TableState, settings: Settings, src: str | None, dst_ip: str, dst_port: int,
                 proto: str = "tcp", *, plan: Any = None, source: str = "rules", in_iface: str | None = None,
                 out_iface: str = E.OUTSIDE_IFACE, sport: int = E.DEFAULT_SPORT, pod_cidrs: tuple[str, ...] = (),
-                extra_notes: list[str] | None = None) -> TraceResult:
+                extra_notes: list[str] | None = None, others: tuple[Other, ...] = (),
+                routes: tuple[tuple[str, str], ...] = (), pod_iface: str | None = None,
+                table_line: int = 0) -> TraceResult:
     """Follow one new connection `src → dst_ip:dst_port` through TABLE.
 
     `plan` (a `rulegen.plan.Plan`) names the destination and the endpoints'
@@ -118,17 +169,41 @@ def trace_table(table: TableState, settings: Settings, src: str | None, dst_ip: 
     head, tail = E.notes_for(req)
     notes = head + list(extra_notes or ()) + tail
 
+    if pod_iface and not in_iface and iface == E.pod_iface(fs) and entry.hook == "PREROUTING":
+        iface = pod_iface  # a pod of this node sends through its own interface
+        entry = replace(entry, in_iface=iface)
     pkt = Packet(req.proto, req.src, sport, req.dst, req.dport, iface)
     where = f"{table.family} {table.name}"
+    to_pod = E.local_pod_iface(fs, eps, pod_cidrs)
+    if pod_iface:
+        def to_pod(dst: str, _route=to_pod) -> str | None:  # noqa: E306 - the same question, another answer
+            return pod_iface if _route(dst) else None
+    engine = None
     try:
-        engine = Engine(table, tuple(fs.node_ips), out_iface, E.local_pod_iface(fs, eps, pod_cidrs))
+        engine = Engine(table, tuple(fs.node_ips), out_iface, to_pod, others=others, strict=not others,
+                        route=_router(routes), table_line=table_line)
         paths = engine.run(pkt, entry.hook)
     except WalkError as e:
+        where = engine.where if engine is not None and others else where
         raise NftTraceError(source, where, e.chain, e.number, e.rule, e.message) from None
+    notes += engine.notes
     if plan is None:
         entry = replace(entry, target=_target_from_rules(paths) or entry.target)
     bases = frozenset(name for name, *_ in engine.bases)
     return E.fold(pkt, entry, paths, notes, fs, eps, source, plan is not None, bases)
+
+
+def _router(routes: tuple[tuple[str, str], ...]):
+    """dst → the interface of the most specific route (`--route CIDR=IFACE`) holding it, or None."""
+    if not routes:
+        return None
+    ordered = sorted(routes, key=lambda r: -int(r[0].rpartition("/")[2]))
+
+    def route(dst: str) -> str | None:
+        return next((iface for cidr, iface in ordered
+                     if (":" in cidr) == (":" in dst) and cidr_contains(cidr, dst)), None)
+
+    return route
 
 
 _KINDS = {"service-": "cluster IP", "local-": "cluster IP", "external-": "external or load-balancer IP"}

@@ -32,6 +32,7 @@ from ...dataplane.nft.state import TableState, canon_atom, canon_rule, canon_val
 from ...diff import Container, Layout, Side
 from ...settings import Settings
 from . import dump
+from .compile import BASE_CHAINS
 from .dump import TABLE, Dump
 
 if TYPE_CHECKING:
@@ -130,16 +131,20 @@ def tables_of(ir: Any) -> dict[int, TableState]:
 
 
 def side(ir: Any, name: str, kube_only: bool = False) -> Side:
-    """IR as one side of a comparison (every source here holds kube-proxy's tables only)."""
+    """IR as one side of a comparison: kube-proxy's tables, and with KUBE_ONLY off a ruleset's other tables."""
     groups: dict[str, dict[str, Container]] = {}
     ranks: dict[tuple[str, str], tuple] = {}
     tables = tables_of(ir)
-    for fam, st in sorted(tables.items()):
+    listed = [(st, {}) for _, st in sorted(tables.items())]
+    if not kube_only and isinstance(ir, Dump):
+        listed += [(t.state, t.policies) for t in ir.foreign]
+    for st, policies in listed:
         gname = f"{st.family} {st.name}"
         out = groups[gname] = {}
         for cname, c in st.chains.items():
             d = c.decl
-            box = out[cname] = Container(kind="chain", ordered=True, policy=_declaration(d))
+            decl = _declaration(d) + (f"; policy {policies[cname]}" if cname in policies else "")
+            box = out[cname] = Container(kind="chain", ordered=True, policy=decl)
             box.items = [(i, rule_item(r.rule, r.comment)) for i, r in enumerate(c.rules, 1)]
             if d.hook is not None:
                 ranks[(gname, cname)] = (0, _HOOKS.get(d.hook, 9), parse_priority(d.priority), cname)
@@ -179,6 +184,23 @@ class NftablesView:
     def has_outside(self, ir: Any) -> bool:
         return False
 
+    def outside_note(self, ir: Any, name: str) -> str | None:
+        """One line: how many rules other tables hold in base chains on kube-proxy's hooks (not compared)."""
+        if not isinstance(ir, Dump) or not ir.foreign:
+            return None
+        hooks = {c.decl.hook for st in ir.tables.values() for c in st.chains.values() if c.decl.hook} \
+            or {h for _, _, h, _ in BASE_CHAINS}
+        count, names = 0, []
+        for t in ir.foreign:
+            n = sum(len(t.state.chains[b].rules) for b, _, hook, _ in t.base_chains() if hook in hooks)
+            if any(hook in hooks for _, _, hook, _ in t.base_chains()):
+                names.append(t.where)
+            count += n
+        if not names:
+            return None
+        return (f"{name}: {count} foreign rule(s) sit in other tables' base chains on kube-proxy's hooks "
+                f"({', '.join(names)}), not compared (--all shows them)")
+
     def with_outside(self, ir: Any, settings: Settings) -> Any:
         return ir
 
@@ -190,7 +212,8 @@ class NftablesView:
         tables = tables_of(ir)
         if family not in tables or len(tables) == 1:
             return ir
-        return Dump({family: tables[family]}, getattr(ir, "others", ()), getattr(ir, "listing", False))
+        return Dump({family: tables[family]}, getattr(ir, "others", ()), getattr(ir, "listing", False),
+                    tuple(ir.node_tables(family)) if isinstance(ir, Dump) else ())
 
 
 VIEW = NftablesView()

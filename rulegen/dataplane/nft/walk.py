@@ -27,7 +27,18 @@ statement kube-proxy's nftables mode writes, read in the one spelling
 
 A rule the walk reaches that holds anything else stops the trace with an
 `Unsupported` message naming the part, which the tracer turns into an error
-naming the rule; rules the packet never reaches are never read. The walk
+naming the rule; rules the packet never reaches are never read.
+
+A node's whole `nft list ruleset` is walked too (`Engine(..., others=...,
+strict=False)`): every table's base chains join the hooks by priority, a
+base chain's policy decides when its rules end, and what a firewall or
+Docker writes beyond kube-proxy's words is read where it matters (`meta
+nfproto`, `iif`/`oif`, `ip protocol`, `icmp type`, `meta pkttype`, fib
+types, the `fib saddr . iif oif missing` reverse-path check; counters, logs
+and limits are no-ops, `reject with X` a reject). The rest never stops the
+trace: a match it cannot evaluate, or a rule it cannot read, becomes an
+open question answered both ways on two assumed branches (`Assumption`),
+the rule's trailing verdict taken on the "matches" branch. The walk
 knows connections, not packets: it traces the first packet of a new one,
 so `ct state new` holds, and a dynamic set (affinity) holds only what the
 listing it came from shows.
@@ -42,7 +53,7 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Callable, NamedTuple
 
-from ...trace.model import Hop, Packet, Path
+from ...trace.model import Assumption, Hop, Packet, Path
 from .model import key_arity, parse_priority
 from .state import SetState, TableState, canon_rule
 
@@ -57,6 +68,7 @@ NAT_DST_PRIORITY = -100  # NF_IP_PRI_NAT_DST: the output hook re-routes after th
 CT_STATES = ("new", "established", "related", "invalid", "untracked")
 CT_STATUS = ("expected", "seen-reply", "assured", "confirmed", "snat", "dnat", "dying")
 VERDICT_WORDS = ("accept", "drop", "reject", "return", "continue", "jump", "goto")
+FIB_TYPES = ("local", "unicast", "broadcast", "anycast", "multicast", "blackhole", "unreachable", "prohibit")
 
 
 class Unsupported(ValueError):
@@ -78,7 +90,7 @@ class Sel(NamedTuple):
         return _SEL_TEXT.get(self.field, self.field).format(arg=self.arg)
 
 
-_SEL_TEXT = {"saddr": "{arg} saddr", "daddr": "{arg} daddr", "l4proto": "meta l4proto", "mark": "meta mark",
+_SEL_TEXT = {"fib-rpf": "fib saddr . iif oif", "nfproto": "meta nfproto", "pkttype": "meta pkttype", "icmp": "{arg}", "saddr": "{arg} saddr", "daddr": "{arg} daddr", "l4proto": "meta l4proto", "mark": "meta mark",
              "fib-saddr": "fib saddr type", "fib-daddr": "fib daddr type", "ct-state": "ct state",
              "ct-status": "ct status", "dport": "{arg} dport", "sport": "{arg} sport"}
 
@@ -133,7 +145,11 @@ class Verdict(NamedTuple):
     chain: str = ""
 
 
-Op = Match | VMap | Numgen | Dnat | Masquerade | SetMark | Update | Verdict
+class Notrack(NamedTuple):
+    """`notrack`: the connection is not tracked, so no nat chain is consulted for it (and `ct state untracked`)."""
+
+
+Op = Match | VMap | Numgen | Dnat | Masquerade | SetMark | Update | Verdict | Notrack
 TERMINAL = (VMap, Numgen, Dnat, Masquerade, Verdict)
 
 _TOKEN = re.compile(r'"[^"]*"|[{}]|,|[^\s{},]+')
@@ -150,6 +166,65 @@ def parse_rule(text: str) -> tuple[Op, ...]:
             raise Unsupported(f"{_op_word(op)} is followed by more ({' '.join(toks[-3:])}): only a last "
                               "verdict, vmap, dnat or masquerade is understood")
     return ops
+
+
+# Statements a node's foreign rules carry that change nothing the trace follows; `limit` is taken as matching.
+_NOOPS = (re.compile(r'(?:^|\s)(?:counter|quota|limit) name (?:"[^"]*"|\S+)(?=\s|$)'),
+          re.compile(r'(?:^|\s)counter(?: packets \d+ bytes \d+)?(?=\s|$)'),
+          re.compile(r'(?:^|\s)log(?: (?:prefix "[^"]*"|level \S+|group \d+|snaplen \d+|queue-threshold \d+))*(?=\s|$)'),
+          re.compile(r'(?:^|\s)limit rate \d+/\S+(?: burst \d+ \S+)?(?=\s|$)'),
+          re.compile(r'(?:^|\s)nftrace set 1(?=\s|$)'))
+_REJECT_WITH = re.compile(r'(?:^|\s)reject with .*$')
+_TRAILING = re.compile(r'(?:^|\s)(accept|drop|return|continue|reject(?: with .*)?|(?:jump|goto) (\S+))\s*$')
+
+
+def lenient_ops(text: str) -> tuple[Op, ...]:
+    """A foreign rule's operations: counters, logs, limits and `notrack` dropped, `reject with X` read as reject."""
+    t = text
+    for rx in _NOOPS:
+        t = rx.sub("", t)
+    t = _REJECT_WITH.sub(" reject", t).strip()
+    if not t:
+        return (Verdict("continue"),)
+    return parse_rule(t)
+
+
+def trailing_verdict(text: str) -> Verdict | None:
+    """The verdict a rule ends in (`... drop`, `... jump X`, `... reject with icmpx ...`), or None."""
+    m = _TRAILING.search(text)
+    if m is None:
+        return None
+    word = m.group(1).split()[0]
+    return Verdict(word, m.group(2) or "") if word in ("jump", "goto") else Verdict(word)
+
+
+@lru_cache(maxsize=1 << 12)
+def leading_matches(text: str) -> tuple[Match, ...]:
+    """The matches a rule starts with that the walk can read, up to the first part it cannot."""
+    t = text
+    for rx in _NOOPS:
+        t = rx.sub("", t)
+    p = _Parser(_TOKEN.findall(canon_rule(t)), t)
+    out: list[Match] = []
+    while p.i < len(p.t):
+        try:
+            op = p.item()
+        except Unsupported:
+            break
+        if not isinstance(op, Match):
+            break
+        out.append(op)
+    return tuple(out)
+
+
+def match_text(m: Match) -> str:
+    """A Match written back as nft would print it (for the questions an assumed branch asks)."""
+    head = " . ".join(k.text() for k in m.keys) + (f" & {hex(m.mask)}" if m.mask is not None else "")
+    op = " != " if m.negated else " "
+    if m.set:
+        return f"{head}{op}@{m.set}"
+    vals = [" . ".join(v) for v in m.values]
+    return f"{head}{op}" + (vals[0] if len(vals) == 1 else "{ " + ", ".join(vals) + " }")
 
 
 def _op_word(op: Op) -> str:
@@ -201,6 +276,9 @@ class _Parser:
             keys = self.concat()
             self.take("}")
             return Update(name, keys)
+        if tok == "notrack":
+            self.take()
+            return Notrack()
         if tok == "numgen":
             n = self.numgen_head()
             self.take("vmap")
@@ -262,6 +340,20 @@ class _Parser:
         if a == "meta" and b in ("l4proto", "mark", "iifname", "oifname"):
             self.take()
             return Sel(b)
+        if a == "meta" and b in ("iif", "oif"):  # by index; a listing prints the name
+            self.take()
+            return Sel(b + "name")
+        if a in ("iif", "oif"):
+            return Sel(a + "name")
+        if a == "meta" and b in ("nfproto", "pkttype"):
+            self.take()
+            return Sel(b)
+        if a == "ip" and b == "protocol" or a == "ip6" and b == "nexthdr":
+            self.take()
+            return Sel("l4proto")
+        if a in ("icmp", "icmpv6") and b in ("type", "code"):
+            self.take()
+            return Sel("icmp", f"{a} {b}")
         if a == "th" and b in ("dport", "sport"):
             self.take()
             return Sel(b)
@@ -274,6 +366,15 @@ class _Parser:
             self.take()
             self.take()
             return Sel("fib-" + b)
+        if a == "fib" and b == "saddr":  # `fib saddr [. mark] . iif oif missing`: a reverse-path check
+            parts = []
+            while self.peek() and self.peek() != "oif":
+                parts.append(self.take())
+            if parts[:1] != ["saddr"] or parts[-2:] != [".", "iif"] or not set(parts[1:-2]) <= {".", "meta", "mark"} \
+                    or self.peek() != "oif":
+                raise Unsupported(f"fib {' '.join(parts)}")
+            self.take()
+            return Sel("fib-rpf")
         if a == "ct" and b in ("state", "status"):
             self.take()
             return Sel("ct-" + b)
@@ -532,8 +633,19 @@ def _check_values(keys: tuple[Sel, ...], values: tuple[str, ...]) -> None:
         elif f == "mark":
             _int(v, "mark")
         elif f in ("fib-saddr", "fib-daddr"):
-            if v != "local":
-                raise Unsupported(f"fib type {v!r} (only local is judged)")
+            if v not in FIB_TYPES:
+                raise Unsupported(f"fib type {v!r}")
+        elif f == "fib-rpf":
+            if v not in ("missing", "exists"):
+                raise Unsupported(f"fib ... oif {v!r}")
+        elif f == "nfproto":
+            if v not in ("ipv4", "ipv6"):
+                raise Unsupported(f"meta nfproto {v!r}")
+        elif f == "pkttype":
+            if v not in ("host", "unicast", "broadcast", "multicast", "other"):
+                raise Unsupported(f"meta pkttype {v!r}")
+        elif f == "icmp":
+            pass  # never compared: the traced packet is no ICMP
         elif f == "ct-state":
             if v not in CT_STATES:
                 raise Unsupported(f"ct state {v!r}")
@@ -561,11 +673,17 @@ class _Walk:
     affinity: int | None = None
     key: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    tidx: int = 0  # the table being walked (a whole node's ruleset holds many)
+    base: str = ""  # the base chain being walked (a goto from it replaces its frame, not its policy)
+    answers: dict[str, Assumption] = field(default_factory=dict)  # open questions, answered once per path
+    natted: tuple[str, ...] = ()  # hooks whose NAT is done: later nat chains there are not consulted
+    untracked: bool = False  # a `notrack` took the connection out of conntrack
 
     def fork(self) -> "_Walk":
         return _Walk(self.pkt, self.prob, list(self.hops), list(self.steps), list(self.queue),
                      [list(f) for f in self.stack], self.hook, self.pending, self.masq, self.affinity,
-                     list(self.key), list(self.notes))
+                     list(self.key), list(self.notes), self.tidx, self.base, dict(self.answers), self.natted,
+                     self.untracked)
 
 
 class WalkError(Exception):
@@ -587,24 +705,100 @@ OUT = [("hook", "output", "dnat"), ("route", "out", ""), ("hook", "output", "lat
 LOOP_IN = [("hook", "prerouting", "nonat"), ("hook", "input", "nonat"), ("deliver", "local", "")]
 
 
+@dataclass(frozen=True)
+class Other:
+    """A table of the node beside the walked one (a whole `nft list ruleset`): what the walk needs of it.
+
+    `policies` are its base chains' policies, `handles` its rules' handles
+    ((chain, number) → handle, where the listing printed them),
+    `unreadable` its sets whose elements are unknown (name → why).
+    """
+
+    state: TableState
+    policies: dict = field(default_factory=dict)
+    handles: dict = field(default_factory=dict)
+    unreadable: dict = field(default_factory=dict)
+    line: int = 0  # where the table starts in the listing (tables are listed in the order they were made)
+
+
 class Engine:
-    """Walks packets through one table for a node owning `node_ips`.
+    """Walks packets through one table, or a node's whole ruleset, for a node owning `node_ips`.
 
     `out_iface` is where routing sends a packet that leaves the node; a
     packet for a pod on this node leaves on `pod_iface(dst)` when that
     names one. `where` names the table in hops ("ip kube-proxy").
+
+    `others` are the node's other tables (`Other`): their base chains join
+    the hooks by priority, lower first. At equal priorities the kernel runs
+    the base chain registered last first (`nf_hook_entries_grow` inserts a
+    new hook before the ones of equal priority); a listing shows tables in
+    the order they were made and chains in the order they were added, so
+    the walk takes the one listed last first and says so, since a
+    restarted kube-proxy re-registers its chains and a listing cannot show
+    that (`table_line`: where the walked table starts). An accept ends one base chain and the packet goes on to the next
+    on the hook; drop and reject end it; a base chain's policy applies when
+    its rules end. Once a nat chain has translated the connection, later
+    nat chains on that hook are not consulted (as `nf_nat_inet_fn`). With
+    `strict=False`, what the walk cannot decide (an unknown expression, a
+    set whose elements are not in the listing) splits the path into two
+    assumed branches, each naming its question and reason, instead of
+    failing.
     """
 
     def __init__(self, table: TableState, node_ips: tuple[str, ...] | frozenset[str], out_iface: str = "eth0",
-                 pod_iface: Callable[[str], str | None] | None = None) -> None:
-        self.table = table
-        self.where = f"{table.family} {table.name}"
+                 pod_iface: Callable[[str], str | None] | None = None, *, others: tuple[Other, ...] = (),
+                 strict: bool = True, max_assumed: int = 64,
+                 route: Callable[[str], str | None] | None = None, table_line: int = 0) -> None:
+        self.route_iface = route
+        self.views = [Other(table, line=table_line)] + list(others)
+        self.kube = 0 if others == () or table.name == "kube-proxy" else -1
         self.local = frozenset(node_ips)
         self.out_iface = out_iface
         self.pod_iface = pod_iface
+        self.strict = strict
+        self.max_assumed = max_assumed
+        self.assumed_branches = 0
+        self.cut: list[str] = []
         self.steps = 0
-        self.bases = base_chains(table)
-        self._index: dict[str, tuple[dict, list, SetState]] = {}
+        self.bases = []
+        listed: dict[tuple[int, str], tuple[int, int]] = {}
+        for i, v in enumerate(self.views):
+            for k, (name, type_, hook, prio) in enumerate(base_chains(v.state, i > 0)):
+                self.bases.append((name, type_, hook, prio, i))
+                listed[(i, name)] = (v.line, k)
+        # equal priorities: the one registered (listed) last runs first
+        self.bases.sort(key=lambda b: (b[3], tuple(-x for x in listed[(b[4], b[0])])))
+        self.ties: dict[str, list[str]] = {}  # hook → a note per priority shared by tables
+        seen: dict[tuple[str, int], list[tuple]] = {}
+        for b in self.bases:
+            seen.setdefault((b[2], b[3]), []).append(b)
+        for (hook, prio), bs in seen.items():
+            if len({b[4] for b in bs}) > 1:
+                names = ", then ".join(f"{self.views[b[4]].state.family} {self.views[b[4]].state.name} {b[0]}"
+                                       for b in bs)
+                self.ties.setdefault(hook, []).append(
+                    f"base chains of several tables share hook {hook} priority {prio}; traced in the order {names} "
+                    "(the kernel runs the one registered last first; the listing shows the order tables were "
+                    "made, not when each chain was last registered: a restarted kube-proxy re-registers its "
+                    "chains, which puts them first)")
+        self._index: dict[tuple[int, str], tuple[dict, list, SetState]] = {}
+        self._use(0)
+
+    def _use(self, tidx: int) -> None:
+        self.tidx = tidx
+        self.table = self.views[tidx].state
+        self.where = f"{self.table.family} {self.table.name}"
+
+    def _base(self, w: _Walk) -> tuple:
+        return next(x for x in self.bases if x[0] == w.base and x[4] == w.tidx)
+
+    @property
+    def notes(self) -> list[str]:
+        if not self.cut:
+            return []
+        shown = "; ".join(self.cut[:5]) + (f"; and {len(self.cut) - 5} more" if len(self.cut) > 5 else "")
+        return [f"more than {self.max_assumed} assumed branches: {len(self.cut)} further undecidable "
+                f"match(es) were taken as not matching, without a branch of their own: {shown}"]
 
     # ------------------------------------------------------------------ the walk
 
@@ -623,6 +817,7 @@ class Engine:
 
     def _advance(self, w: _Walk, work: list[_Walk]) -> Path:
         while True:
+            self._use(w.tidx)
             if w.stack:
                 verdict = self._chain(w, work)
                 w.stack = []
@@ -630,7 +825,17 @@ class Engine:
                     return self._finish(w, verdict, "")
                 continue
             if w.queue:
-                w.stack = [[w.queue.pop(0), 0]]
+                tidx, name = w.queue.pop(0)
+                self._use(tidx)
+                w.tidx, w.base = tidx, name
+                b = self._base(w)
+                if b[1] == "nat" and w.hook in w.natted:
+                    why = ("the connection is untracked (notrack), and nat needs conntrack" if w.untracked else
+                           "an earlier nat chain already translated this connection on this hook")
+                    w.notes.append(f"{self.where} chain {name} (type nat hook {w.hook} priority {b[3]}) is not "
+                                   f"consulted: {why}")
+                    continue
+                w.stack = [[name, 0]]
                 continue
             if not w.steps:
                 return self._finish(w, "DNAT" if w.pkt.dnat else "ACCEPT", "out")
@@ -638,21 +843,24 @@ class Engine:
             if kind == "hook":
                 w.hook = what
                 w.queue = self._chains_at(what, phase)
+                for n in self.ties.get(what, ()):
+                    if n not in w.notes:
+                        w.notes.append(n)
             elif kind == "route":
                 self._route(w, what)
             else:
                 return self._finish(w, "DNAT" if w.pkt.dnat else "ACCEPT", what)
 
-    def _chains_at(self, hook: str, phase: str) -> list[str]:
+    def _chains_at(self, hook: str, phase: str) -> list[tuple[int, str]]:
         out = []
-        for name, type_, h, prio in self.bases:
+        for name, type_, h, prio, tidx in self.bases:
             if h != hook:
                 continue
             if phase == "dnat" and prio > NAT_DST_PRIORITY or phase == "late" and prio <= NAT_DST_PRIORITY:
                 continue
             if phase == "nonat" and type_ == "nat":
                 continue
-            out.append(name)
+            out.append((tidx, name))
         return out
 
     def _finish(self, w: _Walk, verdict: str, where: str) -> Path:
@@ -665,9 +873,13 @@ class Engine:
                 text = f"sent on to {dest}" + (f" via {p.out_iface}" if p.out_iface else "")
             w.hops.append(Hop("deliver", "", "", 0, text, verdict))
         notes = tuple(n.replace("{endpoint}", p.dst_endpoint) for n in w.notes)
-        return Path(w.prob, verdict, tuple(w.hops), p, w.masq, w.affinity, tuple(w.key), notes)
+        return Path(w.prob, verdict, tuple(w.hops), p, w.masq, w.affinity, tuple(w.key), notes,
+                    tuple(w.answers.values()))
 
     def _out(self, dst: str) -> tuple[str, str]:
+        iface = self.route_iface(dst) if self.route_iface is not None else None
+        if iface:
+            return iface, f"out {iface}, by the node's route"
         iface = self.pod_iface(dst) if self.pod_iface is not None else None
         if iface:
             return iface, f"out {iface}, to a pod on this node"
@@ -732,11 +944,92 @@ class Engine:
             if self.steps > MAX_STEPS:
                 raise WalkError(cname, idx + 1, r.rule, f"more than {MAX_STEPS} rule evaluations")
             try:
-                ops = parse_rule(r.rule)
+                ops = parse_rule(r.rule) if self.strict else lenient_ops(r.rule)
+            except Unsupported as e:
+                if self.strict:
+                    raise WalkError(cname, idx + 1, r.rule, str(e)) from None
+                self._unread(w, cname, idx + 1, r, str(e), work)
+                continue
+            if not self.strict and " limit rate " in f" {r.rule} ":
+                note = f"{self._rule_name(cname, idx + 1)}: `limit` taken as matching (a first connection is " \
+                       "within any rate)"
+                if note not in w.notes:
+                    w.notes.append(note)
+            try:
                 self._rule(w, ops, cname, idx + 1, r, work)
             except Unsupported as e:
                 raise WalkError(cname, idx + 1, r.rule, str(e)) from None
-        return "ACCEPT"  # kube-proxy's base chains have policy accept (the reader refuses any other)
+        # The base chain's rules ended (or returned): its policy decides (kube-proxy's are accept).
+        if self.views[w.tidx].policies.get(w.base, "accept") == "drop":
+            b = self._base(w)
+            w.hops.append(Hop("policy", self.where, w.base, 0,
+                              f"{w.base}: type {b[1]} hook {b[2]} priority {b[3]}; policy drop", "DROP"))
+            w.notes.append(f"DROP by the policy of {self.where} chain {w.base} (hook {b[2]}, priority {b[3]}): "
+                           "none of its rules accepted the packet")
+            return "DROP"
+        return "ACCEPT"
+
+    # ------------------------------------------------------------------ what the walk cannot decide
+
+    def foreign(self) -> bool:
+        return self.table.name != "kube-proxy"
+
+    def _line(self, chain: str, number: int, r) -> str:
+        line = f"{chain}: {r.rule}" + (f' comment "{r.comment}"' if r.comment is not None else "")
+        h = self.views[self.tidx].handles.get((chain, number))
+        return line + (f" # handle {h}" if h is not None else "")
+
+    def _rule_name(self, chain: str, number: int) -> str:
+        h = self.views[self.tidx].handles.get((chain, number))
+        return f"{self.where} chain {chain} rule {number}" + (f" (handle {h})" if h is not None else "")
+
+    def _open(self, w: _Walk, question: str, reason: str, chain: str, number: int, line: str,
+              work: list[_Walk]) -> bool:
+        """An undecidable QUESTION on W's way: True or False for W, the other answer on a forked walk."""
+        got = w.answers.get(question)
+        if got is not None:
+            return got.holds
+        if self.assumed_branches >= self.max_assumed:
+            self.cut.append(f"{self.where} {chain} rule {number} ({question})")
+            w.answers[question] = Assumption(question, False, reason + " (taken as not holding: too many branches)")
+            w.hops.append(Hop("assume", self.where, chain, number, line,
+                              f"taken as not matching, without a branch: {reason}"))
+            return False
+        self.assumed_branches += 1
+        alt = w.fork()
+        alt.answers[question] = Assumption(question, False, reason)
+        alt.key.append(1)
+        alt.hops.append(Hop("assume", self.where, chain, number, line,
+                            f"assumed not to match ({question}: no): {reason}"))
+        work.append(alt)
+        w.answers[question] = Assumption(question, True, reason)
+        w.key.append(0)
+        w.hops.append(Hop("assume", self.where, chain, number, line, f"assumed to match ({question}: yes): {reason}"))
+        return True
+
+    def _unread(self, w: _Walk, chain: str, number: int, r, why: str, work: list[_Walk]) -> None:
+        """A rule the walk cannot read: its trailing verdict, if any, is taken on one assumed branch."""
+        line = self._line(chain, number, r)
+        for m in leading_matches(r.rule):
+            try:
+                if not self._match(m, w):
+                    return  # a part it can read already fails: the rule does not match, whatever the rest says
+            except Unsupported:
+                break
+        verdict = trailing_verdict(r.rule)
+        reason = f"{why}: the trace does not evaluate this rule"
+        if verdict is None:
+            w.hops.append(Hop("skip", self.where, chain, number, line,
+                              f"not evaluated ({why}); it ends in no verdict, so the packet goes on either way"))
+            w.notes.append(f"{self._rule_name(chain, number)} was not evaluated ({why}); any mark or other "
+                           "state it sets is not followed")
+            return
+        question = f"{self._rule_name(chain, number)} matches"
+        if self._open(w, question, reason, chain, number, line, work):
+            w.pending = verdict
+            if verdict.kind in ("drop", "reject") and self.foreign():
+                w.notes.append(f"{verdict.kind.upper()} (assumed) by {self._rule_name(chain, number)}, outside "
+                               f"kube-proxy's table: {r.rule}")
 
     def _verdict(self, w: _Walk, v: Verdict) -> str | None:
         if v.kind == "accept":
@@ -753,7 +1046,7 @@ class Engine:
         target = v.chain
         if target not in self.table.chains:
             raise Unsupported(f"{v.kind} to {target!r}, a chain the table does not have")
-        if any(name == target for name, *_ in self.bases):
+        if any(b[0] == target and b[4] == self.tidx for b in self.bases):
             raise Unsupported(f"{v.kind} to the base chain {target}")
         if any(f[0] == target for f in w.stack) or len(w.stack) >= MAX_DEPTH:
             raise Unsupported(f"{v.kind} {target} loops back into a chain already being walked")
@@ -766,17 +1059,34 @@ class Engine:
 
     def _rule(self, w: _Walk, ops: tuple[Op, ...], chain: str, number: int, r, work: list[_Walk]) -> None:
         texts: list[str] = []
-        line = f"{chain}: {r.rule}" + (f' comment "{r.comment}"' if r.comment is not None else "")
+        line = self._line(chain, number, r)
         for op in ops[:-1] if isinstance(ops[-1], TERMINAL) else ops:
             t = type(op)
             if t is Match:
-                if not self._match(op, w):
+                try:
+                    hit = self._match(op, w)
+                except Unsupported as e:
+                    if self.strict:
+                        raise
+                    hit = self._open(w, f"{self.where}: {match_text(op)} holds", str(e), chain, number, line, work)
+                    if not hit:
+                        return
+                    continue
+                if not hit:
                     return
             elif t is SetMark:
                 w.pkt = replace(w.pkt, mark=_mark(w.pkt.mark, op))
                 texts.append(f"mark is now {hex(w.pkt.mark)}")
             elif t is Update:
                 texts.append(self._update(w, op))
+            elif t is Notrack:
+                w.untracked = True
+                w.natted = HOOKS  # nf_nat_inet_fn: a packet without conntrack is never NATed
+                texts.append("notrack: the connection is not tracked, so no nat chain sees it (no Service DNAT)")
+                if self.foreign():
+                    w.notes.append(f"NOTRACK by {self._rule_name(chain, number)}, outside kube-proxy's table: "
+                                   f"{r.rule}; no nat chain is consulted for this connection, kube-proxy's DNAT "
+                                   "included")
             else:  # pragma: no cover - parse_rule lets no other kind through
                 raise Unsupported(f"{t.__name__} here")
         last = ops[-1]
@@ -787,7 +1097,10 @@ class Engine:
         if t is Verdict:
             w.pending = last
             texts.append(_verdict_text(last))
-            if last.kind in ("drop", "reject") and r.comment:
+            if last.kind in ("drop", "reject") and self.foreign():
+                w.notes.append(f"{last.kind.upper()} by {self._rule_name(chain, number)}, outside kube-proxy's "
+                               f"table: {r.rule}" + (f' comment "{r.comment}"' if r.comment else ""))
+            elif last.kind in ("drop", "reject") and r.comment:
                 w.notes.append(f"{last.kind.upper()} in {chain}: {r.comment}")
         elif t is VMap:
             hit = self._vmap(w, last)
@@ -839,8 +1152,8 @@ class Engine:
                 work.append(x)
 
     def _dnat(self, w: _Walk, to: tuple[str, int | None], chain: str, texts: list[str]) -> None:
-        base = w.stack[0][0]
-        b = next(x for x in self.bases if x[0] == base)
+        base = w.base
+        b = self._base(w)
         if b[1] != "nat" or b[2] not in ("prerouting", "output"):
             raise Unsupported(f"dnat reached from {base} ({b[1]} {b[2]}); only nat prerouting/output chains DNAT")
         ip, port = to
@@ -849,14 +1162,23 @@ class Engine:
         before = w.pkt.dst_endpoint
         w.pkt = replace(w.pkt, dst=ip, dport=port if port is not None else w.pkt.dport, dnat=True)
         w.pending = Verdict("accept")
+        w.natted += (b[2],)
         texts.append(f"DNAT {before} → {w.pkt.dst_endpoint}")
+        if self.foreign():
+            later = [x for x in self.bases if x[2] == b[2] and x[1] == "nat" and x[3] >= b[3]
+                     and self.views[x[4]].state.name == "kube-proxy"]
+            w.notes.append(f"DNAT by {self._rule_name(chain, w.stack[-1][1])}, outside kube-proxy's table: "
+                           f"{before} → {w.pkt.dst_endpoint}"
+                           + ("; kube-proxy's nat chain on this hook is not consulted for this connection"
+                              if later else ""))
 
     def _masquerade(self, w: _Walk, op: Masquerade, chain: str, texts: list[str]) -> None:
-        base = w.stack[0][0]
-        b = next(x for x in self.bases if x[0] == base)
+        base = w.base
+        b = self._base(w)
         if b[1] != "nat" or b[2] != "postrouting":
             raise Unsupported(f"masquerade reached from {base} ({b[1]} {b[2]}); only nat postrouting masquerades")
         w.pkt = replace(w.pkt, snat=True)
+        w.natted += (b[2],)
         w.masq = True
         w.pending = Verdict("accept")
         texts.append("MASQUERADE: the source becomes the node's address on " + (w.pkt.out_iface or "the way out"))
@@ -887,6 +1209,8 @@ class Engine:
         f = k.field
         if f in ("saddr", "daddr"):
             if (k.arg == "ip6") != (":" in p.dst):
+                if self.table.family == "inet":
+                    return None  # an inet table's `ip saddr` does not match an IPv6 packet
                 raise Unsupported(f"{k.arg} {f} on an IPv{6 if ':' in p.dst else 4} packet")
             return p.src if f == "saddr" else p.dst
         if f == "l4proto":
@@ -905,10 +1229,22 @@ class Engine:
             return "local" if self.is_local(p.src) else "unicast"
         if f == "fib-daddr":
             return "local" if self.is_local(p.dst) else "unicast"
+        if f == "fib-rpf":
+            note = (f"reverse-path check (fib saddr . iif oif) taken as passing: the node has a route back to {p.src} "
+                    f"by {p.in_iface or 'the interface it came from'} (the trace's interfaces follow the node's routes)")
+            if note not in w.notes:
+                w.notes.append(note)
+            return "exists"
         if f == "ct-state":
-            return "new"
+            return "untracked" if w.untracked else "new"
         if f == "ct-status":
             return frozenset(x for x, on in (("dnat", p.dnat), ("snat", p.snat)) if on)
+        if f == "nfproto":
+            return "ipv6" if ":" in p.dst else "ipv4"
+        if f == "icmp":
+            return None  # the traced packet is TCP, UDP or SCTP: an ICMP field matches nothing
+        if f == "pkttype":
+            return "host"  # a connection to one address: unicast
         raise Unsupported(f"expression {k.text()}")  # pragma: no cover
 
     def _atom(self, k: Sel, got, value: str) -> bool:
@@ -927,6 +1263,8 @@ class Engine:
             return got == _int(value, "mark")
         if f in ("fib-saddr", "fib-daddr"):
             return got == value
+        if f in ("nfproto", "pkttype", "fib-rpf"):
+            return got == value
         if f == "ct-state":
             return value == got
         if f == "ct-status":
@@ -937,6 +1275,10 @@ class Engine:
 
     def _match(self, m: Match, w: _Walk) -> bool:
         vals = [self._value(k, w) for k in m.keys]
+        if any(v is None and k.field not in ("iifname", "oifname") for k, v in zip(m.keys, vals)):
+            # a field the packet lacks (tcp dport of a UDP packet, ip6 saddr of IPv4): the rule breaks, no
+            # match even when negated; an interface name the hook lacks is "" to the kernel, so `!=` holds
+            return False
         if m.mask is not None:
             vals = [vals[0] & m.mask]
         if m.set:
@@ -952,7 +1294,10 @@ class Engine:
     def _set(self, name: str) -> SetState:
         s = self.table.sets.get(name)
         if s is None:
-            raise Unsupported(f"@{name}: the table has no such set or map")
+            raise Unsupported(f"@{name}: the table has no such set or map (its elements are not in the rules)")
+        why = self.views[self.tidx].unreadable.get(name)
+        if why is not None:
+            raise Unsupported(why)
         return s
 
     def _vmap(self, w: _Walk, m: VMap) -> tuple[str, Verdict, str | None] | None:
@@ -976,7 +1321,7 @@ class Engine:
         name = s.decl.name
         if key_arity(s.decl.type) != len(keys):
             raise Unsupported(f"@{name} has keys of {key_arity(s.decl.type)} part(s), the lookup {len(keys)}")
-        idx = self._index.get(name)
+        idx = self._index.get((self.tidx, name))
         if idx is None or idx[2] is not s:
             exact: dict[tuple, object] = {}
             ranged: list = []
@@ -986,7 +1331,7 @@ class Engine:
                     ranged.append(e)
                 else:
                     exact.setdefault(norm, e)
-            idx = self._index[name] = (exact, ranged, s)
+            idx = self._index[(self.tidx, name)] = (exact, ranged, s)
         exact, ranged, _ = idx
         if any(v is None for v in vals):
             return None
@@ -1050,7 +1395,7 @@ def _verdict_text(v: Verdict, lower: bool = False) -> str:
     return v.kind
 
 
-def base_chains(table: TableState) -> list[tuple[str, str, str, int]]:
+def base_chains(table: TableState, lenient: bool = False) -> list[tuple[str, str, str, int]]:
     """(name, type, hook, priority) of the table's base chains, in the order the kernel runs them per hook.
 
     Equal priorities keep the table's order (the kernel's order between
@@ -1061,11 +1406,20 @@ def base_chains(table: TableState) -> list[tuple[str, str, str, int]]:
         d = c.decl
         if d.hook is None:
             continue
+        if lenient and (d.hook not in HOOKS or d.type not in ("filter", "nat", "route")):
+            continue  # an ingress or egress chain: not on the path the walk follows (the tracer says so)
         if d.hook not in HOOKS:
             raise WalkError(name, 0, "", f"base chain on hook {d.hook}: the walk follows "
                                          f"{', '.join(HOOKS)} only")
         if d.type not in ("filter", "nat"):
             raise WalkError(name, 0, "", f"base chain of type {d.type}: the walk follows filter and nat chains")
-        out.append((name, d.type, d.hook, parse_priority(d.priority)))
+        try:
+            prio = parse_priority(d.priority)
+        except ValueError:
+            if not lenient:
+                raise
+            prio = 0
+        # a `route` chain on output is a filter chain that re-routes after a mark change: walked as filter
+        out.append((name, "filter" if d.type == "route" else d.type, d.hook, prio))
     out.sort(key=lambda b: b[3])
     return out

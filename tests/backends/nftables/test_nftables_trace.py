@@ -121,6 +121,7 @@ def test_the_listings_cover_nfts_respellings():
 def test_a_listing_traces_as_the_compile(listing, case_dir, check):
     c = compiled(case_dir)
     dump = read_text(listing.read_text(), str(listing))
+    dump = type(dump)(dump.tables)  # kube-proxy's table alone (a whole ruleset's other tables: tests below)
     ip, port = check.dst_parts()
     got = trace_saved(dump, c.settings, check.src, ip, port, check.proto, plan=c.plan, source=str(listing),
                       in_iface=check.in_iface, pod_cidrs=pod_cidrs(c))
@@ -128,14 +129,27 @@ def test_a_listing_traces_as_the_compile(listing, case_dir, check):
     assert problems(got, check) == []
 
 
-def test_other_tables_of_a_ruleset_are_named_not_walked():
+def test_the_other_tables_of_a_ruleset_are_walked_too():
     c = compiled(ROOT / "fixtures" / "session-affinity")
     dump = read_text((LISTINGS / "session-affinity.ruleset").read_text(), "ruleset")
     assert dump.others == ("ip filter", "ip nat") and set(dump.tables) == {4}
-    # ip filter's forward chain drops 192.0.2.66; the trace walks kube-proxy's table only, and says so
+    assert [t.where for t in dump.foreign] == ["ip filter", "ip nat"] and dump.foreign[0].iptables_nft
+    # ip filter's FORWARD (iptables-nft's, at filter priority after kube-proxy's) drops 192.0.2.66 by rule
+    # and every other forwarded connection by its policy: kube-proxy's accepts do not keep it open
     r = trace_saved(dump, c.settings, "192.0.2.66", "10.112.90.10", 80, plan=c.plan, source="ruleset")
-    assert r.verdict == "DNAT"
-    assert any("ip filter, ip nat" in n and "only table ip kube-proxy is traced" in n for n in r.notes)
+    assert r.verdict == "DROP" and not r.destinations
+    assert any(n.startswith("DROP by ip filter chain FORWARD rule 1, outside kube-proxy's table: ip saddr 192.0.2.66")
+               for n in r.notes), r.notes
+    r = trace_saved(dump, c.settings, "192.0.2.67", "10.112.90.10", 80, plan=c.plan, source="ruleset")
+    assert r.verdict == "DROP"
+    assert any(n.startswith("DROP by the policy of ip filter chain FORWARD (hook forward, priority 0)")
+               for n in r.notes), r.notes
+    assert any("ip filter is iptables-nft's" in n for n in r.notes)
+    # the node itself to a ClusterIP: the output hook, where ip filter has no chain; ip nat's masquerade on eth9 only
+    r = trace_saved(dump, c.settings, "172.19.8.23", "10.112.90.10", 80, plan=c.plan, source="ruleset")
+    alone = trace_saved(type(dump)(dump.tables), c.settings, "172.19.8.23", "10.112.90.10", 80, plan=c.plan,
+                        source="ruleset")
+    assert r.shares() == alone.shares() and r.verdict == alone.verdict
 
 
 def test_an_affinity_entry_in_a_listing_is_followed():
@@ -149,6 +163,7 @@ def test_an_affinity_entry_in_a_listing_is_followed():
                         "\t\telements = { 10.60.3.8 timeout 10m expires 9m12s }\n")
     assert live != text
     dump = read_text(live, "live")
+    dump = type(dump)(dump.tables)  # kube-proxy's table alone: ip filter's FORWARD policy drops pods' traffic
     r = trace_saved(dump, c.settings, "10.60.3.8", "10.112.90.10", 80, plan=c.plan, source="live")
     assert r.shares() == {"10.60.2.10:8080": Fraction(1)}
     assert any("already holds 10.60.3.8" in n for n in r.notes)
