@@ -482,25 +482,39 @@ def preflight(result: Result, kernel: Any) -> None:
 
 
 def run_compare(result: Result, cp: ComparePlan, recompile: tuple[Callable[[dict], Any], Callable[[dict], Any]],
-                timeout: float, run: Callable[..., LabReport] | None = None) -> CompareReport:
-    """Run the lab in FROM's mode then TO's, each in its own namespaces, and judge every path."""
-    from . import run as lab_run
+                timeout: float, runner: Callable[..., list[LabReport]] | None = None) -> CompareReport:
+    """Run the lab in FROM's mode then TO's on one topology, and judge every path.
 
-    run = run or lab_run
+    The namespaces are built once and the rules swapped between the runs
+    (`lab.run_modes`); where the node cannot be reset (no `conntrack` to
+    empty the connection table), each mode gets namespaces of its own,
+    built from the same plan. RUNNER stands in for `lab.run_modes` (tests).
+    """
+    from . import run_modes
+    from .topology import Lab
+
+    runner = runner or run_modes
     t0 = time.time()
-    reports: list[LabReport] = []
-    for i, c in enumerate((result.compiled_from, result.compiled_to)):
+    modes = [(result.compiled_from, recompile[0], cp.plans[0]), (result.compiled_to, recompile[1], cp.plans[1])]
+    lacking = Lab.can_reset()
+    if lacking is None:
+        reports = runner(modes, timeout)
+    else:
+        reports = runner(modes[:1], timeout)
         left = timeout - (time.time() - t0)
         if left < 5:
             from ..diagnostics import UsageError
 
-            raise UsageError(f"lab: --timeout reached before the {c.settings.mode} run")
-        reports.append(run(c, recompile[i], cp.plans[i], left))
+            raise UsageError(f"lab: --timeout reached before the {result.to_mode} run")
+        reports += runner(modes[1:], left)
     results = tuple({r.probe.key: r for r in rep.results} for rep in reports)
     judge_compare(cp, results)  # type: ignore[arg-type]
     notes = list(reports[0].notes)
     for n in reports[1].notes:
         if n not in notes:
             notes.append(n)
-    return CompareReport(cp, result, (reports[0].run, reports[1].run), notes, time.time() - t0,
-                         reports[0].left + reports[1].left)
+    if lacking is not None:
+        notes.append(f"each mode ran in namespaces of its own ({lacking}, so the node could not be reset "
+                     "between the modes)")
+    left_behind = list(dict.fromkeys(reports[0].left + reports[1].left))
+    return CompareReport(cp, result, (reports[0].run, reports[1].run), notes, time.time() - t0, left_behind)

@@ -283,6 +283,66 @@ class Lab:
         if compiled.settings.tcp_be_liberal:
             self._sysctl(self.node, [("net.netfilter.nf_conntrack_tcp_be_liberal", "1")])
 
+    # Every sysctl a mode's apply may set in the node (iptables: route_localnet; IPVS: kube-proxy's); a
+    # reset puts back what they were before the first apply. (`tcp_be_liberal` is the lab's own.)
+    MODE_SYSCTLS = ("net.ipv4.conf.all.route_localnet", "net.netfilter.nf_conntrack_tcp_be_liberal",
+                    "net.ipv4.vs.conntrack", "net.ipv4.vs.expire_nodest_conn", "net.ipv4.vs.expire_quiescent_template",
+                    "net.ipv4.ip_forward")
+
+    @staticmethod
+    def can_reset() -> str | None:
+        """None when `reset_rules` can work here, else what it lacks (then each mode gets its own namespaces)."""
+        missing = [t for t in ("conntrack",) if not shutil.which(t)]
+        return f"{', '.join(missing)} is not installed" if missing else None
+
+    def snapshot_sysctls(self) -> dict[str, str]:
+        got = {k: self.kernel.netns.sysctl(self.node, k) for k in self.MODE_SYSCTLS}
+        return {k: v for k, v in got.items() if v is not None}
+
+    def reset_rules(self, applied: list[str], sysctls: dict[str, str]) -> None:
+        """Take every object the APPLIED modes loaded out of the node, so the next mode starts as on a fresh node.
+
+        IPVS's virtual servers and kube-ipvs0; every iptables table (either
+        backend); every nftables table (iptables-nft's too); the ipsets
+        (once no rule uses them); the conntrack table, so no connection
+        of the last mode keeps its NAT; and the sysctls a mode's apply sets,
+        back to SYSCTLS (what they were before the first apply).
+        """
+        from ..dataplane.links.client import KUBE_IPVS0
+
+        node = self.node
+        k = self.kernel
+        if "ipvs" in applied:
+            k.ipvs(node).flush()
+            links = k.links(node)
+            if links.exists(KUBE_IPVS0):
+                links.delete(KUBE_IPVS0)
+        for family in (4, 6):
+            try:
+                saved = k.xtables.save(node, family)
+                tool = k.xtables._tool("", node, family)  # type: ignore[attr-defined]
+            except UsageError:
+                continue  # this family's tools are not there: nothing was loaded with them
+            for table in (ln[1:].strip() for ln in saved.splitlines() if ln.startswith("*")):
+                for op in ("-F", "-X"):
+                    self._run_ok(node, [tool, "-t", table, op], f"emptying the {table} table")
+        if shutil.which("nft"):
+            self._run_ok(node, ["nft", "flush", "ruleset"], "removing the nftables tables")
+        if "ipvs" in applied and shutil.which("ipset"):
+            self._run_ok(node, ["ipset", "destroy"], "destroying the ipsets")
+        cp = self.ns.run(node, ["conntrack", "-F"])
+        if cp.returncode != 0 and "0 flow entries" not in cp.stderr:
+            raise UsageError(f"lab: conntrack -F in {node} failed: {cp.stderr.strip()}")
+        now = self.snapshot_sysctls()
+        back = [(key, v) for key, v in sysctls.items() if now.get(key) != v]
+        if back:
+            self._sysctl(node, back)
+
+    def _run_ok(self, ns: str, argv: list[str], what: str) -> None:
+        cp = self.ns.run(ns, argv)
+        if cp.returncode != 0:
+            raise UsageError(f"lab: {' '.join(argv)} in {ns} failed while {what}: {cp.stderr.strip()}")
+
     def nfacct_works(self) -> bool:
         """Whether nfacct counters can be made here (else the payload must go without -m nfacct)."""
         try:

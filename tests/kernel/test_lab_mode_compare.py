@@ -149,12 +149,13 @@ def test_the_wrong_rules_in_the_second_run_disagree(background, runs):
     cp = compare.plan_compare(result, lab.build_plan(result.compiled_from, requests=6), 6)
     wrong = replace(result, compiled_to=result.compiled_from)
 
-    def run(c, recompile, plan, timeout):
-        rep = lab.run(c, recompile, plan, timeout)
-        runs.append(rep.run)
-        return rep
+    def runner(modes, timeout):
+        reps = lab.run_modes(modes, timeout)
+        runs.append(reps[0].run)
+        return reps
 
-    rep = compare.run_compare(wrong, cp, (lambda o: result.compiled_from, lambda o: result.compiled_from), 60, run=run)
+    rep = compare.run_compare(wrong, cp, (lambda o: result.compiled_from, lambda o: result.compiled_from), 60,
+                              runner=runner)
     assert not rep.ok
     bad = {(p.scenario.client.kind, p.scenario.entry.kind, p.scenario.entry.ip) for p in rep.paths if not p.agrees}
     changed = {(p.scenario.client.kind, p.scenario.entry.kind, p.scenario.entry.ip) for p in rep.paths
@@ -194,6 +195,38 @@ def test_settings_to_and_cases_without_a_difference(background):
 
     rc, doc, out = background["nothing-to-trace:iptables:nftables"].result()
     assert rc == 0 and "no path to compare" in out
+
+
+def test_the_node_is_reset_between_the_modes(background, runs):
+    """After iptables then nftables, `reset_rules` leaves no rule, no conntrack entry, route_localnet as built."""
+    from rulegen.lab.topology import Lab
+
+    if Lab.can_reset() is not None:
+        pytest.skip(f"the node cannot be reset here: {Lab.can_reset()}")
+    case = str(CASES / "localhost-nodeport" / "input.yaml")
+    ipt = migrate([case], {}, "nftables", "iptables")
+    plan = lab.build_plan(ipt.compiled_from, requests=1)
+    one = Lab(plan)
+    runs.append(one.prefix)
+    key = "net.ipv4.conf.all.route_localnet"
+    try:
+        one.build()
+        before = one.snapshot_sysctls()
+        one.apply_rules(ipt.compiled_from)
+        ns = one.kernel.netns
+        assert ns.sysctl(one.node, key) == "1" and "KUBE-SERVICES" in one.kernel.xtables.save(one.node)
+        # a conntrack entry to forget: one connection through the rules
+        ns.run(one.node, ["sh", "-c", "echo | timeout 2 nc -w1 10.100.4.10 80 || true"])
+        one.reset_rules(["iptables"], before)
+        assert ns.sysctl(one.node, key) == before[key] == "0"
+        assert "KUBE-" not in one.kernel.xtables.save(one.node)
+        one.apply_rules(ipt.compiled_to)
+        assert "kube-proxy" in ns.run(one.node, ["nft", "list", "tables"]).stdout
+        one.reset_rules(["iptables", "nftables"], before)
+        assert ns.run(one.node, ["nft", "list", "ruleset"]).stdout.strip() == ""
+        assert ns.run(one.node, ["conntrack", "-L"]).stdout.strip() == ""
+    finally:
+        one.close()
 
 
 def test_ipvs_on_a_kernel_without_it_is_exit_2_and_builds_nothing(runs):
