@@ -1,7 +1,8 @@
 """The two tiny programs `rulegen lab` runs inside its network namespaces: a server and a prober.
 
 `python -m rulegen.lab.net serve --ip IP --tcp 3000,8080 --udp 53` binds TCP
-and UDP sockets on IP and answers every connection (TCP) or datagram (UDP)
+and UDP sockets on IP (and, with `--endpoint NETNS_PATH,IP,TCP+PORTS,UDP+PORTS`,
+on each such endpoint inside its own network namespace) and answers every connection (TCP) or datagram (UDP)
 with one line `ip=<own address> port=<own port> peer=<source address>
 peerport=<source port>`, the source being what arrived after the node's
 netfilter hooks (so a masqueraded client shows up as the node's address).
@@ -9,7 +10,8 @@ It prints `ready` once bound, and stops by itself when its standard input
 closes (the lab process died or finished) or after `--lifetime` seconds.
 
 `python -m rulegen.lab.net probe --deadline EPOCH` reads a JSON list of jobs
-on standard input (`{"id", "proto", "dst", "port", "count", "timeout"}`),
+on standard input (`{"id", "proto", "dst", "port", "count", "timeout"}`,
+and `"netns"`: the namespace, /run/netns/NAME, whose client sends them),
 runs all jobs' connections together with a bounded number in flight (jobs
 marked `sticky`, for ClientIP affinity, one at a time with their first
 connection alone), and prints one JSON list: per job the answers per
@@ -45,8 +47,56 @@ def _ports(text: str | None) -> list[int]:
     return [int(p) for p in (text or "").split(",") if p]
 
 
-def serve(ip: str, tcp: list[int], udp: list[int], lifetime: float) -> int:
-    sel = selectors.DefaultSelector()
+CLONE_NEWNET = 0x40000000
+
+
+_LIBC: list = []
+
+
+def _setns_fd(fd: int) -> None:
+    if hasattr(os, "setns"):  # Python 3.12
+        os.setns(fd, CLONE_NEWNET)
+        return
+    if not _LIBC:
+        import ctypes
+
+        _LIBC.append((ctypes, ctypes.CDLL(None, use_errno=True)))
+    ctypes, libc = _LIBC[0]
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def _setns(path: str) -> None:
+    """Move this (single-threaded) process into the network namespace at PATH (/run/netns/NAME)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        _setns_fd(fd)
+    finally:
+        os.close(fd)
+
+
+_NS_FDS: dict[str, int] = {}  # namespace path → an open fd, for the prober's many sockets
+_HOME: list[int] = []
+
+
+def _socket_in(netns: str | None, kind: int) -> socket.socket:
+    """A new IPv4 socket in namespace NETNS (a path; None: where we are); we stay where we were."""
+    if not netns:
+        return socket.socket(socket.AF_INET, kind)
+    if not _HOME:
+        _HOME.append(os.open("/proc/self/ns/net", os.O_RDONLY))
+    fd = _NS_FDS.get(netns)
+    if fd is None:
+        fd = _NS_FDS[netns] = os.open(netns, os.O_RDONLY)
+    _setns_fd(fd)
+    try:
+        return socket.socket(socket.AF_INET, kind)
+    finally:
+        _setns_fd(_HOME[0])
+
+
+def _bind(sel: selectors.BaseSelector, ip: str, tcp: list[int], udp: list[int]) -> None:
     for port in tcp:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -60,6 +110,32 @@ def serve(ip: str, tcp: list[int], udp: list[int], lifetime: float) -> int:
         s.bind((ip, port))
         s.setblocking(False)
         sel.register(s, selectors.EVENT_READ, "udp")
+
+
+def serve(ip: str | None, tcp: list[int], udp: list[int], lifetime: float,
+          endpoints: list[str] | None = None) -> int:
+    """Answer on IP's ports, and on each of ENDPOINTS ("NETNS_PATH,IP,TCP+PORTS,UDP+PORTS").
+
+    A socket stays in the namespace it was made in, so one process serves
+    endpoints in many namespaces: it enters each to make that endpoint's
+    sockets, then comes back. (One process instead of one per endpoint:
+    starting Python is most of a small lab's time under emulation.)
+    """
+    sel = selectors.DefaultSelector()
+    if ip:
+        _bind(sel, ip, tcp, udp)
+    if endpoints:
+        home = os.open("/proc/self/ns/net", os.O_RDONLY)
+        try:
+            for spec in endpoints:
+                path, eip, etcp, eudp = spec.split(",")
+                _setns(path)
+                try:
+                    _bind(sel, eip, _ports(etcp.replace("+", ",")), _ports(eudp.replace("+", ",")))
+                finally:
+                    _setns(f"/proc/self/fd/{home}")
+        finally:
+            os.close(home)
     # The lab keeps our stdin open; EOF means it is gone and we must go too.
     sel.register(sys.stdin.buffer, selectors.EVENT_READ, "stdin")
     sys.stdout.write("ready\n")
@@ -106,6 +182,7 @@ class _Job:
         # With ClientIP affinity the first connection must finish (and leave its
         # `recent` entry) before the others race for an endpoint.
         self.sticky = bool(spec.get("sticky"))
+        self.netns = spec.get("netns")  # the namespace (path) the connections start in; None: ours
         # Stop a path once this many connections have failed without a single answer: it is broken,
         # and waiting out every remaining timeout would only make the run slow.
         self.give_up = int(spec.get("give_up") or 0)
@@ -166,7 +243,7 @@ def _start(job: _Job, sel: selectors.BaseSelector) -> None:
     now = time.monotonic()
     job.started += 1
     kind = socket.SOCK_STREAM if job.proto == "tcp" else socket.SOCK_DGRAM
-    s = socket.socket(socket.AF_INET, kind)
+    s = _socket_in(job.netns, kind)
     s.setblocking(False)
     c = _Conn(job, s, now + job.timeout)
     if job.proto == "tcp":
@@ -212,15 +289,16 @@ def _finish(sel: selectors.BaseSelector, c: _Conn, err: int | None = None, line:
 
 
 def run_jobs(jobs: list[_Job], deadline: float) -> None:
-    """All JOBS at once, round-robin, at most MAX_IN_FLIGHT each and MAX_TOTAL together."""
+    """All JOBS at once, round-robin, at most MAX_IN_FLIGHT each and MAX_TOTAL per source namespace together."""
     sel = selectors.DefaultSelector()
+    total = MAX_TOTAL * max(1, len({j.netns for j in jobs}))
     while True:
         now = time.monotonic()
         added = True
         while added and now < deadline:
             added = False
             for j in jobs:
-                if len(sel.get_map()) >= MAX_TOTAL:
+                if len(sel.get_map()) >= total:
                     break
                 if j.wants_more() and j.inflight < j.limit():
                     _start(j, sel)
@@ -276,7 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="rulegen.lab.net")
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve")
-    s.add_argument("--ip", required=True)
+    s.add_argument("--ip", default=None)
+    s.add_argument("--endpoint", action="append", default=[],
+                   help="NETNS_PATH,IP,TCP+PORTS,UDP+PORTS: also serve this endpoint, in that namespace (repeatable)")
     s.add_argument("--tcp", default="")
     s.add_argument("--udp", default="")
     s.add_argument("--lifetime", type=float, default=600.0)
@@ -285,7 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--deadline", type=float, required=True, help="wall-clock time (epoch seconds) to stop at")
     a = ap.parse_args(argv)
     if a.cmd == "serve":
-        return serve(a.ip, _ports(a.tcp), _ports(a.udp), a.lifetime)
+        if not a.ip and not a.endpoint:
+            ap.error("serve: give --ip or --endpoint")
+        return serve(a.ip, _ports(a.tcp), _ports(a.udp), a.lifetime, a.endpoint)
     return probe(a.deadline)
 
 

@@ -19,9 +19,10 @@ Topology (IPv4 only). Every namespace is named `rglab-<run id>-<role>`:
   counters included; where the kernel cannot make them the lab recompiles
   with --no-nfacct and says so). ICMP rate limiting is off in `node`
   (icmp_ratemask=0) so a burst of REJECTs is not mistaken for DROPs.
-* one namespace per endpoint IP runs `rulegen.lab.net serve` on the ports
-  that endpoint serves; it answers with its own address and the source it
-  saw. Endpoints whose nodeName is this node hang off the node; every other
+* one namespace per endpoint IP, where `rulegen.lab.net serve` (one process
+  for all of them: it enters each namespace to open that endpoint's
+  sockets) listens on the ports that endpoint serves; it answers with its
+  own address and the source it saw. Endpoints whose nodeName is this node hang off the node; every other
   endpoint hangs off one `far` namespace ("other nodes", one for all of
   them) that is itself connected to the node, so a remote endpoint is one
   routed hop further, as in a real cluster. An endpoint whose IP is a node IP
@@ -40,7 +41,7 @@ policy: every cluster endpoint equally; Local: the local ones; ClientIP
 affinity: all of one client's connections to one endpoint), whether the
 client address arrives intact or masqueraded, or whether the connection is
 REJECTed (refused at once) or DROPped (times out). It sends the connections
-(`rulegen.lab.net probe`, one process per source namespace, bounded in count
+(`rulegen.lab.net probe`, one process that opens each connection in its source's namespace, bounded in count
 and time), judges the answers (shares with a chi-square goodness-of-fit test
 written with `math` only) and removes everything it made, on success, error,
 SIGINT or SIGTERM. It only ever deletes namespaces whose names it generated
@@ -369,15 +370,15 @@ class Lab:
         return proc
 
     def start_servers(self) -> None:
+        """One server process for every endpoint: it makes each endpoint's sockets in the endpoint's namespace."""
+        from ..kernel.netns import NETNS_DIR
+
         lifetime = max(30.0, self.left() + 30.0)
-        servers = []
+        args = ["serve", "--tag", self.prefix, "--lifetime", f"{lifetime:.0f}"]
         for pod in self.plan.pods:
-            args = ["serve", "--ip", pod.ip, "--tag", self.prefix, "--lifetime", f"{lifetime:.0f}"]
-            if pod.tcp:
-                args += ["--tcp", ",".join(map(str, pod.tcp))]
-            if pod.udp:
-                args += ["--udp", ",".join(map(str, pod.udp))]
-            servers.append((pod, self._spawn(self.pod_ns(pod), args)))
+            args += ["--endpoint", f"{NETNS_DIR}/{self.pod_ns(pod)},{pod.ip},"
+                                   f"{'+'.join(map(str, pod.tcp))},{'+'.join(map(str, pod.udp))}"]
+        servers = [(None, self._spawn(self.node, args))] if self.plan.pods else []
         sel = selectors.DefaultSelector()
         for pod, proc in servers:
             sel.register(proc.stdout, selectors.EVENT_READ, (pod, proc))
@@ -395,38 +396,33 @@ class Lab:
                 if line.strip() != b"ready":
                     proc.wait(timeout=5)
                     err = proc.stderr.read().decode(errors="replace").strip().splitlines()
-                    raise UsageError(f"lab: the server for endpoint {pod.ip} did not start: "
+                    raise UsageError("lab: the endpoint server did not start: "
                                      f"{err[-1] if err else 'exit ' + str(proc.returncode)}")
         sel.close()
 
     def run_probes(self) -> dict[str, dict]:
-        groups: dict[str, list[Probe]] = {}
-        for pr in self.plan.probes:
-            groups.setdefault(pr.source, []).append(pr)
+        """Every probe of the plan, by one prober that opens each connection in its source's namespace."""
+        from ..kernel.netns import NETNS_DIR
+
         stop_at = self.deadline - 5.0
-        running = []
-        for source, probes in groups.items():
-            jobs = [{"id": pr.key, "proto": pr.proto, "dst": pr.dst, "port": pr.port, "count": pr.count,
-                     "timeout": pr.timeout, "sticky": pr.affinity,
-                     "give_up": GIVE_UP if pr.expect == "answer" else 0} for pr in probes]
-            proc = self._spawn(self.name(source), ["probe", "--deadline", f"{stop_at:.3f}"])
-            # The prober reads all of stdin before it starts, so this cannot block for long.
-            proc.stdin.write(json.dumps(jobs).encode())
-            proc.stdin.close()
-            proc.stdin = None  # communicate() below must not touch it again
-            running.append((source, proc))
-        results: dict[str, dict] = {}
-        for source, proc in running:
-            try:
-                out, err = proc.communicate(timeout=max(1.0, self.left()))
-            except subprocess.TimeoutExpired:
-                raise UsageError(f"lab: the prober in {source} did not finish before --timeout") from None
-            if proc.returncode != 0:
-                msg = err.decode(errors="replace").strip().splitlines()
-                raise UsageError(f"lab: the prober in {source} failed: {msg[-1] if msg else proc.returncode}")
-            for r in json.loads(out):
-                results[r["id"]] = r
-        return results
+        jobs = [{"id": pr.key, "proto": pr.proto, "dst": pr.dst, "port": pr.port, "count": pr.count,
+                 "timeout": pr.timeout, "sticky": pr.affinity, "netns": f"{NETNS_DIR}/{self.name(pr.source)}",
+                 "give_up": GIVE_UP if pr.expect == "answer" else 0} for pr in self.plan.probes]
+        if not jobs:
+            return {}
+        proc = self._spawn(self.node, ["probe", "--deadline", f"{stop_at:.3f}"])
+        # The prober reads all of stdin before it starts, so this cannot block for long.
+        proc.stdin.write(json.dumps(jobs).encode())
+        proc.stdin.close()
+        proc.stdin = None  # communicate() below must not touch it again
+        try:
+            out, err = proc.communicate(timeout=max(1.0, self.left()))
+        except subprocess.TimeoutExpired:
+            raise UsageError("lab: the prober did not finish before --timeout") from None
+        if proc.returncode != 0:
+            msg = err.decode(errors="replace").strip().splitlines()
+            raise UsageError(f"lab: the prober failed: {msg[-1] if msg else proc.returncode}")
+        return {r["id"]: r for r in json.loads(out)}
 
     # tearing down
     def close(self) -> list[str]:
