@@ -2,16 +2,15 @@
 
 `python -m rulegen.lab.net serve --ip IP --tcp 3000,8080 --udp 53` binds TCP
 and UDP sockets on IP (and, with `--endpoint NETNS_PATH,IP,TCP+PORTS,UDP+PORTS`,
-on each such endpoint inside its own network namespace) and answers every connection (TCP) or datagram (UDP)
-with one line `ip=<own address> port=<own port> peer=<source address>
+on each such endpoint inside its own network namespace) and answers every
+connection (TCP) or datagram (UDP) with one line `ip=<own address> port=<own port> peer=<source address>
 peerport=<source port>`, the source being what arrived after the node's
 netfilter hooks (so a masqueraded client shows up as the node's address).
 It prints `ready` once bound, and stops by itself when its standard input
 closes (the lab process died or finished) or after `--lifetime` seconds.
 
 `python -m rulegen.lab.net probe --deadline EPOCH` reads a JSON list of jobs
-on standard input (`{"id", "proto", "dst", "port", "count", "timeout"}`,
-and `"netns"`: the namespace, /run/netns/NAME, whose client sends them),
+on standard input (`{"id", "proto", "dst", "port", "count", "timeout"}`),
 runs all jobs' connections together with a bounded number in flight (jobs
 marked `sticky`, for ClientIP affinity, one at a time with their first
 connection alone), and prints one JSON list: per job the answers per
@@ -74,26 +73,6 @@ def _setns(path: str) -> None:
         _setns_fd(fd)
     finally:
         os.close(fd)
-
-
-_NS_FDS: dict[str, int] = {}  # namespace path → an open fd, for the prober's many sockets
-_HOME: list[int] = []
-
-
-def _socket_in(netns: str | None, kind: int) -> socket.socket:
-    """A new IPv4 socket in namespace NETNS (a path; None: where we are); we stay where we were."""
-    if not netns:
-        return socket.socket(socket.AF_INET, kind)
-    if not _HOME:
-        _HOME.append(os.open("/proc/self/ns/net", os.O_RDONLY))
-    fd = _NS_FDS.get(netns)
-    if fd is None:
-        fd = _NS_FDS[netns] = os.open(netns, os.O_RDONLY)
-    _setns_fd(fd)
-    try:
-        return socket.socket(socket.AF_INET, kind)
-    finally:
-        _setns_fd(_HOME[0])
 
 
 def _bind(sel: selectors.BaseSelector, ip: str, tcp: list[int], udp: list[int]) -> None:
@@ -182,7 +161,6 @@ class _Job:
         # With ClientIP affinity the first connection must finish (and leave its
         # `recent` entry) before the others race for an endpoint.
         self.sticky = bool(spec.get("sticky"))
-        self.netns = spec.get("netns")  # the namespace (path) the connections start in; None: ours
         # Stop a path once this many connections have failed without a single answer: it is broken,
         # and waiting out every remaining timeout would only make the run slow.
         self.give_up = int(spec.get("give_up") or 0)
@@ -243,7 +221,7 @@ def _start(job: _Job, sel: selectors.BaseSelector) -> None:
     now = time.monotonic()
     job.started += 1
     kind = socket.SOCK_STREAM if job.proto == "tcp" else socket.SOCK_DGRAM
-    s = _socket_in(job.netns, kind)
+    s = socket.socket(socket.AF_INET, kind)
     s.setblocking(False)
     c = _Conn(job, s, now + job.timeout)
     if job.proto == "tcp":
@@ -289,16 +267,15 @@ def _finish(sel: selectors.BaseSelector, c: _Conn, err: int | None = None, line:
 
 
 def run_jobs(jobs: list[_Job], deadline: float) -> None:
-    """All JOBS at once, round-robin, at most MAX_IN_FLIGHT each and MAX_TOTAL per source namespace together."""
+    """All JOBS at once, round-robin, at most MAX_IN_FLIGHT each and MAX_TOTAL together."""
     sel = selectors.DefaultSelector()
-    total = MAX_TOTAL * max(1, len({j.netns for j in jobs}))
     while True:
         now = time.monotonic()
         added = True
         while added and now < deadline:
             added = False
             for j in jobs:
-                if len(sel.get_map()) >= total:
+                if len(sel.get_map()) >= MAX_TOTAL:
                     break
                 if j.wants_more() and j.inflight < j.limit():
                     _start(j, sel)

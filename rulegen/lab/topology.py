@@ -41,7 +41,7 @@ policy: every cluster endpoint equally; Local: the local ones; ClientIP
 affinity: all of one client's connections to one endpoint), whether the
 client address arrives intact or masqueraded, or whether the connection is
 REJECTed (refused at once) or DROPped (times out). It sends the connections
-(`rulegen.lab.net probe`, one process that opens each connection in its source's namespace, bounded in count
+(`rulegen.lab.net probe`, one process per source namespace, bounded in count
 and time), judges the answers (shares with a chi-square goodness-of-fit test
 written with `math` only) and removes everything it made, on success, error,
 SIGINT or SIGTERM. It only ever deletes namespaces whose names it generated
@@ -405,28 +405,40 @@ class Lab:
         sel.close()
 
     def run_probes(self) -> dict[str, dict]:
-        """Every probe of the plan, by one prober that opens each connection in its source's namespace."""
-        from ..kernel.netns import NETNS_DIR
+        """Every probe of the plan: one prober per source namespace, all at once.
 
+        (Not one prober for every source: it would start the paths' connections
+        in turn, and two paths to one IPVS virtual server would then take the
+        round-robin scheduler's turns in lockstep, each path always one real
+        server.)
+        """
+        groups: dict[str, list[Probe]] = {}
+        for pr in self.plan.probes:
+            groups.setdefault(pr.source, []).append(pr)
         stop_at = self.deadline - 5.0
-        jobs = [{"id": pr.key, "proto": pr.proto, "dst": pr.dst, "port": pr.port, "count": pr.count,
-                 "timeout": pr.timeout, "sticky": pr.affinity, "netns": f"{NETNS_DIR}/{self.name(pr.source)}",
-                 "give_up": GIVE_UP if pr.expect == "answer" else 0} for pr in self.plan.probes]
-        if not jobs:
-            return {}
-        proc = self._spawn(self.node, ["probe", "--deadline", f"{stop_at:.3f}"])
-        # The prober reads all of stdin before it starts, so this cannot block for long.
-        proc.stdin.write(json.dumps(jobs).encode())
-        proc.stdin.close()
-        proc.stdin = None  # communicate() below must not touch it again
-        try:
-            out, err = proc.communicate(timeout=max(1.0, self.left()))
-        except subprocess.TimeoutExpired:
-            raise UsageError("lab: the prober did not finish before --timeout") from None
-        if proc.returncode != 0:
-            msg = err.decode(errors="replace").strip().splitlines()
-            raise UsageError(f"lab: the prober failed: {msg[-1] if msg else proc.returncode}")
-        return {r["id"]: r for r in json.loads(out)}
+        running = []
+        for source, probes in groups.items():
+            jobs = [{"id": pr.key, "proto": pr.proto, "dst": pr.dst, "port": pr.port, "count": pr.count,
+                     "timeout": pr.timeout, "sticky": pr.affinity,
+                     "give_up": GIVE_UP if pr.expect == "answer" else 0} for pr in probes]
+            proc = self._spawn(self.name(source), ["probe", "--deadline", f"{stop_at:.3f}"])
+            # The prober reads all of stdin before it starts, so this cannot block for long.
+            proc.stdin.write(json.dumps(jobs).encode())
+            proc.stdin.close()
+            proc.stdin = None  # communicate() below must not touch it again
+            running.append((source, proc))
+        results: dict[str, dict] = {}
+        for source, proc in running:
+            try:
+                out, err = proc.communicate(timeout=max(1.0, self.left()))
+            except subprocess.TimeoutExpired:
+                raise UsageError(f"lab: the prober in {source} did not finish before --timeout") from None
+            if proc.returncode != 0:
+                msg = err.decode(errors="replace").strip().splitlines()
+                raise UsageError(f"lab: the prober in {source} failed: {msg[-1] if msg else proc.returncode}")
+            for r in json.loads(out):
+                results[r["id"]] = r
+        return results
 
     # tearing down
     def close(self) -> list[str]:
