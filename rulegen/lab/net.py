@@ -3,8 +3,8 @@
 `python -m rulegen.lab.net serve --ip IP --tcp 3000,8080 --udp 53` binds TCP
 and UDP sockets on IP (and, with `--endpoint NETNS_PATH,IP,TCP+PORTS,UDP+PORTS`,
 on each such endpoint inside its own network namespace) and answers every
-connection (TCP) or datagram (UDP) with one line `ip=<own address> port=<own port> peer=<source address>
-peerport=<source port>`, the source being what arrived after the node's
+connection (TCP) or datagram (UDP) with one line `ip=<own address>
+port=<own port> peer=<source address> peerport=<source port>`, the source being what arrived after the node's
 netfilter hooks (so a masqueraded client shows up as the node's address).
 It prints `ready` once bound, and stops by itself when its standard input
 closes (the lab process died or finished) or after `--lifetime` seconds.

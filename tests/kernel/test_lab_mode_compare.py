@@ -191,7 +191,9 @@ def test_settings_to_and_cases_without_a_difference(background):
     rc, doc, out = background["same-settings:nftables:nftables"].result()
     assert rc == 0 and doc is not None, out
     _check_against_migrate(doc, _migrate_report("same-settings", "nftables", "nftables", "settings-to.yaml"))
-    assert doc["paths"] and not any(p["migrate"]["differs"] or p["observed_change"] for p in doc["paths"])
+    # (which endpoints answer a few connections may differ from run to run: random, not a change)
+    assert doc["paths"] and not any(p["migrate"]["differs"] or set(p["observed_change"]) - {"endpoints"}
+                                    for p in doc["paths"])
 
     rc, doc, out = background["nothing-to-trace:iptables:nftables"].result()
     assert rc == 0 and "no path to compare" in out
