@@ -228,6 +228,8 @@ class Applier(Protocol):
     # Optional: `preflight(compiled, kernel)`, called before the namespace is
     # made (`--create`) or anything else changes, raises a UsageError when the
     # mode cannot work in this kernel at all (IPVS mode without ip_vs).
+    # Optional: `tools` (programs the mode's apply runs, which `rulegen lab`
+    # checks for) and `payload` (what it loads, in the lab's words).
 
     def apply(self, compiled: Compiled, netns: str, kernel: Kernel, *, dry_run: bool,
               state_dir: str | None) -> ApplyResult:

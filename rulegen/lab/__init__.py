@@ -36,38 +36,67 @@ from .topology import GIVE_UP, PREFIX, Interrupts, Lab, LabInterrupted, _log
 __all__ = ["ANSWER_TIMEOUT", "CLIENT_CANDIDATES", "GIVE_UP", "MIN_EXPECTED", "NEGATIVE_PROBES", "NEGATIVE_TIMEOUT",
            "NODE_IP_CANDIDATES", "PREFIX", "P_FAIL", "Interrupts", "Lab", "LabInterrupted", "LabPlan", "LabReport",
            "PathResult", "PodSpec", "Probe", "build_plan", "chi2_sf", "chi_square_p", "gammaincc", "judge",
-           "parse_service_filters", "report_text", "run"]
+           "parse_service_filters", "report_text", "run", "run_modes"]
 
 
 def run(compiled: Any, recompile: Callable[[dict], Any], plan: LabPlan, timeout: float,
         run_id: str | None = None) -> LabReport:
     """Build, apply, probe, judge and tear down; signals become LabInterrupted after cleanup."""
+    return run_modes([(compiled, recompile, plan)], timeout, run_id)[0]
+
+
+def run_modes(modes: list[tuple[Any, Callable[[dict], Any], LabPlan]], timeout: float,
+              run_id: str | None = None) -> list[LabReport]:
+    """One lab, one run per (compiled, recompile, plan) of MODES, in order, on the namespaces built once.
+
+    The plans must share the topology (node addresses, clients, endpoint
+    servers: `LabPlan` but for the probes); the first one's builds it.
+    Between two runs `Lab.reset_rules` takes the last mode's objects out of
+    the node (its rules, IPVS, ipsets, conntrack entries, sysctls), so
+    each mode meets a node as fresh as the first did. One report per run.
+    """
     t0 = time.time()
-    lab = Lab(plan, run_id=run_id, deadline=t0 + timeout)
-    notes = list(plan.notes)
-    preflight = getattr(backends.require(compiled.settings.mode, "applier"), "preflight", None)
-    if preflight is not None:  # a mode this kernel cannot run stops before anything is built
-        preflight(compiled, lab.kernel)
+    lab = Lab(modes[0][2], run_id=run_id, deadline=t0 + timeout)
+    for compiled, _, _ in modes:  # a mode this kernel cannot run stops before anything is built
+        preflight = getattr(backends.require(compiled.settings.mode, "applier"), "preflight", None)
+        if preflight is not None:
+            preflight(compiled, lab.kernel)
 
     # A SIGINT ignored by whoever started us (a background job) stays ignored.
     sigs = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
     old = {s: signal.signal(s, lab.signals.handler) for s in sigs}
     stage = "building namespaces"
+    done: list[tuple[LabPlan, list[PathResult], list[str], float]] = []
     try:
-        _log(f"{lab.prefix}: building {plan.namespace_count} namespaces, {len(plan.pods)} endpoint server(s)")
+        _log(f"{lab.prefix}: building {lab.plan.namespace_count} namespaces, {len(lab.plan.pods)} endpoint server(s)")
         lab.build()
-        stage = "applying the rules"
-        if "-m nfacct" in compiled.text and not lab.nfacct_works():
-            compiled = recompile({"nfacct": False})
-            notes.append("nfacct counters cannot be created in this kernel: the rules were compiled "
-                         "with --no-nfacct (only the -m nfacct matches differ)")
-        lab.apply_rules(compiled)
-        stage = "starting the endpoint servers"
-        lab.start_servers()
-        stage = "sending connections"
-        _log(f"{lab.prefix}: sending {sum(p.count for p in plan.probes)} connections on {len(plan.probes)} path(s)")
-        raw = lab.run_probes()
-        results = [judge(pr, raw.get(pr.key, {}), plan.node_ips) for pr in plan.probes]
+        sysctls = lab.snapshot_sysctls() if len(modes) > 1 else {}
+        applied: list[str] = []
+        for i, (compiled, recompile, plan) in enumerate(modes):
+            t_mode = time.time()
+            mode = compiled.settings.mode
+            notes = list(plan.notes)
+            if applied:
+                stage = f"taking the {applied[-1]} rules out"
+                lab.reset_rules(applied, sysctls)
+            stage = f"applying the {mode} rules" if len(modes) > 1 else "applying the rules"
+            if "-m nfacct" in compiled.text and not lab.nfacct_works():
+                compiled = recompile({"nfacct": False})
+                notes.append("nfacct counters cannot be created in this kernel: the rules were compiled "
+                             "with --no-nfacct (only the -m nfacct matches differ)")
+            lab.apply_rules(compiled)
+            applied.append(mode)
+            if i == 0:
+                stage = "starting the endpoint servers"
+                lab.start_servers()
+            stage = "sending connections"
+            lab.plan = plan
+            what = f" in {mode} mode" if len(modes) > 1 else ""
+            _log(f"{lab.prefix}: sending {sum(p.count for p in plan.probes)} connections on "
+                 f"{len(plan.probes)} path(s){what}")
+            raw = lab.run_probes()
+            done.append((plan, [judge(pr, raw.get(pr.key, {}), plan.node_ips) for pr in plan.probes], notes,
+                         time.time() - t_mode))
     except LabInterrupted:
         raise
     except Exception as e:
@@ -92,5 +121,8 @@ def run(compiled: Any, recompile: Callable[[dict], Any], plan: LabPlan, timeout:
             _log("could not delete: " + ", ".join(left))
     if late or lab.signals.pending:
         raise LabInterrupted(lab.signals.pending or late[0])
-    return LabReport(plan, lab.prefix, results, notes, time.time() - t0, left)
-
+    elapsed = time.time() - t0
+    if len(modes) == 1:
+        plan, results, notes, _ = done[0]
+        return [LabReport(plan, lab.prefix, results, notes, elapsed, left)]
+    return [LabReport(plan, lab.prefix, results, notes, took, left) for plan, results, notes, took in done]

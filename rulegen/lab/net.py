@@ -1,9 +1,10 @@
 """The two tiny programs `rulegen lab` runs inside its network namespaces: a server and a prober.
 
 `python -m rulegen.lab.net serve --ip IP --tcp 3000,8080 --udp 53` binds TCP
-and UDP sockets on IP and answers every connection (TCP) or datagram (UDP)
-with one line `ip=<own address> port=<own port> peer=<source address>
-peerport=<source port>`, the source being what arrived after the node's
+and UDP sockets on IP (and, with `--endpoint NETNS_PATH,IP,TCP+PORTS,UDP+PORTS`,
+on each such endpoint inside its own network namespace) and answers every
+connection (TCP) or datagram (UDP) with one line `ip=<own address>
+port=<own port> peer=<source address> peerport=<source port>`, the source being what arrived after the node's
 netfilter hooks (so a masqueraded client shows up as the node's address).
 It prints `ready` once bound, and stops by itself when its standard input
 closes (the lab process died or finished) or after `--lifetime` seconds.
@@ -45,8 +46,36 @@ def _ports(text: str | None) -> list[int]:
     return [int(p) for p in (text or "").split(",") if p]
 
 
-def serve(ip: str, tcp: list[int], udp: list[int], lifetime: float) -> int:
-    sel = selectors.DefaultSelector()
+CLONE_NEWNET = 0x40000000
+
+
+_LIBC: list = []
+
+
+def _setns_fd(fd: int) -> None:
+    if hasattr(os, "setns"):  # Python 3.12
+        os.setns(fd, CLONE_NEWNET)
+        return
+    if not _LIBC:
+        import ctypes
+
+        _LIBC.append((ctypes, ctypes.CDLL(None, use_errno=True)))
+    ctypes, libc = _LIBC[0]
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def _setns(path: str) -> None:
+    """Move this (single-threaded) process into the network namespace at PATH (/run/netns/NAME)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        _setns_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def _bind(sel: selectors.BaseSelector, ip: str, tcp: list[int], udp: list[int]) -> None:
     for port in tcp:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -60,6 +89,32 @@ def serve(ip: str, tcp: list[int], udp: list[int], lifetime: float) -> int:
         s.bind((ip, port))
         s.setblocking(False)
         sel.register(s, selectors.EVENT_READ, "udp")
+
+
+def serve(ip: str | None, tcp: list[int], udp: list[int], lifetime: float,
+          endpoints: list[str] | None = None) -> int:
+    """Answer on IP's ports, and on each of ENDPOINTS ("NETNS_PATH,IP,TCP+PORTS,UDP+PORTS").
+
+    A socket stays in the namespace it was made in, so one process serves
+    endpoints in many namespaces: it enters each to make that endpoint's
+    sockets, then comes back. (One process instead of one per endpoint:
+    starting Python is most of a small lab's time under emulation.)
+    """
+    sel = selectors.DefaultSelector()
+    if ip:
+        _bind(sel, ip, tcp, udp)
+    if endpoints:
+        home = os.open("/proc/self/ns/net", os.O_RDONLY)
+        try:
+            for spec in endpoints:
+                path, eip, etcp, eudp = spec.split(",")
+                _setns(path)
+                try:
+                    _bind(sel, eip, _ports(etcp.replace("+", ",")), _ports(eudp.replace("+", ",")))
+                finally:
+                    _setns(f"/proc/self/fd/{home}")
+        finally:
+            os.close(home)
     # The lab keeps our stdin open; EOF means it is gone and we must go too.
     sel.register(sys.stdin.buffer, selectors.EVENT_READ, "stdin")
     sys.stdout.write("ready\n")
@@ -276,7 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="rulegen.lab.net")
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve")
-    s.add_argument("--ip", required=True)
+    s.add_argument("--ip", default=None)
+    s.add_argument("--endpoint", action="append", default=[],
+                   help="NETNS_PATH,IP,TCP+PORTS,UDP+PORTS: also serve this endpoint, in that namespace (repeatable)")
     s.add_argument("--tcp", default="")
     s.add_argument("--udp", default="")
     s.add_argument("--lifetime", type=float, default=600.0)
@@ -285,7 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--deadline", type=float, required=True, help="wall-clock time (epoch seconds) to stop at")
     a = ap.parse_args(argv)
     if a.cmd == "serve":
-        return serve(a.ip, _ports(a.tcp), _ports(a.udp), a.lifetime)
+        if not a.ip and not a.endpoint:
+            ap.error("serve: give --ip or --endpoint")
+        return serve(a.ip, _ports(a.tcp), _ports(a.udp), a.lifetime, a.endpoint)
     return probe(a.deadline)
 
 

@@ -19,9 +19,10 @@ Topology (IPv4 only). Every namespace is named `rglab-<run id>-<role>`:
   counters included; where the kernel cannot make them the lab recompiles
   with --no-nfacct and says so). ICMP rate limiting is off in `node`
   (icmp_ratemask=0) so a burst of REJECTs is not mistaken for DROPs.
-* one namespace per endpoint IP runs `rulegen.lab.net serve` on the ports
-  that endpoint serves; it answers with its own address and the source it
-  saw. Endpoints whose nodeName is this node hang off the node; every other
+* one namespace per endpoint IP, where `rulegen.lab.net serve` (one process
+  for all of them: it enters each namespace to open that endpoint's
+  sockets) listens on the ports that endpoint serves; it answers with its
+  own address and the source it saw. Endpoints whose nodeName is this node hang off the node; every other
   endpoint hangs off one `far` namespace ("other nodes", one for all of
   them) that is itself connected to the node, so a remote endpoint is one
   routed hop further, as in a real cluster. An endpoint whose IP is a node IP
@@ -65,6 +66,9 @@ from ..diagnostics import UsageError
 from .probes import FAR_ADDR, FAR_GATEWAY, GATEWAY, LabPlan, PodSpec, Probe
 
 PREFIX = "rglab-"
+_NET_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "net.py")
+_HELPER_BOOT = ("import sys; p = sys.argv[2]; sys.argv = sys.argv[2:]; "
+                "exec(compile(open(p).read(), p, 'exec'), {'__name__': '__main__', '__file__': p})")
 GIVE_UP = 16  # a path whose first this many connections all fail is not sent more
 SERVER_READY_TIMEOUT = 20.0
 SYSCTL = "sysctl"
@@ -283,6 +287,70 @@ class Lab:
         if compiled.settings.tcp_be_liberal:
             self._sysctl(self.node, [("net.netfilter.nf_conntrack_tcp_be_liberal", "1")])
 
+    # Every sysctl a mode's apply may set in the node (iptables: route_localnet; IPVS: kube-proxy's); a
+    # reset puts back what they were before the first apply. (`tcp_be_liberal` is the lab's own.)
+    MODE_SYSCTLS = ("net.ipv4.conf.all.route_localnet", "net.netfilter.nf_conntrack_tcp_be_liberal",
+                    "net.ipv4.vs.conntrack", "net.ipv4.vs.expire_nodest_conn", "net.ipv4.vs.expire_quiescent_template",
+                    "net.ipv4.ip_forward")
+
+    @staticmethod
+    def can_reset() -> str | None:
+        """None when `reset_rules` can work here, else what it lacks (then each mode gets its own namespaces)."""
+        missing = [t for t in ("conntrack",) if not shutil.which(t)]
+        return f"{', '.join(missing)} is not installed" if missing else None
+
+    def snapshot_sysctls(self) -> dict[str, str]:
+        got = {k: self.kernel.netns.sysctl(self.node, k) for k in self.MODE_SYSCTLS}
+        return {k: v for k, v in got.items() if v is not None}
+
+    def reset_rules(self, applied: list[str], sysctls: dict[str, str]) -> None:
+        """Take every object the APPLIED modes loaded out of the node, so the next mode starts as on a fresh node.
+
+        IPVS's virtual servers and kube-ipvs0; every iptables table (either
+        backend); every nftables table (iptables-nft's too); the ipsets
+        (once no rule uses them); the conntrack table, so no connection
+        of the last mode keeps its NAT; and the sysctls a mode's apply sets,
+        back to SYSCTLS (what they were before the first apply).
+        """
+        from ..dataplane.links.client import KUBE_IPVS0
+
+        node = self.node
+        k = self.kernel
+        if "ipvs" in applied:
+            k.ipvs(node).flush()
+            links = k.links(node)
+            if links.exists(KUBE_IPVS0):
+                links.delete(KUBE_IPVS0)
+        # The lab is IPv4 only. iptables-restore without --noflush empties each table it is given
+        # (rules and chains) in one commit.
+        try:
+            saved = k.xtables.save(node, 4)
+            tool = k.xtables._tool("restore", node, 4)  # type: ignore[attr-defined]
+        except UsageError:
+            saved, tool = "", ""  # no iptables tools: nothing was loaded with them
+        tables = [ln[1:].strip() for ln in saved.splitlines() if ln.startswith("*")]
+        if tables:
+            cp = self.ns.run(node, [tool], input="".join(f"*{t}\nCOMMIT\n" for t in tables))
+            if cp.returncode != 0:
+                raise UsageError(f"lab: {tool} in {node} failed while emptying the iptables tables: "
+                                 f"{cp.stderr.strip()}")
+        if shutil.which("nft"):
+            self._run_ok(node, ["nft", "flush", "ruleset"], "removing the nftables tables")
+        if "ipvs" in applied and shutil.which("ipset"):
+            self._run_ok(node, ["ipset", "destroy"], "destroying the ipsets")
+        cp = self.ns.run(node, ["conntrack", "-F"])
+        if cp.returncode != 0 and "0 flow entries" not in cp.stderr:
+            raise UsageError(f"lab: conntrack -F in {node} failed: {cp.stderr.strip()}")
+        now = self.snapshot_sysctls()
+        back = [(key, v) for key, v in sysctls.items() if now.get(key) != v]
+        if back:
+            self._sysctl(node, back)
+
+    def _run_ok(self, ns: str, argv: list[str], what: str) -> None:
+        cp = self.ns.run(ns, argv)
+        if cp.returncode != 0:
+            raise UsageError(f"lab: {' '.join(argv)} in {ns} failed while {what}: {cp.stderr.strip()}")
+
     def nfacct_works(self) -> bool:
         """Whether nfacct counters can be made here (else the payload must go without -m nfacct)."""
         try:
@@ -293,7 +361,11 @@ class Lab:
 
     # helpers
     def _spawn(self, ns: str, args: list[str], stdin_data: bool = False) -> subprocess.Popen:
-        argv = ["ip", "netns", "exec", ns, sys.executable, "-m", "rulegen.lab.net", *args]
+        # net.py by its path, without site (-S): only the standard library loads, not the rulegen
+        # package nor the venv's, so a helper starts in a third of the time (which matters most
+        # in the IPVS VM's emulated CPU). "rulegen.lab.net" stays in the command line to name it.
+        argv = ["ip", "netns", "exec", ns, sys.executable, "-S", "-c", _HELPER_BOOT, "rulegen.lab.net", _NET_PY,
+                *args]
         # A session of their own: a terminal's Ctrl-C reaches only us, and we stop them in order.
         with self.signals.shield():  # so no helper starts without being in self.procs
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -302,15 +374,15 @@ class Lab:
         return proc
 
     def start_servers(self) -> None:
+        """One server process for every endpoint: it makes each endpoint's sockets in the endpoint's namespace."""
+        from ..kernel.netns import NETNS_DIR
+
         lifetime = max(30.0, self.left() + 30.0)
-        servers = []
+        args = ["serve", "--tag", self.prefix, "--lifetime", f"{lifetime:.0f}"]
         for pod in self.plan.pods:
-            args = ["serve", "--ip", pod.ip, "--tag", self.prefix, "--lifetime", f"{lifetime:.0f}"]
-            if pod.tcp:
-                args += ["--tcp", ",".join(map(str, pod.tcp))]
-            if pod.udp:
-                args += ["--udp", ",".join(map(str, pod.udp))]
-            servers.append((pod, self._spawn(self.pod_ns(pod), args)))
+            args += ["--endpoint", f"{NETNS_DIR}/{self.pod_ns(pod)},{pod.ip},"
+                                   f"{'+'.join(map(str, pod.tcp))},{'+'.join(map(str, pod.udp))}"]
+        servers = [(None, self._spawn(self.node, args))] if self.plan.pods else []
         sel = selectors.DefaultSelector()
         for pod, proc in servers:
             sel.register(proc.stdout, selectors.EVENT_READ, (pod, proc))
@@ -328,11 +400,18 @@ class Lab:
                 if line.strip() != b"ready":
                     proc.wait(timeout=5)
                     err = proc.stderr.read().decode(errors="replace").strip().splitlines()
-                    raise UsageError(f"lab: the server for endpoint {pod.ip} did not start: "
+                    raise UsageError("lab: the endpoint server did not start: "
                                      f"{err[-1] if err else 'exit ' + str(proc.returncode)}")
         sel.close()
 
     def run_probes(self) -> dict[str, dict]:
+        """Every probe of the plan: one prober per source namespace, all at once.
+
+        (Not one prober for every source: it would start the paths' connections
+        in turn, and two paths to one IPVS virtual server would then take the
+        round-robin scheduler's turns in lockstep, each path always one real
+        server.)
+        """
         groups: dict[str, list[Probe]] = {}
         for pr in self.plan.probes:
             groups.setdefault(pr.source, []).append(pr)

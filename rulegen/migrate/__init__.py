@@ -73,6 +73,12 @@ class Result:
     notes: tuple[str, ...] = ()
     settings_to: str | None = None  # the target's configuration file, when one was given
     removed: list[Found] = field(default_factory=list)  # differences under the target's defaults those settings remove
+    # What the report stands on, for `rulegen lab --mode-compare`: both compiles (the target's is the
+    # one the report is of: with --settings-to, that configuration's) and every scenario's two traces.
+    compiled_from: Any = None
+    compiled_to: Any = None
+    traces: dict[tuple, tuple[Traced, Traced]] = field(default_factory=dict)
+    clients: dict[str, Any] = field(default_factory=dict)  # client kind → the `Client` (its address) traced
 
     @property
     def differs(self) -> bool:
@@ -238,7 +244,8 @@ def migrate(files: list[str], flags: dict[str, Any], to_mode: str, from_mode: st
     ob = _outcomes(b, sc.scenarios, grouped)
     found = _found(a.plan, a, b, oa, ob)
     result = Result(a.settings.mode, to_mode, a.settings.hostname, a.plan.family, len(sc.scenarios), len(ports),
-                    found, sc.notes if sc.scenarios else ())
+                    found, sc.notes if sc.scenarios else (), compiled_from=a, compiled_to=b, clients=dict(sc.clients),
+                    traces={t1.scenario.key: (t1, t2) for t1, t2 in zip(oa, ob)})
     if settings_to is not None:
         try:
             c = compile_inputs(inputs, {**flags, "mode": to_mode}, report, timings, settings_to)
@@ -250,4 +257,6 @@ def migrate(files: list[str], flags: dict[str, Any], to_mode: str, from_mode: st
         result.differences = with_settings
         result.settings_to = settings_to
         result.removed = [f for f in found if f.scenario.key not in still]
+        result.compiled_to = c
+        result.traces = {t1.scenario.key: (t1, t2) for t1, t2 in zip(oa, oc)}
     return result

@@ -28,6 +28,9 @@ STATE_NAME = "iptables"  # state files iptables-ipv4.json, iptables-ipv4.gen, ..
 
 class IptablesApplier:
     state_files = sync.state_files(STATE_NAME)
+    # What `rulegen lab` checks for and says it loads before it builds a node in this mode.
+    tools = ("iptables-restore", "iptables-save", "iptables")
+    payload = "iptables rules"
 
     def apply(self, compiled: Compiled, netns: str, kernel: Kernel, *, dry_run: bool,
               state_dir: str | None) -> sync.XtablesApplyResult:

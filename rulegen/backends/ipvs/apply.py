@@ -193,6 +193,9 @@ class _Plan:
 
 class IPVSApplier:
     state_files = sync.state_files(STATE_NAME)
+    # What `rulegen lab` checks for and says it loads before it builds a node in this mode.
+    tools = ("ipset", "iptables-restore", "iptables-save", "iptables")
+    payload = "IPVS virtual servers, ipsets and iptables rules"
 
     def preflight(self, compiled: Compiled, kernel: Kernel) -> None:
         """Stop before anything is made when this kernel has no IPVS (asked where we are: ip_vs is kernel-wide)."""

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 class NftablesApplier:
     state_files = sync.state_files()
+    # What `rulegen lab` checks for and says it loads before it builds a node in this mode.
+    tools = ("nft",)
+    payload = "an nftables table (nft)"
 
     def apply(self, compiled: Compiled, netns: str, kernel: Kernel, *, dry_run: bool,
               state_dir: str | None) -> sync.NftApplyResult:
