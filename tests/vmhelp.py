@@ -6,10 +6,14 @@ package unpacked under `.vm/kernel` (the Makefile fetches it), booted by
 virtme-ng in QEMU software emulation, with the host's root filesystem shared
 read-only (so `.venv`, `ip`, `ipvsadm` and `ipset` work inside) and one
 writable folder under `.vm/results` for the guest's report. Python under
-emulation reads its files slowly over 9p, so the standard library and the
-venv's packages go in as a read-only ext4 image on a virtio disk, mounted
-over their own paths (tests/vm/guest.sh); without `mke2fs` they are read
-over 9p, only slower.
+emulation reads its files slowly over 9p, so the standard library, the
+venv's packages, libpython and the project's rulegen, tests and fixtures
+(with bytecode the host writes first) go in as a read-only ext4 image on a
+virtio disk, mounted over their own paths (tests/vm/guest.sh); without
+`mke2fs` they are read over 9p, only slower. The kernel is told not to load
+the modules of QEMU's emulated hardware (`NOT_LOADED`), and the summary
+gives the guest's timeline and QEMU's CPU seconds (the work done, which on a
+shared host says more than the wall time).
 
 How it looks from pytest (this module is a plugin: tests/conftest.py loads it):
 

@@ -1,6 +1,7 @@
 #!/bin/bash
-# Runs inside the IPVS VM (tests/vmhelp.py boots it): put the Python image
-# over the standard library and the venv's packages, then run the selected
+# Runs inside the IPVS VM (tests/vmhelp.py boots it): put the Python image's
+# parts over their paths (standard library, venv packages, libpython, the
+# project's code with bytecode: OUT/mounts), then run the selected
 # ipvs_kernel tests with pytest; each outcome goes to OUT/report.json.
 # Usage: guest.sh OUT REPO   (OUT holds `mounts` and `pytest.args`)
 set -u
