@@ -6,7 +6,6 @@ from typing import Any
 
 from click.testing import CliRunner, Result
 
-from rulegen.cli import main
 from rulegen.compiled import Compiled, Timings
 from rulegen.diagnostics import Place, Report
 from rulegen.loader import load_objects
@@ -23,6 +22,9 @@ def compile_objects(objs: list[dict[str, Any]], flags: dict[str, Any] | None = N
 
 def run_cli(*args: str, input: str | None = None) -> Result:
     """`rulegen ARGS...` in-process; a Python exception other than an exit fails the test."""
+    # Imported here: every command's module is a cost the IPVS VM's start would pay without using it.
+    from rulegen.cli import main
+
     r = CliRunner().invoke(main, list(args), input=input)
     assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
     return r

@@ -6,10 +6,14 @@ package unpacked under `.vm/kernel` (the Makefile fetches it), booted by
 virtme-ng in QEMU software emulation, with the host's root filesystem shared
 read-only (so `.venv`, `ip`, `ipvsadm` and `ipset` work inside) and one
 writable folder under `.vm/results` for the guest's report. Python under
-emulation reads its files slowly over 9p, so the standard library and the
-venv's packages go in as a read-only ext4 image on a virtio disk, mounted
-over their own paths (tests/vm/guest.sh); without `mke2fs` they are read
-over 9p, only slower.
+emulation reads its files slowly over 9p, so the standard library, the
+venv's packages, libpython and the project's rulegen, tests and fixtures
+(with bytecode the host writes first) go in as a read-only ext4 image on a
+virtio disk, mounted over their own paths (tests/vm/guest.sh); without
+`mke2fs` they are read over 9p, only slower. The kernel is told not to load
+the modules of QEMU's emulated hardware (`NOT_LOADED`), and the summary
+gives the guest's timeline and QEMU's CPU seconds (the work done, which on a
+shared host says more than the wall time).
 
 How it looks from pytest (this module is a plugin: tests/conftest.py loads it):
 
@@ -27,9 +31,11 @@ How it looks from pytest (this module is a plugin: tests/conftest.py loads it):
 
 from __future__ import annotations
 
+import compileall
 import hashlib
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -53,6 +59,7 @@ MARKER = "ipvs_kernel"
 IN_VM_ENV = "RULEGEN_IN_VM"
 REPORT_ENV = "RULEGEN_VM_REPORT"
 NO_VM_ENV = "RULEGEN_NO_VM"
+BOOTED_ENV = "RULEGEN_VM_BOOTED"  # the guest's uptime when guest.sh started (tests/vm/guest.sh)
 HOST_SKIP = "runs inside the IPVS VM (tests/vmhelp.py)"
 VM_SUFFIX = "@vm"
 MEMORY_MB = 512
@@ -62,7 +69,13 @@ CPUS = 1
 MIN_FREE_MB = 400  # the Python image (~150 MB) and the results
 MIN_MEMORY_MB = MEMORY_MB + 512  # QEMU's own share on top of the guest's
 TIMEOUT_S = 480  # a hard stop: a hung guest must not hang the suite
-DISK_ID = "rgpy"  # the virtio disk's serial: /dev/disk/by-id/virtio-rgpy in the guest
+DISK_ID = "rgpy"
+# Modules udev would load for QEMU's emulated hardware, none of which the tests use (the image is a
+# virtio disk): kvm alone took 9 s of a 28 s boot. The kernel refuses them (module_blacklist=).
+NOT_LOADED = ("kvm_amd", "kvm_intel", "kvm", "irqbypass", "ccp", "sr_mod", "cdrom", "sg", "iTCO_wdt", "intel_pmc_bxt",
+              "iTCO_vendor_support", "ahci", "libahci", "libata", "scsi_mod", "scsi_common", "psmouse", "serio_raw",
+              "i6300esb", "i2c_i801", "i2c_smbus", "pcspkr", "lpc_ich", "evdev", "ghash_clmulni_intel", "aesni_intel",
+              "crypto_simd", "cryptd", "sha512_ssse3", "sha256_ssse3", "sha1_ssse3", "watchdog", "joydev")  # the virtio disk's serial: /dev/disk/by-id/virtio-rgpy in the guest
 # Debian tools the VM needs on the host (they are shared into the guest too).
 VM_TOOLS = (("qemu-system-x86_64", "qemu-system-x86"), ("modprobe", "kmod"), ("udevadm", "udev"),
             ("busybox", "busybox-static"))
@@ -144,15 +157,26 @@ def unavailable_reason(which: Callable[[str], str | None] = shutil.which, kernel
 # Parts of the standard library no test imports; leaving them out keeps the image small.
 _STDLIB_SKIP = {"test", "site-packages", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip"}
 _SITE_SKIP = {"pip"}
+_CODE_DIRS = ("rulegen", "tests")  # the project's Python, in the image with its bytecode
 
 
 def _python_trees() -> list[tuple[str, Path, set[str]]]:
-    """(name in the image, host folder, top-level entries to leave out) for stdlib and the venv's packages."""
+    """(name in the image, host path, top-level entries to leave out) for what the guest's Python reads.
+
+    The standard library and the venv's packages; libpython (a file: every Python process maps it, and
+    mapped pages of the 9p root are read from the host one by one, measured 2-7 s a start against
+    0.5-0.8 s from a local copy); and the project's code, tests and fixtures with their bytecode
+    (`precompile`), whose many small reads and stats over 9p cost as much as the imports themselves.
+    """
     paths = sysconfig.get_paths()
     stdlib, site = Path(paths["stdlib"]), Path(paths["purelib"])
     trees = [("stdlib", stdlib, _STDLIB_SKIP | {p.name for p in stdlib.glob("config-*")})]
     if not site.is_relative_to(stdlib):
         trees.append(("site", site, _SITE_SKIP))
+    libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
+    if sysconfig.get_config_var("Py_ENABLE_SHARED") and libdir and soname and (Path(libdir) / soname).is_file():
+        trees.append(("libpython", (Path(libdir) / soname).resolve(), set()))
+    trees += [(f"code-{d}", ROOT / d, set()) for d in _CODE_DIRS + ("fixtures",) if (ROOT / d).is_dir()]
     return trees
 
 
@@ -161,6 +185,11 @@ def _image_key(trees: list[tuple[str, Path, set[str]]]) -> str:
     for name, host, _ in trees:
         st = host.stat()
         h.update(f"{name}:{host}:{st.st_mtime_ns}".encode())
+        if name.startswith("code-"):  # edited often: every file counts
+            for folder, _, files in sorted(os.walk(host)):
+                for f in sorted(files):
+                    fs = os.lstat(os.path.join(folder, f))
+                    h.update(f"{folder}/{f}:{fs.st_size}:{fs.st_mtime_ns}".encode())
     stamp = ROOT / ".venv" / ".installed"
     if stamp.exists():
         h.update(str(stamp.stat().st_mtime_ns).encode())
@@ -176,6 +205,10 @@ def _stage(src: Path, dst: Path, skip: set[str]) -> int:
             os.link(s, d)
         except OSError:
             shutil.copy2(s, d)
+
+    if src.is_file():
+        link(str(src), str(dst))
+        return src.stat().st_size
 
     def ignore(folder: str, names: list[str]) -> set[str]:
         out = {n for n in names if n.endswith((".opt-1.pyc", ".opt-2.pyc"))}
@@ -222,6 +255,29 @@ def python_image() -> tuple[Path | None, list[tuple[str, str]], str]:
     return image, mounts, "built"
 
 
+# ------------------------------------------------------------ the bytecode
+
+# Without bytecode the guest compiles every module of rulegen and the tests in every Python process it
+# starts (pytest, the lab's helpers), at emulation speed.
+
+
+def precompile(nodeids: list[str]) -> str:
+    """Write the project's bytecode next to its sources on the host (only what is stale), for the guest to read.
+
+    `compileall` for rulegen and the tests; pytest's assertion-rewritten modules (the test files and
+    conftests, whose cache pytest names after itself) by a collection of NODEIDS with bytecode writing on.
+    """
+    ok = all(compileall.compile_dir(str(ROOT / d), quiet=2, workers=1) for d in _CODE_DIRS)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env[NO_VM_ENV] = "1"
+    cp = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                         "--rootdir", str(ROOT), *nodeids], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=120)
+    if not ok or cp.returncode != 0:
+        return "bytecode partly written (the guest compiles the rest)"
+    return "bytecode written"
+
+
 # ------------------------------------------------------------- boot and run
 
 
@@ -235,6 +291,7 @@ class VMRun:
     returncode: int | None = None
     seconds: float = 0.0  # boot, tests and shutdown
     image_seconds: float = 0.0
+    qemu_cpu_seconds: float = 0.0  # CPU time of vng and QEMU on the host: the work, whatever the host's load
     image_note: str = ""
     kernel: str = ""
     nodeids: list[str] = field(default_factory=list)
@@ -246,7 +303,7 @@ class VMRun:
 
 def vng_argv(kernel: Kernel, venv_bin: Path, results: Path, image: Path | None) -> list[str]:
     argv = [str(venv_bin / "vng"), "--disable-kvm", "--force-9p", "--memory", f"{MEMORY_MB}M", "--cpus", str(CPUS),
-            "--rwdir", str(results), "--run", str(kernel.image),
+            "--rwdir", str(results), "--run", str(kernel.image), "--append", f"module_blacklist={','.join(NOT_LOADED)}",
             "--exec", f"bash {GUEST_SCRIPT} {results} {ROOT}"]
     if image is not None:
         # One "--opt=value" word: argparse takes a separate value starting with "-" for an option.
@@ -284,7 +341,9 @@ def boot_and_run(nodeids: list[str]) -> VMRun:
     venv_bin = Path(sys.executable).parent
     run = VMRun(kernel=kernel.version, nodeids=nodeids)
     t0 = time.monotonic()
+    compiled = precompile(nodeids)  # first: the image carries the bytecode
     image, mounts, run.image_note = python_image()
+    run.image_note += "; " + compiled
     run.image_seconds = time.monotonic() - t0
     results = run.results = _results_dir()
     (results / "mounts").write_text("".join(f"{name} {host}\n" for name, host in mounts))
@@ -292,6 +351,7 @@ def boot_and_run(nodeids: list[str]) -> VMRun:
     env = dict(os.environ, PATH=f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}")
     env.pop(IN_VM_ENV, None)
     t1 = time.monotonic()
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     # Output through a pipe: QEMU reopens a file it is given and loses lines.
     proc = subprocess.Popen(vng_argv(kernel, venv_bin, results, image), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
@@ -303,6 +363,8 @@ def boot_and_run(nodeids: list[str]) -> VMRun:
         out, _ = proc.communicate()
         out += f"\n[rulegen] the VM did not finish within {TIMEOUT_S} s and was killed\n"
     run.seconds = time.monotonic() - t1
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run.qemu_cpu_seconds = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     run.returncode = proc.returncode
     run.console = out
     (results / "console.log").write_text(out)
@@ -313,6 +375,7 @@ def boot_and_run(nodeids: list[str]) -> VMRun:
     (results / "timing.json").write_text(json.dumps(
         {"kernel": run.kernel, "tests": len(nodeids), "boot_and_tests_s": round(run.seconds, 1),
          "python_image_s": round(run.image_seconds, 1), "python_image": run.image_note,
+         "qemu_cpu_s": round(run.qemu_cpu_seconds, 1), "guest": (run.report or {}).get("timeline"),
          "guest_pytest_s": (run.report or {}).get("seconds")}, indent=1) + "\n")
     return run
 
@@ -401,6 +464,21 @@ def remember_selected(config: pytest.Config, items: list[pytest.Item]) -> None:
     config.stash[_SELECTED_KEY] = [i.guest_nodeid for i in items if isinstance(i, VMTestItem)]
 
 
+def timeline_text(run: VMRun) -> str:
+    """", of it: boot 30 s, Python and pytest up 12 s, ..." from the guest's timeline, or ""."""
+    t = (run.report or {}).get("timeline") or {}
+    marks = [("boot", t.get("booted")), ("Python and pytest up", t.get("pytest_up")),
+             ("collection", t.get("collected")), ("tests", t.get("tests_done"))]
+    parts, last = [], 0.0
+    for name, at in marks:
+        if at is None:
+            return ""
+        parts.append(f"{name} {at - last:.0f} s")
+        last = at
+    parts.append(f"shutdown and QEMU's start about {run.seconds - last:.0f} s")
+    return "; of it: " + ", ".join(parts)
+
+
 def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     run = config.stash.get(_RUN_KEY, None)
     if run is None:
@@ -412,18 +490,37 @@ def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     terminalreporter.write_line(
         f"IPVS VM: kernel {run.kernel}, {len(run.nodeids)} tests; boot, tests and shutdown {run.seconds:.0f} s"
         + (f" (pytest in the guest {guest:.0f} s)" if guest is not None else "")
+        + f"; QEMU's CPU {run.qemu_cpu_seconds:.0f} s" + timeline_text(run)
         + (f"; Python image {run.image_note} in {run.image_seconds:.1f} s" if run.image_note else "")
         + f"; console in {run.where('console.log')}")
 
 
+def _uptime() -> float | None:
+    try:
+        with open("/proc/uptime") as f:
+            return round(float(f.read().split()[0]), 1)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class GuestReport:
-    """Inside the VM: each test's outcome (and message) into the JSON file the host reads."""
+    """Inside the VM: each test's outcome (and message) into the JSON file the host reads.
+
+    With it, the guest's timeline in seconds since the kernel started: when guest.sh began (the boot),
+    when pytest was up, when collection ended and when the tests ended.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.tests: dict[str, dict[str, str]] = {}
         self.errors: dict[str, str] = {}
         self.started = time.monotonic()
+        boot = os.environ.get(BOOTED_ENV, "")
+        self.timeline: dict[str, float | None] = {
+            "booted": float(boot) if boot.replace(".", "", 1).isdigit() else None, "pytest_up": _uptime()}
+
+    def pytest_collection_finish(self, session: Any) -> None:
+        self.timeline["collected"] = _uptime()
 
     def pytest_collectreport(self, report: Any) -> None:
         if report.failed:
@@ -439,8 +536,10 @@ class GuestReport:
             entry.update(outcome="skipped", message=reason)
 
     def pytest_sessionfinish(self, session: Any, exitstatus: int) -> None:
+        self.timeline["tests_done"] = _uptime()
         data = {"kernel": os.uname().release, "exitstatus": int(exitstatus), "tests": self.tests,
-                "errors": self.errors, "seconds": round(time.monotonic() - self.started, 1)}
+                "errors": self.errors, "seconds": round(time.monotonic() - self.started, 1),
+                "timeline": self.timeline}
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(data, f, indent=1)

@@ -59,7 +59,7 @@ def lab_processes(tag: str) -> list[int]:
                 argv = f.read().split(b"\0")
         except OSError:
             continue
-        if b"rulegen.lab.net" in argv and tag.encode() in argv:
+        if any(a.endswith(b"rulegen/lab/net.py") for a in argv) and tag.encode() in argv:
             out.append(int(pid))
     return out
 
