@@ -118,11 +118,20 @@ def _with_outside_note(res: DiffResult, view: Any, sides) -> DiffResult:
         if line:
             notes.append(line)
     for ir, name in sides if count is not None else ():
-        builtin, chains = count(ir)
-        if builtin or chains:
-            notes.append(f"{name}: {builtin} rule(s) outside kube-proxy's in the built-in chains, and {chains} "
-                         "chain(s) not kube-proxy's, are not compared (--all shows them)")
+        line = outside_line(name, *count(ir))
+        if line:
+            notes.append(line)
     return replace(res, notes=tuple(notes)) if notes else res
+
+
+def outside_line(name: str, builtin: int, chains: int, sets: int = 0) -> str | None:
+    """The one line for what a kube-only comparison left out of NAME: rules in the built-in chains that are
+    not kube-proxy's jumps, chains (and, on an IPVS node, ipsets) that are not kube-proxy's; None for nothing."""
+    if not (builtin or chains or sets):
+        return None
+    others = f"{chains} chain(s)" + (f" and {sets} ipset(s)" if sets else "")
+    return (f"{name}: {builtin} rule(s) outside kube-proxy's in the built-in chains, and {others} "
+            "not kube-proxy's, are not compared (--all shows them)")
 
 
 def _compare_compiled(files: tuple[str, ...], netns: str | None, against: str | None, flags: dict,

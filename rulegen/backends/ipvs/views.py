@@ -22,8 +22,10 @@ Where a side comes from:
 
 A node's dumps hold both families (IPVS and ipset keep one table for a
 dual-stack node); a side keeps the family compared. With `kube_only` a
-node's other sets (a CNI's) and chains stay out; every virtual server is
-kube-proxy's (it deletes the ones it did not make).
+node's other sets (a CNI's) and chains, and the built-in chains' rules that
+do not jump to kube-proxy's, stay out; `outside_rules` counts them for the
+one line `rulegen diff` prints (the iptables mode's line, plus the ipsets).
+Every virtual server is kube-proxy's (it deletes the ones it did not make).
 """
 
 from __future__ import annotations
@@ -178,6 +180,12 @@ class IPVSView:
     def side(self, ir: IPVSState, name: str, kube_only: bool) -> Side:
         return side(ir, name, kube_only)
 
+    def outside_rules(self, ir: IPVSState) -> tuple[int, int, int]:
+        """What a kube-only comparison leaves out of IR: (rules in the glue's built-in chains that are not
+        kube-proxy's jumps, chains that are not kube-proxy's, ipsets that are not kube-proxy's)."""
+        rules, chains = xviews.outside_rules(ir.iptables)
+        return rules, chains, sum(1 for s in ir.ipsets if not kube_set(s.name))
+
     def has_outside(self, ir: IPVSState) -> bool:
         return xviews.has_kube_jumps(ir.iptables)
 
@@ -201,6 +209,11 @@ def read_live(ipvs: Any, ipsets: Any, links: Any, iptables_save: str, family: in
     return for_family(msgspec.structs.replace(state, bound=addresses), family)
 
 
+def kube_set(name: str) -> bool:
+    """Is this ipset kube-proxy's (KUBE-*, as every set it makes), not a CNI's or a firewall's?"""
+    return name.startswith("KUBE-")
+
+
 def side(state: IPVSState, name: str, kube_only: bool = False) -> Side:
     groups: dict[str, dict[str, Container]] = {}
     ipvs = groups.setdefault(IPVS, {})
@@ -210,7 +223,7 @@ def side(state: IPVSState, name: str, kube_only: bool = False) -> Side:
         ipvs[_vs_name(vs)] = c
     sets = groups.setdefault(IPSETS, {})
     for s in state.ipsets:
-        if kube_only and not s.name.startswith("KUBE-"):
+        if kube_only and not kube_set(s.name):
             continue
         c = Container(kind=SET, ordered=False, policy=_set_settings(s))
         c.items = [(i, e) for i, e in enumerate(s.entries, 1)]
