@@ -16,7 +16,10 @@ compiled payload. Against a dump, the comparison keeps to kube-proxy's part
 (KUBE-* chains and the built-in chains' jumps into them) and the compiled
 side gets kube-proxy's jump rules when the dump has such jumps (always for
 `--netns`), so what a live node shows and what kube-proxy would write line
-up. The files are read, and laid out for the neutral comparison
+up; one line then counts what was left out (`outside_line`: the built-in
+chains' other rules, the chains and, on an IPVS node, the ipsets that are
+not kube-proxy's; nftables mode words its own), and `--all` compares it
+too. The files are read, and laid out for the neutral comparison
 (`rulegen.diff`), by the mode's diff view (`backends.require(mode,
 "diff_view")`; OLD NEW as the mode --mode names or OLD's text shows). Text output via
 templates/diff.j2 (coloured on a terminal), `--json` for tools. Exit 1
@@ -187,8 +190,9 @@ def _compare_compiled(files: tuple[str, ...], netns: str | None, against: str | 
 @click.option("--color/--no-color", default=None, help="Colour the output (default: when stdout is a terminal).")
 @click.option("--kube-only/--all-chains", " /--all", default=None,
               help="Compare only KUBE-* chains and the built-in chains' jumps into them "
-                   "(default: on with --netns/--against, off for OLD NEW); --all (or --all-chains) compares the "
-                   "CNI's, Docker's and the firewall's rules too.")
+                   "(default: on with --netns/--against, off for OLD NEW), and count the rest in one line; --all "
+                   "(or --all-chains) compares the CNI's, Docker's and the firewall's rules (and, in IPVS mode, "
+                   "ipsets) too.")
 @click.option("--jumps/--no-jumps", default=None,
               help="Add kube-proxy's jump rules from the built-in chains to the compiled side "
                    "(default: with --netns, and with --against when SAVED has such jumps).")
