@@ -215,6 +215,22 @@ def test_dnat_map_rule_is_encoded_as_nft_encodes_it():
     assert msgs[2].flags & nl.NLM_F_APPEND
 
 
+def test_first_load_names_anonymous_maps_short_and_apart_from_tagged_names():
+    rule = "numgen random mod 2 vmap { 0 : goto a , 1 : goto b }"
+
+    def names(enc: nl.Encoder, n: int) -> list[bytes]:
+        return [dict(_attrs(enc.rule("c", rule)[0].body))[2].rstrip(b"\0") for _ in range(n)]
+
+    fresh = names(nl.Encoder("ip", "kube-proxy", fresh=True), 50000)
+    tagged = names(nl.Encoder("ip", "kube-proxy"), 50000)
+    # Up to 46,656 maps the name and its NUL fit the kernel's 8-byte allocations.
+    assert max(len(x) for x in fresh[:46656]) + 1 <= 8
+    assert len(set(fresh)) == len(fresh) and len(set(tagged)) == len(tagged)
+    assert not set(fresh) & set(tagged)  # a later change's maps never collide with a first load's
+    # Never a template, and never equal to a name nft makes (`__set%d`, `__map%d`: no dot).
+    assert all(x.startswith(b"__") and b"%" not in x and x.endswith(b".") for x in fresh)
+
+
 def test_encoder_declines_what_it_does_not_know():
     enc = nl.Encoder("ip", "kube-proxy")
     assert enc.rule("c", "ip saddr 1.2.3.4 drop") is None
