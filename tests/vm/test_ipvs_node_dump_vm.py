@@ -243,7 +243,9 @@ def test_real_connections_through_a_node_dump_meet_what_the_trace_says(node, var
     got = {port: Counter(a for p, a in zip(ports, answers) if p == port) for port in NODEPORTS}
     for port, t in traces.items():
         assert not t["assumed"], t["assumptions"]  # the folder's own ipset.rules decides every set
-        assert got[port] == plan[port][1], (port, t["verdict"], t["notes"])
+        assert got[port] == plan[port][1], (f"NodePort {port}: the trace says {t['verdict']}, so "
+                                            f"{dict(plan[port][1])}; the kernel: {dict(got[port])}; "
+                                            f"the trace's notes: {t['notes']}")
         if t["verdict"] in ("DROP", "REJECT"):  # who stopped it is named: the foreign rule or policy
             assert any(n.startswith(f"{t['verdict']} by ") for n in t["notes"]), t["notes"]
     if variant == "ipvs-input-drop":  # the host's own DROP of the web NodePort, first in filter INPUT
