@@ -79,15 +79,20 @@ def command(files, requests, services, max_pods, timeout, mode_compare, settings
     def recompile(override: dict):
         return run_compile(files, {**flags, **override}, config_path)
 
+    _finish(lambda: lab.run(c, recompile, plan, timeout), lab.report_text, as_json)
+
+
+def _finish(run, text, as_json: bool) -> None:
+    """Run the lab (RUN), print its report (TEXT of it, or JSON), exit 1 when it failed, 128+N on signal N."""
     try:
-        rep = lab.run(c, recompile, plan, timeout)
+        rep = run()
     except lab.LabInterrupted as e:
         click.echo(f"rulegen: lab interrupted by {e}; everything it created was removed", err=True)
         sys.exit(128 + e.signum)
     if as_json:
         sys.stdout.write(json.dumps(rep.to_json(), indent=2) + "\n")
     else:
-        sys.stdout.write(lab.report_text(rep))
+        sys.stdout.write(text(rep))
     sys.stdout.flush()
     if not rep.ok:
         sys.exit(1)
@@ -159,17 +164,6 @@ def _compare(files, flags, config_path, pair, settings_to, requests, services, m
     def recompile(mode: str, cfg: str | None):
         return lambda override: run_compile(files, {**flags, "mode": mode, **override}, cfg)
 
-    try:
-        rep = compare.run_compare(result, cp, (recompile(a, config_path),
-                                               recompile(b, settings_to if settings_to is not None else config_path)),
-                                  timeout)
-    except lab.LabInterrupted as e:
-        click.echo(f"rulegen: lab interrupted by {e}; everything it created was removed", err=True)
-        sys.exit(128 + e.signum)
-    if as_json:
-        sys.stdout.write(json.dumps(rep.to_json(), indent=2) + "\n")
-    else:
-        sys.stdout.write(compare.report_text(rep))
-    sys.stdout.flush()
-    if not rep.ok:
-        sys.exit(1)
+    tos = settings_to if settings_to is not None else config_path
+    _finish(lambda: compare.run_compare(result, cp, (recompile(a, config_path), recompile(b, tos)), timeout),
+            compare.report_text, as_json)

@@ -288,6 +288,28 @@ def _chain_body(lines: list[str], i: int, st: TableState, name: str) -> int:
     raise NftParseError(f"chain {name}: no closing '}}'")
 
 
+def gather_elements(lines: list[str], i: int, line: str, what: str,
+                    error: type[Exception]) -> tuple[list[str], int]:
+    """The elements of a listing's `elements = {` LINE, which goes on from LINES[I]: (elements, next index).
+
+    A large set is listed over tens of thousands of lines: they are gathered
+    once, tracking quotes line by line (a comment may hold '}' or ',').
+    """
+    n = len(lines)
+    parts = [line[len("elements = {"):]]
+    quoted = parts[0].count('"') % 2 == 1
+    while quoted or not parts[-1].rstrip().endswith("}"):
+        if i >= n:
+            raise error(f"{what}: elements without a closing '}}'")
+        parts.append(lines[i].strip())
+        quoted ^= parts[-1].count('"') % 2 == 1
+        i += 1
+    buf = " ".join(parts).rstrip()[:-1]
+    if '"' in buf:
+        return [e.strip() for e in _split_outside_quotes(buf, ",") if e.strip()], i
+    return [e.strip() for e in buf.split(",") if e.strip()], i
+
+
 def _set_body(lines: list[str], i: int, st: TableState, kind: str, name: str) -> int:
     props: dict[str, str] = {}
     elements: list[str] = []
@@ -300,21 +322,7 @@ def _set_body(lines: list[str], i: int, st: TableState, kind: str, name: str) ->
         if line == "}":
             break
         if line.startswith("elements = {"):
-            # A large set is listed over tens of thousands of lines: gather them
-            # once, tracking quotes line by line (a comment may hold '}' or ',').
-            parts = [line[len("elements = {"):]]
-            quoted = parts[0].count('"') % 2 == 1
-            while quoted or not parts[-1].rstrip().endswith("}"):
-                if i >= n:
-                    raise NftParseError(f"{kind} {name}: elements without a closing '}}'")
-                parts.append(lines[i].strip())
-                quoted ^= parts[-1].count('"') % 2 == 1
-                i += 1
-            buf = " ".join(parts).rstrip()[:-1]
-            if '"' in buf:
-                elements = [e.strip() for e in _split_outside_quotes(buf, ",") if e.strip()]
-            else:
-                elements = [e.strip() for e in buf.split(",") if e.strip()]
+            elements, i = gather_elements(lines, i, line, f"{kind} {name}", NftParseError)
             continue
         word, _, value = line.partition(" ")
         props[word] = value

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 
 from .model import Chain, Element, Map, NftError, Rule, Set, parse_priority
-from .parse import _element_parts, _split_outside_quotes, parse_duration
+from .parse import _element_parts, gather_elements, parse_duration
 from .state import ChainState, SetState, TableState
 
 IPTABLES_NFT_WARNING = "is managed by iptables-nft"
@@ -184,16 +184,7 @@ def _set(lines: list[str], i: int, nt: NodeTable, kind: str, name: str, first_li
         if line == "}":
             break
         if line.startswith("elements = {"):
-            parts = [line[len("elements = {"):]]
-            quoted = parts[0].count('"') % 2 == 1
-            while quoted or not parts[-1].rstrip().endswith("}"):
-                if i >= n:
-                    raise RulesetError(f"{kind} {name}: elements without a closing '}}'")
-                parts.append(lines[i].strip())
-                quoted ^= parts[-1].count('"') % 2 == 1
-                i += 1
-            buf = " ".join(parts).rstrip()[:-1]
-            elements = [e.strip() for e in _split_outside_quotes(buf, ",") if e.strip()]
+            elements, i = gather_elements(lines, i, line, f"{kind} {name}", RulesetError)
             continue
         word, _, value = line.partition(" ")
         props[word] = value.rstrip(";").strip()
