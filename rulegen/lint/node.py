@@ -1,10 +1,12 @@
 """What the node linters of every mode share (`rulegen lint --rules`): a hit, its finding, the pod client.
 
 A node linter (iptables mode's `backends/iptables/nodelint.py`, IPVS
-mode's `backends/ipvs/nodelint.py`) traces every Service port through a
+mode's `backends/ipvs/nodelint.py`, nftables mode's
+`backends/nftables/nodelint.py`) traces every Service port through a
 node's whole dump and records each rule that decides in kube-proxy's place
-as a `Hit`; `finding` words it as a lint finding with the fix for its code
-(`HINTS`, which a mode may override where its fix differs).
+as a `Hit`; `finding` words an xtables hit as a lint finding with the fix
+for its code (`HINTS`, which a mode may override where its fix differs;
+nftables mode words its own, which name tables and base chains).
 """
 
 from __future__ import annotations

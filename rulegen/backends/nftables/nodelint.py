@@ -39,22 +39,21 @@ assumption it rests on.
 
 from __future__ import annotations
 
-import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ...dataplane.nft.ruleset import NodeTable
 from ...dataplane.nft.state import TableState
 from ...diagnostics import UsageError
 from ...lint.findings import Finding
+from ...lint.node import MAX_NAMED, Hit, pod_client
 from ...settings import Settings
 from ...trace.model import TraceError
 from . import dump as D
 from .compile import BASE_CHAINS, compile_plan
 from .trace import _spn, state_of, trace_saved
 
-MAX_NAMED = 5
 _REF = re.compile(r"\b(?:jump|goto) ([^ ,}]+)")
 _SETREF = re.compile(r"@([^ ,}]+)")
 
@@ -66,19 +65,6 @@ class ServicePort:
     dst: str
     port: int
     from_pod: bool
-
-
-@dataclass
-class _Hit:
-    code: str
-    table: str
-    chain: str
-    number: int
-    rule: str
-    what: str
-    services: dict[str, None] = field(default_factory=dict)
-    assuming: set[str] = field(default_factory=set)
-    unconditional: bool = False
 
 
 def service_ports(table: TableState | None, settings: Settings) -> list[ServicePort]:
@@ -110,14 +96,6 @@ def service_ports(table: TableState | None, settings: Settings) -> list[ServiceP
             continue
         out.append(ServicePort(f"{spn} node port", proto, node, int(port), False))
     return sorted(set(out), key=lambda s: (s.label, s.dst, s.port))
-
-
-def _pod_client(settings: Settings) -> str | None:
-    for cidr in settings.node_pod_cidrs:
-        net = ipaddress.ip_network(cidr, strict=False)
-        if net.version == settings.family and net.num_addresses > 2:
-            return str(net[-2])
-    return None
 
 
 def _bases_of(t: NodeTable) -> dict[str, set[str]]:
@@ -167,12 +145,12 @@ def lint_dump(d: D.Dump, name: str, settings: Settings, expected: TableState | N
     fam = settings.family
     ports = service_ports(expected, settings)
     everyone = [sp.label for sp in ports]
-    hits: dict[tuple, _Hit] = {}
+    hits: dict[tuple, Hit] = {}
     tables = {t.where: t for t in d.node_tables(fam)}
     kube = d.tables.get(fam)
     kube_where = f"{'ip6' if fam == 6 else 'ip'} {D.TABLE}"
     if kube is not None:
-        pod = _pod_client(settings)
+        pod = pod_client(settings)
         reach = {w: _bases_of(t) for w, t in tables.items()}
         kube_bases = {(c.decl.hook, c.decl.type): (n, c.decl.priority) for n, c in kube.chains.items()
                       if c.decl.hook is not None}
@@ -185,7 +163,7 @@ def lint_dump(d: D.Dump, name: str, settings: Settings, expected: TableState | N
                 continue  # `rulegen trace` says why
             for p in r.paths:
                 for h in _deciders(p, tables, reach, kube_bases):
-                    hit = hits.setdefault(h[:4], _Hit(*h))
+                    hit = hits.setdefault(h[:4], Hit(*h))
                     hit.services[sp.label] = None
                     if p.assumptions:
                         hit.assuming.update(a.text() for a in p.assumptions if a.holds)
@@ -197,7 +175,7 @@ def lint_dump(d: D.Dump, name: str, settings: Settings, expected: TableState | N
         hits[(h.code, h.table, h.chain, h.rule)] = h
     for t in tables.values():
         if t.xt:
-            h = _Hit("RG915", t.where, "", 0, t.xt[0], f"(and {len(t.xt) - 1} more) " if len(t.xt) > 1 else "")
+            h = Hit("RG915", t.where, "", 0, t.xt[0], f"(and {len(t.xt) - 1} more) " if len(t.xt) > 1 else "")
             h.what += ("is an xtables match nft cannot spell: iptables-nft manages this table, and what its rules do to "
                        "Service traffic is not checked here")
             h.services.update(dict.fromkeys(everyone))
@@ -258,21 +236,21 @@ def _where(t: NodeTable, chain: str, reach, kube_bases) -> str:
     return " in base chain " + "; ".join(parts)
 
 
-def _missing_bases(kube: TableState | None, where: str, expected: TableState | None) -> list[_Hit]:
+def _missing_bases(kube: TableState | None, where: str, expected: TableState | None) -> list[Hit]:
     want = [(n, c.decl.type, c.decl.hook, c.decl.priority) for n, c in expected.chains.items()
             if c.decl.hook is not None] if expected is not None else list(BASE_CHAINS)
     if kube is None:
-        return [_Hit("RG914", where, "", 0, f"table {where}",
+        return [Hit("RG914", where, "", 0, f"table {where}",
                      "is missing from the ruleset: no Service traffic meets kube-proxy's rules")]
     from ...dataplane.nft.model import parse_priority
     out = []
     for name, type_, hook, prio in want:
         c = kube.chains.get(name)
         if c is None or c.decl.hook is None:
-            out.append(_Hit("RG914", where, name, 0, f"chain {name} {{ type {type_} hook {hook} priority {prio}; }}",
+            out.append(Hit("RG914", where, name, 0, f"chain {name} {{ type {type_} hook {hook} priority {prio}; }}",
                             "is missing, so no Service traffic there meets kube-proxy's rules"))
         elif (c.decl.type, c.decl.hook, parse_priority(c.decl.priority)) != (type_, hook, parse_priority(prio)):
-            out.append(_Hit("RG914", where, name, 0,
+            out.append(Hit("RG914", where, name, 0,
                             f"chain {name} {{ type {c.decl.type} hook {c.decl.hook} priority {c.decl.priority}; }}",
                             f"is not where kube-proxy puts it (type {type_} hook {hook} priority {prio})"))
     return out
@@ -295,7 +273,7 @@ _HINTS = {
 }
 
 
-def _finding(h: _Hit) -> Finding:
+def _finding(h: Hit) -> Finding:
     names = list(h.services)
     shown = ", ".join(names[:MAX_NAMED]) + (f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else "")
     hit = f"it hits {len(names)} Service port(s): {shown}" if names else "no Service port is known (give FILES)"
