@@ -34,6 +34,32 @@ class Hit:
     unconditional: bool = False
 
 
+def record(hits: dict[tuple, Hit], label: str, paths, deciders) -> None:
+    """Count LABEL's Service port in the hit of each decider DECIDERS(path) finds on PATHS.
+
+    A decider is (code, table, chain, number, rule, what); a hit is
+    unconditional once one path met it without assuming anything.
+    """
+    for p in paths:
+        for h in deciders(p):
+            hit = hits.setdefault(h[:4], Hit(*h))
+            hit.services[label] = None
+            if p.assumptions:
+                hit.assuming.update(a.text() for a in p.assumptions)
+            else:
+                hit.unconditional = True
+
+
+def record_missing_jumps(hits: dict[tuple, Hit], missing, everyone: list[str]) -> None:
+    """An RG908 hit for each (table, chain, spec) jump MISSING, hitting every Service port."""
+    for table, chain, spec in missing:
+        hit = Hit("RG908", table, chain, 0, f"-A {chain} {spec}", "is missing, so no Service traffic there "
+                  "meets kube-proxy's rules")
+        hit.services.update(dict.fromkeys(everyone))
+        hit.unconditional = True
+        hits[(hit.code, table, chain, spec)] = hit
+
+
 def pod_client(settings: Settings) -> str | None:
     """A pod of this node that is no endpoint: the next-to-last address of its pod range."""
     for cidr in settings.node_pod_cidrs:

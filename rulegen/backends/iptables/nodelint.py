@@ -36,7 +36,7 @@ from ...dataplane.xtables.model import BUILTIN_CHAINS, Ruleset
 from ...dataplane.xtables.spec import SpecError, parse_spec
 from ...dataplane.xtables.walk import index_key, is_kube_chain
 from ...lint.findings import Finding
-from ...lint.node import Hit, finding, pod_client, target_of
+from ...lint.node import Hit, finding, pod_client, record, record_missing_jumps, target_of
 from ...settings import Settings
 from ...trace.model import TraceError
 from .compile import compile_plan, jump_rules
@@ -109,21 +109,8 @@ def lint_dump(rs: Ruleset, name: str, settings: Settings, expected: Ruleset, set
                               ipsets=sets, ipsets_source=sets_name, pod_cidrs=settings.node_pod_cidrs)
         except TraceError:
             continue  # a dump the tracer cannot follow at all: `rulegen trace` says why
-        for p in r.paths:
-            for h in _deciders(p, rules):
-                hit = hits.setdefault(h[:4], Hit(*h))
-                hit.services[sp.label] = None
-                if p.assumptions:
-                    hit.assuming.update(a.text() for a in p.assumptions)
-                else:
-                    hit.unconditional = True
-    everyone = [sp.label for sp in ports]
-    for table, chain, spec in _missing_jumps(rules, settings, from_files):
-        hit = Hit("RG908", table, chain, 0, f"-A {chain} {spec}", "is missing, so no Service traffic there "
-                   "meets kube-proxy's rules")
-        hit.services.update(dict.fromkeys(everyone))
-        hit.unconditional = True
-        hits[(hit.code, table, chain, spec)] = hit
+        record(hits, sp.label, r.paths, lambda p: _deciders(p, rules))
+    record_missing_jumps(hits, _missing_jumps(rules, settings, from_files), [sp.label for sp in ports])
     return [finding(h) for h in hits.values()]
 
 

@@ -32,7 +32,7 @@ from typing import Any
 from ...dataplane.xtables.model import BUILTIN_CHAINS
 from ...dataplane.xtables.walk import Rules, is_kube_chain
 from ...lint.findings import Finding
-from ...lint.node import HINTS, Hit, finding, pod_client, target_of
+from ...lint.node import HINTS, Hit, finding, pod_client, record, record_missing_jumps, target_of
 from ...settings import Settings
 from ...trace.model import TraceError
 from .compile import JUMP_RULES, compile_plan
@@ -104,21 +104,8 @@ def lint_state(state: IPVSState, name: str, settings: Settings, expected: IPVSSt
                             pod_cidrs=settings.node_pod_cidrs, sets_source=sets_name)
         except TraceError:
             continue  # a dump the tracer cannot follow at all: `rulegen trace` says why
-        for p in r.paths:
-            for h in _deciders(p, rules):
-                hit = hits.setdefault(h[:4], Hit(*h))
-                hit.services[label] = None
-                if p.assumptions:
-                    hit.assuming.update(a.text() for a in p.assumptions)
-                else:
-                    hit.unconditional = True
-    everyone = [p[0] for p in ports]
-    for table, chain, spec in _missing_jumps(rules, from_files):
-        hit = Hit("RG908", table, chain, 0, f"-A {chain} {spec}", "is missing, so no Service traffic there "
-                   "meets kube-proxy's rules")
-        hit.services.update(dict.fromkeys(everyone))
-        hit.unconditional = True
-        hits[(hit.code, table, chain, spec)] = hit
+        record(hits, label, r.paths, lambda p: _deciders(p, rules))
+    record_missing_jumps(hits, _missing_jumps(rules, from_files), [p[0] for p in ports])
     return [finding(h, _HINTS_IPVS) for h in hits.values()]
 
 
