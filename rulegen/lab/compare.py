@@ -11,9 +11,10 @@ behind another node's kube-proxy), and neither is SCTP; both are listed as
 not probed.
 
 The lab is run once per mode on the same plan (the same node addresses,
-clients and endpoint servers), each run in fresh namespaces, so nothing of
-the first mode (rules, conntrack entries, sysctls such as route_localnet)
-leaks into the second. Per path, each mode's observation (`Seen`: who
+clients and endpoint servers), in namespaces built once: between the runs
+the node is reset (`Lab.reset_rules`), so nothing of the first mode (rules,
+IPVS, ipsets, conntrack entries, sysctls such as route_localnet) leaks into
+the second; where it cannot be reset, each mode gets namespaces of its own. Per path, each mode's observation (`Seen`: who
 answered and how often, refused, timed out, the source the endpoint saw)
 is checked against that mode's trace (`expectation`: which outcomes the
 trace allows, which endpoints, whether the client address is kept or

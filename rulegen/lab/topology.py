@@ -53,7 +53,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import selectors
+import select
 import shutil
 import signal
 import subprocess
@@ -379,27 +379,18 @@ class Lab:
         for pod in self.plan.pods:
             args += ["--endpoint", f"{NETNS_DIR}/{self.pod_ns(pod)},{pod.ip},"
                                    f"{'+'.join(map(str, pod.tcp))},{'+'.join(map(str, pod.udp))}"]
-        servers = [(None, self._spawn(self.node, args))] if self.plan.pods else []
-        sel = selectors.DefaultSelector()
-        for pod, proc in servers:
-            sel.register(proc.stdout, selectors.EVENT_READ, (pod, proc))
-        waiting = len(servers)
-        end = time.monotonic() + min(SERVER_READY_TIMEOUT, max(1.0, self.left()))
-        while waiting:
-            left = end - time.monotonic()
-            if left <= 0:
-                raise UsageError(f"lab: {waiting} endpoint server(s) did not start within {SERVER_READY_TIMEOUT:g} s")
-            for key, _ in sel.select(timeout=left):
-                pod, proc = key.data
-                line = proc.stdout.readline()
-                sel.unregister(proc.stdout)
-                waiting -= 1
-                if line.strip() != b"ready":
-                    proc.wait(timeout=5)
-                    err = proc.stderr.read().decode(errors="replace").strip().splitlines()
-                    raise UsageError("lab: the endpoint server did not start: "
-                                     f"{err[-1] if err else 'exit ' + str(proc.returncode)}")
-        sel.close()
+        if not self.plan.pods:
+            return
+        proc = self._spawn(self.node, args)
+        limit = min(SERVER_READY_TIMEOUT, max(1.0, self.left()))
+        ready, _, _ = select.select([proc.stdout], [], [], limit)
+        if not ready:
+            raise UsageError(f"lab: the endpoint server did not start within {limit:g} s")
+        if proc.stdout.readline().strip() != b"ready":
+            proc.wait(timeout=5)
+            err = proc.stderr.read().decode(errors="replace").strip().splitlines()
+            raise UsageError("lab: the endpoint server did not start: "
+                             f"{err[-1] if err else 'exit ' + str(proc.returncode)}")
 
     def run_probes(self) -> dict[str, dict]:
         """Every probe of the plan: one prober per source namespace, all at once.

@@ -21,12 +21,11 @@ import re
 from dataclasses import dataclass, field
 
 from .model import Chain, Element, Map, NftError, Rule, Set, parse_priority
-from .parse import _element_parts, gather_elements, parse_duration
+from .parse import _QUOTED_TAIL, _element_parts, gather_elements, parse_duration
 from .state import ChainState, SetState, TableState
 
 IPTABLES_NFT_WARNING = "is managed by iptables-nft"
 _HANDLE = re.compile(r"\s+# handle (\d+)\s*\Z")
-_QUOTED_TAIL = re.compile(r'^(.*?) comment "([^"]*)"\Z')
 _BASE = re.compile(r"type (\S+) hook (\S+)(?: device \"?[^;\"]+\"?)?(?: devices = \{[^}]*\})? priority ([^;]+);"
                    r"(?:\s*policy (\S+);)?")
 XT_TABLES = ("raw", "mangle", "nat", "filter", "security")
