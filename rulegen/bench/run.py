@@ -139,7 +139,9 @@ def measure(sizes: list[int], endpoints: int, modes: list[str], repeat: int, see
         for n in sizes:
             jpath, ypath = paths[n]
             for m in modes:
-                for fmt, path in (("json", jpath), ("yaml", ypath))[:len(fmts)]:
+                for fmt, path in (("json", jpath), ("yaml", ypath)):
+                    if fmt not in fmts:
+                        continue
                     samples.setdefault((n, m, fmt), []).append(_worker(["pipeline", m, path, payloads[(n, m)]]))
             floor_samples.setdefault(n, []).append(
                 _worker(["floors", jpath, ypath if yaml_too else "-", *(payloads[(n, m)] for m in modes)]))
@@ -153,7 +155,8 @@ def measure(sizes: list[int], endpoints: int, modes: list[str], repeat: int, see
             if len({r["sha256"] for fmt in fmts for r in samples[(n, m, fmt)]}) != 1:
                 raise RuntimeError(f"{n} services, mode {m}: the payload differs between runs or formats")
         fs = floor_samples[n]
-        res.floors = {k: min(f[k + sfx] for f in fs) for k in ("json_loads", "json_loads_nogc", "yaml_cload")[:len(fmts) + 1]}
+        keys = ("json_loads", "json_loads_nogc") + (("yaml_cload",) if yaml_too else ())
+        res.floors = {k: min(f[k + sfx] for f in fs) for k in keys}
         res.join = {m: min(f[f"join{i}{sfx}"] for f in fs) for i, m in enumerate(modes)}
         for m in modes:
             j = res.runs[(m, "json")]
