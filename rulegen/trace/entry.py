@@ -119,9 +119,20 @@ def pod_iface(s: Settings) -> str:
     return det.iface[:-1] + "0" if det.iface.endswith("+") else det.iface
 
 
-def local_pod_iface(s: Settings, eps: dict[str, str | None], pod_cidrs: tuple[str, ...]):
-    """`dst → interface` for destinations that are pods on this node (None for any other address)."""
-    iface = pod_iface(s)
+def from_pod_iface(entry: Entry, iface: str, s: Settings, in_iface: str | None,
+                   named: str | None) -> tuple[Entry, str]:
+    """ENTRY and the interface the packet arrives on, where a pod of this node sends through NAMED
+    (`--pod-iface`) rather than `pod_iface(S)`; `--in-iface` (IN_IFACE) wins over both."""
+    if named and not in_iface and iface == pod_iface(s) and entry.hook == "PREROUTING":
+        return replace(entry, in_iface=named), named
+    return entry, iface
+
+
+def local_pod_iface(s: Settings, eps: dict[str, str | None], pod_cidrs: tuple[str, ...], named: str | None = None):
+    """`dst → interface` for destinations that are pods on this node (None for any other address).
+
+    NAMED (`--pod-iface`) is the interface the node's pods are reached on, else `pod_iface(S)`."""
+    iface = named or pod_iface(s)
 
     def route(dst: str) -> str | None:
         if dst in eps and eps[dst] is not None:

@@ -116,17 +116,12 @@ def trace_ruleset(ruleset: Ruleset, settings: Settings, src: str | None, dst_ip:
     eps = E.endpoint_nodes(plan)
     entry, iface = E.entry(req.src, req.src_default, req.dst, req.dport, req.proto, fs, plan, eps, pod_cidrs,
                            in_iface)
-    if pod_iface and not in_iface and iface == E.pod_iface(fs) and entry.hook == "PREROUTING":
-        iface = pod_iface  # a pod of this node sends through its own interface
-        entry = replace(entry, in_iface=iface)
+    entry, iface = E.from_pod_iface(entry, iface, fs, in_iface, pod_iface)
     head, tail = E.notes_for(req)
     notes = head + notes + tail
 
     pkt = Packet(req.proto, req.src, sport, req.dst, req.dport, iface)
-    to_pod = E.local_pod_iface(fs, eps, pod_cidrs)
-    if pod_iface:
-        def to_pod(dst: str, _route=to_pod) -> str | None:  # noqa: E306 - the same question, another answer
-            return pod_iface if _route(dst) else None
+    to_pod = E.local_pod_iface(fs, eps, pod_cidrs, pod_iface)
     engine = Engine(rules, node_ips, out_iface, to_pod, strict=strict, sets=ipsets, sets_source=ipsets_source,
                     route=E.router(routes))
     paths = engine.run(pkt, entry.hook)

@@ -154,9 +154,7 @@ def trace_state(state: IPVSState, settings: Settings, src: str | None, dst_ip: s
     bound = frozenset(state.bound)
     entry, iface = E.entry(req.src, req.src_default, req.dst, req.dport, req.proto, fs, plan, eps, pod_cidrs,
                            in_iface, own=bound)
-    if pod_iface and not in_iface and iface == E.pod_iface(fs) and entry.hook == "PREROUTING":
-        iface = pod_iface  # a pod of this node sends through its own interface
-        entry = replace(entry, in_iface=iface)
+    entry, iface = E.from_pod_iface(entry, iface, fs, in_iface, pod_iface)
     head, tail = E.notes_for(req)
     if req.dst in bound:
         notes.append(f"{req.dst} is bound to kube-ipvs0, so the node takes it as its own address "
@@ -174,10 +172,7 @@ def trace_state(state: IPVSState, settings: Settings, src: str | None, dst_ip: s
     sets = {s.name: SetMembers(s.name, s.type, s.entries) for s in state.ipsets}
     local = frozenset(fs.node_ips) | bound
     step = IPVSStep(state, local)
-    to_pod = E.local_pod_iface(fs, eps, pod_cidrs)
-    if pod_iface:
-        def to_pod(dst: str, _route=to_pod) -> str | None:  # noqa: E306 - the same question, another answer
-            return pod_iface if _route(dst) else None
+    to_pod = E.local_pod_iface(fs, eps, pod_cidrs, pod_iface)
     engine = Engine(rules, local, out_iface, to_pod, sets=sets, bridged=bridged,
                     steps={"local-in": step, "local-out": step}, strict=strict,
                     sets_source=sets_source or f"{source}'s ipsets", route=E.router(routes))

@@ -30,7 +30,6 @@ from ...dataplane.nft.model import Transaction
 from ...dataplane.nft.state import TableState, replay
 from ...dataplane.nft.walk import Engine, Other, WalkError
 from ...diagnostics import UsageError
-from ...ipaddr import cidr_contains
 from ...settings import Settings
 from ...trace import entry as E
 from ...trace.model import Path as TracePath
@@ -169,19 +168,14 @@ def trace_table(table: TableState, settings: Settings, src: str | None, dst_ip: 
     head, tail = E.notes_for(req)
     notes = head + list(extra_notes or ()) + tail
 
-    if pod_iface and not in_iface and iface == E.pod_iface(fs) and entry.hook == "PREROUTING":
-        iface = pod_iface  # a pod of this node sends through its own interface
-        entry = replace(entry, in_iface=iface)
+    entry, iface = E.from_pod_iface(entry, iface, fs, in_iface, pod_iface)
     pkt = Packet(req.proto, req.src, sport, req.dst, req.dport, iface)
     where = f"{table.family} {table.name}"
-    to_pod = E.local_pod_iface(fs, eps, pod_cidrs)
-    if pod_iface:
-        def to_pod(dst: str, _route=to_pod) -> str | None:  # noqa: E306 - the same question, another answer
-            return pod_iface if _route(dst) else None
+    to_pod = E.local_pod_iface(fs, eps, pod_cidrs, pod_iface)
     engine = None
     try:
         engine = Engine(table, tuple(fs.node_ips), out_iface, to_pod, others=others, strict=not others,
-                        route=_router(routes), table_line=table_line)
+                        route=E.router(routes), table_line=table_line)
         paths = engine.run(pkt, entry.hook)
     except WalkError as e:
         where = engine.where if engine is not None and others else where
@@ -191,19 +185,6 @@ def trace_table(table: TableState, settings: Settings, src: str | None, dst_ip: 
         entry = replace(entry, target=_target_from_rules(paths) or entry.target)
     bases = frozenset(name for name, *_ in engine.bases)
     return E.fold(pkt, entry, paths, notes, fs, eps, source, plan is not None, bases)
-
-
-def _router(routes: tuple[tuple[str, str], ...]):
-    """dst → the interface of the most specific route (`--route CIDR=IFACE`) holding it, or None."""
-    if not routes:
-        return None
-    ordered = sorted(routes, key=lambda r: -int(r[0].rpartition("/")[2]))
-
-    def route(dst: str) -> str | None:
-        return next((iface for cidr, iface in ordered
-                     if (":" in cidr) == (":" in dst) and cidr_contains(cidr, dst)), None)
-
-    return route
 
 
 _KINDS = {"service-": "cluster IP", "local-": "cluster IP", "external-": "external or load-balancer IP"}
