@@ -90,7 +90,8 @@ class Sel(NamedTuple):
         return _SEL_TEXT.get(self.field, self.field).format(arg=self.arg)
 
 
-_SEL_TEXT = {"fib-rpf": "fib saddr . iif oif", "nfproto": "meta nfproto", "pkttype": "meta pkttype", "icmp": "{arg}", "saddr": "{arg} saddr", "daddr": "{arg} daddr", "l4proto": "meta l4proto", "mark": "meta mark",
+_SEL_TEXT = {"fib-rpf": "fib saddr . iif oif", "nfproto": "meta nfproto", "pkttype": "meta pkttype", "icmp": "{arg}",
+             "saddr": "{arg} saddr", "daddr": "{arg} daddr", "l4proto": "meta l4proto", "mark": "meta mark",
              "fib-saddr": "fib saddr type", "fib-daddr": "fib daddr type", "ct-state": "ct state",
              "ct-status": "ct status", "dport": "{arg} dport", "sport": "{arg} sport"}
 
@@ -178,12 +179,15 @@ _REJECT_WITH = re.compile(r'(?:^|\s)reject with .*$')
 _TRAILING = re.compile(r'(?:^|\s)(accept|drop|return|continue|reject(?: with .*)?|(?:jump|goto) (\S+))\s*$')
 
 
-def lenient_ops(text: str) -> tuple[Op, ...]:
-    """A foreign rule's operations: counters, logs, limits and `notrack` dropped, `reject with X` read as reject."""
-    t = text
+def _without_noops(text: str) -> str:
     for rx in _NOOPS:
-        t = rx.sub("", t)
-    t = _REJECT_WITH.sub(" reject", t).strip()
+        text = rx.sub("", text)
+    return text
+
+
+def lenient_ops(text: str) -> tuple[Op, ...]:
+    """A foreign rule's operations: counters, logs and limits dropped, `reject with X` read as reject."""
+    t = _REJECT_WITH.sub(" reject", _without_noops(text)).strip()
     if not t:
         return (Verdict("continue"),)
     return parse_rule(t)
@@ -201,9 +205,7 @@ def trailing_verdict(text: str) -> Verdict | None:
 @lru_cache(maxsize=1 << 12)
 def leading_matches(text: str) -> tuple[Match, ...]:
     """The matches a rule starts with that the walk can read, up to the first part it cannot."""
-    t = text
-    for rx in _NOOPS:
-        t = rx.sub("", t)
+    t = _without_noops(text)
     p = _Parser(_TOKEN.findall(canon_rule(t)), t)
     out: list[Match] = []
     while p.i < len(p.t):
@@ -1261,9 +1263,7 @@ class Engine:
             return iface_is(got, value)
         if f == "mark":
             return got == _int(value, "mark")
-        if f in ("fib-saddr", "fib-daddr"):
-            return got == value
-        if f in ("nfproto", "pkttype", "fib-rpf"):
+        if f in ("fib-saddr", "fib-daddr", "nfproto", "pkttype", "fib-rpf"):
             return got == value
         if f == "ct-state":
             return value == got
