@@ -87,17 +87,19 @@ def require(mode: str, hook: str) -> Any:
 
 
 def other_mode_hint(e: UsageError, path: str, mode: str) -> UsageError:
-    """E, with a hint when PATH is an nft listing or script but was read as MODE's file."""
-    if mode == "nftables" or path == "-":
+    """E, with a hint when PATH was read as MODE's file but another mode's diff view recognises it (`sniff`)."""
+    if path == "-":
         return e
     try:
         with open(path, encoding="utf-8") as f:
             head = f.read(4096)
     except (OSError, UnicodeDecodeError):
         return e
-    if "nftables" not in REGISTRY:
-        return e
-    view = get("nftables").diff_view()
-    if view is not None and view.sniff(head):
-        return UsageError(f"{e} (this is an nftables ruleset or script: add --mode nftables)")
+    for other in modes():
+        if other == mode:
+            continue
+        view = get(other).diff_view()
+        sniff = getattr(view, "sniff", None)
+        if sniff is not None and sniff(head):
+            return UsageError(f"{e} (this is an {other} ruleset or script: add --mode {other})")
     return e
