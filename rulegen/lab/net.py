@@ -1,11 +1,12 @@
 """The two tiny programs `rulegen lab` runs inside its network namespaces: a server and a prober.
 
-`python -m rulegen.lab.net serve --ip IP --tcp 3000,8080 --udp 53` binds TCP
-and UDP sockets on IP (and, with `--endpoint NETNS_PATH,IP,TCP+PORTS,UDP+PORTS`,
-on each such endpoint inside its own network namespace) and answers every
-connection (TCP) or datagram (UDP) with one line `ip=<own address>
-port=<own port> peer=<source address> peerport=<source port>`, the source being what arrived after the node's
-netfilter hooks (so a masqueraded client shows up as the node's address).
+`python -m rulegen.lab.net serve --endpoint NETNS_PATH,IP,TCP+PORTS,UDP+PORTS ...`
+binds, for each endpoint and inside its own network namespace, TCP and UDP
+sockets on IP (e.g. `/run/netns/rglab-x-pod1,10.244.1.5,3000+8080,53`) and
+answers every connection (TCP) or datagram (UDP) with one line `ip=<own
+address> port=<own port> peer=<source address> peerport=<source port>`, the
+source being what arrived after the node's netfilter hooks (so a
+masqueraded client shows up as the node's address).
 It prints `ready` once bound, and stops by itself when its standard input
 closes (the lab process died or finished) or after `--lifetime` seconds.
 
@@ -91,9 +92,8 @@ def _bind(sel: selectors.BaseSelector, ip: str, tcp: list[int], udp: list[int]) 
         sel.register(s, selectors.EVENT_READ, "udp")
 
 
-def serve(ip: str | None, tcp: list[int], udp: list[int], lifetime: float,
-          endpoints: list[str] | None = None) -> int:
-    """Answer on IP's ports, and on each of ENDPOINTS ("NETNS_PATH,IP,TCP+PORTS,UDP+PORTS").
+def serve(endpoints: list[str], lifetime: float) -> int:
+    """Answer on each of ENDPOINTS ("NETNS_PATH,IP,TCP+PORTS,UDP+PORTS").
 
     A socket stays in the namespace it was made in, so one process serves
     endpoints in many namespaces: it enters each to make that endpoint's
@@ -101,20 +101,17 @@ def serve(ip: str | None, tcp: list[int], udp: list[int], lifetime: float,
     starting Python is most of a small lab's time under emulation.)
     """
     sel = selectors.DefaultSelector()
-    if ip:
-        _bind(sel, ip, tcp, udp)
-    if endpoints:
-        home = os.open("/proc/self/ns/net", os.O_RDONLY)
-        try:
-            for spec in endpoints:
-                path, eip, etcp, eudp = spec.split(",")
-                _setns(path)
-                try:
-                    _bind(sel, eip, _ports(etcp.replace("+", ",")), _ports(eudp.replace("+", ",")))
-                finally:
-                    _setns(f"/proc/self/fd/{home}")
-        finally:
-            os.close(home)
+    home = os.open("/proc/self/ns/net", os.O_RDONLY)
+    try:
+        for spec in endpoints:
+            path, eip, etcp, eudp = spec.split(",")
+            _setns(path)
+            try:
+                _bind(sel, eip, _ports(etcp.replace("+", ",")), _ports(eudp.replace("+", ",")))
+            finally:
+                _setns(f"/proc/self/fd/{home}")
+    finally:
+        os.close(home)
     # The lab keeps our stdin open; EOF means it is gone and we must go too.
     sel.register(sys.stdin.buffer, selectors.EVENT_READ, "stdin")
     sys.stdout.write("ready\n")
@@ -331,20 +328,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="rulegen.lab.net")
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve")
-    s.add_argument("--ip", default=None)
-    s.add_argument("--endpoint", action="append", default=[],
-                   help="NETNS_PATH,IP,TCP+PORTS,UDP+PORTS: also serve this endpoint, in that namespace (repeatable)")
-    s.add_argument("--tcp", default="")
-    s.add_argument("--udp", default="")
+    s.add_argument("--endpoint", action="append", required=True,
+                   help="NETNS_PATH,IP,TCP+PORTS,UDP+PORTS: serve this endpoint, in that namespace (repeatable)")
     s.add_argument("--lifetime", type=float, default=600.0)
     s.add_argument("--tag", default="", help="the lab run's name, so its processes can be found")
     p = sub.add_parser("probe")
     p.add_argument("--deadline", type=float, required=True, help="wall-clock time (epoch seconds) to stop at")
     a = ap.parse_args(argv)
     if a.cmd == "serve":
-        if not a.ip and not a.endpoint:
-            ap.error("serve: give --ip or --endpoint")
-        return serve(a.ip, _ports(a.tcp), _ports(a.udp), a.lifetime, a.endpoint)
+        return serve(a.endpoint, a.lifetime)
     return probe(a.deadline)
 
 
